@@ -133,7 +133,7 @@ class _Service:
 
     def _spawn(self, argv: Sequence[str], **kw: Any) -> None:
         self._close_log()
-        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
+        self._log_fh = open(self.log_path, "ab")  # closed in _close_log
         self.proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,429 @@
+"""Fixtures: throwaway Redis/PostgreSQL/nginx and gateway processes.
+
+Session scope: ``redis_server``, ``postgres_server`` (schema applied).
+Function scope: ``redis_factory``, ``postgres_factory``, ``gateway_factory``,
+``nginx_factory``, ``merchant``.  Everything binds 127.0.0.1 on free ports and
+is stopped by PID at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from support import unique_merchant  # noqa: E402
+
+from tools.services import (  # noqa: E402
+    NginxServer,
+    PostgresServer,
+    RedisServer,
+    free_port,
+)
+
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.sql"
+
+# The SPEC's default schema; config/schema.sql ships the same text.
+SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS merchants (
+  id          text PRIMARY KEY,
+  shop_domain text NOT NULL UNIQUE,
+  active      boolean NOT NULL DEFAULT true
+);
+"""
+
+# Environment variables that would leak the developer's setup into a gateway.
+_ISOLATED_ENV = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "GATEWAY_CONFIG",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+)
+
+
+def schema_path() -> Path:
+    if not SCHEMA_PATH.exists():
+        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
+        SCHEMA_PATH.write_text(SCHEMA_SQL)
+    return SCHEMA_PATH
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``base`` with ``over`` merged in recursively (dicts only)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Redis / PostgreSQL
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One Redis shared by the whole session. Do not kill or freeze it."""
+    with RedisServer() as r:
+        yield r
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """``make(port=None, password=None, extra_args=(), start=True) -> RedisServer``.
+
+    Fresh servers for fault tests (kill/freeze/restart); stopped at teardown.
+    """
+    made: list[RedisServer] = []
+
+    def make(
+        port: int | None = None,
+        password: str | None = None,
+        extra_args: tuple[str, ...] | list[str] = (),
+        start: bool = True,
+    ) -> RedisServer:
+        r = RedisServer(port=port, password=password, extra_args=extra_args)
+        made.append(r)
+        if start:
+            r.start()
+        return r
+
+    yield make
+    for r in reversed(made):
+        r.thaw()
+        r.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL (database ``gateway``, schema applied) for the session.
+
+    Shared: use fresh shops (``merchant`` fixture / ``unique_merchant()``).
+    """
+    with PostgresServer() as p:
+        p.apply_schema(schema_path())
+        yield p
+
+
+@pytest.fixture
+def postgres_factory() -> Iterator[Callable[..., PostgresServer]]:
+    """``make(schema=True, start=True) -> PostgresServer``; stopped at teardown."""
+    made: list[PostgresServer] = []
+
+    def make(schema: bool = True, start: bool = True) -> PostgresServer:
+        p = PostgresServer()
+        made.append(p)
+        if start:
+            p.start()
+            if schema:
+                p.apply_schema(schema_path())
+        return p
+
+    yield make
+    for p in reversed(made):
+        p.stop()
+
+
+@pytest.fixture
+def merchant(postgres_server: PostgresServer) -> tuple[str, str]:
+    """A fresh active merchant in the session PostgreSQL: (merchant_id, shop)."""
+    mid, shop = unique_merchant()
+    postgres_server.add_merchant(mid, shop)
+    return mid, shop
+
+
+# ----------------------------------------------------------------------------
+# gateway
+# ----------------------------------------------------------------------------
+
+
+class GatewayProcess:
+    """A ``python -m gateway --config FILE`` child process."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        config_path: Path,
+        log_path: Path,
+        env: dict[str, str],
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.log_path = log_path
+        self.env = env
+        server = config.get("server") or {}
+        self.port: int = int(server.get("port", 8080))
+        self.host = "127.0.0.1"
+        self.path: str = str(server.get("path", "/api/realtime/events"))
+        self.base_url = f"http://{self.host}:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: Any = None
+
+    def __repr__(self) -> str:
+        return f"<GatewayProcess {self.base_url} pid={self.pid}>"
+
+    def spawn(self) -> None:
+        self._log_fh = open(self.log_path, "ab")  # closed in stop()/wait()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--config", str(self.config_path)],
+            cwd=str(REPO_ROOT),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    @property
+    def stream_path(self) -> str:
+        return self.path
+
+    def url(self, path: str = "/", **query: Any) -> str:
+        q = f"?{urllib.parse.urlencode(query)}" if query else ""
+        return f"{self.base_url}{path}{q}"
+
+    def stream_url(self, shop: str | None, **query: Any) -> str:
+        """``{base_url}{server.path}?shop=SHOP&k=v...`` (shop=None omits it)."""
+        params: dict[str, Any] = {}
+        if shop is not None:
+            params["shop"] = shop
+        params.update(query)
+        return self.url(self.path, **params)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 10) -> int:
+        """Wait for exit; the return code (TimeoutError if still running)."""
+        assert self.proc is not None
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"gateway pid {self.pid} still running after {timeout}s; "
+                f"log tail:\n{self.log_text()[-3000:]}"
+            ) from None
+        self._close_log()
+        return rc
+
+    def live(self, timeout: float = 1.0) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health/live", timeout=timeout) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self, timeout: float = 30) -> GatewayProcess:
+        """Poll GET /health/live until 200; fail fast if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.returncode
+            if rc is not None:
+                raise RuntimeError(
+                    f"gateway exited with {rc} before becoming live; log:\n"
+                    f"{self.log_text()[-4000:]}"
+                )
+            if self.live(0.5):
+                return self
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"gateway not live on {self.base_url} after {timeout}s; log:\n"
+                    f"{self.log_text()[-4000:]}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM by PID, wait (shutdown_timeout + 5 s), then SIGKILL."""
+        if self.proc is None:
+            return None
+        if timeout is None:
+            timeout = float((self.config.get("server") or {}).get("shutdown_timeout", 10)) + 5
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._close_log()
+        return self.proc.returncode
+
+    def _close_log(self) -> None:
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+
+def _url_of(service: Any) -> str:
+    if isinstance(service, str):
+        return service
+    if isinstance(service, RedisServer):
+        return service.url
+    if isinstance(service, PostgresServer):
+        return service.dsn
+    raise TypeError(f"expected a server or URL string, got {service!r}")
+
+
+class GatewayFactory:
+    """Callable fixture object: ``gateway_factory(...)`` == ``.start(...)``."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+        self._request = request
+        self._tmp = tmp_path
+        self.started: list[GatewayProcess] = []
+
+    def base_config(self) -> dict[str, Any]:
+        return {
+            "server": {"host": "127.0.0.1", "port": free_port()},
+            "sse": {"heartbeat": 15},
+            "logging": {"level": "INFO"},
+        }
+
+    def start(
+        self,
+        config: dict[str, Any] | None = None,
+        env: dict[str, str | None] | None = None,
+        redis: RedisServer | str | None = None,
+        postgres: PostgresServer | str | None = None,
+        wait: bool = True,
+        timeout: float = 30,
+    ) -> GatewayProcess:
+        """Start a gateway.
+
+        ``config`` is deep-merged over the base config (127.0.0.1, a free
+        port, heartbeat 15, INFO logs).  ``REDIS_URL``/``DATABASE_URL`` come
+        from ``redis``/``postgres`` (server objects or URL strings), else the
+        session servers, unless ``env`` sets them (a ``None`` value in ``env``
+        removes a variable).  ``wait=False`` returns right after spawning.
+        """
+        n = len(self.started) + 1
+        merged = deep_merge(self.base_config(), config)
+        cfg_path = self._tmp / f"gateway-{n}.yaml"
+        cfg_path.write_text(yaml.safe_dump(merged, sort_keys=False))
+        log_path = self._tmp / f"gateway-{n}.log"
+
+        child_env = {k: v for k, v in os.environ.items() if k not in _ISOLATED_ENV}
+        child_env["PYTHONUNBUFFERED"] = "1"
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        env = dict(env or {})
+        if "REDIS_URL" not in env:
+            child_env["REDIS_URL"] = _url_of(
+                redis if redis is not None else self._request.getfixturevalue("redis_server")
+            )
+        if "DATABASE_URL" not in env:
+            child_env["DATABASE_URL"] = _url_of(
+                postgres
+                if postgres is not None
+                else self._request.getfixturevalue("postgres_server")
+            )
+        for k, v in env.items():
+            if v is None:
+                child_env.pop(k, None)
+            else:
+                child_env[k] = str(v)
+
+        gw = GatewayProcess(merged, cfg_path, log_path, child_env)
+        self.started.append(gw)
+        gw.spawn()
+        if wait:
+            gw.wait_ready(timeout)
+        return gw
+
+    __call__ = start
+
+    async def astart(self, *args: Any, **kwargs: Any) -> GatewayProcess:
+        """``start`` in a thread, for async tests that keep other I/O going."""
+        return await asyncio.to_thread(self.start, *args, **kwargs)
+
+    def stop_all(self) -> None:
+        for gw in reversed(self.started):
+            gw.stop()
+            print(f"---- {gw!r} log ({gw.log_path}) ----")
+            print(gw.log_text()[-6000:])
+
+
+@pytest.fixture
+def gateway_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[GatewayFactory]:
+    """``gateway_factory.start(config=None, env=None, redis=None, postgres=None,
+    wait=True) -> GatewayProcess`` (also callable directly)."""
+    factory = GatewayFactory(request, tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+# ----------------------------------------------------------------------------
+# nginx
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nginx_factory() -> Iterator[Callable[..., NginxServer]]:
+    """``make(conf_text, port=None, start=True) -> NginxServer``.
+
+    ``conf_text`` is a complete nginx.conf (see ``tools.services.nginx_main_conf``
+    for a wrapper that sets prefix-relative logs and temp paths); ``@PREFIX@``
+    is replaced by the server's prefix dir.  Stopped at teardown.
+    """
+    made: list[NginxServer] = []
+
+    def make(conf_text: str, port: int | None = None, start: bool = True) -> NginxServer:
+        n = NginxServer(conf_text, port=port)
+        made.append(n)
+        if start:
+            n.start()
+        return n
+
+    yield make
+    for n in reversed(made):
+        print(f"---- nginx error log ({n.prefix}) ----")
+        print(n.error_log_text()[-4000:])
+        n.stop()
