@@ -1,0 +1,74 @@
+"""CLI: `python -m gateway [--config PATH]` serves; `check-config` validates and prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import Config, ConfigError, load_config, redacted_dict
+from .logs import setup_logging
+from .redaction import redact_url
+from .workers import WORKER_ENV, supervise
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+
+def _config_path(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    if os.environ.get("GATEWAY_CONFIG"):
+        return os.environ["GATEWAY_CONFIG"]
+    return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
+    parser.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+    return parser.parse_args(argv)
+
+
+def _run_server(cfg: Config, argv: list[str]) -> int:
+    worker = os.environ.get(WORKER_ENV)
+    if cfg.server.workers > 1 and worker is None:
+        log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
+        return supervise(argv, cfg.server.workers, cfg.server.shutdown_timeout)
+    if worker is None or worker == "0":
+        log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
+    if cfg.redis_source == "built-in default":
+        log.warning("no REDIS_URL, redis.url or REDIS_HOST set: using %s", cfg.redis.url)
+    import uvloop
+
+    from .serve import serve
+
+    uvloop.run(serve(cfg, reuse_port=worker is not None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse(argv)
+    try:
+        cfg = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        yaml.safe_dump(redacted_dict(cfg), sys.stdout, sort_keys=False)
+        print(f"# redis source: {cfg.redis_source}")
+        return 0
+    setup_logging(cfg.logging.level, cfg.logging.format)
+    return _run_server(cfg, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

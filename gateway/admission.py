@@ -1,0 +1,73 @@
+"""Who may open a stream now: connection caps and the new-stream rate limit.
+
+Also the registry of open streams, which shutdown and revocation walk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from .config import Config
+from .stream import Stream
+
+__all__ = ["Admission", "TokenBucket"]
+
+
+class TokenBucket:
+    """`rate` tokens per second, burst `rate`; rate 0 admits everything."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        if self._rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class Admission:
+    def __init__(self, cfg: Config) -> None:
+        self._max_total = cfg.sse.max_connections
+        self._max_per_merchant = cfg.sse.max_connections_per_merchant
+        self._per_merchant: dict[str, set[Stream]] = defaultdict(set)
+        self._count = 0
+        self.rate = TokenBucket(cfg.server.max_new_streams_per_s)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def merchant_full(self, merchant_id: str) -> bool:
+        streams = self._per_merchant.get(merchant_id)
+        return streams is not None and len(streams) >= self._max_per_merchant
+
+    def process_full(self) -> bool:
+        return self._count >= self._max_total
+
+    def enter(self, stream: Stream) -> None:
+        self._per_merchant[stream.merchant_id].add(stream)
+        self._count += 1
+
+    def leave(self, stream: Stream) -> None:
+        streams = self._per_merchant.get(stream.merchant_id)
+        if streams is not None and stream in streams:
+            streams.discard(stream)
+            self._count -= 1
+            if not streams:
+                del self._per_merchant[stream.merchant_id]
+
+    def streams(self) -> Iterator[Stream]:
+        for streams in list(self._per_merchant.values()):
+            yield from list(streams)
+
+    def merchant_streams(self, merchant_id: str) -> list[Stream]:
+        return list(self._per_merchant.get(merchant_id, ()))

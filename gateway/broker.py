@@ -1,0 +1,333 @@
+"""RedisBroker: the process's one pub/sub connection, shared by every merchant.
+
+One reader task parses each Redis message and hands it synchronously to the hub
+(encode once, fan out, never await a client). Merchants are subscribed when
+their first stream opens (SUBSCRIBEs of concurrent openings are batched),
+counted per open stream, and unsubscribed `linger` seconds after the last one
+closes. A private control channel stays subscribed for the connection's life:
+its acknowledgement marks the connection ready, and a canary published on it
+every second proves delivery end to end, catching a frozen Redis that keeps
+its socket open. On any connection fault the supervisor reconnects with capped,
+jittered exponential backoff, re-subscribes every held merchant and reports the
+reconnect so streams get `resync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .config import RedisConfig
+from .errors import UnavailableError
+from .hub import Hub
+from .metrics import Metrics
+from .redaction import redact_url
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger(__name__)
+
+_FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+_BACKOFF_CAP_S = 5.0
+_CONNECT_TIMEOUT_S = 3.0
+_SUBSCRIBE_WAIT_S = 5.0
+_CANARY_EVERY_S = 1.0
+_CANARY_TIMEOUT_S = 1.5
+
+
+class _Subscription:
+    __slots__ = ("channels", "linger", "merchant_id", "pending", "ready", "refs")
+
+    def __init__(self, merchant_id: str, channels: list[bytes]) -> None:
+        self.merchant_id = merchant_id
+        self.channels = channels
+        self.pending = set(channels)
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.refs = 0
+        self.linger: asyncio.TimerHandle | None = None
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        cfg: RedisConfig,
+        hub: Hub,
+        metrics: Metrics,
+        *,
+        linger_s: float,
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._cfg = cfg
+        self._hub = hub
+        self._metrics = metrics
+        self._linger_s = linger_s
+        self._on_reconnect = on_reconnect
+        self._control = f"gateway:control:{hub.epoch}:{os.getpid()}".encode()
+        self._client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                cfg.url,
+                max_connections=3,  # the subscriber + 2 for canary/health: never grows
+                timeout=_CONNECT_TIMEOUT_S,
+                socket_timeout=_CONNECT_TIMEOUT_S,
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),  # faults surface here; the supervisor retries
+            )
+        )
+        self._subs: dict[str, _Subscription] = {}
+        self._channels: dict[bytes, tuple[str, str]] = {}
+        self._to_subscribe: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._control_ready: asyncio.Future[None] | None = None
+        self._canaries: dict[bytes, asyncio.Future[float]] = {}
+        self._canary_ids = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ever_connected = False
+        self.healthy = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name="redis-supervisor"),
+            asyncio.create_task(self._watch(), name="redis-canary"),
+        ]
+
+    async def close(self) -> None:
+        for task in [*self._tasks, self._flusher, self._reader]:
+            if task is not None:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose(close_connection_pool=True)
+
+    @property
+    def merchants(self) -> int:
+        return len(self._subs)
+
+    # -- merchants ---------------------------------------------------------
+
+    async def acquire(self, merchant_id: str) -> None:
+        """Count one more stream of `merchant_id`; return once its channels are subscribed."""
+        if not self.healthy:
+            raise UnavailableError("Redis is unavailable")
+        sub = self._subs.get(merchant_id)
+        if sub is None:
+            sub = self._subscribe(merchant_id)
+        elif sub.linger is not None:
+            sub.linger.cancel()
+            sub.linger = None
+        sub.refs += 1
+        if sub.ready.done():
+            return
+        try:
+            async with asyncio.timeout(_SUBSCRIBE_WAIT_S):
+                await asyncio.shield(sub.ready)
+        except TimeoutError:
+            self.release(merchant_id)
+            raise UnavailableError("Redis did not confirm the subscription") from None
+        except BaseException:
+            self.release(merchant_id)
+            raise
+
+    def release(self, merchant_id: str) -> None:
+        sub = self._subs.get(merchant_id)
+        if sub is None:
+            return
+        sub.refs -= 1
+        if sub.refs <= 0:
+            loop = asyncio.get_running_loop()
+            sub.linger = loop.call_later(self._linger_s, self._expire, merchant_id)
+
+    def _subscribe(self, merchant_id: str) -> _Subscription:
+        template = self._cfg.channel
+        channels = []
+        for event in self._cfg.events:
+            channel = template.format(merchant_id=merchant_id, event=event).encode()
+            self._channels[channel] = (merchant_id, event)
+            channels.append(channel)
+        sub = self._subs[merchant_id] = _Subscription(merchant_id, channels)
+        self._hub.open(merchant_id)
+        self._to_subscribe.add(merchant_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_subscribes())
+        return sub
+
+    def _expire(self, merchant_id: str) -> None:
+        sub = self._subs.get(merchant_id)
+        if sub is None or sub.refs > 0:
+            return
+        del self._subs[merchant_id]
+        for channel in sub.channels:
+            self._channels.pop(channel, None)
+        self._to_subscribe.discard(merchant_id)
+        self._hub.drop(merchant_id)
+        pubsub = self._pubsub
+        if pubsub is not None and self.healthy:
+            task = asyncio.create_task(self._unsubscribe(pubsub, sub.channels))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+
+    async def _unsubscribe(self, pubsub: aioredis.client.PubSub, channels: list[bytes]) -> None:
+        with contextlib.suppress(*_FAULTS):
+            await pubsub.unsubscribe(*channels)
+
+    async def _flush_subscribes(self) -> None:
+        """Send one SUBSCRIBE for every merchant opened since the last one."""
+        await asyncio.sleep(0)
+        while self._to_subscribe and self._pubsub is not None:
+            batch, self._to_subscribe = self._to_subscribe, set()
+            channels = [c for m in batch if m in self._subs for c in self._subs[m].channels]
+            try:
+                await self._pubsub.subscribe(*channels)
+            except _FAULTS:
+                return  # the supervisor re-subscribes everything on reconnect
+
+    # -- connection --------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        log.info("redis: connecting to %s", redact_url(self._cfg.url))
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await self._connect(pubsub)
+                attempt = 0
+                assert self._reader is not None
+                await asyncio.wait({self._reader})
+                if not self._reader.cancelled() and (exc := self._reader.exception()):
+                    if not isinstance(exc, _FAULTS):
+                        log.error("redis reader failed", exc_info=exc)
+                    else:
+                        log.warning("redis: connection lost (%s)", type(exc).__name__)
+                else:
+                    log.warning("redis: delivery canary failed; reconnecting")
+            except _FAULTS as exc:
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning("redis: unavailable (%s: %s)", type(exc).__name__, exc)
+            finally:
+                await self._disconnect(pubsub)
+            attempt += 1
+            delay = min(_BACKOFF_CAP_S, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            await asyncio.sleep(delay)
+
+    async def _connect(self, pubsub: aioredis.client.PubSub) -> None:
+        self._control_ready = asyncio.get_running_loop().create_future()
+        self._to_subscribe.clear()
+        channels = [c for sub in self._subs.values() for c in sub.channels]
+        async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+            # the control channel last: its ack proves every channel before it is live
+            await pubsub.subscribe(*channels, self._control)
+            self._pubsub = pubsub
+            self._reader = asyncio.create_task(self._read(pubsub), name="redis-reader")
+            await asyncio.shield(self._control_ready)
+        self.healthy = True
+        if self._ever_connected:
+            self._metrics.redis_reconnects += 1
+            log.info("redis: reconnected; %d merchants re-subscribed", len(self._subs))
+            self._on_reconnect()
+        else:
+            log.info("redis: connected")
+        self._ever_connected = True
+        if self._to_subscribe:
+            self._flusher = asyncio.create_task(self._flush_subscribes())
+
+    async def _disconnect(self, pubsub: aioredis.client.PubSub) -> None:
+        self.healthy = False
+        self._pubsub = None
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+            self._reader = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pubsub.aclose(), 1)
+
+    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
+        conn = pubsub.connection
+        assert conn is not None
+        read = conn.read_response
+        channels = self._channels
+        publish = self._hub.publish
+        latency = self._metrics.delivery_latency.observe
+        clock = time.perf_counter
+        while True:
+            msg = await read(timeout=math.inf, disconnect_on_error=False, push_request=True)
+            kind = msg[0]
+            if kind == b"message":
+                target = channels.get(msg[1])
+                if target is not None:
+                    started = clock()
+                    publish(target[0], target[1], msg[2])
+                    latency(clock() - started)
+                elif msg[1] == self._control:
+                    self._on_canary(msg[2])
+            elif kind == b"subscribe":
+                self._on_subscribed(msg[1])
+
+    def _on_subscribed(self, channel: bytes) -> None:
+        if channel == self._control:
+            if self._control_ready is not None and not self._control_ready.done():
+                self._control_ready.set_result(None)
+            return
+        target = self._channels.get(channel)
+        sub = self._subs.get(target[0]) if target else None
+        if sub is not None:
+            sub.pending.discard(channel)
+            if not sub.pending and not sub.ready.done():
+                sub.ready.set_result(None)
+
+    # -- canary ------------------------------------------------------------
+
+    async def round_trip(self) -> float:
+        """Publish on the control channel, await it on the subscriber; milliseconds."""
+        token = str(next(self._canary_ids)).encode()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._canaries[token] = future
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(_CANARY_TIMEOUT_S):
+                await self._client.publish(self._control, token)
+                await future
+        finally:
+            self._canaries.pop(token, None)
+        return (time.perf_counter() - started) * 1000
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        async with asyncio.timeout(_CANARY_TIMEOUT_S):
+            await self._client.ping()
+        return (time.perf_counter() - started) * 1000
+
+    def _on_canary(self, token: bytes) -> None:
+        future = self._canaries.get(token)
+        if future is not None and not future.done():
+            future.set_result(0.0)
+
+    async def _watch(self) -> None:
+        """Cut the subscriber connection when the canary stops coming back."""
+        while True:
+            await asyncio.sleep(_CANARY_EVERY_S)
+            if not self.healthy or self._reader is None:
+                continue
+            try:
+                await self.round_trip()
+            except _FAULTS:
+                if self.healthy and self._reader is not None:
+                    self.healthy = False
+                    self._reader.cancel()

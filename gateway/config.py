@@ -1,0 +1,326 @@
+"""Configuration: YAML file + environment -> frozen, validated dataclasses.
+
+Every key is declared once, as a dataclass field whose metadata carries its
+bounds. Unknown keys, wrong types and out-of-range values raise `ConfigError`
+naming the dotted key; `__main__` turns that into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import yaml
+
+from .redaction import redact_url
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "CorsConfig",
+    "LoggingConfig",
+    "PostgresConfig",
+    "RedisConfig",
+    "SSEConfig",
+    "ServerConfig",
+    "load_config",
+    "redacted_dict",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+_SHOP_FIELD = "%(shop)s"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; `key` is dotted (`server.port`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _num(default: float, lo: float, hi: float | None = None, *, integer: bool = False) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "int": integer})
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _strings(*default: str) -> Any:
+    return field(default=tuple(default), metadata={"list": True})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = _num(8080, 0, 65535, integer=True)
+    workers: int = _num(1, 1, 64, integer=True)
+    path: str = "/api/realtime/events"
+    trusted_proxies: tuple[str, ...] = _strings("127.0.0.1")
+    shutdown_timeout: float = _num(10, 1, 3600)
+    max_new_streams_per_s: int = _num(500, 0, 1_000_000, integer=True)
+    demo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = ""
+    channel: str = "merchant:{merchant_id}:{event}"
+    events: tuple[str, ...] = _strings("progress", "stage", "completion", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    dsn: str = ""
+    pool_min: int = _num(1, 0, 1000, integer=True)
+    pool_max: int = _num(10, 1, 1000, integer=True)
+    merchant_query: str = "SELECT id FROM merchants WHERE shop_domain = %(shop)s AND active"
+    cache_ttl: float = _num(30, 0, 86400)
+    negative_cache_ttl: float = _num(5, 0, 86400)
+    recheck: float = _num(60, 0, 86400)
+    query_timeout: float = _num(2, 0.05, 60)
+
+
+@dataclass(frozen=True, slots=True)
+class SSEConfig:
+    heartbeat: float = _num(15, 0.05, 3600)
+    retry_ms: int = _num(3000, 0, 3_600_000, integer=True)
+    history: int = _num(100, 0, 100_000, integer=True)
+    linger: float = _num(30, 0, 86400)
+    max_queue: int = _num(1000, 1, 1_000_000, integer=True)
+    coalesce: tuple[str, ...] = _strings("progress")
+    job_key: str = "jobId"
+    max_connections: int = _num(20000, 1, 1_000_000, integer=True)
+    max_connections_per_merchant: int = _num(200, 1, 1_000_000, integer=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    session_token_secret: str = ""
+    api_key: str = ""
+    ticket_ttl: float = _num(3600, 1, 86400 * 7)
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    allow_origins: tuple[str, ...] = _strings()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = _choice("INFO", "DEBUG", "INFO", "WARNING", "ERROR")
+    format: str = _choice("text", "text", "json")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    sse: SSEConfig = field(default_factory=SSEConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    redis_source: str = field(default="default", metadata={"internal": True})
+
+
+_SECRET_KEYS = {"auth.session_token_secret", "auth.api_key"}
+_URL_KEYS = {"redis.url", "postgres.dsn"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, environ: Mapping[str, str]) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: environ.get(m[1]) or (m[2] or ""), value)
+    if isinstance(value, list):
+        return [_expand(v, environ) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, environ) for k, v in value.items()}
+    return value
+
+
+def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
+    meta = f.metadata
+    if meta.get("list"):
+        if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+            raise ConfigError(key, "must be a list of strings")
+        return tuple(raw)
+    if "lo" in meta:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ConfigError(key, "must be a number")
+        if meta["int"] and not isinstance(raw, int):
+            raise ConfigError(key, "must be an integer")
+        hi = meta["hi"]
+        if raw < meta["lo"] or (hi is not None and raw > hi):
+            bound = f"between {meta['lo']} and {hi}" if hi is not None else f">= {meta['lo']}"
+            raise ConfigError(key, f"must be {bound}, got {raw}")
+        return raw
+    if f.type == "bool":
+        if not isinstance(raw, bool):
+            raise ConfigError(key, "must be true or false")
+        return raw
+    if not isinstance(raw, str):
+        raise ConfigError(key, "must be a string")
+    choices = meta.get("choices")
+    if key == "logging.level":
+        raw = raw.upper()
+    if choices and raw not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(prefix, "must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(f"{prefix}.{name}", "unknown key")
+    values = {}
+    for name, raw in data.items():
+        f = fields[name]
+        key = f"{prefix}.{name}"
+        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
+            values[name] = _build(f.default_factory, raw, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(key, f, raw)
+    return cls(**values)
+
+
+def _legacy_redis_url(environ: Mapping[str, str]) -> str | None:
+    host = environ.get("REDIS_HOST")
+    if not host:
+        return None
+    port = environ.get("REDIS_PORT") or "6379"
+    db = environ.get("REDIS_DB") or "0"
+    if not port.isdigit():
+        raise ConfigError("REDIS_PORT", "must be a port number")
+    if not db.isdigit():
+        raise ConfigError("REDIS_DB", "must be a database number")
+    password = environ.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, str]:
+    if environ.get("REDIS_URL"):
+        url, source = environ["REDIS_URL"], "REDIS_URL"
+    elif cfg.url:
+        url, source = cfg.url, "redis.url"
+    elif legacy := _legacy_redis_url(environ):
+        url, source = legacy, "REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB"
+    else:
+        url, source = DEFAULT_REDIS_URL, "built-in default"
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis.url", f"scheme must be redis, rediss or unix: {redact_url(url)}")
+    return url, source
+
+
+def _validate(cfg: Config) -> None:
+    server = cfg.server
+    if not server.path.startswith("/") or server.path.endswith("/"):
+        raise ConfigError("server.path", "must start with '/' and not end with '/'")
+    for i, proxy in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{i}]", f"not an IP or CIDR: {proxy!r}"
+            ) from None
+    if "{merchant_id}" not in cfg.redis.channel or "{event}" not in cfg.redis.channel:
+        raise ConfigError("redis.channel", "must contain {merchant_id} and {event}")
+    if not cfg.redis.events:
+        raise ConfigError("redis.events", "must name at least one event")
+    for i, event in enumerate(cfg.redis.events):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", event) or event in _RESERVED_EVENTS:
+            raise ConfigError(f"redis.events[{i}]", f"invalid or reserved event name {event!r}")
+    for i, event in enumerate(cfg.sse.coalesce):
+        if event not in cfg.redis.events or event in ("completion", "error"):
+            raise ConfigError(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
+    if not cfg.postgres.dsn:
+        raise ConfigError("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
+    if urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
+    if _SHOP_FIELD not in cfg.postgres.merchant_query:
+        raise ConfigError("postgres.merchant_query", f"must use {_SHOP_FIELD}")
+    if cfg.postgres.pool_min > cfg.postgres.pool_max:
+        raise ConfigError("postgres.pool_min", "must not exceed postgres.pool_max")
+    for i, origin in enumerate(cfg.cors.allow_origins):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")
+
+
+_RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked"}
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the YAML at `path` (None: built-in defaults)."""
+    environ = os.environ if environ is None else environ
+    raw: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            raise ConfigError("config", f"invalid YAML{line}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config", "top level must be a mapping")
+    raw = _expand(raw, environ)
+    for name in raw:
+        if name not in {f.name for f in dataclasses.fields(Config)} or name == "redis_source":
+            raise ConfigError(name, "unknown key")
+    sections = {
+        f.name: _build(f.default_factory, raw.get(f.name), f.name)  # type: ignore[misc]
+        for f in dataclasses.fields(Config)
+        if not f.metadata.get("internal")
+    }
+    cfg = Config(**sections)
+    if environ.get("DATABASE_URL"):
+        cfg = dataclasses.replace(
+            cfg, postgres=dataclasses.replace(cfg.postgres, dsn=environ["DATABASE_URL"])
+        )
+    url, source = _resolve_redis(cfg.redis, environ)
+    cfg = dataclasses.replace(
+        cfg, redis=dataclasses.replace(cfg.redis, url=url), redis_source=source
+    )
+    _validate(cfg)
+    return cfg
+
+
+def redacted_dict(cfg: Config) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced."""
+    out: dict[str, Any] = {}
+    for section in dataclasses.fields(cfg):
+        if section.metadata.get("internal"):
+            continue
+        values = {}
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            key = f"{section.name}.{f.name}"
+            value = getattr(getattr(cfg, section.name), f.name)
+            if key in _SECRET_KEYS and value:
+                value = "***"
+            elif key in _URL_KEYS:
+                value = redact_url(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            values[f.name] = value
+        out[section.name] = values
+    return out

@@ -1,0 +1,50 @@
+"""Pure SSE encoding (WHATWG `text/event-stream`): values in, wire bytes out.
+
+A frame is encoded once per message and the same bytes are handed to every
+stream. Streams on HTTP/1.1 need chunked transfer framing; `chunk()` adds it
+once per frame too, so no per-stream work remains but the socket write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["PING", "chunk", "control_frame", "event_frame"]
+
+PING = b": ping\n\n"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _data_lines(payload: str) -> str:
+    return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(payload))
+
+
+def event_frame(event_id: str, event: str, payload: bytes) -> bytes:
+    """`id`/`event` fields and the payload as one or more `data:` lines.
+
+    Line breaks in the payload (CR, LF, CRLF) become separate `data:` lines, so a
+    payload can never add fields or frames; invalid UTF-8 is replaced, never sent.
+    """
+    head = f"id: {event_id}\nevent: {event}\n".encode()
+    if b"\n" not in payload and b"\r" not in payload:
+        try:
+            payload.decode()
+        except UnicodeDecodeError:
+            payload = payload.decode(errors="replace").encode()
+        return b"%sdata: %s\n\n" % (head, payload)
+    text = payload.decode(errors="replace")
+    return head + _data_lines(text).encode() + b"\n"
+
+
+def control_frame(event: str, data: dict[str, Any], *, retry_ms: int | None = None) -> bytes:
+    """A gateway-originated event (`connected`, `resync`, `shutdown`, `revoked`)."""
+    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"{retry}event: {event}\ndata: {body}\n\n".encode()
+
+
+def chunk(frame: bytes) -> bytes:
+    """HTTP/1.1 chunked transfer framing of one frame."""
+    return b"%x\r\n%s\r\n" % (len(frame), frame)

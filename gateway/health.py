@@ -1,0 +1,67 @@
+"""/health (readiness with a delivery round trip), /health/live and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import __version__
+from .state import GATEWAY
+
+__all__ = ["health_view", "live_view", "metrics_view"]
+
+_PROBE_TIMEOUT_S = 1.5  # the whole answer stays under the SPEC's 2 s
+
+
+async def _probe(check: Callable[[], Awaitable[float]], ready: bool = True) -> dict[str, Any]:
+    if not ready:
+        return {"status": "fail", "latency_ms": None, "error": "reconnecting"}
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            latency = await check()
+    except TimeoutError:
+        return {"status": "fail", "latency_ms": None, "error": "timeout"}
+    except Exception as exc:  # any failure is the answer here, named by type only
+        return {"status": "fail", "latency_ms": None, "error": type(exc).__name__}
+    return {"status": "ok", "latency_ms": round(latency, 2)}
+
+
+async def health_view(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    redis, postgres, delivery = await asyncio.gather(
+        _probe(gw.broker.ping),
+        _probe(gw.directory.ping),
+        _probe(gw.broker.round_trip, ready=gw.broker.healthy),
+    )
+    ok = all(p["status"] == "ok" for p in (redis, postgres, delivery)) and not gw.draining
+    body = {
+        "status": "ok" if ok else "fail",
+        "redis": redis,
+        "postgres": postgres,
+        "delivery": delivery,
+        "connections": len(gw.admission),
+        "merchants": gw.broker.merchants,
+        "uptime_s": round(time.monotonic() - gw.started_at, 1),
+        "version": __version__,
+    }
+    if gw.draining:
+        body["draining"] = True
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def live_view(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.sync_metrics()
+    response = web.Response(body=gw.metrics.render())
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response

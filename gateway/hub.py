@@ -1,0 +1,160 @@
+"""Per-merchant fan-out: event ids, a bounded history ring, the set of open streams.
+
+Pure code: no aiohttp, redis or aiopg. The broker calls `Hub.publish` for each
+Redis message; the frame is encoded once and the same `Entry` (same bytes) is
+offered to every stream of that merchant. `attach` registers a stream and
+returns its replay in one synchronous step, so nothing published meanwhile can
+fall between replay and live delivery or arrive twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Protocol
+
+from .frames import chunk, control_frame, event_frame
+
+__all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "new_epoch"]
+
+_UNPARSED = object()
+
+
+def new_epoch() -> str:
+    """A per-process prefix: ids from another process or an earlier run are foreign."""
+    return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
+
+
+class Entry:
+    """One published event, shared by the history and every stream queue."""
+
+    __slots__ = ("_job", "event", "payload", "seq", "wire")
+
+    def __init__(self, seq: int, event_id: str, event: str, payload: bytes) -> None:
+        self.seq = seq
+        self.event = event
+        self.payload = payload
+        frame = event_frame(event_id, event, payload)
+        self.wire: tuple[bytes, bytes] = (frame, chunk(frame))
+        self._job: object = _UNPARSED
+
+    def job(self, job_key: str) -> str | None:
+        """The payload's job id, parsed on first need (only lagging streams ask)."""
+        if self._job is _UNPARSED:
+            job = None
+            try:
+                doc = json.loads(self.payload)
+            except ValueError:
+                doc = None
+            if isinstance(doc, dict):
+                value = doc.get(job_key)
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    job = str(value)
+            self._job = job
+        return self._job  # type: ignore[return-value]
+
+
+class Control:
+    """A gateway-originated frame (resync, shutdown, revoked): never coalesced."""
+
+    __slots__ = ("event", "seq", "wire")
+    _keys = itertools.count(-1, -1)
+
+    def __init__(self, event: str, data: dict[str, object], retry_ms: int | None = None) -> None:
+        frame = control_frame(event, data, retry_ms=retry_ms)
+        self.event = event
+        self.seq = next(self._keys)
+        self.wire: tuple[bytes, bytes] = (frame, chunk(frame))
+
+
+class Subscriber(Protocol):
+    def deliver(self, entry: Entry | Control) -> None: ...
+
+
+class Topic:
+    """One merchant: its history ring and its open streams."""
+
+    __slots__ = ("history", "merchant_id", "subscribers")
+
+    def __init__(self, merchant_id: str, history: int) -> None:
+        self.merchant_id = merchant_id
+        self.history: deque[Entry] = deque(maxlen=history)
+        self.subscribers: set[Subscriber] = set()
+
+
+class Hub:
+    def __init__(self, *, history: int, epoch: str | None = None) -> None:
+        self.epoch = epoch or new_epoch()
+        self._history = history
+        self._seq = 0
+        self._topics: dict[str, Topic] = {}
+        self.messages = 0
+        self.deliveries = 0
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def publish(self, merchant_id: str, event: str, payload: bytes) -> Entry | None:
+        """Record and fan out one message; returns None for a merchant not held."""
+        topic = self._topics.get(merchant_id)
+        if topic is None:
+            return None
+        self._seq += 1
+        entry = Entry(self._seq, f"{self.epoch}-{self._seq}", event, payload)
+        topic.history.append(entry)
+        subscribers = topic.subscribers
+        for subscriber in subscribers:
+            subscriber.deliver(entry)
+        self.messages += 1
+        self.deliveries += len(subscribers)
+        return entry
+
+    def open(self, merchant_id: str) -> Topic:
+        topic = self._topics.get(merchant_id)
+        if topic is None:
+            topic = self._topics[merchant_id] = Topic(merchant_id, self._history)
+        return topic
+
+    def drop(self, merchant_id: str) -> None:
+        """Forget a merchant and its history (its linger expired)."""
+        self._topics.pop(merchant_id, None)
+
+    def attach(
+        self, merchant_id: str, subscriber: Subscriber, last_event_id: str | None
+    ) -> tuple[list[Entry], bool]:
+        """Register `subscriber`; return (events to replay, whether a gap was detected)."""
+        topic = self.open(merchant_id)
+        topic.subscribers.add(subscriber)
+        if not last_event_id:
+            return [], False
+        seq = self._parse_id(last_event_id)
+        history = topic.history
+        if seq is None or not any(e.seq == seq for e in history):
+            return [], True
+        return [e for e in history if e.seq > seq], False
+
+    def detach(self, merchant_id: str, subscriber: Subscriber) -> None:
+        topic = self._topics.get(merchant_id)
+        if topic is not None:
+            topic.subscribers.discard(subscriber)
+
+    def subscribers(self, merchant_id: str) -> set[Subscriber]:
+        topic = self._topics.get(merchant_id)
+        return set(topic.subscribers) if topic else set()
+
+    def all_subscribers(self) -> Iterable[Subscriber]:
+        return [s for topic in list(self._topics.values()) for s in list(topic.subscribers)]
+
+    def broadcast(self, control: Control) -> None:
+        for subscriber in self.all_subscribers():
+            subscriber.deliver(control)
+
+    def _parse_id(self, event_id: str) -> int | None:
+        epoch, _, seq = event_id.strip().rpartition("-")
+        if epoch != self.epoch or not seq.isdigit():
+            return None
+        return int(seq)

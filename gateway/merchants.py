@@ -1,0 +1,153 @@
+"""MerchantDirectory: shop domain -> merchant id, from PostgreSQL through aiopg.
+
+The only module that knows aiopg. Answers are cached (positive `cache_ttl`,
+negative `negative_cache_ttl`); concurrent lookups of one shop share one query;
+while PostgreSQL is unreachable a previously verified shop is still served
+from its (expired) cache entry, and an unknown one gets `UnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiopg
+import psycopg2
+
+from .config import PostgresConfig
+from .errors import UnavailableError, UnknownMerchantError
+
+__all__ = ["Merchant", "MerchantDirectory"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CACHE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    id: str
+    shop: str
+
+
+@dataclass(slots=True)
+class _Cached:
+    merchant: Merchant | None
+    expires_at: float
+
+
+class MerchantDirectory:
+    def __init__(self, cfg: PostgresConfig) -> None:
+        self._cfg = cfg
+        self._pool: aiopg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Task[Merchant | None]] = {}
+        self.healthy = False
+
+    async def verify(self, shop: str) -> Merchant:
+        """The active merchant for `shop`, from cache or PostgreSQL."""
+        now = time.monotonic()
+        cached = self._cache.get(shop)
+        if cached is not None and cached.expires_at > now:
+            return self._answer(cached.merchant, shop)
+        try:
+            merchant = await self._shared_lookup(shop)
+        except UnavailableError:
+            if cached is not None and cached.merchant is not None:
+                return cached.merchant  # stale but verified: PostgreSQL is down
+            raise
+        return self._answer(merchant, shop)
+
+    def is_cached(self, shop: str) -> bool:
+        """Whether `shop` has a cache entry, fresh or stale (no query needed to answer)."""
+        return shop in self._cache
+
+    async def recheck(self, shop: str) -> bool | None:
+        """Fresh verification bypassing the cache; None when PostgreSQL cannot tell."""
+        try:
+            return await self._shared_lookup(shop) is not None
+        except UnavailableError:
+            return None
+
+    async def ping(self) -> float:
+        """Round trip of `SELECT 1` in milliseconds; raises UnavailableError."""
+        started = time.perf_counter()
+        await self._query("SELECT 1", {})
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        for task in self._inflight.values():
+            task.cancel()
+        if self._pool is not None:
+            self._pool.terminate()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    def _answer(self, merchant: Merchant | None, shop: str) -> Merchant:
+        if merchant is None:
+            raise UnknownMerchantError(f"no active merchant for {shop}")
+        return merchant
+
+    async def _shared_lookup(self, shop: str) -> Merchant | None:
+        task = self._inflight.get(shop)
+        if task is None:
+            task = asyncio.create_task(self._lookup(shop))
+            self._inflight[shop] = task
+            task.add_done_callback(lambda _: self._inflight.pop(shop, None))
+        # shielded: a client leaving must not cancel a query (aiopg would drop the connection)
+        return await asyncio.shield(task)
+
+    async def _lookup(self, shop: str) -> Merchant | None:
+        rows = await self._query(self._cfg.merchant_query, {"shop": shop})
+        merchant = Merchant(id=str(rows[0][0]), shop=shop) if rows else None
+        ttl = self._cfg.cache_ttl if merchant else self._cfg.negative_cache_ttl
+        if len(self._cache) >= _MAX_CACHE:
+            self._evict()
+        self._cache[shop] = _Cached(merchant, time.monotonic() + ttl)
+        return merchant
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        self._cache = {k: v for k, v in self._cache.items() if v.expires_at > now}
+        if len(self._cache) >= _MAX_CACHE:
+            self._cache = {k: v for k, v in self._cache.items() if v.merchant is not None}
+
+    async def _query(self, sql: str, params: dict[str, str]) -> list[tuple[object, ...]]:
+        timeout = self._cfg.query_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                pool = await self._get_pool()
+                async with pool.acquire() as conn:
+                    try:
+                        async with conn.cursor() as cur:
+                            await cur.execute(sql, params)
+                            rows = await cur.fetchall()
+                    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                        conn.close()  # never hand a broken connection back to the pool
+                        raise
+        except (TimeoutError, OSError, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if self.healthy:
+                log.warning("postgres unavailable: %s", type(exc).__name__)
+            self.healthy = False
+            raise UnavailableError("PostgreSQL is unavailable") from None
+        if not self.healthy:
+            log.info("postgres available")
+        self.healthy = True
+        return list(rows)
+
+    async def _get_pool(self) -> aiopg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await aiopg.create_pool(
+                    self._cfg.dsn,
+                    minsize=self._cfg.pool_min,
+                    maxsize=self._cfg.pool_max,
+                    timeout=self._cfg.query_timeout,
+                    pool_recycle=300,
+                )
+            return self._pool

@@ -1,0 +1,36 @@
+"""Keep secrets out of every line the gateway writes: URLs, query strings, logs."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["redact_text", "redact_url"]
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&;\s])(?:token|ticket|access_token)=)[^&\s\"']*", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host/0` -> `redis://user:***@host/0`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Mask token/ticket query values, bearer tokens and URL passwords in free text."""
+    text = _SECRET_QUERY.sub(r"\1***", text)
+    text = _BEARER.sub(r"\1***", text)
+    return _URL_PASSWORD.sub(r"\1***@", text)

@@ -1,0 +1,64 @@
+"""Run one gateway process: listen, wait for SIGTERM/SIGINT, drain, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+from .state import GATEWAY
+
+__all__ = ["serve"]
+
+log = logging.getLogger(__name__)
+
+_PROXY_IDLE_TIMEOUT_S = 55
+
+
+def _self_check(cfg: Config) -> None:
+    if cfg.sse.heartbeat >= _PROXY_IDLE_TIMEOUT_S:
+        log.warning(
+            "sse.heartbeat is %ss: common proxy idle timeouts (60 s) will cut idle streams",
+            cfg.sse.heartbeat,
+        )
+
+
+async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
+    _self_check(cfg)
+    app = create_app(cfg)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client that leaves cancels its stream handler at once
+        access_log=None,  # stream open/close lines are logged by the handler, redacted
+        shutdown_timeout=cfg.server.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port, backlog=4096
+    )
+    await site.start()
+    for sock in _listening_sockets(runner):
+        log.info("listening on %s:%s", *sock.getsockname()[:2])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: readiness is now 503")
+    app[GATEWAY].draining = True
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _listening_sockets(runner: web.AppRunner) -> list[socket.socket]:
+    server = runner.server
+    sockets: list[socket.socket] = []
+    for site in runner.sites:
+        srv = getattr(site, "_server", None)
+        sockets.extend(getattr(srv, "sockets", None) or [])
+    return sockets if server is not None else []

@@ -1,0 +1,49 @@
+"""The running gateway's parts, shared by the views through one typed app key."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .admission import Admission
+from .auth import Authenticator
+from .broker import RedisBroker
+from .config import Config
+from .hub import Hub
+from .merchants import MerchantDirectory
+from .metrics import Metrics
+from .stream import QueuePolicy
+
+__all__ = ["GATEWAY", "Gateway"]
+
+
+@dataclass(eq=False)
+class Gateway:
+    cfg: Config
+    hub: Hub
+    broker: RedisBroker
+    directory: MerchantDirectory
+    auth: Authenticator
+    admission: Admission
+    metrics: Metrics
+    started_at: float = field(default_factory=time.monotonic)
+    draining: bool = False
+    queue_policy: QueuePolicy = field(init=False)
+    trusted_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
+
+    def __post_init__(self) -> None:
+        sse = self.cfg.sse
+        self.queue_policy = QueuePolicy(sse.max_queue, frozenset(sse.coalesce), sse.job_key)
+        self.trusted_networks = [
+            ipaddress.ip_network(p, strict=False) for p in self.cfg.server.trusted_proxies
+        ]
+
+    def sync_metrics(self) -> None:
+        hub = self.hub
+        self.metrics.sync(len(self.admission), self.broker.merchants, hub.messages, hub.deliveries)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

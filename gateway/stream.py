@@ -1,0 +1,188 @@
+"""One client's stream: direct writes while the socket keeps up, a bounded queue when not.
+
+`Stream.deliver` is the hot path, called synchronously by the hub for every
+event: it writes the shared, pre-framed bytes straight to the transport. Only
+when the transport is paused (the kernel buffer is full) does the stream queue;
+a queued `coalesce` event with the same job replaces the older one, and a queue
+that still grows past `max_queue` cuts the client (`slow_client`). `run` is the
+stream's single loop: it flushes the queue as the socket drains and ends on
+close, whatever the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .hub import Control, Entry
+from .metrics import Metrics
+
+__all__ = ["CloseReason", "QueuePolicy", "Stream"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_BYTES = 256 * 1024
+
+
+class CloseReason:
+    """Why a stream ended; logged and counted."""
+
+    CLIENT_GONE = "client_gone"
+    SLOW_CLIENT = "slow_client"
+    SHUTDOWN = "shutdown"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    max_queue: int
+    coalesce: frozenset[str]
+    job_key: str
+
+
+class Stream:
+    __slots__ = (
+        "_chunked",
+        "_jobs",
+        "_policy",
+        "_protocol",
+        "_queue",
+        "_transport",
+        "_wake",
+        "_writer",
+        "client",
+        "close_reason",
+        "merchant_id",
+        "metrics",
+        "shop",
+    )
+
+    def __init__(
+        self, merchant_id: str, shop: str, client: str, policy: QueuePolicy, metrics: Metrics
+    ) -> None:
+        self.merchant_id = merchant_id
+        self.shop = shop
+        self.client = client
+        self.metrics = metrics
+        self.close_reason: str | None = None
+        self._policy = policy
+        self._queue: OrderedDict[int, Entry | Control] | None = OrderedDict()
+        self._jobs: dict[tuple[str, str], int] = {}
+        self._wake: asyncio.Future[None] | None = None
+        self._transport: Any = None
+        self._protocol: Any = None
+        self._writer: Any = None
+        self._chunked = 0
+
+    def bind(self, writer: Any, chunked: bool) -> None:
+        """Start writing to `writer` (aiohttp's payload writer, headers already sent)."""
+        self._writer = writer
+        self._transport = writer.transport
+        self._protocol = writer.protocol
+        self._chunked = int(chunked)
+        self._wakeup()
+
+    def deliver(self, entry: Entry | Control) -> None:
+        """Hand one event to this client without ever waiting for it."""
+        if self._queue is None and not self._protocol.writing_paused:
+            self._transport.write(entry.wire[self._chunked])
+            return
+        if self.close_reason is None:
+            self._enqueue(entry)
+
+    def close(self, reason: str, final: Control | None = None) -> None:
+        """End the stream; a `final` frame is written after what is already queued."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        if reason == CloseReason.SLOW_CLIENT:
+            self._queue = OrderedDict()  # non-None: deliver() stops writing
+            self._jobs.clear()
+            if self._transport is not None:
+                self._transport.abort()
+        elif final is not None:
+            queue = self._queue if self._queue is not None else OrderedDict()
+            queue[final.seq] = final
+            self._queue = queue
+        self._wakeup()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) if self._queue else 0
+
+    def _enqueue(self, entry: Entry | Control) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = OrderedDict()
+        policy = self._policy
+        if entry.event in policy.coalesce and isinstance(entry, Entry):
+            job = entry.job(policy.job_key)
+            if job is not None:
+                key = (entry.event, job)
+                older = self._jobs.get(key)
+                if older is not None and queue.pop(older, None) is not None:
+                    self.metrics.coalesced += 1
+                self._jobs[key] = entry.seq
+        queue[entry.seq] = entry
+        if len(queue) > policy.max_queue:
+            self.metrics.slow_client_disconnects += 1
+            log.info(
+                "slow client cut merchant=%s client=%s queued=%d",
+                self.merchant_id,
+                self.client,
+                len(queue),
+            )
+            self.close(CloseReason.SLOW_CLIENT)
+        else:
+            self._wakeup()
+
+    def _wakeup(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def run(self) -> str:
+        """Flush queued events as the socket drains; return the close reason."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                queue = self._queue
+                if not queue or self._transport is None:
+                    if self.close_reason is not None:
+                        return self.close_reason
+                    if queue is not None and self._transport is not None:
+                        self._queue = None  # caught up: back to direct writes
+                        self._jobs.clear()
+                    self._wake = loop.create_future()
+                    await self._wake
+                    self._wake = None
+                    continue
+                if self._transport.is_closing():
+                    self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
+                    return self.close_reason
+                if self._protocol.writing_paused:
+                    await self._writer.drain()
+                    continue
+                self._transport.write(self._take_batch(queue))
+        except ConnectionError:
+            self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
+            return self.close_reason
+
+    def _take_batch(self, queue: OrderedDict[int, Entry | Control]) -> bytes:
+        """Join queued frames into one write (bounded, so drain still applies)."""
+        parts: list[bytes] = []
+        size = 0
+        index = self._chunked
+        while queue and size < _BATCH_BYTES:
+            _, entry = queue.popitem(last=False)
+            data = entry.wire[index]
+            parts.append(data)
+            size += len(data)
+        if not queue:
+            self._jobs.clear()
+        elif self._jobs:
+            self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
+        return b"".join(parts)
