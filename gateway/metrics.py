@@ -16,11 +16,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
 __all__ = ["REFUSAL_CODES", "Metrics"]
+
+disable_created_metrics()  # no `_created` series: they double the scrape for nothing
 
 REFUSAL_CODES = (
     "invalid_shop",
