@@ -1,0 +1,1 @@
+"""Loopback benchmark: the gateway vs nginx+nchan vs the naive design (``python -m bench``)."""

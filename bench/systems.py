@@ -1,0 +1,263 @@
+"""The systems under test: start on loopback, expose what the client needs, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.nchan import NCHAN_MODULE, render_conf
+from tools.services import NginxServer, RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before {path} answered")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not live after {timeout}s: {last}")
+
+
+def stop_pid_tree(proc: subprocess.Popen, pids: list[int], timeout: float) -> None:
+    """SIGTERM the root, wait, then SIGKILL whatever of ``pids`` is left (by PID only)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    for pid in pids:
+        if pid == proc.pid:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def parse_system(name: str) -> tuple[str, int]:
+    """``gateway2`` -> (``gateway``, 2); ``nchan-memory`` -> (``nchan-memory``, 1)."""
+    m = re.fullmatch(r"(gateway|nchan-memory|nchan-redis|naive)(\d*)", name)
+    if not m:
+        raise ValueError(f"unknown system {name!r}")
+    return m.group(1), int(m.group(2) or 1)
+
+
+class System:
+    """Base: subclasses set port, path_template, publish, redis, pub_port, root_pid."""
+
+    kind = ""
+    wait_frame = True
+    publish = "redis"
+
+    def __init__(self, name: str, workers: int, tmp: Path) -> None:
+        self.name = name
+        self.workers = workers
+        self.tmp = tmp
+        self.port = 0
+        self.pub_port = 0
+        self.path_template = ""
+        self.redis: RedisServer | None = None
+        self.proc: subprocess.Popen | None = None
+        self.pids: list[int] = []
+        self.log = None
+
+    @property
+    def root_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client_args(self) -> list[str]:
+        args = ["--port", str(self.port), "--path-template", self.path_template]
+        args += ["--publish", self.publish]
+        if self.publish == "redis":
+            assert self.redis is not None
+            args += ["--redis-url", self.redis.url]
+        else:
+            args += ["--pub-port", str(self.pub_port)]
+        if self.wait_frame:
+            args.append("--wait-frame")
+        return args
+
+    def redis_pid(self) -> int | None:
+        if self.redis is None:
+            return None
+        proc = getattr(self.redis, "proc", None) or getattr(self.redis, "process", None)
+        return getattr(proc, "pid", None) or getattr(self.redis, "pid", None)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid_tree(self.proc, self.pids, 15)
+            self.proc = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+class Naive(System):
+    kind = "naive"
+
+    def start(self) -> None:
+        self.redis = RedisServer(extra_args=["--maxclients", "100000"])
+        self.redis.start()
+        self.port = free_port()
+        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
+        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "bench.naive_app", "--port", str(self.port), "--redis-url", self.redis.url],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(self.port, "/health/live", 30, self.proc)
+
+
+class Gateway(System):
+    kind = "gateway"
+
+    def __init__(self, name: str, workers: int, tmp: Path, dsn: str, streams: int) -> None:
+        super().__init__(name, workers, tmp)
+        self.dsn = dsn
+        self.streams = streams
+        self.notes: list[str] = []
+
+    def config_text(self, admission: bool) -> str:
+        n = max(self.streams + 1000, 1000)
+        adm = "  max_new_streams_per_s: 1000000\n" if admission else ""
+        return (
+            "server:\n"
+            "  host: 127.0.0.1\n"
+            f"  port: {self.port}\n"
+            f"  workers: {self.workers}\n"
+            "  shutdown_timeout: 3\n"
+            f"{adm}"
+            "redis:\n  url: ${REDIS_URL}\n"
+            "postgres:\n  dsn: ${DATABASE_URL}\n"
+            "sse:\n"
+            f"  max_connections: {n}\n"
+            f"  max_connections_per_merchant: {n}\n"
+            "logging:\n  level: WARNING\n"
+        )
+
+    def start(self) -> None:
+        self.redis = RedisServer()
+        self.redis.start()
+        self.port = free_port()
+        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
+        env = dict(os.environ, REDIS_URL=self.redis.url, DATABASE_URL=self.dsn)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        cfg = self.tmp / f"{self.name}.yaml"
+        for admission in (True, False):
+            cfg.write_text(self.config_text(admission))
+            chk = subprocess.run(
+                [PY, "-m", "gateway", "check-config", "--config", str(cfg)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if chk.returncode == 0:
+                break
+            msg = (chk.stderr or chk.stdout).strip().splitlines()
+            self.notes.append(f"check-config: {msg[-1] if msg else chk.returncode}")
+        else:
+            raise RuntimeError(
+                "gateway check-config rejected the bench config: " + "; ".join(self.notes)
+            )
+        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "gateway", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(self.port, "/health/live", 60, self.proc)
+        if self.workers > 1:
+            time.sleep(1.0)  # let every worker bind
+
+
+class Nchan(System):
+    kind = "nchan"
+    publish = "nchan"
+    wait_frame = True  # nchan sends ": hi" right after the headers
+
+    def __init__(self, name: str, workers: int, tmp: Path, use_redis: bool) -> None:
+        super().__init__(name, workers, tmp)
+        self.use_redis = use_redis
+        self.nginx: NginxServer | None = None
+
+    def start(self) -> None:
+        ensure_nchan()
+        import resource
+
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        redis_url = None
+        if self.use_redis:
+            self.redis = RedisServer()
+            self.redis.start()
+            redis_url = self.redis.url.rsplit("/", 1)[0]
+        self.port = self.pub_port = free_port()
+        self.path_template = "/sub/m{i}"
+        self.nginx = NginxServer(
+            render_conf(self.port, self.workers, redis_url, nofile), port=self.port
+        )
+        self.nginx.start()
+        self.proc = getattr(self.nginx, "proc", None) or getattr(self.nginx, "process", None)
+        wait_http(self.port, "/health/live", 30)
+
+    def redis_pid(self) -> int | None:
+        return super().redis_pid()
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+            self.nginx = None
+            self.proc = None
+        super().stop()
+
+
+def ensure_nchan() -> None:
+    """Install nginx + nchan from Debian when absent (root only)."""
+    if shutil.which("nginx") and os.path.exists(NCHAN_MODULE):
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError("nginx/libnginx-mod-nchan missing and not root to install them")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update"], check=False, env=env, timeout=300)
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "nginx", "libnginx-mod-nchan"],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def make_tmp() -> Path:
+    return Path(tempfile.mkdtemp(prefix="bench-"))
