@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite, `make run` and `make bench` need,
+# on Debian 12. Idempotent: does nothing (and no apt-get update) when all are
+# present. As non-root it only reports what is missing.
+#
+# The Debian packages would normally start system-wide redis/postgresql/nginx
+# services; we block that during the install (policy-rc.d) and stop any that
+# got started anyway. Our tests start their own throwaway instances.
+set -euo pipefail
+
+missing=()
+
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+have_pg_server() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        [ -x "$d/postgres" ] && [ -x "$d/initdb" ] && return 0
+    done
+    have_cmd postgres && have_cmd initdb
+}
+
+have_nchan() {
+    have_pkg libnginx-mod-nchan || [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]
+}
+
+have_cmd redis-server || missing+=(redis-server)
+have_cmd redis-cli    || missing+=(redis-tools)
+have_pg_server        || missing+=(postgresql)
+{ have_cmd nginx || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+have_nchan            || missing+=(libnginx-mod-nchan)
+{ have_cmd chromium || have_cmd chromium-browser; } || missing+=(chromium)
+have_cmd chromedriver || missing+=(chromium-driver)
+have_cmd make         || missing+=(make)
+# `python3 -m venv` needs ensurepip, which Debian ships separately.
+if have_cmd python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+        missing+=(python3-venv)
+    else
+        echo "bootstrap: WARNING: $(command -v python3) cannot create venvs (no ensurepip)" >&2
+    fi
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing system packages: ${missing[*]}" >&2
+    echo "bootstrap: not root; install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 0
+fi
+
+echo "bootstrap: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+
+# Keep apt from starting the packaged services (invoke-rc.d honours this).
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+fi
+cleanup() { if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+cleanup
+own_policy=0
+
+# Stop (and disable) whatever apt may have started anyway. Tolerate absence.
+for svc in redis-server postgresql nginx; do
+    if [ -e "/etc/init.d/$svc" ] || [ -e "/lib/systemd/system/$svc.service" ]; then
+        if have_cmd systemctl && [ -d /run/systemd/system ]; then
+            systemctl stop "$svc" >/dev/null 2>&1 || true
+            systemctl disable "$svc" >/dev/null 2>&1 || true
+        elif have_cmd service; then
+            service "$svc" stop >/dev/null 2>&1 || true
+        fi
+    fi
+done
+
+echo "bootstrap: done"
