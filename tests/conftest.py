@@ -178,7 +178,9 @@ class GatewayProcess:
         self.log_path = log_path
         self.env = env
         server = config.get("server") or {}
-        self.port: int = int(server.get("port", 8080))
+        port = server.get("port", 8080)
+        # a deliberately invalid port (config-error tests) leaves .port at 0
+        self.port: int = port if isinstance(port, int) else 0
         self.host = "127.0.0.1"
         self.path: str = str(server.get("path", "/api/realtime/events"))
         self.base_url = f"http://{self.host}:{self.port}"

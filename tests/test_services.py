@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
 import redis
 from aiohttp import web
-from support import open_stream, publish, unique_merchant, wait_for
+from support import open_stream, publish, unique_merchant, wait_for, wait_until
 
 from tools.services import (
     NginxServer,
@@ -115,7 +116,7 @@ def test_nginx_proxies(tmp_path) -> None:
     with NginxServer(conf, port=port) as n:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=5) as resp:
             assert resp.read() == b"ok"
-        assert "GET /x" in n.access_log_text()
+        wait_until(lambda: "GET /x" in n.access_log_text(), timeout=5)
     assert not port_open(port)
 
 
@@ -188,3 +189,35 @@ async def test_sse_client_refusal_body_and_timeout() -> None:
                 await s.next_event(timeout=0.2)
     finally:
         await runner.cleanup()
+
+
+# -- the gateway fixture --------------------------------------------------------
+
+
+async def test_gateway_factory_round_trip(gateway_factory, redis_server, merchant) -> None:
+    mid, shop = merchant
+    gw = await gateway_factory.astart()
+    assert gw.stream_url(shop, lastEventId="x").startswith(
+        f"http://127.0.0.1:{gw.port}/api/realtime/events?shop="
+    )
+    async with open_stream(gw.stream_url(shop)) as s:
+        assert s.status == 200, await s.json_body()
+        first = await s.next_event()
+        assert first.event == "connected"
+        assert first.json()["merchantId"] == mid
+        await wait_for(
+            lambda: publish(redis_server.url, f"merchant:{mid}:progress", {"jobId": "j"}),
+            timeout=5,
+        )
+        ev = await s.next_event()
+        assert (ev.event, ev.json()) == ("progress", {"jobId": "j"})
+        gw.send_signal(signal.SIGTERM)
+        assert (await s.next_event_of("shutdown", timeout=15)).json() == {"reason": "shutdown"}
+    assert gw.wait(15) == 0
+    assert "client=" in gw.log_text()
+
+
+def test_gateway_factory_bad_config_exit_code(gateway_factory) -> None:
+    gw = gateway_factory.start({"server": {"port": "nope"}}, wait=False)
+    assert gw.wait(15) == 2
+    assert "server.port" in gw.log_text()
