@@ -33,6 +33,7 @@ T = TypeVar("T")
 __all__ = [
     "Event",
     "SSEStream",
+    "chromium_executable",
     "http_json",
     "open_stream",
     "publish",
@@ -407,3 +408,15 @@ def unique_merchant(prefix: str = "m") -> tuple[str, str]:
     n = next(_counter)
     tag = f"{prefix}-{os.getpid()}-{n}-{time.monotonic_ns() % 100000}".lower()
     return f"{tag}-id", f"{tag}.myshopify.com"
+
+
+def chromium_executable() -> str | None:
+    """Debian's Chromium for Playwright (``executable_path=``): Playwright's own
+    browser download is not available here, so tests must launch this one."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
