@@ -79,6 +79,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(_sync_metrics(gw), name="metrics-sync"),
         asyncio.create_task(_recheck_merchants(gw), name="merchant-recheck"),
+        asyncio.create_task(_heartbeat(gw), name="heartbeat"),
     ]
     yield
     for task in tasks:
@@ -103,6 +104,15 @@ async def _sync_metrics(gw: Gateway) -> None:
     while True:
         await asyncio.sleep(_METRICS_SYNC_S)
         gw.sync_metrics()
+
+
+async def _heartbeat(gw: Gateway) -> None:
+    """One timer pings every open stream (not one sleeping task per stream)."""
+    while True:
+        await asyncio.sleep(gw.cfg.sse.heartbeat)
+        for stream in gw.admission.streams():
+            if stream.close_reason is None and stream.bound:
+                stream.ping()
 
 
 async def _recheck_merchants(gw: Gateway) -> None:

@@ -153,9 +153,11 @@ async def _serve(
     request: web.Request, gw: Gateway, stream: Stream, cors: dict[str, str]
 ) -> web.StreamResponse:
     sse = gw.cfg.sse
-    response = EventSourceResponse(headers=cors, sep="\n", ping_interval=sse.heartbeat)
+    response = EventSourceResponse(headers=cors, sep="\n")
     response.headers["Cache-Control"] = "no-cache, no-transform"
     writer = await response.prepare(request)
+    # aiohttp-sse pings from a task per stream; app.py pings all streams from one timer
+    response.stop_streaming()
     last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     started = time.monotonic()
     replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
@@ -185,7 +187,6 @@ async def _serve(
             )
     finally:
         gw.hub.detach(stream.merchant_id, stream)
-        response.stop_streaming()
     return response
 
 

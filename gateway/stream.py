@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from .frames import PING, chunk
 from .hub import Control, Entry
 from .metrics import Metrics
 
@@ -25,6 +26,7 @@ __all__ = ["CloseReason", "QueuePolicy", "Stream"]
 log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
+_PING_WIRE = (PING, chunk(PING))
 
 
 class CloseReason:
@@ -85,6 +87,10 @@ class Stream:
         self._chunked = int(chunked)
         self._wakeup()
 
+    @property
+    def bound(self) -> bool:
+        return self._transport is not None
+
     def deliver(self, entry: Entry | Control) -> None:
         """Hand one event to this client without ever waiting for it."""
         if self._queue is None and not self._protocol.writing_paused:
@@ -92,6 +98,11 @@ class Stream:
             return
         if self.close_reason is None:
             self._enqueue(entry)
+
+    def ping(self) -> None:
+        """Heartbeat comment, skipped while events are queued (the socket is busy anyway)."""
+        if self._queue is None and not self._protocol.writing_paused:
+            self._transport.write(_PING_WIRE[self._chunked])
 
     def close(self, reason: str, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued."""
