@@ -269,7 +269,7 @@ class RedisBroker:
         """
         conn = pubsub.connection
         assert conn is not None
-        socket_reader: asyncio.StreamReader = conn._reader  # type: ignore[attr-defined]
+        socket_reader: asyncio.StreamReader = conn._reader
         parser = hiredis.Reader()
         channels = self._channels
         publish = self._hub.publish

@@ -194,8 +194,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, raw in data.items():
         f = fields[name]
         key = f"{prefix}.{name}"
-        if dataclasses.is_dataclass(f.default_factory):  # type: ignore[arg-type]
-            values[name] = _build(f.default_factory, raw, key)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(f.default_factory):
+            values[name] = _build(f.default_factory, raw, key)
         else:
             values[name] = _coerce(key, f, raw)
     return cls(**values)
@@ -288,7 +288,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         if name not in {f.name for f in dataclasses.fields(Config)} or name == "redis_source":
             raise ConfigError(name, "unknown key")
     sections = {
-        f.name: _build(f.default_factory, raw.get(f.name), f.name)  # type: ignore[misc]
+        f.name: _build(f.default_factory, raw.get(f.name), f.name)  # type: ignore[arg-type]
         for f in dataclasses.fields(Config)
         if not f.metadata.get("internal")
     }

@@ -72,15 +72,17 @@ class Metrics:
         self._refusals = Counter(
             "gateway_refusals", "Refused stream requests", ["code"], registry=self.registry
         )
-        gauge_mode = {"multiprocess_mode": "livesum"}
         self.connections = Gauge(
-            "gateway_connections", "Open client streams", registry=self.registry, **gauge_mode
+            "gateway_connections",
+            "Open client streams",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.merchants = Gauge(
             "gateway_merchants_subscribed",
             "Merchants with a Redis subscription",
             registry=self.registry,
-            **gauge_mode,
+            multiprocess_mode="livesum",
         )
         self.delivery_latency = Histogram(
             "gateway_delivery_latency_seconds",
