@@ -24,6 +24,9 @@ __all__ = ["Merchant", "MerchantDirectory"]
 log = logging.getLogger(__name__)
 
 _MAX_CACHE = 100_000
+# Connectivity faults. RuntimeError: aiopg under uvloop can fail a connect to a dead
+# server with "unable to perform operation on <UVPoll closed=True>" (aio-libs/aiopg#909).
+_FAULTS = (TimeoutError, OSError, RuntimeError, psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class MerchantDirectory:
         self._pool_lock = asyncio.Lock()
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Task[Merchant | None]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
         self.healthy = False
 
     async def verify(self, shop: str) -> Merchant:
@@ -128,15 +132,24 @@ class MerchantDirectory:
                     except (psycopg2.OperationalError, psycopg2.InterfaceError):
                         conn.close()  # never hand a broken connection back to the pool
                         raise
-        except (TimeoutError, OSError, psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        except _FAULTS as exc:
             if self.healthy:
                 log.warning("postgres unavailable: %s", type(exc).__name__)
             self.healthy = False
+            self._drop_pool()  # rebuilt on the next query: no stale connection survives
             raise UnavailableError("PostgreSQL is unavailable") from None
         if not self.healthy:
             log.info("postgres available")
         self.healthy = True
         return list(rows)
+
+    def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            task = asyncio.ensure_future(pool.wait_closed())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _get_pool(self) -> aiopg.Pool:
         if self._pool is not None:

@@ -7,7 +7,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["redact_text", "redact_url"]
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&;\s])(?:token|ticket|access_token)=)[^&\s\"']*", re.I)
+_SECRET_QUERY = re.compile(
+    r"((?:^|[?&;\s])(?:token|ticket|access_token|password|passwd|sslpassword)=)[^&\s\"']*", re.I
+)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
 
@@ -18,8 +20,10 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
+    if parts.query:
+        parts = parts._replace(query=_SECRET_QUERY.sub(r"\1***", parts.query))
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:
