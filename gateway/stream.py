@@ -94,7 +94,10 @@ class Stream:
     def deliver(self, entry: Entry | Control) -> None:
         """Hand one event to this client without ever waiting for it."""
         if self._queue is None and not self._protocol.writing_paused:
-            self._transport.write(entry.wire[self._chunked])
+            try:
+                self._transport.write(entry.wire[self._chunked])
+            except RuntimeError:  # uvloop: the client left; its handler is being cancelled
+                self.close(CloseReason.CLIENT_GONE)
             return
         if self.close_reason is None:
             self._enqueue(entry)
@@ -102,14 +105,17 @@ class Stream:
     def ping(self) -> None:
         """Heartbeat comment, skipped while events are queued (the socket is busy anyway)."""
         if self._queue is None and not self._protocol.writing_paused:
-            self._transport.write(_PING_WIRE[self._chunked])
+            try:
+                self._transport.write(_PING_WIRE[self._chunked])
+            except RuntimeError:
+                self.close(CloseReason.CLIENT_GONE)
 
     def close(self, reason: str, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        if reason == CloseReason.SLOW_CLIENT:
+        if reason in (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE):
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._jobs.clear()
             if self._transport is not None:
@@ -177,7 +183,10 @@ class Stream:
                 if self._protocol.writing_paused:
                     await self._writer.drain()
                     continue
-                self._transport.write(self._take_batch(queue))
+                try:
+                    self._transport.write(self._take_batch(queue))
+                except RuntimeError:  # uvloop: transport closed under us
+                    raise ConnectionResetError from None
         except ConnectionError:
             self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
             return self.close_reason
