@@ -1,0 +1,216 @@
+"""Unit tests of gateway.hub: event ids, the bounded history ring, attach/replay."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.hub import Control, Entry, Hub, new_epoch
+
+
+class Sink:
+    """A Subscriber that records what the hub hands it."""
+
+    def __init__(self) -> None:
+        self.got: list[Entry | Control] = []
+
+    def deliver(self, entry: Entry | Control) -> None:
+        self.got.append(entry)
+
+
+def wire_id(entry: Entry) -> str:
+    """The `id:` field of an entry's frame, as a client would see it."""
+    first = entry.wire[0].split(b"\n", 1)[0].decode()
+    assert first.startswith("id: ")
+    return first[len("id: ") :]
+
+
+def seq_of(event_id: str) -> int:
+    return int(event_id.rpartition("-")[2])
+
+
+def test_ids_increase_and_are_unique_across_merchants() -> None:
+    hub = Hub(history=10, epoch="ep0")
+    hub.open("a")
+    hub.open("b")
+    ids = []
+    for i in range(50):
+        entry = hub.publish("a" if i % 3 else "b", "progress", b"{}")
+        assert entry is not None
+        ids.append(wire_id(entry))
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("ep0-") for i in ids)
+    seqs = [seq_of(i) for i in ids]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+def test_epoch_is_per_process_and_default() -> None:
+    hub = Hub(history=1)
+    assert hub.epoch
+    assert "-" not in hub.epoch  # the id's last '-' separates epoch and seq
+    assert isinstance(new_epoch(), str)
+
+
+def test_history_is_bounded() -> None:
+    hub = Hub(history=5, epoch="e")
+    topic = hub.open("m")
+    for i in range(20):
+        hub.publish("m", "stage", str(i).encode())
+    assert len(topic.history) == 5
+    assert [e.payload for e in topic.history] == [str(i).encode() for i in range(15, 20)]
+
+
+def test_publish_for_unheld_merchant_returns_none() -> None:
+    hub = Hub(history=5, epoch="e")
+    assert hub.publish("nobody", "progress", b"{}") is None
+    assert len(hub) == 0
+    assert hub.messages == 0
+    # and it consumed no id
+    hub.open("m")
+    entry = hub.publish("m", "progress", b"{}")
+    assert entry is not None and entry.seq == 1
+
+
+def test_publish_fans_out_to_every_subscriber_of_that_merchant_only() -> None:
+    hub = Hub(history=5, epoch="e")
+    a1, a2, b = Sink(), Sink(), Sink()
+    hub.attach("a", a1, None)
+    hub.attach("a", a2, None)
+    hub.attach("b", b, None)
+    entry = hub.publish("a", "progress", b"x")
+    assert a1.got == [entry] and a2.got == [entry]
+    assert b.got == []
+    assert hub.deliveries == 2
+
+
+def test_attach_without_id_has_no_replay() -> None:
+    hub = Hub(history=5, epoch="e")
+    hub.open("m")
+    hub.publish("m", "stage", b"1")
+    sink = Sink()
+    assert hub.attach("m", sink, None) == ([], False)
+    assert hub.attach("m", Sink(), "") == ([], False)
+    later = hub.publish("m", "stage", b"2")
+    assert sink.got == [later]
+
+
+def test_attach_replays_after_the_id_in_order() -> None:
+    hub = Hub(history=10, epoch="e")
+    hub.open("m")
+    entries = [hub.publish("m", "stage", str(i).encode()) for i in range(6)]
+    replay, gap = hub.attach("m", Sink(), wire_id(entries[2]))  # type: ignore[arg-type]
+    assert gap is False
+    assert replay == entries[3:]
+    # the newest id: nothing to replay, no gap
+    replay, gap = hub.attach("m", Sink(), wire_id(entries[-1]))  # type: ignore[arg-type]
+    assert (replay, gap) == ([], False)
+
+
+def test_attach_registers_atomically_with_replay() -> None:
+    """Everything after the id arrives exactly once: replay, then live."""
+    hub = Hub(history=10, epoch="e")
+    hub.open("m")
+    first = hub.publish("m", "stage", b"1")
+    second = hub.publish("m", "stage", b"2")
+    sink = Sink()
+    replay, _ = hub.attach("m", sink, wire_id(first))  # type: ignore[arg-type]
+    live = hub.publish("m", "stage", b"3")
+    assert replay + sink.got == [second, live]
+
+
+@pytest.mark.parametrize(
+    "last_id",
+    ["garbage", "e-", "e-x", "other-1", "-1", "e-999"],
+    ids=["garbage", "no-seq", "non-digit", "foreign-epoch", "no-epoch", "future-seq"],
+)
+def test_attach_unknown_or_foreign_id_is_a_gap(last_id: str) -> None:
+    hub = Hub(history=10, epoch="e")
+    hub.open("m")
+    hub.publish("m", "stage", b"1")
+    hub.publish("m", "stage", b"2")
+    sink = Sink()
+    assert hub.attach("m", sink, last_id) == ([], True)
+    # still attached: goes live
+    live = hub.publish("m", "stage", b"3")
+    assert sink.got == [live]
+
+
+def test_attach_evicted_id_is_a_gap() -> None:
+    hub = Hub(history=3, epoch="e")
+    hub.open("m")
+    entries = [hub.publish("m", "stage", str(i).encode()) for i in range(10)]
+    assert hub.attach("m", Sink(), wire_id(entries[5])) == ([], True)  # type: ignore[arg-type]
+    replay, gap = hub.attach("m", Sink(), wire_id(entries[7]))  # type: ignore[arg-type]
+    assert (replay, gap) == (entries[8:], False)
+
+
+def test_id_of_another_merchant_is_a_gap() -> None:
+    hub = Hub(history=10, epoch="e")
+    hub.open("a")
+    hub.open("b")
+    other = hub.publish("b", "stage", b"b")
+    hub.publish("a", "stage", b"a")
+    assert hub.attach("a", Sink(), wire_id(other)) == ([], True)  # type: ignore[arg-type]
+
+
+def test_dropped_merchant_forgets_history() -> None:
+    hub = Hub(history=10, epoch="e")
+    hub.open("m")
+    entry = hub.publish("m", "stage", b"1")
+    hub.drop("m")
+    assert hub.publish("m", "stage", b"2") is None
+    assert hub.attach("m", Sink(), wire_id(entry)) == ([], True)  # type: ignore[arg-type]
+
+
+def test_detach_stops_delivery() -> None:
+    hub = Hub(history=10, epoch="e")
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.detach("m", sink)
+    hub.publish("m", "stage", b"1")
+    assert sink.got == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "job"),
+    [
+        (b'{"jobId": "j1", "pct": 5}', "j1"),
+        (b'{"jobId": 42}', "42"),
+        (b'{"jobId": true}', None),
+        (b'{"jobId": null}', None),
+        (b'{"jobId": ["x"]}', None),
+        (b'{"jobId": {"a": 1}}', None),
+        (b'{"other": "j1"}', None),
+        (b'["jobId", "j1"]', None),
+        (b'"j1"', None),
+        (b"not json", None),
+        (b"", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_entry_job_parsing(payload: bytes, job: str | None) -> None:
+    entry = Entry(1, "e-1", "progress", payload)
+    assert entry.job("jobId") == job
+    assert entry.job("jobId") == job  # cached answer is the same
+
+
+def test_entry_job_uses_the_configured_key() -> None:
+    entry = Entry(1, "e-1", "progress", b'{"jobId": "a", "task": "b"}')
+    assert entry.job("task") == "b"
+
+
+def test_entry_wire_is_plain_and_chunked() -> None:
+    entry = Entry(7, "e-7", "progress", b'{"a":1}')
+    plain, chunked = entry.wire
+    assert plain == b'id: e-7\nevent: progress\ndata: {"a":1}\n\n'
+    assert chunked == b"%x\r\n%s\r\n" % (len(plain), plain)
+
+
+def test_broadcast_reaches_every_subscriber() -> None:
+    hub = Hub(history=1, epoch="e")
+    a, b = Sink(), Sink()
+    hub.attach("a", a, None)
+    hub.attach("b", b, None)
+    control = Control("shutdown", {"reason": "shutdown"})
+    hub.broadcast(control)
+    assert a.got == [control] and b.got == [control]

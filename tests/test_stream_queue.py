@@ -1,0 +1,408 @@
+"""Unit tests of gateway.stream.Stream against a fake transport/protocol/writer.
+
+The fake models what the stream relies on: ``protocol.writing_paused`` (the
+kernel buffer is full), ``transport.write``/``abort``/``is_closing`` and
+``writer.drain()`` (returns once the socket has drained).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from gateway.hub import Control, Entry
+from gateway.metrics import Metrics
+from gateway.stream import CloseReason, QueuePolicy, Stream
+
+
+class FakeProtocol:
+    def __init__(self) -> None:
+        self.writing_paused = False
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.aborted = False
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.aborted, "write after abort"
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+        self.protocol = FakeProtocol()
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def pause(self) -> None:
+        self.protocol.writing_paused = True
+        self._drained.clear()
+
+    def resume(self) -> None:
+        self.protocol.writing_paused = False
+        self._drained.set()
+
+    async def drain(self) -> None:
+        await self._drained.wait()
+
+
+_seq = iter(range(1, 10**9))
+
+
+def entry(event: str, payload: object) -> Entry:
+    seq = next(_seq)
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return Entry(seq, f"ep-{seq}", event, data)
+
+
+def make_stream(max_queue: int = 100) -> tuple[Stream, Metrics]:
+    metrics = Metrics()
+    policy = QueuePolicy(max_queue, frozenset({"progress"}), "jobId")
+    return Stream("mid", "s.myshopify.com", "127.0.0.1", policy, metrics), metrics
+
+
+async def poll(pred: Callable[[], object], within: float = 2.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met: {what}")
+        await asyncio.sleep(0.001)
+
+
+def frames(data: bytes) -> list[bytes]:
+    return [b + b"\n\n" for b in data.split(b"\n\n") if b]
+
+
+def ids_in(data: bytes) -> list[str]:
+    return [line[4:].decode() for line in data.split(b"\n") if line.startswith(b"id: ")]
+
+
+async def running(stream: Stream, writer: FakeWriter) -> asyncio.Task[str]:
+    """Bind and start run(); return once the stream is idle in direct-write mode."""
+    stream.bind(writer, chunked=False)
+    task = asyncio.create_task(stream.run())
+    await poll(lambda: stream._wake is not None and stream._queue is None, what="idle")
+    return task
+
+
+async def finish(task: asyncio.Task[str]) -> None:
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+async def test_direct_write_when_not_paused() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    e = entry("stage", {"n": 1})
+    stream.deliver(e)
+    # synchronous: written before any await
+    assert writer.transport.writes == [e.wire[0]]
+    assert stream.queued == 0
+    await finish(task)
+
+
+async def test_chunked_binding_writes_chunked_bytes() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    stream.bind(writer, chunked=True)
+    task = asyncio.create_task(stream.run())
+    await poll(lambda: stream._queue is None)
+    e = entry("stage", {"n": 1})
+    stream.deliver(e)
+    assert writer.transport.writes == [e.wire[1]]
+    await finish(task)
+
+
+async def test_queues_when_paused_and_run_drains_on_resume() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    sent = [entry("stage", {"n": i}) for i in range(5)]
+    for e in sent:
+        stream.deliver(e)
+    assert stream.queued == 5
+    assert writer.transport.writes == []
+    writer.resume()
+    await poll(lambda: stream.queued == 0, what="drained")
+    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    # back to direct writes once caught up
+    await poll(lambda: stream._queue is None and stream._wake is not None)
+    e = entry("stage", {"n": 99})
+    stream.deliver(e)
+    assert writer.transport.writes[-1] == e.wire[0]
+    await finish(task)
+
+
+async def test_events_before_bind_are_queued_then_flushed() -> None:
+    stream, _ = make_stream()
+    early = [entry("stage", {"n": i}) for i in range(3)]
+    for e in early:
+        stream.deliver(e)
+    assert stream.queued == 3
+    writer = FakeWriter()
+    stream.bind(writer, chunked=False)
+    task = asyncio.create_task(stream.run())
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == b"".join(e.wire[0] for e in early)
+    await finish(task)
+
+
+async def test_coalescing_keeps_newest_at_the_end_preserving_others() -> None:
+    stream, metrics = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    a1 = entry("progress", {"jobId": "A", "pct": 10})
+    s1 = entry("stage", {"jobId": "A", "stage": "x"})
+    b1 = entry("progress", {"jobId": "B", "pct": 10})
+    a2 = entry("progress", {"jobId": "A", "pct": 20})
+    b2 = entry("progress", {"jobId": "B", "pct": 20})
+    a3 = entry("progress", {"jobId": "A", "pct": 30})
+    for e in (a1, s1, b1, a2, b2, a3):
+        stream.deliver(e)
+    assert stream.queued == 3
+    assert metrics.coalesced == 3
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    # order of the survivors is publication order: ids keep increasing
+    assert writer.transport.data == s1.wire[0] + b2.wire[0] + a3.wire[0]
+    got = ids_in(writer.transport.data)
+    assert got == sorted(got, key=lambda i: int(i.rpartition("-")[2]))
+    await finish(task)
+
+
+async def test_completion_and_error_never_coalesced() -> None:
+    stream, metrics = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    sent = [
+        entry("completion", {"jobId": "A"}),
+        entry("completion", {"jobId": "A"}),
+        entry("error", {"jobId": "A"}),
+        entry("error", {"jobId": "A"}),
+        entry("stage", {"jobId": "A"}),
+        entry("stage", {"jobId": "A"}),
+    ]
+    for e in sent:
+        stream.deliver(e)
+    assert stream.queued == len(sent)
+    assert metrics.coalesced == 0
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    await finish(task)
+
+
+async def test_progress_then_completion_keeps_both_in_order() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    p1 = entry("progress", {"jobId": "A", "pct": 50})
+    done = entry("completion", {"jobId": "A"})
+    p2 = entry("progress", {"jobId": "A", "pct": 100})
+    for e in (p1, done, p2):
+        stream.deliver(e)
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == done.wire[0] + p2.wire[0]
+    await finish(task)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b'"A"', b'["A"]', b'{"other": "A"}', b'{"jobId": null}', b'{"jobId": true}'],
+)
+async def test_non_json_or_keyless_progress_never_coalesced(payload: bytes) -> None:
+    stream, metrics = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    sent = [entry("progress", payload) for _ in range(4)]
+    for e in sent:
+        stream.deliver(e)
+    assert stream.queued == 4
+    assert metrics.coalesced == 0
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    await finish(task)
+
+
+async def test_coalescing_only_while_queued() -> None:
+    """An event already written is not 'replaced': the newer one is simply sent."""
+    stream, metrics = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    a1 = entry("progress", {"jobId": "A", "pct": 1})
+    stream.deliver(a1)  # written directly
+    writer.pause()
+    a2 = entry("progress", {"jobId": "A", "pct": 2})
+    stream.deliver(a2)
+    assert stream.queued == 1
+    assert metrics.coalesced == 0
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == a1.wire[0] + a2.wire[0]
+    await finish(task)
+
+
+async def test_cut_past_max_queue_with_slow_client() -> None:
+    stream, metrics = make_stream(max_queue=3)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    for i in range(3):
+        stream.deliver(entry("stage", {"n": i}))
+    assert stream.close_reason is None
+    assert not writer.transport.aborted
+    stream.deliver(entry("stage", {"n": 3}))  # max_queue + 1
+    assert stream.close_reason == CloseReason.SLOW_CLIENT == "slow_client"
+    assert writer.transport.aborted
+    assert metrics.slow_client_disconnects == 1
+    assert stream.queued == 0  # memory released
+    # further deliveries are dropped, not queued, not written
+    stream.deliver(entry("stage", {"n": 4}))
+    assert stream.queued == 0 and writer.transport.writes == []
+    assert await asyncio.wait_for(task, 2) == "slow_client"
+    assert metrics.slow_client_disconnects == 1
+
+
+async def test_coalescing_keeps_a_lagging_client_under_max_queue() -> None:
+    stream, metrics = make_stream(max_queue=3)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    for i in range(100):
+        stream.deliver(entry("progress", {"jobId": "A", "pct": i}))
+    for i in range(100):
+        stream.deliver(entry("progress", {"jobId": "B", "pct": i}))
+    assert stream.close_reason is None
+    assert stream.queued == 2
+    assert metrics.slow_client_disconnects == 0
+    await finish(task)
+
+
+async def test_completions_still_count_towards_max_queue() -> None:
+    stream, metrics = make_stream(max_queue=2)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    for _ in range(3):
+        stream.deliver(entry("completion", {"jobId": "A"}))
+    assert stream.close_reason == "slow_client"
+    assert metrics.slow_client_disconnects == 1
+    assert await asyncio.wait_for(task, 2) == "slow_client"
+
+
+async def test_close_with_final_flushes_queue_then_final() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    sent = [entry("stage", {"n": i}) for i in range(3)]
+    for e in sent:
+        stream.deliver(e)
+    final = Control("shutdown", {"reason": "shutdown"}, retry_ms=1234)
+    stream.close(CloseReason.SHUTDOWN, final)
+    assert not task.done()
+    # events after close are not sent
+    stream.deliver(entry("stage", {"n": 99}))
+    writer.resume()
+    assert await asyncio.wait_for(task, 2) == "shutdown"
+    assert writer.transport.data == b"".join(e.wire[0] for e in sent) + final.wire[0]
+    assert not writer.transport.aborted
+
+
+async def test_close_with_final_when_idle_writes_final() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    final = Control("revoked", {"reason": "revoked"})
+    stream.close(CloseReason.REVOKED, final)
+    assert await asyncio.wait_for(task, 2) == "revoked"
+    assert writer.transport.data == final.wire[0]
+    # a second close changes nothing
+    stream.close(CloseReason.SHUTDOWN, Control("shutdown", {"reason": "shutdown"}))
+    assert stream.close_reason == "revoked"
+
+
+async def test_control_frames_are_queued_in_order_not_coalesced() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    c1 = Control("resync", {"reason": "history_gap"})
+    e1 = entry("progress", {"jobId": "A"})
+    c2 = Control("resync", {"reason": "redis_reconnected"})
+    for e in (c1, e1, c2):
+        stream.deliver(e)
+    assert stream.queued == 3
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == c1.wire[0] + e1.wire[0] + c2.wire[0]
+    await finish(task)
+
+
+async def test_run_returns_client_gone_when_transport_closes() -> None:
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    stream.deliver(entry("stage", {"n": 1}))
+    writer.transport.closing = True
+    writer.resume()
+    assert await asyncio.wait_for(task, 2) == "client_gone"
+
+
+async def test_large_queue_is_written_in_bounded_batches() -> None:
+    stream, _ = make_stream(max_queue=1000)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    big = [entry("stage", b"x" * 10240) for _ in range(100)]
+    for e in big:
+        stream.deliver(e)
+    writer.resume()
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == b"".join(e.wire[0] for e in big)
+    assert len(writer.transport.writes) > 1
+    assert max(len(w) for w in writer.transport.writes) < 512 * 1024
+    await finish(task)
+
+
+@pytest.mark.parametrize("event", ["completion", "error"])
+def test_config_refuses_to_coalesce_completion_or_error(tmp_path, event: str) -> None:  # type: ignore[no-untyped-def]
+    from gateway.config import ConfigError, load_config
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"sse:\n  coalesce: [progress, {event}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), environ={})
+    assert info.value.key == "sse.coalesce[1]"
