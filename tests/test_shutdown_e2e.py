@@ -1,0 +1,257 @@
+# ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
+"""Graceful shutdown (SIGTERM) and admission control end to end (SPEC "Faults"; issue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from ops_support import RawStream, get_health, poll
+from support import open_stream, unique_merchant
+
+SHUTDOWN_EVENT = b'event: shutdown\ndata: {"reason":"shutdown"}\n\n'
+_RETRY_BEFORE_SHUTDOWN = re.compile(rb"retry: (\d+)\nevent: shutdown\ndata: ")
+
+
+def _raise_nofile(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(max(soft, want), hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= want, "RLIMIT_NOFILE too low"
+
+
+def _accepted_by(pid: int, server_port: int, client_port: int) -> bool:
+    """Whether process `pid` holds the server side of 127.0.0.1:client_port -> server_port."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                local_port = int(cols[1].rsplit(":", 1)[1], 16)
+                remote_port = int(cols[2].rsplit(":", 1)[1], 16)
+                if (local_port, remote_port) == (server_port, client_port):
+                    inode = cols[9]
+    if inode is None:
+        return False
+    target = f"socket:[{inode}]"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return True
+    return False
+
+
+async def _wait_exit(gw: Any, timeout: float) -> tuple[int, float]:
+    """(exit code, seconds since now) without blocking the event loop."""
+    started = time.monotonic()
+    rc = await asyncio.to_thread(gw.wait, timeout)
+    return rc, time.monotonic() - started
+
+
+async def test_sigterm_streams_get_jittered_shutdown_and_exit_0(postgres_server, gateway_factory):
+    shutdown_timeout, retry_ms = 5, 1000
+    merchants = [unique_merchant("sd") for _ in range(2)]
+    for mid, shop in merchants:
+        postgres_server.add_merchant(mid, shop)
+    gw = await gateway_factory.astart(
+        config={"server": {"shutdown_timeout": shutdown_timeout}, "sse": {"retry_ms": retry_ms}}
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(open_stream(gw.stream_url(merchants[i % 2][1])))
+            for i in range(8)
+        ]
+        for s in streams:
+            assert s.status == 200
+            first = await s.next_event(timeout=5)
+            assert first.event == "connected" and first.retry == retry_ms, first
+        status, body, _ = await get_health(gw)
+        assert status == 200 and body["connections"] == 8, body
+
+        signalled = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        retries = []
+        for s in streams:
+            ev = await s.next_event_of("shutdown", timeout=shutdown_timeout)
+            assert ev.json() == {"reason": "shutdown"}, ev
+            # `retry:` travels in the same block, before the event
+            assert ev.fields[0][0] == "retry" and ev.retry is not None, ev.fields
+            retries.append(ev.retry)
+            await s.wait_closed(timeout=shutdown_timeout)
+            assert s.closed
+        rc, _ = await _wait_exit(gw, shutdown_timeout + 5)
+        took = time.monotonic() - signalled
+    print(f"\nSIGTERM, 8 streams: exit {rc} after {took:.3f}s; retry values {sorted(retries)}")
+    assert rc == 0, gw.log_text()[-3000:]
+    assert took < shutdown_timeout, took
+    # jittered across the drain window: not one storm
+    assert len(set(retries)) > 1, retries
+    assert all(0 < r <= shutdown_timeout * 1000 for r in retries), retries
+    log = gw.log_text()
+    assert log.index("draining: readiness is now 503") < log.index("streams told to reconnect")
+    assert "redis and postgres released" in log, log[-2000:]
+
+
+@pytest.mark.timeout(60)
+async def test_sigterm_readiness_503_while_draining(redis_factory, gateway_factory):
+    """A /health already in flight when SIGTERM lands answers 503 with draining.
+
+    The listener closes together with the readiness flip, so the only way to see
+    it from outside is a request in flight: Redis is frozen so the /health probe
+    takes ~1.5 s, and SIGTERM arrives meanwhile. Exit stays 0 and in time even
+    though Redis hangs.
+    """
+    r = redis_factory()
+    shutdown_timeout = 5
+    gw = await gateway_factory.astart(
+        config={"server": {"shutdown_timeout": shutdown_timeout}}, redis=r
+    )
+    await poll(lambda: get_health(gw), lambda res: res[0] == 200, 10, what="/health 200")
+    r.freeze()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        reader, writer = await asyncio.open_connection(gw.host, gw.port)
+        client_port = writer.get_extra_info("sockname")[1]
+        writer.write(
+            f"GET /health HTTP/1.1\r\nHost: {gw.host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        in_flight = asyncio.create_task(reader.read())
+        # synchronise on the gateway owning the accepted socket (its probe then hangs)
+        await poll(
+            lambda: asyncio.to_thread(_accepted_by, gw.pid, gw.port, client_port),
+            bool,
+            5,
+            0.01,
+            "connection accepted by the gateway",
+        )
+        assert not in_flight.done()
+        signalled = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        raw = await asyncio.wait_for(in_flight, shutdown_timeout)
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), raw
+        body = json.loads(payload)
+        assert body.get("draining") is True and body["status"] == "fail", body
+        rc, _ = await _wait_exit(gw, shutdown_timeout + 5)
+        took = time.monotonic() - signalled
+    finally:
+        r.thaw()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    print(f"\nSIGTERM with Redis frozen, /health in flight: {body}; exit {rc} after {took:.3f}s")
+    assert rc == 0
+    assert took < shutdown_timeout
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_with_1000_streams(postgres_server, gateway_factory):
+    n_streams, n_merchants, shutdown_timeout = 1000, 10, 10
+    _raise_nofile(n_streams * 2 + 256)
+    merchants = [unique_merchant("k") for _ in range(n_merchants)]
+    for mid, shop in merchants:
+        postgres_server.add_merchant(mid, shop)
+    gw = await gateway_factory.astart(
+        config={
+            "server": {"shutdown_timeout": shutdown_timeout, "max_new_streams_per_s": 0},
+            "sse": {"max_connections_per_merchant": n_streams, "heartbeat": 15},
+        }
+    )
+    targets = [f"{gw.path}?shop={merchants[i % n_merchants][1]}" for i in range(n_streams)]
+    streams: list[RawStream] = []
+    try:
+        opened = time.monotonic()
+        for start in range(0, n_streams, 100):
+            batch = await asyncio.gather(
+                *(RawStream.open(gw.host, gw.port, t) for t in targets[start : start + 100])
+            )
+            streams.extend(batch)
+            await asyncio.gather(*(s.wait_for(b"event: connected", 30) for s in batch))
+        assert all(s.status == 200 for s in streams)
+        open_s = time.monotonic() - opened
+        status, body, _ = await get_health(gw)
+        assert status == 200 and body["connections"] == n_streams, body
+        assert body["merchants"] == n_merchants, body
+
+        signalled = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        exit_task = asyncio.create_task(_wait_exit(gw, shutdown_timeout + 10))
+        results = await asyncio.gather(
+            *(s.wait_for(SHUTDOWN_EVENT, shutdown_timeout + 5) for s in streams),
+            return_exceptions=True,
+        )
+        got_all_at = time.monotonic() - signalled
+        missing = [r for r in results if r is not None]
+        assert not missing, f"{len(missing)} streams without shutdown: {missing[:3]!r}"
+        await asyncio.gather(*(s.wait_eof(shutdown_timeout + 5) for s in streams))
+        rc, _ = await exit_task
+        took = time.monotonic() - signalled
+    finally:
+        await asyncio.gather(*(s.close() for s in streams))
+    retries = []
+    for s in streams:
+        m = _RETRY_BEFORE_SHUTDOWN.search(bytes(s.buf))
+        assert m, bytes(s.buf[-300:])
+        retries.append(int(m.group(1)))
+    print(
+        f"\nSIGTERM, {n_streams} streams over {n_merchants} merchants (opened in {open_s:.2f}s): "
+        f"all got shutdown after {got_all_at:.3f}s, exit {rc} after {took:.3f}s; "
+        f"retry min/max {min(retries)}/{max(retries)} ms, {len(set(retries))} distinct"
+    )
+    assert rc == 0, gw.log_text()[-3000:]
+    assert took < shutdown_timeout, took
+    # spread over the drain window
+    assert len(set(retries)) > n_streams // 4
+    assert max(retries) - min(retries) > shutdown_timeout * 1000 // 4, (min(retries), max(retries))
+
+
+async def test_admission_control_new_streams_per_second(postgres_server, gateway_factory):
+    rate, burst = 5, 20
+    merchants = [unique_merchant("adm") for _ in range(burst)]
+    for mid, shop in merchants:
+        postgres_server.add_merchant(mid, shop)
+    gw = await gateway_factory.astart(config={"server": {"max_new_streams_per_s": rate}})
+
+    async def try_open(session: aiohttp.ClientSession, shop: str) -> tuple[int, Any, Any]:
+        async with session.get(gw.stream_url(shop)) as resp:
+            if resp.status == 200:
+                return 200, resp.headers, None  # leaving closes the stream
+            return resp.status, resp.headers, await resp.json()
+
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as session:
+        answers = await asyncio.gather(*(try_open(session, shop) for _, shop in merchants))
+        admitted = [a for a in answers if a[0] == 200]
+        refused = [a for a in answers if a[0] != 200]
+        print(f"\nadmission: {len(admitted)} admitted, {len(refused)} refused of {burst}")
+        assert 1 <= len(admitted) <= rate * 2, answers
+        assert len(refused) >= burst - rate * 2, answers
+        for status, headers, body in refused:
+            assert status == 503 and body["error"] == "unavailable", (status, body)
+            assert int(headers["Retry-After"]) >= 1, headers
+        # the bucket refills: a refused shop gets in shortly after
+        refused_shop = next(
+            shop for (_, shop), a in zip(merchants, answers, strict=True) if a[0] == 503
+        )
+        await poll(
+            lambda: try_open(session, refused_shop),
+            lambda a: a[0] == 200,
+            5,
+            0.25,
+            "refused shop admitted after refill",
+        )
