@@ -182,7 +182,7 @@ async def _serve(
         finally:
             log.info(
                 "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f",
-                stream.merchant_id, stream.shop, stream.client, reason,
+                stream.merchant_id, stream.shop, stream.client, stream.close_reason or reason,
                 time.monotonic() - started,
             )
     finally:

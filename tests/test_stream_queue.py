@@ -32,7 +32,7 @@ class FakeTransport:
 
     def write(self, data: bytes) -> None:
         assert not self.aborted, "write after abort"
-        self.writes.append(data)
+        self.writes.append(bytes(data))  # a real transport copies memoryviews too
 
     def abort(self) -> None:
         self.aborted = True
