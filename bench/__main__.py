@@ -133,6 +133,7 @@ def run_trial(name: str, n: int, m: int, rate: float, dur: float, drain: float, 
         if not ready or ready.get("phase") != "ready":
             raise RuntimeError(f"client not ready: {ready}")
         row["open_s"] = ready["open_s"]
+        row["open_status"] = ready.get("status", {})
         time.sleep(1.0)
         pids = procstat.tree(sysobj.root_pid)
         mem1 = procstat.memory_kb(pids)

@@ -55,10 +55,22 @@ class Stats:
 class Stream(asyncio.Protocol):
     """One SSE stream: counts frames carrying ``"t":`` and records latency."""
 
-    __slots__ = ("buf", "headers_done", "is_ready", "request", "stats", "transport", "wait_frame")
+    __slots__ = (
+        "buf",
+        "done",
+        "headers_done",
+        "is_ready",
+        "request",
+        "retry_after",
+        "stats",
+        "transport",
+        "wait_frame",
+    )
 
     def __init__(self, request: bytes, stats: Stats, wait_frame: bool) -> None:
         self.request = request
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.retry_after = 1.0
         self.stats = stats
         self.wait_frame = wait_frame
         self.buf = b""
@@ -71,13 +83,18 @@ class Stream(asyncio.Protocol):
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.stats.closed += 1
+        if self.is_ready:
+            self.stats.closed += 1
+        elif not self.done.done():
+            self.done.set_result("lost")
         self.transport = None
 
     def _mark_ready(self) -> None:
         if not self.is_ready:
             self.is_ready = True
             self.stats.ready += 1
+            if not self.done.done():
+                self.done.set_result("ready")
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
@@ -92,6 +109,15 @@ class Stream(asyncio.Protocol):
             st[status] = st.get(status, 0) + 1
             if status != "200":
                 self.buf = b""
+                k = buf.lower().find(b"retry-after:", 0, i)
+                if k >= 0:
+                    e = buf.find(b"\r\n", k)
+                    try:
+                        self.retry_after = float(buf[k + 12 : e])
+                    except ValueError:
+                        pass
+                if not self.done.done():
+                    self.done.set_result(status)
                 if self.transport is not None:
                     self.transport.close()
                 return
@@ -132,6 +158,7 @@ class NchanPublisher(asyncio.Protocol):
         self.buf = b""
         self.responses = 0
         self.bad = 0
+        self.backlog_max = 0
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
 
@@ -207,25 +234,35 @@ async def run(args: argparse.Namespace) -> dict:
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
             "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
         ).encode()
-        for attempt in range(5):
+        for attempt in range(args.retries + 1):
             async with sem:
                 try:
-                    tr, _ = await asyncio.wait_for(
+                    tr, proto = await asyncio.wait_for(
                         loop.create_connection(
                             lambda: Stream(req, stats, args.wait_frame), "127.0.0.1", args.port
                         ),
                         10,
                     )
+                except (OSError, TimeoutError):
+                    stats.status["connect_error"] = stats.status.get("connect_error", 0) + 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                try:
+                    outcome = await asyncio.wait_for(asyncio.shield(proto.done), 30)
+                except TimeoutError:
+                    outcome = "timeout"
+                if outcome == "ready":
                     conns.append(tr)  # type: ignore[arg-type]
                     return
-                except (OSError, TimeoutError):
-                    await asyncio.sleep(0.2 * (attempt + 1))
+                tr.close()
+                if outcome not in ("503", "429", "lost", "timeout"):
+                    return  # a permanent refusal: reported in status
+                wait = min(max(proto.retry_after, 0.2), 5.0)
+            await asyncio.sleep(wait)  # outside the semaphore, like a browser's retry
 
     t0 = time.monotonic()
-    await asyncio.gather(*(open_one(i) for i in range(n)))
-    deadline = t0 + args.ready_timeout
-    while stats.ready < n and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
-        await asyncio.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(open_one(i) for i in range(n))), args.ready_timeout)
     info = {
         "streams": n,
         "opened": len(conns),
@@ -271,6 +308,7 @@ async def run(args: argparse.Namespace) -> dict:
                 )
                 parts.append(body)
             tr.write(b"".join(parts))
+            proto.backlog_max = max(proto.backlog_max, b - proto.responses)
             # bounded backlog of unanswered requests
             for _ in range(2000):
                 if b - proto.responses < 20000:
@@ -311,6 +349,7 @@ async def run(args: argparse.Namespace) -> dict:
         "expected": expected,
         "delivered": stats.delivered,
         "closed_during": stats.closed,
+        "open_status": stats.status,
         "parse_errors": stats.parse_errors,
         "wall_s": round(wall, 3),
         "client_cpu_pct": round(100 * cpu / wall, 1) if wall else 0.0,
@@ -318,6 +357,7 @@ async def run(args: argparse.Namespace) -> dict:
     if args.publish == "nchan":
         result["publish_responses"] = proto.responses
         result["publish_bad"] = proto.bad
+        result["publish_backlog_max"] = proto.backlog_max
     span = max(pub_s, (stats.last_recv - t_start_ns) / 1e9) if stats.delivered else pub_s
     result["delivered_per_s"] = round(stats.delivered / span, 1) if span > 0 else 0.0
     lat = stats.latencies
@@ -351,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pub-port", type=int, default=0)
     p.add_argument("--wait-frame", action="store_true", help="ready only after a first frame")
     p.add_argument("--connect-concurrency", type=int, default=200)
-    p.add_argument("--ready-timeout", type=float, default=120)
+    p.add_argument("--ready-timeout", type=float, default=150)
+    p.add_argument("--retries", type=int, default=5, help="retries of a 503/429/failed open")
     args = p.parse_args(argv)
     raise_nofile()
     try:
