@@ -234,8 +234,8 @@ async def test_slow_client_close_line_names_slow_client(
 ):
     """Every cut stream's close line says reason=slow_client (4 lagging clients).
 
-    Known gateway bug (racy, so not an xfail): transport.abort() makes aiohttp cancel
-    the handler, and handlers._serve then logs its default reason=client_gone.
+    Regression: transport.abort() makes aiohttp cancel the handler; the close line
+    must still carry the stream's own reason, not the default client_gone.
     """
     gw = gateway_factory.start(config={"sse": {"max_queue": 5}})
     mid, shop = merchant

@@ -397,11 +397,6 @@ def test_config_flag_wins_over_gateway_config_env(tmp_path: Path) -> None:
     assert yaml.safe_load(res.stdout)["server"]["port"] == 9126
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: redaction.redact_url masks only the userinfo password; a password "
-    "given as a ?password= query parameter (valid for libpq and redis-py URLs) is printed",
-)
 def test_check_config_redacts_password_in_url_query(tmp_path: Path) -> None:
     env = {
         "REDIS_URL": f"redis://127.0.0.1:6379/0?password={REDIS_PW}",
