@@ -136,6 +136,7 @@ def run_trial(name: str, n: int, m: int, rate: float, dur: float, drain: float, 
         row["open_status"] = ready.get("status", {})
         time.sleep(1.0)
         pids = procstat.tree(sysobj.root_pid)
+        sysobj.pids = pids  # stop() SIGKILLs any of these left after SIGTERM
         mem1 = procstat.memory_kb(pids)
         row["server_procs"] = len(pids)
         row["server_mem_kb"] = mem1
