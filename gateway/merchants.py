@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _MAX_CACHE = 100_000
 # Connectivity faults. RuntimeError: aiopg under uvloop can fail a connect to a dead
 # server with "unable to perform operation on <UVPoll closed=True>" (aio-libs/aiopg#909).
-_FAULTS = (TimeoutError, OSError, RuntimeError, psycopg2.OperationalError, psycopg2.InterfaceError)
+_FAULTS = (OSError, RuntimeError, psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +132,23 @@ class MerchantDirectory:
                     except (psycopg2.OperationalError, psycopg2.InterfaceError):
                         conn.close()  # never hand a broken connection back to the pool
                         raise
+        except TimeoutError:
+            # slow or saturated, not necessarily down: keep the pool and its connections
+            self._mark_unavailable("TimeoutError")
+            raise UnavailableError("PostgreSQL did not answer in time") from None
         except _FAULTS as exc:
-            if self.healthy:
-                log.warning("postgres unavailable: %s", type(exc).__name__)
-            self.healthy = False
+            self._mark_unavailable(type(exc).__name__)
             self._drop_pool()  # rebuilt on the next query: no stale connection survives
             raise UnavailableError("PostgreSQL is unavailable") from None
         if not self.healthy:
             log.info("postgres available")
         self.healthy = True
         return list(rows)
+
+    def _mark_unavailable(self, why: str) -> None:
+        if self.healthy:
+            log.warning("postgres unavailable: %s", why)
+        self.healthy = False
 
     def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
