@@ -14,6 +14,7 @@ from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
 from .config import Config
+from .gc_policy import run_gc_policy
 from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
 from .hub import Control, Hub
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _METRICS_SYNC_S = 1.0
+_PINGS_PER_SLICE = 200
+_MAX_SLICES = 100
 
 
 def create_app(cfg: Config) -> web.Application:
@@ -80,6 +83,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_sync_metrics(gw), name="metrics-sync"),
         asyncio.create_task(_recheck_merchants(gw), name="merchant-recheck"),
         asyncio.create_task(_heartbeat(gw), name="heartbeat"),
+        asyncio.create_task(run_gc_policy(), name="gc-policy"),
     ]
     yield
     for task in tasks:
@@ -107,12 +111,20 @@ async def _sync_metrics(gw: Gateway) -> None:
 
 
 async def _heartbeat(gw: Gateway) -> None:
-    """One timer pings every open stream (not one sleeping task per stream)."""
+    """One timer pings every open stream (not one sleeping task per stream).
+
+    Each round is spread over the interval in slices of at most `_PINGS_PER_SLICE`
+    streams, so 10,000 pings never stall the loop (and delivery) in one go.
+    """
+    interval = gw.cfg.sse.heartbeat
     while True:
-        await asyncio.sleep(gw.cfg.sse.heartbeat)
-        for stream in gw.admission.streams():
-            if stream.close_reason is None and stream.bound:
-                stream.ping()
+        streams = list(gw.admission.streams())
+        slices = max(1, min(_MAX_SLICES, -(-len(streams) // _PINGS_PER_SLICE)))
+        for index in range(slices):
+            await asyncio.sleep(interval / slices)
+            for stream in streams[index::slices]:
+                if stream.close_reason is None and stream.bound:
+                    stream.ping()
 
 
 async def _recheck_merchants(gw: Gateway) -> None:
