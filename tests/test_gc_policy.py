@@ -9,6 +9,7 @@ import weakref
 import pytest
 
 from gateway import gc_policy
+from tests.support import wait_for
 
 
 class Node:
@@ -24,23 +25,18 @@ def fast_policy(monkeypatch: pytest.MonkeyPatch):
     gc.unfreeze()
 
 
-async def wait(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 async def test_survivors_are_frozen_and_frozen_cycles_are_collected(fast_policy: None) -> None:
     task = asyncio.create_task(gc_policy.run_gc_policy())
     try:
         node = Node()
         ref = weakref.ref(node)
-        await wait(lambda: gc.get_freeze_count() > 0)
+        await wait_for(lambda: gc.get_freeze_count() > 0, interval=0.01)
         await asyncio.sleep(0.05)  # at least one freeze after `node` was created
         del node
         gc.collect()  # an ordinary collection does not look at the frozen generation
         assert ref() is not None
-        await wait(lambda: ref() is None)  # the periodic full collection frees it
+        # the periodic full collection frees it
+        await wait_for(lambda: ref() is None, interval=0.01)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
