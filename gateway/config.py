@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import yaml
+from redis.connection import parse_url as parse_redis_url
 
 from .redaction import redact_url
 
@@ -213,6 +214,8 @@ def _legacy_redis_url(environ: Mapping[str, str]) -> str | None:
         raise ConfigError("REDIS_DB", "must be a database number")
     password = environ.get("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
     return f"redis://{auth}{host}:{port}/{db}"
 
 
@@ -225,9 +228,21 @@ def _resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, s
         url, source = legacy, "REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB"
     else:
         url, source = DEFAULT_REDIS_URL, "built-in default"
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError("redis.url", f"scheme must be redis, rediss or unix: {redact_url(url)}")
+    key = "REDIS_HOST" if source.startswith("REDIS_HOST") else "redis.url"
+    try:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
+        parse_redis_url(url)  # the parser the client will use: host, port, db
+    except ValueError as exc:
+        raise ConfigError(key, f"not a valid Redis URL ({_reason(exc)})") from None
     return url, source
+
+
+def _reason(exc: ValueError) -> str:
+    """The parser's complaint without echoing the URL (it may hold a password)."""
+    text = str(exc)
+    return text.split(":", 1)[0] if "://" in text else text
 
 
 def _validate(cfg: Config) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 __all__ = ["redact_text", "redact_url"]
 
@@ -23,14 +23,19 @@ def redact_url(url: str) -> str:
     if parts.query:
         parts = parts._replace(query=_SECRET_QUERY.sub(r"\1***", parts.query))
     if parts.password is None:
-        return urlunsplit(parts)
+        return _unsplit(parts)
     user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    host_port = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:***@{host_port}"
+    return _unsplit(parts._replace(netloc=netloc))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """urlunsplit, keeping the `//` of `unix:///path` that it would drop."""
+    text = urlunsplit(parts)
+    if parts.scheme == "unix" and not parts.netloc and not text.startswith("unix://"):
+        text = "unix://" + text[len("unix:") :]
+    return text
 
 
 def redact_text(text: str) -> str:

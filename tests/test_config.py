@@ -406,3 +406,31 @@ def test_check_config_redacts_password_in_url_query(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert REDIS_PW not in res.stdout + res.stderr
     assert PG_PW not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@127.0.0.1:63x9/0",
+        "redis://:s3cret@127.0.0.1:99999/0",
+        "redis://:s3cret@[::1:6390/0",
+    ],
+)
+def test_malformed_redis_url_is_a_config_error_without_the_password(
+    tmp_path: Path, url: str
+) -> None:
+    err = config_error(tmp_path, {}, {"REDIS_URL": url})
+    assert err.key == "redis.url"
+    assert "s3cret" not in str(err)
+
+
+def test_legacy_ipv6_host_is_bracketed(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {}, {"REDIS_HOST": "::1", "REDIS_PASSWORD": "pw"})
+    parts = urlsplit(cfg.redis.url)
+    assert (parts.hostname, parts.port, parts.password) == ("::1", 6379, "pw")
+
+
+def test_unix_url_keeps_its_form_when_redacted(tmp_path: Path) -> None:
+    from gateway.redaction import redact_url
+
+    assert redact_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
