@@ -42,7 +42,7 @@ def _run_server(cfg: Config, argv: list[str]) -> int:
     if cfg.server.workers > 1 and worker is None:
         log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
         return supervise(argv, cfg.server.workers, cfg.server.shutdown_timeout)
-    if worker is None or worker == "0":
+    if worker is None:
         log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
     if cfg.redis_source == "built-in default":
         log.warning("no REDIS_URL, redis.url or REDIS_HOST set: using %s", cfg.redis.url)

@@ -5,6 +5,7 @@ Also the registry of open streams, which shutdown and revocation walk.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ class Admission:
         self._per_merchant: dict[str, set[Stream]] = defaultdict(set)
         self._count = 0
         self.rate = TokenBucket(cfg.server.max_new_streams_per_s)
+        self.empty = asyncio.Event()
+        self.empty.set()
 
     def __len__(self) -> int:
         return self._count
@@ -56,6 +59,7 @@ class Admission:
     def enter(self, stream: Stream) -> None:
         self._per_merchant[stream.merchant_id].add(stream)
         self._count += 1
+        self.empty.clear()
 
     def leave(self, stream: Stream) -> None:
         streams = self._per_merchant.get(stream.merchant_id)
@@ -64,6 +68,8 @@ class Admission:
             self._count -= 1
             if not streams:
                 del self._per_merchant[stream.merchant_id]
+            if self._count == 0:
+                self.empty.set()
 
     def streams(self) -> Iterator[Stream]:
         for streams in list(self._per_merchant.values()):

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _METRICS_SYNC_S = 1.0
+_RELEASE_RESERVE_S = 2.0  # of shutdown_timeout, kept for closing Redis and PostgreSQL
 _PINGS_PER_SLICE = 200
 _MAX_SLICES = 100
 
@@ -39,6 +40,7 @@ def create_app(cfg: Config) -> web.Application:
     metrics = Metrics()
 
     def on_redis_reconnect() -> None:
+        hub.mark_gap()
         hub.broadcast(Control("resync", {"reason": "redis_reconnected"}))
 
     app[GATEWAY] = Gateway(
@@ -89,7 +91,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await gw.broker.close()
     await gw.directory.close()
@@ -97,11 +99,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
+    """Tell every stream to go; cut those that cannot hear it in time."""
     gw = app[GATEWAY]
     gw.draining = True
     count = len(gw.admission)
     close_all_streams(gw)
     log.info("shutdown: %d streams told to reconnect elsewhere", count)
+    budget = max(0.5, gw.cfg.server.shutdown_timeout - _RELEASE_RESERVE_S)
+    try:
+        async with asyncio.timeout(budget):
+            await gw.admission.empty.wait()
+    except TimeoutError:
+        stuck = list(gw.admission.streams())
+        log.warning("shutdown: cutting %d streams that did not drain", len(stuck))
+        for stream in stuck:
+            stream.close(CloseReason.DRAIN_TIMEOUT)
 
 
 async def _sync_metrics(gw: Gateway) -> None:
@@ -134,12 +146,19 @@ async def _recheck_merchants(gw: Gateway) -> None:
         return
     while True:
         await asyncio.sleep(interval)
-        shops = {(s.merchant_id, s.shop) for s in gw.admission.streams()}
-        for merchant_id, shop in shops:
-            if await gw.directory.recheck(shop) is not False:
-                continue  # still valid, or PostgreSQL cannot tell: keep serving
-            revoked = [s for s in gw.admission.merchant_streams(merchant_id) if s.shop == shop]
-            log.info("revoked merchant=%s shop=%s streams=%d", merchant_id, shop, len(revoked))
-            for stream in revoked:
-                stream.close(CloseReason.REVOKED, Control("revoked", {"reason": "revoked"}))
-            gw.metrics.revocations += len(revoked)
+        try:
+            await _recheck_once(gw)
+        except Exception:  # a bug or a broken query: loud, and tried again next round
+            log.exception("merchant recheck failed")
+
+
+async def _recheck_once(gw: Gateway) -> None:
+    shops = {(s.merchant_id, s.shop) for s in gw.admission.streams()}
+    for merchant_id, shop in shops:
+        if await gw.directory.recheck(shop) is not False:
+            continue  # still valid, or PostgreSQL cannot tell: keep serving
+        revoked = [s for s in gw.admission.merchant_streams(merchant_id) if s.shop == shop]
+        log.info("revoked merchant=%s shop=%s streams=%d", merchant_id, shop, len(revoked))
+        for stream in revoked:
+            stream.close(CloseReason.REVOKED, Control("revoked", {"reason": "revoked"}))
+        gw.metrics.revocations += len(revoked)

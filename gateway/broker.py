@@ -114,7 +114,7 @@ class RedisBroker:
             if task is not None:
                 task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._client.aclose(close_connection_pool=True)
 
@@ -187,7 +187,7 @@ class RedisBroker:
 
     async def _unsubscribe(self, pubsub: aioredis.client.PubSub, channels: list[bytes]) -> None:
         with contextlib.suppress(*_FAULTS):
-            await pubsub.unsubscribe(*channels)
+            await pubsub.execute_command("UNSUBSCRIBE", *channels)
 
     async def _flush_subscribes(self) -> None:
         """Send one SUBSCRIBE for every merchant opened since the last one."""
@@ -196,7 +196,7 @@ class RedisBroker:
             batch, self._to_subscribe = self._to_subscribe, set()
             channels = [c for m in batch if m in self._subs for c in self._subs[m].channels]
             try:
-                await self._pubsub.subscribe(*channels)
+                await self._pubsub.execute_command("SUBSCRIBE", *channels)
             except _FAULTS:
                 return  # the supervisor re-subscribes everything on reconnect
 
@@ -222,6 +222,9 @@ class RedisBroker:
             except _FAULTS as exc:
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning("redis: unavailable (%s: %s)", type(exc).__name__, exc)
+            except Exception:  # e.g. a ResponseError from AUTH/SELECT: loud, and retried
+                if attempt == 0 or attempt % 10 == 0:
+                    log.exception("redis: subscriber connection failed")
             finally:
                 await self._disconnect(pubsub)
             attempt += 1
@@ -234,10 +237,13 @@ class RedisBroker:
         channels = [c for sub in self._subs.values() for c in sub.channels]
         async with asyncio.timeout(_CONNECT_TIMEOUT_S):
             # the control channel last: its ack proves every channel before it is live
-            await pubsub.subscribe(*channels, self._control)
+            await pubsub.execute_command("SUBSCRIBE", *channels, self._control)
             self._pubsub = pubsub
             self._reader = asyncio.create_task(self._read(pubsub), name="redis-reader")
             await asyncio.shield(self._control_ready)
+        stale = [c for c in channels if c not in self._channels]
+        if stale:
+            await pubsub.execute_command("UNSUBSCRIBE", *stale)
         self.healthy = True
         if self._ever_connected:
             self._metrics.redis_reconnects += 1
@@ -254,8 +260,7 @@ class RedisBroker:
         self._pubsub = None
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
+            await asyncio.wait({self._reader})
             self._reader = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pubsub.aclose(), 1)
@@ -289,7 +294,10 @@ class RedisBroker:
                 if kind == b"message":
                     target = channels.get(msg[1])
                     if target is not None:
-                        publish(target[0], target[1], msg[2])
+                        try:
+                            publish(target[0], target[1], msg[2])
+                        except Exception:  # a bug, but never worth every merchant's fan-out
+                            log.exception("fan-out failed merchant=%s", target[0])
                     elif msg[1] == control:
                         self._on_canary(msg[2])
                 elif kind == b"subscribe":
@@ -343,7 +351,9 @@ class RedisBroker:
                 continue
             try:
                 await self.round_trip()
-            except _FAULTS:
+            except Exception as exc:
+                if not isinstance(exc, _FAULTS):
+                    log.error("redis: canary failed: %s: %s", type(exc).__name__, exc)
                 if self.healthy and self._reader is not None:
                     self.healthy = False
                     self._reader.cancel()

@@ -141,10 +141,15 @@ _URL_KEYS = {"redis.url", "postgres.dsn"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class _Expanded(str):
+    """A string that came from `${...}`: numeric and boolean keys may parse it."""
+
+
 def _expand(value: Any, environ: Mapping[str, str]) -> Any:
     """Expand `${VAR}` and `${VAR:-default}` in every string of a YAML tree."""
     if isinstance(value, str):
-        return _VAR.sub(lambda m: environ.get(m[1]) or (m[2] or ""), value)
+        expanded = _VAR.sub(lambda m: environ.get(m[1]) or (m[2] or ""), value)
+        return _Expanded(expanded) if expanded != value else value
     if isinstance(value, list):
         return [_expand(v, environ) for v in value]
     if isinstance(value, dict):
@@ -158,6 +163,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
             raise ConfigError(key, "must be a list of strings")
         return tuple(raw)
+    if isinstance(raw, _Expanded) and ("lo" in meta or f.type == "bool"):
+        raw = _parse_scalar(raw)
     if "lo" in meta:
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise ConfigError(key, "must be a number")
@@ -180,6 +187,15 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
     if choices and raw not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def _parse_scalar(text: str) -> Any:
+    """`port: ${PORT:-8080}` -> 8080; what is not a YAML scalar stays text (and is refused)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, bool | int | float) else text
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -234,15 +250,10 @@ def _resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, s
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
         parse_redis_url(url)  # the parser the client will use: host, port, db
-    except ValueError as exc:
-        raise ConfigError(key, f"not a valid Redis URL ({_reason(exc)})") from None
+    except ValueError:
+        # the parser's message may quote part of the URL, password included
+        raise ConfigError(key, "not a valid Redis URL (check host, port and db)") from None
     return url, source
-
-
-def _reason(exc: ValueError) -> str:
-    """The parser's complaint without echoing the URL (it may hold a password)."""
-    text = str(exc)
-    return text.split(":", 1)[0] if "://" in text else text
 
 
 def _validate(cfg: Config) -> None:
@@ -258,6 +269,14 @@ def _validate(cfg: Config) -> None:
             ) from None
     if "{merchant_id}" not in cfg.redis.channel or "{event}" not in cfg.redis.channel:
         raise ConfigError("redis.channel", "must contain {merchant_id} and {event}")
+    try:
+        cfg.redis.channel.format(merchant_id="m", event="e")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(
+            "redis.channel", "only {merchant_id} and {event} may appear in braces"
+        ) from None
+    if cfg.sse.history > cfg.sse.max_queue:
+        raise ConfigError("sse.history", "must not exceed sse.max_queue (a replay must fit)")
     if not cfg.redis.events:
         raise ConfigError("redis.events", "must name at least one event")
     for i, event in enumerate(cfg.redis.events):

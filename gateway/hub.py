@@ -48,7 +48,7 @@ class Entry:
             job = None
             try:
                 doc = json.loads(self.payload)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to bother
                 doc = None
             if isinstance(doc, dict):
                 value = doc.get(job_key)
@@ -78,12 +78,13 @@ class Subscriber(Protocol):
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("history", "merchant_id", "subscribers")
+    __slots__ = ("gap_after", "history", "merchant_id", "subscribers")
 
     def __init__(self, merchant_id: str, history: int) -> None:
         self.merchant_id = merchant_id
         self.history: deque[Entry] = deque(maxlen=history)
         self.subscribers: set[Subscriber] = set()
+        self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
 
 
 class Hub:
@@ -133,7 +134,7 @@ class Hub:
             return [], False
         seq = self._parse_id(last_event_id)
         history = topic.history
-        if seq is None or not any(e.seq == seq for e in history):
+        if seq is None or seq <= topic.gap_after or not any(e.seq == seq for e in history):
             return [], True
         return [e for e in history if e.seq > seq], False
 
@@ -148,6 +149,11 @@ class Hub:
 
     def all_subscribers(self) -> Iterable[Subscriber]:
         return [s for topic in list(self._topics.values()) for s in list(topic.subscribers)]
+
+    def mark_gap(self) -> None:
+        """Messages may have been lost (Redis reconnected): no replay may bridge this point."""
+        for topic in self._topics.values():
+            topic.gap_after = self._seq
 
     def broadcast(self, control: Control) -> None:
         for subscriber in self.all_subscribers():

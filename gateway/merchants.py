@@ -140,6 +140,10 @@ class MerchantDirectory:
             self._mark_unavailable(type(exc).__name__)
             self._drop_pool()  # rebuilt on the next query: no stale connection survives
             raise UnavailableError("PostgreSQL is unavailable") from None
+        except psycopg2.Error as exc:  # e.g. merchant_query broken by a migration: loud, 503
+            log.error("postgres query failed: %s: %s", type(exc).__name__, exc.pgerror or exc)
+            self._mark_unavailable(type(exc).__name__)
+            raise UnavailableError("PostgreSQL query failed") from None
         if not self.healthy:
             log.info("postgres available")
         self.healthy = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 __all__ = ["redact_text", "redact_url"]
 
@@ -15,27 +14,21 @@ _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
 
 
 def redact_url(url: str) -> str:
-    """`redis://user:secret@host/0` -> `redis://user:***@host/0`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.query:
-        parts = parts._replace(query=_SECRET_QUERY.sub(r"\1***", parts.query))
-    if parts.password is None:
-        return _unsplit(parts)
-    user = parts.username or ""
-    host_port = parts.netloc.rpartition("@")[2]
-    netloc = f"{user}:***@{host_port}"
-    return _unsplit(parts._replace(netloc=netloc))
+    """`redis://user:secret@host/0?password=x` -> `redis://user:***@host/0?password=***`.
 
-
-def _unsplit(parts: SplitResult) -> str:
-    """urlunsplit, keeping the `//` of `unix:///path` that it would drop."""
-    text = urlunsplit(parts)
-    if parts.scheme == "unix" and not parts.netloc and not text.startswith("unix://"):
-        text = "unix://" + text[len("unix:") :]
-    return text
+    Works on the text, not a parser, so a malformed URL is masked as well.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, mark, query = rest.partition("?")
+    if "@" in head:
+        userinfo, _, host = head.rpartition("@")
+        if ":" in userinfo:
+            head = f"{userinfo.partition(':')[0]}:***@{host}"
+    if query:
+        query = _SECRET_QUERY.sub(r"\1***", query)
+    return f"{scheme}://{head}{mark}{query}"
 
 
 def redact_text(text: str) -> str:

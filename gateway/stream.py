@@ -36,6 +36,10 @@ class CloseReason:
     SLOW_CLIENT = "slow_client"
     SHUTDOWN = "shutdown"
     REVOKED = "revoked"
+    DRAIN_TIMEOUT = "drain_timeout"  # still open when the shutdown budget ran out
+
+
+_ABORTING = (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE, CloseReason.DRAIN_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +115,14 @@ class Stream:
                 self.close(CloseReason.CLIENT_GONE)
 
     def close(self, reason: str, final: Control | None = None) -> None:
-        """End the stream; a `final` frame is written after what is already queued."""
-        if self.close_reason is not None:
+        """End the stream; a `final` frame is written after what is already queued.
+
+        A stream already closing can still be escalated to an aborting reason.
+        """
+        if self.close_reason is not None and reason not in _ABORTING:
             return
         self.close_reason = reason
-        if reason in (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE):
+        if reason in _ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._jobs.clear()
             if self._transport is not None:

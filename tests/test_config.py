@@ -434,3 +434,31 @@ def test_unix_url_keeps_its_form_when_redacted(tmp_path: Path) -> None:
     from gateway.redaction import redact_url
 
     assert redact_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
+
+
+def test_numeric_and_boolean_keys_take_expanded_variables(tmp_path: Path) -> None:
+    data = {"server": {"port": "${PORT:-8080}", "demo": "${DEMO:-false}"}}
+    assert load(tmp_path, data).server.port == 8080
+    cfg = load(tmp_path, data, {"PORT": "9000", "DEMO": "true"})
+    assert (cfg.server.port, cfg.server.demo) == (9000, True)
+    assert config_error(tmp_path, data, {"PORT": "http"}).key == "server.port"
+
+
+def test_a_quoted_number_without_a_variable_is_still_a_type_error(tmp_path: Path) -> None:
+    assert config_error(tmp_path, {"server": {"port": "8080"}}).key == "server.port"
+
+
+def test_channel_template_may_only_name_merchant_and_event(tmp_path: Path) -> None:
+    err = config_error(tmp_path, {"redis": {"channel": "m:{merchant_id}:{event}:{x}"}})
+    assert err.key == "redis.channel"
+
+
+def test_history_must_fit_in_the_queue(tmp_path: Path) -> None:
+    err = config_error(tmp_path, {"sse": {"history": 500, "max_queue": 10}})
+    assert err.key == "sse.history"
+
+
+def test_password_with_a_slash_never_reaches_the_error(tmp_path: Path) -> None:
+    err = config_error(tmp_path, {}, {"REDIS_URL": "redis://:s3cr/et@localhost:6379/0"})
+    assert err.key == "redis.url"
+    assert "s3cr" not in str(err)

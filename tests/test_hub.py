@@ -214,3 +214,23 @@ def test_broadcast_reaches_every_subscriber() -> None:
     control = Control("shutdown", {"reason": "shutdown"})
     hub.broadcast(control)
     assert a.got == [control] and b.got == [control]
+
+
+def test_mark_gap_turns_a_replay_from_before_it_into_a_gap() -> None:
+    hub = Hub(history=10, epoch="e")
+    hub.open("m1")
+    before = hub.publish("m1", "progress", b"1")
+    assert before is not None
+    hub.mark_gap()  # Redis reconnected: messages may have been lost here
+    after = hub.publish("m1", "progress", b"2")
+    assert after is not None
+    assert hub.attach("m1", object(), f"e-{before.seq}") == ([], True)  # type: ignore[arg-type]
+    replay, gap = hub.attach("m1", object(), f"e-{after.seq}")  # type: ignore[arg-type]
+    assert (replay, gap) == ([], False)
+
+
+def test_deeply_nested_payload_is_not_coalescible() -> None:
+    hub = Hub(history=1, epoch="e")
+    hub.open("m1")
+    entry = hub.publish("m1", "progress", b"[" * 100_000)
+    assert entry is not None and entry.job("jobId") is None
