@@ -275,8 +275,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "redis.channel", "only {merchant_id} and {event} may appear in braces"
         ) from None
-    if cfg.sse.history > cfg.sse.max_queue:
-        raise ConfigError("sse.history", "must not exceed sse.max_queue (a replay must fit)")
     if not cfg.redis.events:
         raise ConfigError("redis.events", "must name at least one event")
     for i, event in enumerate(cfg.redis.events):

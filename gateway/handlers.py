@@ -167,8 +167,7 @@ async def _serve(
             stream.deliver(Control("resync", {"reason": "history_gap"}))
         elif last_id:
             gw.metrics.replay_hits += 1
-        for entry in replay:
-            stream.deliver(entry)
+        stream.replay(replay)
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
         stream.bind(writer, chunked=bool(getattr(writer, "chunked", False)))

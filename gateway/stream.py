@@ -56,6 +56,7 @@ class Stream:
         "_policy",
         "_protocol",
         "_queue",
+        "_replay_allowance",
         "_transport",
         "_wake",
         "_writer",
@@ -77,6 +78,7 @@ class Stream:
         self._policy = policy
         self._queue: OrderedDict[int, Entry | Control] | None = OrderedDict()
         self._jobs: dict[tuple[str, str], int] = {}
+        self._replay_allowance = 0
         self._wake: asyncio.Future[None] | None = None
         self._transport: Any = None
         self._protocol: Any = None
@@ -113,6 +115,12 @@ class Stream:
                 self._transport.write(_PING_WIRE[self._chunked])
             except RuntimeError:
                 self.close(CloseReason.CLIENT_GONE)
+
+    def replay(self, entries: list[Entry]) -> None:
+        """Queue a reconnect's replay; it may exceed `max_queue` until the stream catches up."""
+        self._replay_allowance = len(entries)
+        for entry in entries:
+            self.deliver(entry)
 
     def close(self, reason: str, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued.
@@ -151,7 +159,7 @@ class Stream:
                     self.metrics.coalesced += 1
                 self._jobs[key] = entry.seq
         queue[entry.seq] = entry
-        if len(queue) > policy.max_queue:
+        if len(queue) > policy.max_queue + self._replay_allowance:
             self.metrics.slow_client_disconnects += 1
             log.info(
                 "slow client cut merchant=%s client=%s queued=%d",
@@ -180,6 +188,7 @@ class Stream:
                     if queue is not None and self._transport is not None:
                         self._queue = None  # caught up: back to direct writes
                         self._jobs.clear()
+                        self._replay_allowance = 0
                     self._wake = loop.create_future()
                     await self._wake
                     self._wake = None

@@ -453,11 +453,6 @@ def test_channel_template_may_only_name_merchant_and_event(tmp_path: Path) -> No
     assert err.key == "redis.channel"
 
 
-def test_history_must_fit_in_the_queue(tmp_path: Path) -> None:
-    err = config_error(tmp_path, {"sse": {"history": 500, "max_queue": 10}})
-    assert err.key == "sse.history"
-
-
 def test_password_with_a_slash_never_reaches_the_error(tmp_path: Path) -> None:
     err = config_error(tmp_path, {}, {"REDIS_URL": "redis://:s3cr/et@localhost:6379/0"})
     assert err.key == "redis.url"

@@ -406,3 +406,15 @@ def test_config_refuses_to_coalesce_completion_or_error(tmp_path, event: str) ->
     with pytest.raises(ConfigError) as info:
         load_config(str(path), environ={})
     assert info.value.key == "sse.coalesce[1]"
+
+
+async def test_a_replay_longer_than_max_queue_is_not_cut() -> None:
+    stream, _ = make_stream(max_queue=3)
+    replay = [entry("stage", {"n": i}) for i in range(10)]
+    stream.replay(replay)  # queued before the stream is bound to its socket
+    assert stream.close_reason is None
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    await poll(lambda: stream.queued == 0)
+    assert writer.transport.data == b"".join(e.wire[0] for e in replay)
+    task.cancel()
