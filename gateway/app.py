@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -21,7 +21,7 @@ from .hub import Control, Hub
 from .merchants import MerchantDirectory
 from .metrics import Metrics
 from .state import GATEWAY, Gateway
-from .stream import CloseReason
+from .stream import CloseReason, Stream
 
 __all__ = ["create_app"]
 
@@ -134,9 +134,14 @@ async def _heartbeat(gw: Gateway) -> None:
         slices = max(1, min(_MAX_SLICES, -(-len(streams) // _PINGS_PER_SLICE)))
         for index in range(slices):
             await asyncio.sleep(interval / slices)
-            for stream in streams[index::slices]:
-                if stream.close_reason is None and stream.bound:
-                    stream.ping()
+            _ping(streams[index::slices])
+        _ping(set(gw.admission.streams()).difference(streams))  # opened during the round
+
+
+def _ping(streams: Iterable[Stream]) -> None:
+    for stream in streams:
+        if stream.close_reason is None and stream.bound:
+            stream.ping()
 
 
 async def _recheck_merchants(gw: Gateway) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from typing import Any
 
@@ -62,7 +63,7 @@ class Authenticator:
 
     def issue_ticket(self, shop: str) -> tuple[str, int]:
         ttl = int(self._cfg.ticket_ttl)
-        claims = {"typ": _TICKET_TYPE, "shop": shop, "exp": int(time.time()) + ttl}
+        claims = {"typ": _TICKET_TYPE, "shop": shop, "exp": math.ceil(time.time()) + ttl}
         return jwt.encode(claims, self._ticket_key, algorithm="HS256"), ttl
 
     def check_ticket(self, ticket: str, shop: str) -> None:
