@@ -33,32 +33,16 @@ class Authenticator:
     def check_session_token(self, token: str | None, shop: str) -> dict[str, Any]:
         if not token:
             raise InvalidTokenError("session token required")
-        options = {"require": ["exp", "dest"], "verify_aud": bool(self._cfg.api_key)}
-        try:
-            claims = jwt.decode(
-                token,
-                self._cfg.session_token_secret,
-                algorithms=["HS256"],
-                audience=self._cfg.api_key or None,
-                leeway=_LEEWAY_S,
-                options=options,  # type: ignore[arg-type]
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidTokenError("session token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise InvalidTokenError("session token not yet valid (nbf)") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise InvalidTokenError(f"session token lacks the {exc.claim} claim") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidTokenError("session token aud does not match the api key") from None
-        except jwt.InvalidSignatureError:
-            raise InvalidTokenError("session token signature is invalid") from None
-        except jwt.InvalidAlgorithmError:
-            raise InvalidTokenError("session token must be HS256") from None
-        except jwt.InvalidTokenError:
-            raise InvalidTokenError("session token is malformed") from None
+        claims = _decode(
+            "session token",
+            token,
+            self._cfg.session_token_secret,
+            audience=self._cfg.api_key or None,
+            leeway=_LEEWAY_S,
+            options={"require": ["exp", "dest"], "verify_aud": bool(self._cfg.api_key)},
+        )
         if claims.get("dest") != f"https://{shop}":
-            raise InvalidTokenError("session token dest does not match the shop") from None
+            raise InvalidTokenError("session token dest does not match the shop")
         return claims
 
     def issue_ticket(self, shop: str) -> tuple[str, int]:
@@ -67,17 +51,28 @@ class Authenticator:
         return jwt.encode(claims, self._ticket_key, algorithm="HS256"), ttl
 
     def check_ticket(self, ticket: str, shop: str) -> None:
-        try:
-            claims = jwt.decode(
-                ticket, self._ticket_key, algorithms=["HS256"], options={"require": ["exp"]}
-            )
-        except jwt.ExpiredSignatureError:
-            raise InvalidTokenError("ticket expired") from None
-        except jwt.InvalidSignatureError:
-            raise InvalidTokenError("ticket signature is invalid") from None
-        except jwt.InvalidTokenError:
-            raise InvalidTokenError("ticket is malformed") from None
+        claims = _decode("ticket", ticket, self._ticket_key, options={"require": ["exp"]})
         if claims.get("typ") != _TICKET_TYPE:
             raise InvalidTokenError("ticket is malformed")
         if claims.get("shop") != shop:
             raise InvalidTokenError("ticket is for another shop")
+
+
+def _decode(what: str, token: str, key: str | bytes, **checks: Any) -> dict[str, Any]:
+    """Verify an HS256 JWT; the error names the check that failed, never the key."""
+    try:
+        return jwt.decode(token, key, algorithms=["HS256"], **checks)
+    except jwt.ExpiredSignatureError:
+        raise InvalidTokenError(f"{what} expired") from None
+    except jwt.ImmatureSignatureError:
+        raise InvalidTokenError(f"{what} not yet valid (nbf)") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise InvalidTokenError(f"{what} lacks the {exc.claim} claim") from None
+    except jwt.InvalidAudienceError:
+        raise InvalidTokenError(f"{what} aud does not match the api key") from None
+    except jwt.InvalidSignatureError:
+        raise InvalidTokenError(f"{what} signature is invalid") from None
+    except jwt.InvalidAlgorithmError:
+        raise InvalidTokenError(f"{what} must be HS256") from None
+    except jwt.InvalidTokenError:
+        raise InvalidTokenError(f"{what} is malformed") from None

@@ -50,10 +50,9 @@ _READ_BYTES = 256 * 1024
 
 
 class _Subscription:
-    __slots__ = ("channels", "linger", "merchant_id", "pending", "ready", "refs")
+    __slots__ = ("channels", "linger", "pending", "ready", "refs")
 
-    def __init__(self, merchant_id: str, channels: list[bytes]) -> None:
-        self.merchant_id = merchant_id
+    def __init__(self, channels: list[bytes]) -> None:
         self.channels = channels
         self.pending = set(channels)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -163,7 +162,7 @@ class RedisBroker:
             channel = template.format(merchant_id=merchant_id, event=event).encode()
             self._channels[channel] = (merchant_id, event)
             channels.append(channel)
-        sub = self._subs[merchant_id] = _Subscription(merchant_id, channels)
+        sub = self._subs[merchant_id] = _Subscription(channels)
         self._hub.open(merchant_id)
         self._to_subscribe.add(merchant_id)
         if self._flusher is None or self._flusher.done():

@@ -114,8 +114,8 @@ async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None)
     else:
         try:
             merchant = await gw.directory.verify(shop)
-        except UnknownMerchantError:
-            raise Refusal(403, "unknown_merchant", f"no active merchant for {shop}") from None
+        except UnknownMerchantError as exc:
+            raise Refusal(403, "unknown_merchant", str(exc)) from None
         except UnavailableError as exc:
             unavailable = str(exc)
     if cors is None:

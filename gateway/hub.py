@@ -78,10 +78,9 @@ class Subscriber(Protocol):
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("gap_after", "history", "merchant_id", "subscribers")
+    __slots__ = ("gap_after", "history", "subscribers")
 
-    def __init__(self, merchant_id: str, history: int) -> None:
-        self.merchant_id = merchant_id
+    def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
         self.subscribers: set[Subscriber] = set()
         self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
@@ -117,7 +116,7 @@ class Hub:
     def open(self, merchant_id: str) -> Topic:
         topic = self._topics.get(merchant_id)
         if topic is None:
-            topic = self._topics[merchant_id] = Topic(merchant_id, self._history)
+            topic = self._topics[merchant_id] = Topic(self._history)
         return topic
 
     def drop(self, merchant_id: str) -> None:
@@ -134,18 +133,16 @@ class Hub:
             return [], False
         seq = self._parse_id(last_event_id)
         history = topic.history
-        if seq is None or seq <= topic.gap_after or not any(e.seq == seq for e in history):
-            return [], True
-        return [e for e in history if e.seq > seq], False
+        if seq is not None and seq > topic.gap_after:
+            for index, entry in enumerate(history):
+                if entry.seq == seq:
+                    return list(itertools.islice(history, index + 1, None)), False
+        return [], True
 
     def detach(self, merchant_id: str, subscriber: Subscriber) -> None:
         topic = self._topics.get(merchant_id)
         if topic is not None:
             topic.subscribers.discard(subscriber)
-
-    def subscribers(self, merchant_id: str) -> set[Subscriber]:
-        topic = self._topics.get(merchant_id)
-        return set(topic.subscribers) if topic else set()
 
     def all_subscribers(self) -> Iterable[Subscriber]:
         return [s for topic in list(self._topics.values()) for s in list(topic.subscribers)]

@@ -50,11 +50,10 @@ _COUNTERS = {
 
 
 class Metrics:
-    """Process-local counts; attribute names are the `_COUNTERS` keys."""
+    """Process-local counts; attribute names are the `_COUNTERS` keys (but the hub's two)."""
 
     def __init__(self) -> None:
-        self.messages = 0
-        self.deliveries = 0
+        # messages and deliveries are counted by the hub; sync() is handed them
         self.slow_client_disconnects = 0
         self.coalesced = 0
         self.redis_reconnects = 0
@@ -96,9 +95,9 @@ class Metrics:
 
     def sync(self, connections: int, merchants: int, messages: int, deliveries: int) -> None:
         """Push deltas since the last sync into prometheus-client."""
-        self.messages, self.deliveries = messages, deliveries
+        from_hub = {"messages": messages, "deliveries": deliveries}
         for key, counter in self._counters.items():
-            self._push(key, counter, getattr(self, key))
+            self._push(key, counter, from_hub[key] if key in from_hub else getattr(self, key))
         for code, value in self.refusals.items():
             self._push(f"refusal:{code}", self._refusals.labels(code), value)
         self.connections.set(connections)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 
 from aiohttp import web
 
@@ -42,8 +41,8 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
         runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port, backlog=4096
     )
     await site.start()
-    for sock in _listening_sockets(runner):
-        log.info("listening on %s:%s", *sock.getsockname()[:2])
+    for address in runner.addresses:
+        log.info("listening on %s:%s", *address[:2])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,11 +53,3 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
     await runner.cleanup()
     log.info("stopped")
 
-
-def _listening_sockets(runner: web.AppRunner) -> list[socket.socket]:
-    server = runner.server
-    sockets: list[socket.socket] = []
-    for site in runner.sites:
-        srv = getattr(site, "_server", None)
-        sockets.extend(getattr(srv, "sockets", None) or [])
-    return sockets if server is not None else []

@@ -26,7 +26,18 @@ __all__ = ["CloseReason", "QueuePolicy", "Stream"]
 log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
-_PING_WIRE = (PING, chunk(PING))
+
+
+class _Ping:
+    """The heartbeat comment, deliverable like an event (seq 0: no event has it)."""
+
+    __slots__ = ()
+    event = "ping"
+    seq = 0
+    wire = (PING, chunk(PING))
+
+
+_PING = _Ping()
 
 
 class CloseReason:
@@ -76,7 +87,7 @@ class Stream:
         self.metrics = metrics
         self.close_reason: str | None = None
         self._policy = policy
-        self._queue: OrderedDict[int, Entry | Control] | None = OrderedDict()
+        self._queue: OrderedDict[int, Entry | Control | _Ping] | None = OrderedDict()
         self._jobs: dict[tuple[str, str], int] = {}
         self._replay_allowance = 0
         self._wake: asyncio.Future[None] | None = None
@@ -97,7 +108,7 @@ class Stream:
     def bound(self) -> bool:
         return self._transport is not None
 
-    def deliver(self, entry: Entry | Control) -> None:
+    def deliver(self, entry: Entry | Control | _Ping) -> None:
         """Hand one event to this client without ever waiting for it."""
         if self._queue is None and not self._protocol.writing_paused:
             try:
@@ -110,11 +121,8 @@ class Stream:
 
     def ping(self) -> None:
         """Heartbeat comment, skipped while events are queued (the socket is busy anyway)."""
-        if self._queue is None and not self._protocol.writing_paused:
-            try:
-                self._transport.write(_PING_WIRE[self._chunked])
-            except RuntimeError:
-                self.close(CloseReason.CLIENT_GONE)
+        if self._queue is None:
+            self.deliver(_PING)
 
     def replay(self, entries: list[Entry]) -> None:
         """Queue a reconnect's replay; it may exceed `max_queue` until the stream catches up."""
@@ -145,7 +153,7 @@ class Stream:
     def queued(self) -> int:
         return len(self._queue) if self._queue else 0
 
-    def _enqueue(self, entry: Entry | Control) -> None:
+    def _enqueue(self, entry: Entry | Control | _Ping) -> None:
         queue = self._queue
         if queue is None:
             queue = self._queue = OrderedDict()
@@ -158,6 +166,8 @@ class Stream:
                 if older is not None and queue.pop(older, None) is not None:
                     self.metrics.coalesced += 1
                 self._jobs[key] = entry.seq
+                if len(self._jobs) > 2 * policy.max_queue:  # forget jobs already flushed
+                    self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
         queue[entry.seq] = entry
         if len(queue) > policy.max_queue + self._replay_allowance:
             self.metrics.slow_client_disconnects += 1
@@ -207,7 +217,7 @@ class Stream:
             self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
             return self.close_reason
 
-    def _take_batch(self, queue: OrderedDict[int, Entry | Control]) -> bytes:
+    def _take_batch(self, queue: OrderedDict[int, Entry | Control | _Ping]) -> bytes:
         """Join queued frames into one write (bounded, so drain still applies)."""
         parts: list[bytes] = []
         size = 0
@@ -217,8 +227,4 @@ class Stream:
             data = entry.wire[index]
             parts.append(data)
             size += len(data)
-        if not queue:
-            self._jobs.clear()
-        elif self._jobs:
-            self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
         return b"".join(parts)

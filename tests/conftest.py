@@ -33,7 +33,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from support import unique_merchant  # noqa: E402
+from support import ISOLATED_ENV, unique_merchant  # noqa: E402
 
 from tools.services import (  # noqa: E402
     NginxServer,
@@ -51,17 +51,6 @@ SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS merchants (
   active      boolean NOT NULL DEFAULT true
 );
 """
-
-# Environment variables that would leak the developer's setup into a gateway.
-_ISOLATED_ENV = (
-    "REDIS_URL",
-    "DATABASE_URL",
-    "GATEWAY_CONFIG",
-    "REDIS_HOST",
-    "REDIS_PORT",
-    "REDIS_PASSWORD",
-    "REDIS_DB",
-)
 
 
 def schema_path() -> Path:
@@ -349,7 +338,7 @@ class GatewayFactory:
         cfg_path.write_text(yaml.safe_dump(merged, sort_keys=False))
         log_path = self._tmp / f"gateway-{n}.log"
 
-        child_env = {k: v for k, v in os.environ.items() if k not in _ISOLATED_ENV}
+        child_env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
         child_env["PYTHONUNBUFFERED"] = "1"
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p

@@ -31,6 +31,7 @@ import aiohttp
 T = TypeVar("T")
 
 __all__ = [
+    "ISOLATED_ENV",
     "Event",
     "SSEStream",
     "chromium_executable",
@@ -41,6 +42,17 @@ __all__ = [
     "wait_for",
     "wait_until",
 ]
+
+# Environment variables that would leak the developer's setup into a gateway child.
+ISOLATED_ENV = (
+    "REDIS_URL",
+    "DATABASE_URL",
+    "GATEWAY_CONFIG",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+)
 
 
 @dataclass

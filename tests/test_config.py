@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError, load_config
+from tests.support import ISOLATED_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DSN = "postgresql://gw@127.0.0.1:5432/gateway"
@@ -268,20 +269,7 @@ def test_database_url_overrides_postgres_dsn(tmp_path: Path) -> None:
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT
 ) -> subprocess.CompletedProcess[str]:
-    child = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "REDIS_URL",
-            "DATABASE_URL",
-            "GATEWAY_CONFIG",
-            "REDIS_HOST",
-            "REDIS_PORT",
-            "REDIS_PASSWORD",
-            "REDIS_DB",
-        )
-    }
+    child = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
     child["PYTHONPATH"] = str(REPO_ROOT)
     child.update(env)
     return subprocess.run(

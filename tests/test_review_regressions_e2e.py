@@ -46,6 +46,16 @@ async def test_replay_across_a_redis_reconnect_is_a_gap(
         assert json.loads(resync.data) == {"reason": "history_gap"}
 
 
+def _stalled_stream(gw: Any, shop: str) -> socket.socket:
+    """A stream that reads its headers, then never reads again (4 KiB receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(f"GET {gw.path}?shop={shop} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    sock.recv(4096)
+    return sock
+
+
 async def _health_ok(gw: Any) -> bool:
     status, _, _ = await http_json(gw.url("/health"))
     return status == 200
@@ -58,11 +68,7 @@ async def test_a_payload_nested_too_deep_never_stops_fan_out(
     stream's coalescing parses payloads, so that must not reach the shared reader."""
     gw = gateway_factory.start(config={"sse": {"max_queue": 100_000}})
     merchant_id, shop = merchant
-    lagging = socket.socket()
-    lagging.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    lagging.connect(("127.0.0.1", gw.port))
-    lagging.sendall(f"GET {gw.path}?shop={shop} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    lagging.recv(4096)
+    lagging = _stalled_stream(gw, shop)
     try:
         async with open_stream(gw.stream_url(shop)) as healthy:
             await healthy.next_event_of("connected")
@@ -87,11 +93,7 @@ def test_shutdown_cuts_a_stream_that_cannot_drain(
 
     gw = gateway_factory.start(config={"server": {"shutdown_timeout": 3}})
     merchant_id, shop = merchant
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect(("127.0.0.1", gw.port))
-    stuck.sendall(f"GET {gw.path}?shop={shop} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    stuck.recv(4096)
+    stuck = _stalled_stream(gw, shop)
     try:
         client = redis.Redis.from_url(redis_server.url)
         for _ in range(300):
