@@ -3,9 +3,10 @@
 # on Debian 12. Idempotent: does nothing (and no apt-get update) when all are
 # present. As non-root it only reports what is missing.
 #
-# The Debian packages would normally start system-wide redis/postgresql/nginx
-# services; we block that during the install (policy-rc.d) and stop any that
-# got started anyway. Our tests start their own throwaway instances.
+# The Debian packages would normally start system-wide redis/postgresql/nginx/
+# prometheus services; we block that during the install (policy-rc.d) and stop
+# any that got started anyway (recommends such as prometheus-node-exporter are
+# not installed). Our tests start their own throwaway instances.
 set -euo pipefail
 
 missing=()
@@ -33,6 +34,10 @@ have_nchan            || missing+=(libnginx-mod-nchan)
 { have_cmd chromium || have_cmd chromium-browser; } || missing+=(chromium)
 have_cmd chromedriver || missing+=(chromium-driver)
 have_cmd make         || missing+=(make)
+# The TLS/HTTP/2 edge tests: a throwaway self-signed certificate, and a real
+# Prometheus (with promtool) evaluating config/prometheus/alerts.yml.
+have_cmd openssl      || missing+=(openssl)
+{ have_cmd prometheus && have_cmd promtool; } || missing+=(prometheus)
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 if have_cmd python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     if [ "$(command -v python3)" = /usr/bin/python3 ]; then
@@ -74,7 +79,7 @@ cleanup
 own_policy=0
 
 # Stop (and disable) whatever apt may have started anyway. Tolerate absence.
-for svc in redis-server postgresql nginx; do
+for svc in redis-server postgresql nginx prometheus; do
     if [ -e "/etc/init.d/$svc" ] || [ -e "/lib/systemd/system/$svc.service" ]; then
         if have_cmd systemctl && [ -d /run/systemd/system ]; then
             systemctl stop "$svc" >/dev/null 2>&1 || true
