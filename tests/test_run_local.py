@@ -1,0 +1,152 @@
+"""`make run` (tools/run_local.py): PORT, the demo page, a port in use, Ctrl-C.
+
+run_local is pointed at the session's Redis and PostgreSQL (REDIS_URL /
+DATABASE_URL), so it starts only the gateway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import ISOLATED_ENV
+
+from tools.local_port import port_problem, served_by_tree
+from tools.services import PostgresServer, RedisServer, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_LOCAL = REPO_ROOT / "tools" / "run_local.py"
+
+
+def _env(redis: RedisServer, postgres: PostgresServer, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env.update(REDIS_URL=redis.url, DATABASE_URL=postgres.dsn, PORT=str(port))
+    return env
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _impostor(port: int) -> Iterator[None]:
+    """Another HTTP server on the port that answers 200 to everything."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_port_in_use_fails_at_once_with_a_clear_line(
+    redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    with _impostor(port):
+        assert _status(f"http://127.0.0.1:{port}/health/live") == 200
+        result = subprocess.run(
+            [sys.executable, str(RUN_LOCAL)],
+            env=_env(redis_server, postgres_server, port),
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} is not free" in result.stderr
+    assert "Gateway is up" not in result.stdout
+
+
+def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
+    redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    out = tmp_path / "run.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, str(RUN_LOCAL)],
+            env=_env(redis_server, postgres_server, port),
+            cwd=str(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while "Gateway is up" not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            time.sleep(0.1)
+        text = out.read_text()
+        assert "Gateway is up" in text, text
+        assert _status(f"http://127.0.0.1:{port}/demo/") == 200
+        assert f"http://127.0.0.1:{port}/demo/" in text
+        pid = int(text.split("Gateway is up (pid ", 1)[1].split(")", 1)[0])
+        assert served_by_tree(port, pid) is True
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 130, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert not _alive(pid)
+    assert port_problem("127.0.0.1", port) is None  # the listener is gone too
+
+
+def test_served_by_tree_tells_our_listener_from_another() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert port_problem("127.0.0.1", port) is not None
+        assert served_by_tree(port, os.getpid()) is True
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert served_by_tree(port, other.pid) is False
+        finally:
+            other.kill()
+            other.wait(5)
+
+
+if sys.platform != "linux":  # served_by_tree reads /proc
+    pytestmark = pytest.mark.skip(reason="Linux only")
