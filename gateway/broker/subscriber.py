@@ -1,52 +1,42 @@
 """RedisBroker: the process's one pub/sub connection, shared by every merchant.
 
-One reader task parses each Redis message and hands it synchronously to the hub
-(encode once, fan out, never await a client). Merchants are subscribed when
-their first stream opens (SUBSCRIBEs of concurrent openings are batched),
-counted per open stream, and unsubscribed `linger` seconds after the last one
-closes. A private control channel stays subscribed for the connection's life:
-its acknowledgement marks the connection ready, and a canary published on it
-every second proves delivery end to end, catching a frozen Redis that keeps
-its socket open. On any connection fault the supervisor reconnects with capped,
-jittered exponential backoff, re-subscribes every held merchant and reports the
-reconnect so streams get `resync`.
+Merchants are subscribed when their first stream opens (SUBSCRIBEs of
+concurrent openings are batched), counted per open stream, and unsubscribed
+`linger` seconds after the last one closes. A private control channel stays
+subscribed for the connection's life: its acknowledgement marks the connection
+ready, and the canary (canary.py) proves delivery through it. On any
+connection fault the supervisor reconnects with capped, jittered exponential
+backoff, re-subscribes every held merchant and reports the reconnect so
+streams get `resync`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import random
-import time
 from collections.abc import Callable
 
-import hiredis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from .config import RedisConfig
-from .errors import UnavailableError
-from .hub import Hub
-from .metrics import Metrics
-from .redaction import redact_url
+from ..config import RedisConfig
+from ..errors import UnavailableError
+from ..hub import Hub
+from ..metrics import Metrics
+from ..redaction import redact_url
+from ..supervision import supervised
+from .canary import Canary
+from .connection import CONNECT_TIMEOUT_S, FAULTS, backoff_s, make_client, socket_reader
+from .reader import ReaderHooks, read_messages
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
 
-_FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
-_BACKOFF_CAP_S = 5.0
-_CONNECT_TIMEOUT_S = 3.0
 _SUBSCRIBE_WAIT_S = 5.0
-_CANARY_EVERY_S = 1.0
-_CANARY_TIMEOUT_S = 1.5
-_READ_BYTES = 256 * 1024
+# the subscriber + 2 for canary and health probes: never grows with merchants or clients
+_POOL_SIZE = 3
 
 
 class _Subscription:
@@ -75,18 +65,8 @@ class RedisBroker:
         self._metrics = metrics
         self._linger_s = linger_s
         self._on_reconnect = on_reconnect
-        self._control = f"gateway:control:{hub.epoch}:{os.getpid()}".encode()
-        self._client = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                cfg.url,
-                max_connections=3,  # the subscriber + 2 for canary/health: never grows
-                timeout=_CONNECT_TIMEOUT_S,
-                socket_timeout=_CONNECT_TIMEOUT_S,
-                socket_connect_timeout=_CONNECT_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0),  # faults surface here; the supervisor retries
-                protocol=2,  # pub/sub messages as plain arrays for the hiredis reader
-            )
-        )
+        self._client = make_client(cfg.url, _POOL_SIZE)
+        self.canary = Canary(self._client, f"gateway:control:{hub.epoch}:{os.getpid()}".encode())
         self._subs: dict[str, _Subscription] = {}
         self._channels: dict[bytes, tuple[str, str]] = {}
         self._to_subscribe: set[str] = set()
@@ -94,8 +74,6 @@ class RedisBroker:
         self._pubsub: aioredis.client.PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._control_ready: asyncio.Future[None] | None = None
-        self._canaries: dict[bytes, asyncio.Future[float]] = {}
-        self._canary_ids = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._ever_connected = False
         self.healthy = False
@@ -104,8 +82,8 @@ class RedisBroker:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._supervise(), name="redis-supervisor"),
-            asyncio.create_task(self._watch(), name="redis-canary"),
+            supervised("redis-supervisor", self._supervise),
+            supervised("redis-canary", lambda: self.canary.watch(self._connected, self._cut)),
         ]
 
     async def close(self) -> None:
@@ -120,6 +98,15 @@ class RedisBroker:
     @property
     def merchants(self) -> int:
         return len(self._subs)
+
+    async def round_trip(self) -> float:
+        return await self.canary.round_trip()
+
+    async def ping(self) -> float:
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(CONNECT_TIMEOUT_S / 2):
+            await self._client.ping()
+        return (asyncio.get_running_loop().time() - started) * 1000
 
     # -- merchants ---------------------------------------------------------
 
@@ -185,7 +172,7 @@ class RedisBroker:
             task.add_done_callback(self._tasks.remove)
 
     async def _unsubscribe(self, pubsub: aioredis.client.PubSub, channels: list[bytes]) -> None:
-        with contextlib.suppress(*_FAULTS):
+        with contextlib.suppress(*FAULTS):
             await pubsub.execute_command("UNSUBSCRIBE", *channels)
 
     async def _flush_subscribes(self) -> None:
@@ -196,10 +183,19 @@ class RedisBroker:
             channels = [c for m in batch if m in self._subs for c in self._subs[m].channels]
             try:
                 await self._pubsub.execute_command("SUBSCRIBE", *channels)
-            except _FAULTS:
+            except FAULTS:
                 return  # the supervisor re-subscribes everything on reconnect
 
     # -- connection --------------------------------------------------------
+
+    def _connected(self) -> bool:
+        return self.healthy and self._reader is not None
+
+    def _cut(self) -> None:
+        """Drop the subscriber connection; the supervisor reconnects."""
+        self.healthy = False
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -212,13 +208,11 @@ class RedisBroker:
                 assert self._reader is not None
                 await asyncio.wait({self._reader})
                 if not self._reader.cancelled() and (exc := self._reader.exception()):
-                    if not isinstance(exc, _FAULTS):
+                    if not isinstance(exc, FAULTS):
                         log.error("redis reader failed", exc_info=exc)
                     else:
                         log.warning("redis: connection lost (%s)", type(exc).__name__)
-                else:
-                    log.warning("redis: delivery canary failed; reconnecting")
-            except _FAULTS as exc:
+            except FAULTS as exc:
                 if attempt == 0 or attempt % 10 == 0:
                     log.warning("redis: unavailable (%s: %s)", type(exc).__name__, exc)
             except Exception:  # e.g. a ResponseError from AUTH/SELECT: loud, and retried
@@ -227,18 +221,26 @@ class RedisBroker:
             finally:
                 await self._disconnect(pubsub)
             attempt += 1
-            delay = min(_BACKOFF_CAP_S, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff_s(attempt))
 
     async def _connect(self, pubsub: aioredis.client.PubSub) -> None:
         self._control_ready = asyncio.get_running_loop().create_future()
         self._to_subscribe.clear()
         channels = [c for sub in self._subs.values() for c in sub.channels]
-        async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+        hooks = ReaderHooks(
+            channels=self._channels,
+            control=self.canary.channel,
+            on_control=self.canary.received,
+            on_subscribed=self._on_subscribed,
+            observe_latency=self._metrics.delivery_latency.observe,
+        )
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
             # the control channel last: its ack proves every channel before it is live
-            await pubsub.execute_command("SUBSCRIBE", *channels, self._control)
+            await pubsub.execute_command("SUBSCRIBE", *channels, self.canary.channel)
             self._pubsub = pubsub
-            self._reader = asyncio.create_task(self._read(pubsub), name="redis-reader")
+            self._reader = asyncio.create_task(
+                read_messages(socket_reader(pubsub), self._hub, hooks), name="redis-reader"
+            )
             await asyncio.shield(self._control_ready)
         stale = [c for c in channels if c not in self._channels]
         if stale:
@@ -264,47 +266,8 @@ class RedisBroker:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pubsub.aclose(), 1)
 
-    async def _read(self, pubsub: aioredis.client.PubSub) -> None:
-        """The hot loop: every message in one socket read is parsed and fanned out in turn.
-
-        redis-py set the connection up (TLS, AUTH, SELECT, SUBSCRIBE); reading goes
-        straight through hiredis, because redis-py's per-message read path costs more
-        than the whole fan-out to ten streams.
-        """
-        conn = pubsub.connection
-        assert conn is not None
-        socket_reader: asyncio.StreamReader = conn._reader
-        parser = hiredis.Reader()
-        channels = self._channels
-        publish = self._hub.publish
-        latency = self._metrics.delivery_latency.observe
-        clock = time.perf_counter
-        control = self._control
-        while True:
-            data = await socket_reader.read(_READ_BYTES)
-            if not data:
-                raise RedisConnectionError("Redis closed the connection")
-            started = clock()
-            parser.feed(data)
-            while (msg := parser.gets()) is not False:
-                if isinstance(msg, hiredis.ReplyError):
-                    raise RedisConnectionError(f"Redis error on the subscriber: {msg}")
-                kind = msg[0]
-                if kind == b"message":
-                    target = channels.get(msg[1])
-                    if target is not None:
-                        try:
-                            publish(target[0], target[1], msg[2])
-                        except Exception:  # a bug, but never worth every merchant's fan-out
-                            log.exception("fan-out failed merchant=%s", target[0])
-                    elif msg[1] == control:
-                        self._on_canary(msg[2])
-                elif kind == b"subscribe":
-                    self._on_subscribed(msg[1])
-            latency(clock() - started)
-
     def _on_subscribed(self, channel: bytes) -> None:
-        if channel == self._control:
+        if channel == self.canary.channel:
             if self._control_ready is not None and not self._control_ready.done():
                 self._control_ready.set_result(None)
             return
@@ -314,45 +277,3 @@ class RedisBroker:
             sub.pending.discard(channel)
             if not sub.pending and not sub.ready.done():
                 sub.ready.set_result(None)
-
-    # -- canary ------------------------------------------------------------
-
-    async def round_trip(self) -> float:
-        """Publish on the control channel, await it on the subscriber; milliseconds."""
-        token = str(next(self._canary_ids)).encode()
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._canaries[token] = future
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(_CANARY_TIMEOUT_S):
-                await self._client.publish(self._control, token)
-                await future
-        finally:
-            self._canaries.pop(token, None)
-        return (time.perf_counter() - started) * 1000
-
-    async def ping(self) -> float:
-        started = time.perf_counter()
-        async with asyncio.timeout(_CANARY_TIMEOUT_S):
-            await self._client.ping()
-        return (time.perf_counter() - started) * 1000
-
-    def _on_canary(self, token: bytes) -> None:
-        future = self._canaries.get(token)
-        if future is not None and not future.done():
-            future.set_result(0.0)
-
-    async def _watch(self) -> None:
-        """Cut the subscriber connection when the canary stops coming back."""
-        while True:
-            await asyncio.sleep(_CANARY_EVERY_S)
-            if not self.healthy or self._reader is None:
-                continue
-            try:
-                await self.round_trip()
-            except Exception as exc:
-                if not isinstance(exc, _FAULTS):
-                    log.error("redis: canary failed: %s: %s", type(exc).__name__, exc)
-                if self.healthy and self._reader is not None:
-                    self.healthy = False
-                    self._reader.cancel()

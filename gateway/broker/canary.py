@@ -1,0 +1,75 @@
+"""The delivery canary: a round trip through Redis on the subscriber's own connection.
+
+A token published on a private control channel must come back through the
+subscriber's reader; `/health` runs one per request, and `watch` one per
+second, cutting the subscriber connection when it stops coming back (a frozen
+Redis can keep its socket open while delivering nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+
+from .connection import FAULTS
+
+__all__ = ["Canary"]
+
+log = logging.getLogger(__name__)
+
+_EVERY_S = 1.0
+TIMEOUT_S = 1.5
+
+
+class Canary:
+    def __init__(self, client: aioredis.Redis, channel: bytes) -> None:
+        self._client = client
+        self.channel = channel
+        self._waiting: dict[bytes, asyncio.Future[None]] = {}
+        self._ids = itertools.count()
+        self.last_round_trip_s: float | None = None
+        self.ok = False
+
+    async def round_trip(self) -> float:
+        """Publish a token on the control channel, await it on the subscriber; milliseconds."""
+        token = str(next(self._ids)).encode()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                await self._client.publish(self.channel, token)
+                await future
+        finally:
+            self._waiting.pop(token, None)
+        elapsed = time.perf_counter() - started
+        self.last_round_trip_s = elapsed
+        return elapsed * 1000
+
+    def received(self, token: bytes) -> None:
+        future = self._waiting.get(token)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def watch(self, connected: Callable[[], bool], cut: Callable[[], None]) -> None:
+        """Once a second while connected: a round trip, or `cut()` the connection."""
+        while True:
+            await asyncio.sleep(_EVERY_S)
+            if not connected():
+                self.ok = False
+                continue
+            try:
+                await self.round_trip()
+                self.ok = True
+            except Exception as exc:
+                self.ok = False
+                if not isinstance(exc, FAULTS):
+                    log.error("redis: canary failed: %s: %s", type(exc).__name__, exc)
+                if connected():
+                    log.warning("redis: delivery canary failed; reconnecting")
+                    cut()

@@ -1,0 +1,56 @@
+"""Redis clients from a URL, the faults worth retrying, and the backoff between tries.
+
+`socket_reader` is the one place that reaches into redis-py's internals: the
+subscriber reads its socket directly (see reader.py). If a redis-py upgrade
+moves that attribute, it fails here, loudly, and tests/test_library_adapters.py
+fails with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+__all__ = ["FAULTS", "backoff_s", "make_client", "socket_reader"]
+
+FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+_BACKOFF_CAP_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+def make_client(url: str, max_connections: int) -> aioredis.Redis:
+    """A client whose pool never grows past `max_connections` and never retries by itself."""
+    return aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=CONNECT_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # faults surface to the caller, which decides
+            protocol=2,  # pub/sub messages as plain arrays for the hiredis reader
+        )
+    )
+
+
+def backoff_s(attempt: int) -> float:
+    """Capped, jittered exponential backoff: 0.1 s doubling up to 5 s."""
+    return min(_BACKOFF_CAP_S, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def socket_reader(pubsub: aioredis.client.PubSub) -> asyncio.StreamReader:
+    """The StreamReader under a connected PubSub (redis-py keeps it in `_reader`)."""
+    conn = pubsub.connection
+    reader = getattr(conn, "_reader", None)
+    if not isinstance(reader, asyncio.StreamReader):
+        raise RuntimeError(
+            "redis-py no longer exposes the connection's StreamReader as `_reader`: "
+            "update gateway/broker/connection.py:socket_reader for this redis-py version"
+        )
+    return reader
