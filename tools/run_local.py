@@ -32,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
+from gateway.redaction import redact_url  # noqa: E402
 from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402
 from tools.services import PostgresServer, RedisServer, ServiceError  # noqa: E402
 
@@ -91,20 +92,6 @@ def write_run_config(data: dict[str, Any], port: int, directory: str) -> Path:
     path = Path(directory) / "gateway.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def redact(url: str) -> str:
-    """The URL without its password."""
-    try:
-        u = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if u.password is None:
-        return url
-    user = u.username or ""
-    host = u.hostname or ""
-    port = f":{u.port}" if u.port else ""
-    return urllib.parse.urlunsplit(u._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def redis_cli_command(redis_url: str) -> str:
@@ -193,7 +180,7 @@ def start_services(env: dict[str, str], services: list[RedisServer | PostgresSer
         redis.start()
         env["REDIS_URL"] = redis.url
     else:
-        print(f"run: using REDIS_URL={redact(env['REDIS_URL'])}")
+        print(f"run: using REDIS_URL={redact_url(env['REDIS_URL'])}")
     if not env.get("DATABASE_URL"):
         print("run: starting a local PostgreSQL ...", flush=True)
         pg = PostgresServer()
@@ -204,19 +191,23 @@ def start_services(env: dict[str, str], services: list[RedisServer | PostgresSer
         env["DATABASE_URL"] = pg.dsn
         print(f"run: seeded merchant {DEMO_MERCHANT} for {DEMO_SHOP}")
     else:
-        print(f"run: using DATABASE_URL={redact(env['DATABASE_URL'])} (not seeded)")
+        print(f"run: using DATABASE_URL={redact_url(env['DATABASE_URL'])} (not seeded)")
 
 
-def usage(pid: int, base: str, path: str, redis_url: str, seconds: float) -> str:
+def usage(pid: int, base: str, path: str, env: dict[str, str], seeded: bool,
+          seconds: float) -> str:
     stream = f"{base}{path}?shop={DEMO_SHOP}"
     payload = """'{"jobId":"job-1","percent":42}'"""
+    sql = "INSERT INTO merchants (id, shop_domain) VALUES ('m-2', 'shop2.myshopify.com')"
+    merchant = f"  Add a merchant:\n    psql '{env['DATABASE_URL']}' -c \"{sql}\"\n\n"
     return (
         "\n"
         f"Gateway is up (pid {pid}) in {seconds:.1f}s.\n\n"
         f"  Demo page (progress bar for {DEMO_SHOP}):\n    {base}/demo/\n\n"
         f"  Open the stream:\n    curl -N '{stream}'\n\n"
-        f"  Publish an event:\n    {redis_cli_command(redis_url)} "
+        f"  Publish an event:\n    {redis_cli_command(env['REDIS_URL'])} "
         f"PUBLISH merchant:{DEMO_MERCHANT}:progress {payload}\n\n"
+        f"{merchant if seeded else ''}"
         f"  Health: {base}/health   Metrics: {base}/metrics\n\n"
         "Press Ctrl-C to stop the gateway and the services started for it.\n"
     )
@@ -266,7 +257,8 @@ def main() -> int:
             return 1
         base = f"http://{_url_host(host)}:{port}"
         elapsed = time.monotonic() - t0
-        print(usage(gateway.pid, base, settings["path"], env["REDIS_URL"], elapsed), flush=True)
+        seeded = any(isinstance(svc, PostgresServer) for svc in services)
+        print(usage(gateway.pid, base, settings["path"], env, seeded, elapsed), flush=True)
         while not stop.is_set():
             if gateway.poll() is not None:
                 print(f"run: gateway exited with {gateway.returncode}", file=sys.stderr)
