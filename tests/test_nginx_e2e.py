@@ -2,19 +2,23 @@
 
 Only the snippet's documented placeholders are replaced (upstream address,
 listen directive, access-log path), plus ``proxy_read_timeout`` in the
-read-timeout test.  Everything runs on 127.0.0.1.
+read-timeout test and the upstream's server line (two gateways, then one of
+them marked ``down``) in the affinity and draining test.  Everything runs on
+127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
 import time
 from pathlib import Path
 
 import aiohttp
 import jwt
-from support import http_json, open_stream, publish, wait_for
+from support import http_json, open_stream, publish, unique_merchant, wait_for
 
 from tools.services import NginxServer, free_port, nginx_main_conf
 
@@ -24,11 +28,24 @@ STREAM_PATH = "/api/realtime/events"
 SECRET = "nginx-e2e-session-token-secret-0123456789"
 
 
-def nginx_conf(gateway_port: int, nginx_port: int, read_timeout: str | None = None) -> str:
-    """A complete nginx.conf: the shipped snippet with its placeholders replaced."""
+def nginx_conf(
+    gateway_port: int,
+    nginx_port: int,
+    read_timeout: str | None = None,
+    upstream_servers: list[str] | None = None,
+) -> str:
+    """A complete nginx.conf: the shipped snippet with its placeholders replaced.
+
+    ``upstream_servers`` replaces the upstream's one ``server 127.0.0.1:8080;``
+    line with several (e.g. ``["127.0.0.1:P1", "127.0.0.1:P2 down"]``).
+    """
     text = SNIPPET.read_text()
     for placeholder in ("127.0.0.1:8080", "listen 80;", "/var/log/nginx/gateway_access.log"):
         assert placeholder in text, f"config/nginx.conf lost its placeholder {placeholder!r}"
+    if upstream_servers is not None:
+        assert text.count("    server 127.0.0.1:8080;\n") == 1
+        lines = "".join(f"    server {s};\n" for s in upstream_servers)
+        text = text.replace("    server 127.0.0.1:8080;\n", lines)
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
     text = text.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
     text = text.replace("/var/log/nginx/gateway_access.log", "@PREFIX@/logs/gateway_access.log")
@@ -189,3 +206,84 @@ async def test_nginx_access_log_holds_no_token_or_ticket(
     assert "token=" not in text and "ticket=" not in text, text
     # the gateway's own log neither
     assert ticket not in gw.log_text() and token not in gw.log_text()
+
+
+async def test_upstream_hash_keeps_a_merchant_on_one_gateway_and_drains(
+    gateway_factory, nginx_factory, postgres_server, redis_server
+) -> None:
+    """`hash $arg_shop consistent`: every stream of a shop meets on one gateway.
+
+    Then the documented drain: mark that gateway `down` and reload nginx (new
+    streams go to the other, open ones stay), SIGTERM it (open streams get
+    `event: shutdown`, the process exits 0).
+    """
+    conf = {"server": {"shutdown_timeout": 3}}
+    gws = [await gateway_factory.astart(config=conf) for _ in range(2)]
+    port = free_port()
+    upstream = [f"127.0.0.1:{gw.port}" for gw in gws]
+    n: NginxServer = nginx_factory(nginx_conf(0, port, upstream_servers=upstream), port=port)
+    assert "hash $arg_shop consistent;" in n.conf_text
+
+    shops = []
+    for _ in range(16):
+        mid, shop = unique_merchant("hash")
+        postgres_server.add_merchant(mid, shop)
+        shops.append((mid, shop))
+
+    def opened_on(gw, shop: str) -> int:
+        return gw.log_text().count(f"stream open merchant={shop.split('.')[0]}-id shop={shop} ")
+
+    home: dict[str, int] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for _, shop in shops:
+            for _ in range(3):  # three tabs of the same shop
+                s = await stack.enter_async_context(open_stream(nginx_url(n, shop)))
+                assert s.status == 200
+                await s.next_event_of("connected", timeout=5)
+
+        def all_logged() -> list[list[int]] | None:
+            c = [[opened_on(gw, shop) for gw in gws] for _, shop in shops]
+            return c if all(sum(x) == 3 for x in c) else None
+
+        counts = await wait_for(all_logged, timeout=5, message="(48 stream-open log lines)")
+        for (_, shop), per_gw in zip(shops, counts, strict=True):
+            assert sorted(per_gw) == [0, 3], (shop, per_gw)  # all three on one gateway
+            home[shop] = per_gw.index(3)
+        # both gateways serve some merchants (16 shops: all on one has p = 2**-15)
+        assert set(home.values()) == {0, 1}, home
+
+    # Drain the gateway of the first shop: `down` + reload.
+    mid, shop = shops[0]
+    d = home[shop]
+    drained = gws[d]
+    async with open_stream(nginx_url(n, shop)) as old:
+        assert old.status == 200
+        await old.next_event_of("connected", timeout=5)
+        assert await wait_for(lambda: opened_on(drained, shop) == 4, timeout=5)
+
+        marked = [u + (" down" if i == d else "") for i, u in enumerate(upstream)]
+        n.conf_text = nginx_conf(0, port, upstream_servers=marked)
+        n.reload()
+
+        async def lands_on_other() -> bool:
+            """Open (and close) one stream; True when the other gateway took it."""
+            before = [opened_on(gw, shop) for gw in gws]
+            async with open_stream(nginx_url(n, shop)) as s:
+                assert s.status == 200
+                await s.next_event_of("connected", timeout=5)
+            after = await wait_for(
+                lambda: (a := [opened_on(gw, shop) for gw in gws]) != before and a, timeout=5
+            )
+            return bool(after[1 - d] > before[1 - d])
+
+        assert await wait_for(lands_on_other, timeout=10, message="(stream on the other gateway)")
+        assert await lands_on_other()  # and stays there
+        # the stream opened before the reload is still served by the drained one
+        assert await publish(redis_server.url, f"merchant:{mid}:stage", {"stage": "x"}) >= 1
+        assert (await old.next_event(timeout=5)).event == "stage"
+
+        drained.send_signal(signal.SIGTERM)
+        bye = await old.next_event_of("shutdown", timeout=5)
+        assert bye.retry is not None and bye.retry > 0
+        await old.wait_closed(timeout=5)
+    assert await asyncio.to_thread(drained.wait, 10) == 0
