@@ -1,0 +1,95 @@
+"""Durable history in Redis: publish through `publish.lua`, read for replay.
+
+Per merchant, two keys in one cluster slot (the merchant id is their hash
+tag): the stream `gateway:history:{ID}` (entries `0-OFFSET` with fields `e`
+event and `d` payload, capped at `sse.history`) and the hash
+`gateway:meta:{ID}` (`epoch`, `offset`). Both expire `redis.history_ttl`
+seconds after the merchant's last durable publish.
+
+Reads take the meta hash and the stream in one MULTI/EXEC, so an entry and
+the offset that counts it are always seen together; `durable.bridge` decides
+whether the history still reaches a client's Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ..durable import DurableEvent, DurableId, HistorySnapshot, history_keys
+from ..publisher import AsyncPublisher
+
+__all__ = ["DurableHistory"]
+
+log = logging.getLogger(__name__)
+
+
+class DurableHistory:
+    """A merchant's durable history over a `redis.asyncio.Redis` client (bytes replies)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | Any,
+        *,
+        channel: str,
+        history: int,
+        ttl_s: int,
+        sharded: bool = False,
+    ) -> None:
+        self._client = client
+        self._publisher = AsyncPublisher(
+            client, channel=channel, history=history, ttl_s=ttl_s, sharded=sharded
+        )
+
+    async def publish(self, merchant_id: str, event: str, payload: bytes) -> str:
+        """Record and publish one event; its durable id."""
+        return await self._publisher.publish_payload(merchant_id, event, payload)
+
+    async def publish_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[str]:
+        """Record and publish (merchant_id, event, payload) items in order; their ids."""
+        return await self._publisher.publish_many(items)
+
+    async def read_all(self, merchant_id: str) -> HistorySnapshot:
+        """The merchant's whole history, read atomically (one read serves many replays)."""
+        return await self._read(merchant_id, 1, None)
+
+    async def read_after(
+        self, merchant_id: str, last: DurableId, limit: int | None = None
+    ) -> list[DurableEvent] | None:
+        """The durable events after `last` in order; None when the history cannot
+        bridge to it (other epoch, trimmed or expired, more than `limit` behind)."""
+        snapshot = await self._read(merchant_id, last.offset + 1, limit)
+        return snapshot.after(last, limit)
+
+    async def _read(self, merchant_id: str, start: int, limit: int | None) -> HistorySnapshot:
+        stream, meta = history_keys(merchant_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "epoch", "offset")
+            # one entry beyond `limit` would only prove the client is too far behind
+            pipe.xrange(stream, f"0-{start}", "+", count=limit)
+            (epoch, head), entries = await pipe.execute()
+        if epoch is None:  # no history (an orphaned stream is not part of any)
+            return HistorySnapshot(None, 0, ())
+        epoch = _text(epoch)
+        return HistorySnapshot(
+            epoch=epoch,
+            head=int(head) if head is not None else 0,
+            entries=tuple(_entry(epoch, raw_id, fields) for raw_id, fields in entries),
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _entry(epoch: str, raw_id: bytes | str, fields: dict[Any, Any]) -> DurableEvent:
+    """A stream entry `0-OFFSET {e: event, d: payload}` of `epoch`."""
+    offset = int(_text(raw_id).partition("-")[2])
+    event = fields.get(b"e", fields.get("e", b""))
+    payload = fields.get(b"d", fields.get("d", b""))
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    return DurableEvent(DurableId(epoch, offset), _text(event), payload)

@@ -1,0 +1,159 @@
+"""Durable publishing for Python backends, on redis-py (see docs/publishing.md).
+
+    from redis import Redis
+    from gateway.publisher import Publisher
+
+    publisher = Publisher(Redis.from_url("redis://localhost:6379/0"))
+    event_id = publisher.publish("m1", "progress", {"jobId": "po-42", "percent": 40})
+
+`AsyncPublisher` does the same on `redis.asyncio.Redis`. Both run the script
+the gateway ships, `gateway/broker/publish.lua`, with EVALSHA (EVAL when the
+server does not hold it yet). Pass the gateway's `redis.channel`,
+`sse.history`, `redis.history_ttl` and `redis.cluster` when they differ from
+the defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from .durable import encode_data, script_args
+
+__all__ = [
+    "DEFAULT_CHANNEL",
+    "DEFAULT_HISTORY",
+    "DEFAULT_TTL_S",
+    "SCRIPT",
+    "SCRIPT_PATH",
+    "SCRIPT_SHA",
+    "AsyncPublisher",
+    "Publisher",
+]
+
+log = logging.getLogger(__name__)
+
+SCRIPT_PATH = Path(__file__).resolve().parent / "broker" / "publish.lua"
+SCRIPT = SCRIPT_PATH.read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
+
+DEFAULT_CHANNEL = "merchant:{merchant_id}:{event}"
+DEFAULT_HISTORY = 100
+DEFAULT_TTL_S = 86400
+
+Item = tuple[str, str, bytes]
+
+
+class _Settings:
+    """What every publish passes besides the event: the gateway's config values."""
+
+    def __init__(self, channel: str, history: int, ttl_s: int, sharded: bool) -> None:
+        if history < 0 or ttl_s < 1:
+            raise ValueError("history must be >= 0 and ttl_s >= 1")
+        self.channel = channel
+        self.history = history
+        self.ttl_s = ttl_s
+        self.sharded = sharded
+
+    def call(self, item: Item) -> list[Any]:
+        """[numkeys, *KEYS, *ARGV] of one script run."""
+        merchant_id, event, payload = item
+        keys, argv = script_args(
+            self.channel, merchant_id, event, payload,
+            history=self.history, ttl_s=self.ttl_s, sharded=self.sharded,
+        )
+        return [len(keys), *keys, *argv]
+
+
+def _text(reply: Any) -> str:
+    return reply.decode("ascii") if isinstance(reply, bytes) else str(reply)
+
+
+class Publisher:
+    """Durable publish over a synchronous `redis.Redis` (or `RedisCluster`) client."""
+
+    def __init__(
+        self,
+        client: redis.Redis | Any,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        history: int = DEFAULT_HISTORY,
+        ttl_s: int = DEFAULT_TTL_S,
+        sharded: bool = False,
+    ) -> None:
+        self._client = client
+        self._settings = _Settings(channel, history, ttl_s, sharded)
+
+    def publish(self, merchant_id: str, event: str, data: Any) -> str:
+        """Record and publish `data` (a string as text, else compact JSON); its id."""
+        return self.publish_payload(merchant_id, event, encode_data(data))
+
+    def publish_payload(self, merchant_id: str, event: str, payload: bytes) -> str:
+        """Like `publish` with the payload bytes given as they are."""
+        call = self._settings.call((merchant_id, event, payload))
+        try:
+            reply = self._client.evalsha(SCRIPT_SHA, *call)
+        except NoScriptError:
+            reply = self._client.eval(SCRIPT, *call)
+        return _text(reply)
+
+
+class AsyncPublisher:
+    """Durable publish over `redis.asyncio.Redis`; also the gateway's own publisher."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | Any,
+        *,
+        channel: str = DEFAULT_CHANNEL,
+        history: int = DEFAULT_HISTORY,
+        ttl_s: int = DEFAULT_TTL_S,
+        sharded: bool = False,
+    ) -> None:
+        self._client = client
+        self._settings = _Settings(channel, history, ttl_s, sharded)
+
+    async def publish(self, merchant_id: str, event: str, data: Any) -> str:
+        """Record and publish `data` (a string as text, else compact JSON); its id."""
+        return await self.publish_payload(merchant_id, event, encode_data(data))
+
+    async def publish_payload(self, merchant_id: str, event: str, payload: bytes) -> str:
+        """Like `publish` with the payload bytes given as they are."""
+        call = self._settings.call((merchant_id, event, payload))
+        try:
+            reply = await self._client.evalsha(SCRIPT_SHA, *call)
+        except NoScriptError:
+            reply = await self._client.eval(SCRIPT, *call)
+        return _text(reply)
+
+    async def publish_many(self, items: Sequence[Item]) -> list[str]:
+        """Publish (merchant_id, event, payload) items in order over one pipeline.
+
+        Not a transaction: on a Redis fault some items may be published and
+        others not (the error is raised). Runs that met NOSCRIPT (the script
+        cache was flushed) are retried once after SCRIPT LOAD.
+        """
+        calls = [self._settings.call(item) for item in items]
+        replies = await self._pipeline(calls, range(len(calls)))
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self._client.script_load(SCRIPT)
+            for i, reply in zip(missing, await self._pipeline(calls, missing), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_text(r) for r in replies]
+
+    async def _pipeline(self, calls: list[list[Any]], indexes: Sequence[int]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for i in indexes:
+                pipe.evalsha(SCRIPT_SHA, *calls[i])
+            return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,175 @@
+"""gateway/broker/publish.lua and DurableHistory against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from support import unique_merchant
+
+from gateway.broker.history import DurableHistory
+from gateway.durable import DurableId, encode_envelope, history_keys, parse_envelope
+from gateway.publisher import SCRIPT_SHA
+from tools.services import RedisServer
+
+CHANNEL = "merchant:{merchant_id}:{event}"
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    c = aioredis.Redis.from_url(redis_server.url)
+    yield c
+    await c.aclose()
+
+
+def make_history(client: aioredis.Redis, history: int = 5, ttl_s: int = 600) -> DurableHistory:
+    return DurableHistory(client, channel=CHANNEL, history=history, ttl_s=ttl_s)
+
+
+async def next_message(pubsub: aioredis.client.PubSub, within_s: float = 5) -> bytes:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if msg is not None:
+            return bytes(msg["data"])
+    raise TimeoutError("no message on the channel")
+
+
+async def test_publish_assigns_increasing_ids_caps_history_and_sets_ttl(
+    client: aioredis.Redis,
+) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client, history=3, ttl_s=600)
+    ids = [await history.publish(mid, "progress", b"p%d" % i) for i in range(1, 6)]
+    parsed = [DurableId.parse(i) for i in ids]
+    assert all(p is not None for p in parsed), ids
+    epochs = {p.epoch for p in parsed if p}
+    assert len(epochs) == 1
+    assert [p.offset for p in parsed if p] == [1, 2, 3, 4, 5]
+    stream, meta = history_keys(mid)
+    entries = await client.xrange(stream)
+    assert [(e[0], e[1]) for e in entries] == [
+        (b"0-3", {b"e": b"progress", b"d": b"p3"}),
+        (b"0-4", {b"e": b"progress", b"d": b"p4"}),
+        (b"0-5", {b"e": b"progress", b"d": b"p5"}),
+    ]
+    assert await client.hgetall(meta) == {b"epoch": epochs.pop().encode(), b"offset": b"5"}
+    for key in (stream, meta):
+        assert 590 <= await client.ttl(key) <= 600
+
+
+async def test_envelope_reaches_a_plain_subscriber(client: aioredis.Redis) -> None:
+    mid, _ = unique_merchant("dh")
+    pubsub = client.pubsub()
+    await pubsub.subscribe(f"merchant:{mid}:stage")
+    try:
+        payload = b'{"jobId":"j1"}\nline two \x00 raw'
+        event_id = await make_history(client).publish(mid, "stage", payload)
+        message = await next_message(pubsub)
+        assert message == encode_envelope(event_id, payload)
+        assert parse_envelope(message) == (event_id, payload)
+    finally:
+        await pubsub.aclose()
+
+
+async def test_lost_meta_starts_a_new_epoch_and_old_ids_gap(client: aioredis.Redis) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client)
+    first = DurableId.parse(await history.publish(mid, "progress", b"a"))
+    await history.publish(mid, "progress", b"b")
+    stream, meta = history_keys(mid)
+    await client.delete(meta)  # e.g. evicted, or expired before the stream
+    second = DurableId.parse(await history.publish(mid, "progress", b"c"))
+    assert first and second and second.epoch != first.epoch and second.offset == 1
+    assert [e[0] for e in await client.xrange(stream)] == [b"0-1"]  # old entries dropped
+    assert await history.read_after(mid, first) is None
+    assert await history.read_after(mid, second) == []
+
+
+async def test_noscript_falls_back_to_eval(client: aioredis.Redis) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client)
+    await client.script_flush()
+    assert await client.script_exists(SCRIPT_SHA) == [False]
+    one = await history.publish(mid, "progress", b"1")
+    assert await client.script_exists(SCRIPT_SHA) == [True]  # EVAL cached it
+    await client.script_flush()
+    many = await history.publish_many([(mid, "progress", b"2"), (mid, "stage", b"3")])
+    ids = [DurableId.parse(i) for i in (one, *many)]
+    assert [i.offset for i in ids if i] == [1, 2, 3]
+
+
+async def test_publish_many_keeps_order_across_merchants(client: aioredis.Redis) -> None:
+    m1, _ = unique_merchant("dh")
+    m2, _ = unique_merchant("dh")
+    history = make_history(client, history=10)
+    items = [(m1 if i % 2 else m2, "progress", b"%d" % i) for i in range(10)]
+    ids = await history.publish_many(items)
+    offsets = {m1: [], m2: []}  # type: dict[str, list[int]]
+    for (mid, _, _), text in zip(items, ids, strict=True):
+        parsed = DurableId.parse(text)
+        assert parsed is not None
+        offsets[mid].append(parsed.offset)
+    assert offsets == {m1: [1, 2, 3, 4, 5], m2: [1, 2, 3, 4, 5]}
+    snapshot = await history.read_all(m1)
+    assert [ev.payload for ev in snapshot.entries] == [b"1", b"3", b"5", b"7", b"9"]
+    assert await history.publish_many([]) == []
+
+
+async def test_read_after_bridges_or_reports_a_gap(client: aioredis.Redis) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client, history=4)
+    ids = [DurableId.parse(await history.publish(mid, "progress", b"%d" % i)) for i in range(6)]
+    assert all(ids)
+    last = ids[-1]
+    assert last is not None
+    got = await history.read_after(mid, DurableId(last.epoch, 3))
+    assert got is not None
+    assert [(ev.id, ev.event, ev.payload) for ev in got] == [
+        (DurableId(last.epoch, 4), "progress", b"3"),
+        (DurableId(last.epoch, 5), "progress", b"4"),
+        (DurableId(last.epoch, 6), "progress", b"5"),
+    ]
+    assert await history.read_after(mid, DurableId(last.epoch, 2)) is not None  # 3..6 held
+    assert await history.read_after(mid, DurableId(last.epoch, 1)) is None  # 2 trimmed
+    assert await history.read_after(mid, last) == []
+    assert await history.read_after(mid, DurableId(last.epoch, 7)) is None
+    assert await history.read_after(mid, DurableId("other", 3)) is None
+    assert await history.read_after(mid, DurableId(last.epoch, 3), limit=2) is None
+    assert len(await history.read_after(mid, DurableId(last.epoch, 3), limit=3) or []) == 3
+    unknown, _ = unique_merchant("dh")
+    assert await history.read_after(unknown, last) is None
+    snapshot = await history.read_all(unknown)
+    assert (snapshot.epoch, snapshot.head, snapshot.entries) == (None, 0, ())
+
+
+async def test_history_zero_keeps_nothing_but_still_numbers(client: aioredis.Redis) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client, history=0)
+    ids = [DurableId.parse(await history.publish(mid, "progress", b"x")) for _ in range(3)]
+    assert [i.offset for i in ids if i] == [1, 2, 3]
+    stream, _ = history_keys(mid)
+    assert await client.exists(stream) == 0
+    assert ids[2] is not None and ids[1] is not None
+    assert await history.read_after(mid, ids[2]) == []
+    assert await history.read_after(mid, ids[1]) is None
+
+
+async def test_concurrent_publishers_never_share_an_id(redis_server: RedisServer) -> None:
+    mid, _ = unique_merchant("dh")
+    clients = [aioredis.Redis.from_url(redis_server.url) for _ in range(4)]
+    try:
+        histories = [make_history(c, history=1000) for c in clients]
+
+        async def run(h: DurableHistory, n: int) -> list[str]:
+            return [await h.publish(mid, "progress", b"%d" % n) for _ in range(50)]
+
+        results = await asyncio.gather(*(run(h, n) for n, h in enumerate(histories)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    offsets = sorted(DurableId.parse(i).offset for r in results for i in r)  # type: ignore[union-attr]
+    assert offsets == list(range(1, 201))
