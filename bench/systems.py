@@ -140,15 +140,17 @@ class Naive(System):
 class Gateway(System):
     kind = "gateway"
 
-    def __init__(self, name: str, workers: int, tmp: Path, dsn: str, streams: int) -> None:
+    def __init__(self, name: str, workers: int, tmp: Path, dsn: str, streams: int,
+                 max_new_per_s: int = 1_000_000) -> None:
         super().__init__(name, workers, tmp)
         self.dsn = dsn
         self.streams = streams
+        self.max_new_per_s = max_new_per_s
         self.notes: list[str] = []
 
     def config_text(self, admission: bool) -> str:
         n = max(self.streams + 1000, 1000)
-        adm = "  max_new_streams_per_s: 1000000\n" if admission else ""
+        adm = f"  max_new_streams_per_s: {self.max_new_per_s}\n" if admission else ""
         return (
             "server:\n"
             "  host: 127.0.0.1\n"

@@ -1,0 +1,74 @@
+"""PNG charts of one bench run (matplotlib, Agg backend; no display needed).
+
+- ``p99.png``: p99 publish-to-receive latency against publish rate, per system
+- ``cpu-per-delivery.png``: server CPU us per delivered event against rate
+- ``memory.png``: server memory (PSS) against open streams, per system
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_charts"]
+
+
+def _by_system(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            out.setdefault(r["system"], []).append(r)
+    return out
+
+
+def write_charts(rows: list[dict], outdir: Path, prefix: str = "") -> list[Path]:
+    """Write the three charts for ``rows`` into ``outdir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _by_system(rows)
+    if not groups:
+        return []
+    outdir.mkdir(parents=True, exist_ok=True)
+    first = next(iter(groups.values()))[0]
+    sub = f"N={first['streams']} streams, M={first['merchants']} merchants, loopback, 2 cores"
+    paths = []
+    for name, key, ylabel, title in (
+        ("p99", "p99_ms", "p99 latency (ms)", "p99 publish-to-receive latency"),
+        ("cpu-per-delivery", "us_per_event_server", "server CPU per delivery (µs)",
+         "CPU per delivered event"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+        for system, rs in groups.items():
+            pts = sorted((r["rate"], r[key]) for r in rs if r.get(key) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system)
+        ax.set_xlabel("published messages/s")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}\n{sub}", fontsize=10)
+        if name == "p99":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = outdir / f"{prefix}{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for system, rs in groups.items():
+        curve = rs[0].get("mem_curve") or []
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] / 1024 for c in curve], marker="o", label=system)
+    ax.set_xlabel("open streams")
+    ax.set_ylabel("server memory, PSS (MiB)")
+    ax.set_title(f"Memory against open streams\n{sub}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = outdir / f"{prefix}memory.png"
+    fig.savefig(path)
+    plt.close(fig)
+    paths.append(path)
+    return paths

@@ -1,0 +1,149 @@
+"""One trial: start a system, open N streams (in stages), measure, publish at each rate.
+
+Returns one row per rate; the open/idle/memory figures are the same in each
+row of a trial. CPU is utime+stime from /proc over the server's process tree
+(and Redis, and PostgreSQL for stream opens), memory is PSS.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from bench import procstat
+from bench.pool import ClientPool
+from bench.report import ok
+from bench.systems import Gateway, Naive, Nchan, System, parse_system
+
+__all__ = ["make_system", "run_trial"]
+
+_METRIC_RE = re.compile(r"^(gateway_redis_messages_total|gateway_events_delivered_total) (\S+)$",
+                        re.M)
+
+
+def make_system(name: str, tmp: Path, pg, streams: int, max_new_per_s: int = 1_000_000) -> System:
+    kind, workers = parse_system(name)
+    if kind == "gateway":
+        return Gateway(name, workers, tmp, pg.dsn, streams, max_new_per_s)
+    if kind == "naive":
+        return Naive(name, workers, tmp)
+    return Nchan(name, workers, tmp, use_redis=(kind == "nchan-redis"))
+
+
+def gateway_counters(port: int) -> dict[str, float]:
+    """Messages from Redis and deliveries, summed over workers (empty if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except Exception:
+        return {}
+    return {k: float(v) for k, v in _METRIC_RE.findall(text)}
+
+
+def _cpu(pids: list[int]) -> float:
+    return procstat.cpu_seconds(pids) if pids else 0.0
+
+
+def _tree_cpu(pid: int | None) -> float:
+    """CPU of a process tree now (backends forked since the last call included)."""
+    return procstat.cpu_seconds(procstat.tree(pid)) if pid else 0.0
+
+
+def run_trial(name: str, n: int, m: int, rates: list[float], dur: float, drain: float,
+              tmp: Path, pg, *, procs: int = 1, stages: tuple[float, ...] = (0.25, 0.5, 1.0),
+              idle_s: float = 0.0, payload: int = 0, trial_no: int = 0,
+              max_new_per_s: int = 1_000_000, stop_on_fail: bool = False) -> list[dict]:
+    """Run one system at every rate in ``rates``; one row per rate."""
+    base: dict = {"system": name, "streams": n, "merchants": m, "duration": dur,
+                  "workers": parse_system(name)[1], "ts": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    rows: list[dict] = []
+    sysobj = make_system(name, tmp, pg, n, max_new_per_s)
+    pool: ClientPool | None = None
+    pg_pid = pg.pid if pg is not None else None
+    try:
+        sysobj.start()
+        base["notes"] = getattr(sysobj, "notes", [])
+        time.sleep(0.5)
+        pids = procstat.tree(sysobj.root_pid)
+        rpid = sysobj.redis_pid()
+        rp = [rpid] if rpid else []
+        base["server_procs"] = len(pids)
+        mem0 = procstat.memory_kb(pids)
+        base["server_mem0_kb"] = mem0
+        if idle_s:
+            c0, t0 = _cpu(pids), time.monotonic()
+            time.sleep(idle_s)
+            base["idle0_cpu_pct"] = round(100 * (_cpu(pids) - c0) / (time.monotonic() - t0), 2)
+        pool = ClientPool(sysobj.client_args(), n, m, procs, drain, payload, trial_no)
+        curve = [[0, mem0]]
+        c0, r0, g0, t0 = _cpu(pids), _cpu(rp), _tree_cpu(pg_pid), time.monotonic()
+        ready: dict = {}
+        for frac in stages:
+            ready = pool.open(frac)
+            if frac < 1.0:
+                time.sleep(0.5)
+                curve.append([ready["ready"], procstat.memory_kb(procstat.tree(sysobj.root_pid))])
+        open_wall = time.monotonic() - t0
+        pids = procstat.tree(sysobj.root_pid)
+        base["open_cpu_s"] = round(_cpu(pids) - c0, 3)
+        base["open_redis_cpu_s"] = round(_cpu(rp) - r0, 3)
+        base["open_pg_cpu_s"] = round(_tree_cpu(pg_pid) - g0, 3) if pg_pid else None
+        base["open_wall_s"] = round(open_wall, 3)
+        base["open_s"] = ready["open_s"]
+        base["open_status"] = ready["status"]
+        base["open_cpu_us_per_stream"] = round(base["open_cpu_s"] * 1e6 / n, 1)
+        time.sleep(1.0)
+        pids = procstat.tree(sysobj.root_pid)
+        sysobj.pids = pids  # stop() SIGKILLs any of these left after SIGTERM
+        mem1 = procstat.memory_kb(pids)
+        curve.append([n, mem1])
+        base.update(server_procs=len(pids), server_mem_kb=mem1, mem_curve=curve,
+                    kb_per_stream=round((mem1 - mem0) / n, 2))
+        if idle_s:
+            c0, t0 = _cpu(pids), time.monotonic()
+            time.sleep(idle_s)
+            base["idle_cpu_pct"] = round(100 * (_cpu(pids) - c0) / (time.monotonic() - t0), 2)
+        for rate in rates:
+            row = dict(base, rate=rate)
+            try:
+                cnt0 = gateway_counters(sysobj.port) if isinstance(sysobj, Gateway) else {}
+                cpu0, rcpu0, t0 = _cpu(pids), _cpu(rp), time.monotonic()
+                res = pool.window(rate, dur)
+                wall = time.monotonic() - t0
+                cpu, rcpu = _cpu(pids) - cpu0, _cpu(rp) - rcpu0
+                row.update(res)
+                row["window_s"] = round(wall, 3)
+                row["server_cpu_s"] = round(cpu, 4)
+                row["redis_cpu_s"] = round(rcpu, 4)
+                d = max(res["delivered"], 1)
+                row["delivered_pct"] = round(100 * res["delivered"] / max(res["expected"], 1), 2)
+                row["server_cpu_pct"] = round(100 * cpu / wall, 1)
+                row["redis_cpu_pct"] = round(100 * rcpu / wall, 1)
+                row["us_per_event"] = round((cpu + rcpu) * 1e6 / d, 2)
+                row["us_per_event_server"] = round(cpu * 1e6 / d, 2)
+                if cnt0:
+                    time.sleep(1.2)  # the gateway syncs its counters every second
+                    cnt1 = gateway_counters(sysobj.port)
+                    row["gw_messages"] = cnt1.get("gateway_redis_messages_total", 0) - cnt0.get(
+                        "gateway_redis_messages_total", 0)
+                    row["gw_deliveries"] = cnt1.get("gateway_events_delivered_total", 0) - cnt0.get(
+                        "gateway_events_delivered_total", 0)
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+            if "error" in row or (stop_on_fail and not ok(row)):
+                break
+    except Exception as e:
+        rows.append(dict(base, rate=rates[0] if rates else 0, error=f"{type(e).__name__}: {e}"))
+    finally:
+        if pool is not None:
+            pool.close()
+        sysobj.stop()
+    for row in rows:
+        if "error" in row:
+            log = tmp / f"{name}.log"
+            if log.exists():
+                row["server_log_tail"] = log.read_text(errors="replace")[-1500:]
+    return rows
