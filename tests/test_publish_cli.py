@@ -1,0 +1,62 @@
+"""gateway/publish_cli.py in-process: arguments, DATA parsing, exit codes, redaction."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from support import unique_merchant
+
+from gateway.config import Config, load_config
+from gateway.durable import DurableId, history_keys
+from gateway.publish_cli import run_publish
+from tools.services import RedisServer, free_port
+
+
+def config(redis_url: str) -> Config:
+    return load_config(
+        None, {"REDIS_URL": redis_url, "DATABASE_URL": "postgresql://gw@127.0.0.1:1/gateway"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "payload"),
+    [
+        ('{"jobId": "po-42", "percent": 40}', b'{"jobId":"po-42","percent":40}'),
+        ('"quoted text"', b"quoted text"),
+        ("plain text, not JSON", b"plain text, not JSON"),
+        ("42", b"42"),
+        ("NaN", b"NaN"),
+        ("", b""),
+    ],
+)
+def test_publishes_and_prints_the_id(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str], data: str, payload: bytes
+) -> None:
+    mid, _ = unique_merchant("cli")
+    assert run_publish(config(redis_server.url), mid, "stage", data) == 0
+    out = capsys.readouterr()
+    printed = DurableId.parse(out.out.strip())
+    assert printed is not None and printed.offset == 1 and out.err == ""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        entries = client.xrange(history_keys(mid)[0])
+    finally:
+        client.close()
+    assert entries == [(b"0-1", {b"e": b"stage", b"d": payload})]
+
+
+@pytest.mark.parametrize(("mid", "event"), [("m 1", "progress"), ("", "stage"), ("m1", "resync")])
+def test_bad_arguments_exit_2(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str], mid: str, event: str
+) -> None:
+    assert run_publish(config(redis_server.url), mid, event, "{}") == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1
+
+
+def test_redis_down_exit_1_without_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://:hunter2secret@127.0.0.1:{free_port()}/0"
+    assert run_publish(config(url), "m1", "progress", "{}") == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1
+    assert "hunter2secret" not in out.err and "***" in out.err

@@ -1,0 +1,79 @@
+"""gateway/publisher.py: the sync and asyncio helpers write and publish the same format."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from support import unique_merchant
+
+from gateway.durable import DurableId, encode_envelope, history_keys
+from gateway.publisher import SCRIPT_SHA, AsyncPublisher, Publisher
+from tools.services import RedisServer
+
+
+def received(pubsub: redis.client.PubSub, n: int, within_s: float = 5) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + within_s
+    while len(out) < n and time.monotonic() < deadline:
+        msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if msg is not None:
+            out.append(msg["data"])
+    return out
+
+
+async def test_sync_and_async_helpers_agree(redis_server: RedisServer) -> None:
+    mid, _ = unique_merchant("ph")
+    sync_client = redis.Redis.from_url(redis_server.url)
+    async_client = aioredis.Redis.from_url(redis_server.url)
+    pubsub = sync_client.pubsub()
+    pubsub.subscribe(f"merchant:{mid}:progress")
+    try:
+        sync_client.script_flush()  # both must cope with a server that lacks the script
+        first = Publisher(sync_client).publish(mid, "progress", {"jobId": "j", "percent": 1})
+        sync_client.script_flush()
+        second = await AsyncPublisher(async_client).publish(
+            mid, "progress", {"jobId": "j", "percent": 2}
+        )
+        third = Publisher(sync_client).publish(mid, "progress", "text")
+        messages = received(pubsub, 3)
+        entries = sync_client.xrange(history_keys(mid)[0])
+        ttl = sync_client.ttl(history_keys(mid)[1])
+    finally:
+        pubsub.close()
+        sync_client.close()
+        await async_client.aclose()
+    ids = [DurableId.parse(i) for i in (first, second, third)]
+    assert all(ids) and len({i.epoch for i in ids if i}) == 1
+    assert [i.offset for i in ids if i] == [1, 2, 3]
+    payloads = [b'{"jobId":"j","percent":1}', b'{"jobId":"j","percent":2}', b"text"]
+    sent = zip((first, second, third), payloads, strict=True)
+    assert messages == [encode_envelope(i, p) for i, p in sent]
+    assert [e[1][b"d"] for e in entries] == payloads
+    assert 86390 <= ttl <= 86400  # the gateway's default redis.history_ttl
+
+
+def test_settings_are_passed_through(redis_server: RedisServer) -> None:
+    mid, _ = unique_merchant("ph")
+    client = redis.Redis.from_url(redis_server.url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"custom.{mid}.error")
+    try:
+        publisher = Publisher(client, channel="custom.{merchant_id}.{event}", history=2, ttl_s=30)
+        ids = [publisher.publish(mid, "error", n) for n in range(4)]
+        assert len(received(pubsub, 4)) == 4
+        assert client.xlen(history_keys(mid)[0]) == 2
+        assert 20 <= client.ttl(history_keys(mid)[0]) <= 30
+        assert client.script_exists(SCRIPT_SHA) == [True]
+    finally:
+        pubsub.close()
+        client.close()
+    assert [DurableId.parse(i).offset for i in ids] == [1, 2, 3, 4]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kwargs", [{"history": -1}, {"ttl_s": 0}])
+def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        Publisher(object(), **kwargs)  # type: ignore[arg-type]
