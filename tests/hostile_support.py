@@ -1,0 +1,197 @@
+# ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
+"""Helpers of the hostile-input and hardening tests: raw HTTP exchanges, a liveness
+probe that runs in its own thread, a realistic session token, log checks.
+
+    resp = await exchange(port, b"GET /\\x01 HTTP/1.1\\r\\n\\r\\n")
+    status_of(resp)                    # 400, or None when the server just closed
+    with LivenessProbe(port) as probe:  # GET /health/live in a loop, blocking sockets
+        ...flood...
+    probe.median()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+import jwt
+
+__all__ = [
+    "LivenessProbe",
+    "bounded_gather",
+    "exchange",
+    "leaked_fragments",
+    "session_token",
+    "status_of",
+]
+
+
+_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})[ \r]")
+
+
+def session_token(shop: str, secret: str, ttl: float = 300) -> str:
+    """A Shopify-style session token (HS256 JWT: header.payload.signature, base64url)."""
+    now = int(time.time())
+    claims = {
+        "iss": f"https://{shop}/admin",
+        "dest": f"https://{shop}",
+        "aud": "hostile-test-api-key",
+        "sub": "42",
+        "exp": now + int(ttl),
+        "nbf": now - 5,
+        "iat": now,
+        "jti": f"jti-{now}",
+        "sid": "session-id-hostile",
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def leaked_fragments(log: str, secret: str, window: int = 10) -> list[str]:
+    """Every ``window``-character slice of ``secret`` that occurs in ``log``."""
+    if len(secret) <= window:
+        return [secret] if secret in log else []
+    slices = {secret[i : i + window] for i in range(len(secret) - window + 1)}
+    return sorted(s for s in slices if s in log)
+
+
+def status_of(response: bytes) -> int | None:
+    """The status code of an ``HTTP/x.y NNN`` status line at the start of ``response``."""
+    match = _STATUS_LINE.match(response)
+    return int(match[1]) if match else None
+
+
+async def exchange(
+    port: int,
+    data: bytes | Iterable[bytes],
+    *,
+    linger: float = 0.0,
+    timeout: float = 3.0,
+    read: bool = True,
+    host: str = "127.0.0.1",
+) -> bytes:
+    """Send ``data`` (bytes, or pieces written one after another) on a fresh connection.
+
+    ``linger`` keeps the socket open that long after sending (a client that stops
+    mid-request).  With ``read``, the answer is read until the end of its header
+    block, EOF or ``timeout``; an open SSE body is never waited for.  Returns what
+    came back (b"" when the server closed without answering); never raises for a
+    reset or a timeout.
+    """
+    pieces = [data] if isinstance(data, bytes) else list(data)
+    got = bytearray()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout + linger + 5):
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 17)
+            for piece in pieces:
+                writer.write(piece)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+            if linger:
+                await asyncio.sleep(linger)  # the client dawdles; bounded by the caller
+            if read:
+                deadline = time.monotonic() + timeout
+                while b"\r\n\r\n" not in got and len(got) < 1 << 17:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        chunk = await asyncio.wait_for(reader.read(1 << 16), left)
+                    except TimeoutError:
+                        break
+                    if not chunk:
+                        break
+                    got += chunk
+    except (ConnectionError, OSError, TimeoutError):
+        pass
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return bytes(got)
+
+
+async def bounded_gather(coros: Iterable[Awaitable[Any]], limit: int) -> list[Any]:
+    """Await ``coros`` with at most ``limit`` running at once; results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(coro: Awaitable[Any]) -> Any:
+        async with gate:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+class LivenessProbe:
+    """GET /health/live in a loop from a thread (blocking sockets), timing each answer.
+
+    Runs outside the test's event loop, so a busy test client does not inflate
+    the figures. A probe that gets no ``200`` within ``timeout`` counts as ``timeout``.
+    """
+
+    def __init__(self, port: int, interval: float = 0.05, timeout: float = 5.0) -> None:
+        self.port = port
+        self.interval = interval
+        self.timeout = timeout
+        self.samples: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="liveness-probe", daemon=True)
+
+    def __enter__(self) -> LivenessProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 2)
+
+    def _once(self) -> float:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
+            sock.settimeout(self.timeout)
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            head = b""
+            while b"\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+        elapsed = time.monotonic() - started
+        if status_of(head) != 200:
+            self.failures.append(repr(head[:80]))
+        return elapsed
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self._once())
+            except OSError as exc:
+                self.failures.append(repr(exc))
+                self.samples.append(self.timeout)
+            self._stop.wait(self.interval)
+
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("inf")
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "no samples"
+        ordered = sorted(self.samples)
+        p90 = ordered[int(0.9 * (len(ordered) - 1))]
+        return (
+            f"{len(ordered)} probes: median {self.median() * 1000:.1f} ms, "
+            f"p90 {p90 * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms, "
+            f"failures {len(self.failures)} {self.failures[:3]}"
+        )
