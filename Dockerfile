@@ -21,6 +21,9 @@ RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /app --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-index /wheels/*.whl && rm -rf /wheels
+# Fail the build, not the first request, if the wheel lost a data file
+# (setup.cfg [options.package_data]).
+RUN python -c "import pathlib, gateway; root = pathlib.Path(gateway.__file__).parent; missing = [f for f in ('static/demo.html', 'static/gateway-events.js', 'broker/publish.lua') if not (root / f).is_file()]; assert not missing, f'not in the wheel: {missing}'"
 WORKDIR /app
 COPY config/ ./config/
 USER 10001:10001
