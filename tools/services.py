@@ -4,8 +4,9 @@ Plain subprocess management: every process is started by this module, bound to
 127.0.0.1 only, and stopped by its own PID.  Temporary directories are removed
 on ``stop()``.  Nothing here mocks anything.
 
-Classes: :class:`RedisServer`, :class:`PostgresServer`, :class:`NginxServer`.
-All are context managers (``with RedisServer() as r: ...``).
+Classes: :class:`RedisServer`, :class:`PostgresServer`, :class:`NginxServer`,
+:class:`PrometheusServer`. All are context managers (``with RedisServer() as r:
+...``). :func:`self_signed_cert` makes a throwaway TLS certificate.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -22,6 +24,9 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +37,13 @@ __all__ = [
     "HOST",
     "NginxServer",
     "PostgresServer",
+    "PrometheusServer",
     "RedisServer",
     "ServiceError",
     "free_port",
     "nginx_main_conf",
     "port_open",
+    "self_signed_cert",
     "stop_all",
 ]
 
@@ -757,3 +764,158 @@ class NginxServer(_Service):
     def restart(self, timeout: float = 10.0) -> NginxServer:
         self._reap(signal.SIGTERM, 10)
         return self.start(timeout)
+
+
+# ----------------------------------------------------------------------------
+# TLS certificate
+# ----------------------------------------------------------------------------
+
+
+def self_signed_cert(
+    directory: str | os.PathLike[str],
+    names: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
+    days: int = 7,
+) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate: ``(cert.pem, key.pem)`` in ``directory``.
+
+    ECDSA P-256, valid ``days`` days, with ``names`` (DNS names or IP
+    addresses) as subjectAltName; the key file is mode 0600.  For tests and
+    ``make run`` only: browsers reject it unless told to ignore certificate
+    errors.  Made with the ``openssl`` command (Debian package ``openssl``).
+    """
+    import ipaddress
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    sans = []
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+            sans.append(f"IP:{name}")
+        except ValueError:
+            sans.append(f"DNS:{name}")
+    openssl = shutil.which("openssl") or "/usr/bin/openssl"
+    out = subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", str(days), "-subj", f"/CN={names[0]}",
+            "-addext", "subjectAltName=" + ",".join(sans),
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_output=True, text=True, timeout=30,
+    )
+    if out.returncode != 0:
+        raise ServiceError(f"openssl could not make a certificate: {out.stderr.strip()}")
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+# ----------------------------------------------------------------------------
+# Prometheus
+# ----------------------------------------------------------------------------
+
+
+class PrometheusServer(_Service):
+    """A throwaway Prometheus (Debian's ``prometheus``) on 127.0.0.1.
+
+    ``PrometheusServer(config_text, rule_files={name: text}, port=None)``:
+    the config and rule files are written into the temp dir (``@DIR@`` in any
+    of them is replaced by it, so ``rule_files: ["@DIR@/alerts.yml"]`` works);
+    the TSDB lives there too.  ``start()`` waits for ``/-/ready``;
+    :meth:`api` queries the HTTP API.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        config_text: str,
+        rule_files: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config_text = config_text
+        self.rule_files = dict(rule_files or {})
+        self.port = port or free_port()
+        self.binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+    def __repr__(self) -> str:
+        return f"<PrometheusServer 127.0.0.1:{self.port} pid={self.pid}>"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _prepare(self) -> Path:
+        d = self._make_tmpdir()
+        for name, text in self.rule_files.items():
+            (d / name).write_text(text.replace("@DIR@", str(d)))
+        path = d / "prometheus.yml"
+        path.write_text(self.config_text.replace("@DIR@", str(d)))
+        (d / "data").mkdir(exist_ok=True)
+        return path
+
+    def start(self, timeout: float = 20.0) -> PrometheusServer:
+        if self.running:
+            return self
+        if not os.path.exists(self.binary):
+            raise ServiceError("prometheus not found (run tools/bootstrap.sh)")
+        config = self._prepare()
+        d = self._make_tmpdir()
+        self._spawn(
+            [
+                self.binary,
+                f"--config.file={config}",
+                f"--web.listen-address={HOST}:{self.port}",
+                f"--storage.tsdb.path={d / 'data'}",
+                "--storage.tsdb.retention.time=1d",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+            cwd=str(d),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise ServiceError(
+                    f"prometheus exited ({self.proc and self.proc.returncode}); "
+                    f"log:\n{_tail(self.log_path)}"
+                )
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            time.sleep(0.05)
+        raise ServiceError(f"prometheus not ready after {timeout}s:\n{_tail(self.log_path)}")
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET ``/api/v1/{path}?params``: the ``data`` of a successful answer.
+
+        Raises :class:`ServiceError` with Prometheus' error text otherwise.
+        """
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=10) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read() or b"{}")
+        if body.get("status") != "success":
+            raise ServiceError(f"prometheus {path}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result list (vector/matrix results)."""
+        data = self.api("query", query=expr)
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The active (pending or firing) alerts."""
+        alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
+        return alerts
+
+    def stop(self) -> None:
+        """SIGTERM by PID, wait, remove the temp dir (TSDB included)."""
+        self._reap(signal.SIGTERM, 15)
+        self._cleanup()
