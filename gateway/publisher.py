@@ -155,5 +155,5 @@ class AsyncPublisher:
     async def _pipeline(self, calls: list[list[Any]], indexes: Sequence[int]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for i in indexes:
-                pipe.evalsha(SCRIPT_SHA, *calls[i])
+                pipe.execute_command("EVALSHA", SCRIPT_SHA, *calls[i])  # cluster blocks .evalsha
             return list(await pipe.execute(raise_on_error=False))

@@ -1,0 +1,124 @@
+"""The publish script and DurableHistory on a real 3-primary Redis Cluster (sharded pub/sub)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from support import unique_merchant, wait_until
+
+from gateway.broker.history import DurableHistory
+from gateway.durable import DurableId, encode_envelope, history_keys
+from gateway.publisher import SCRIPT_SHA, Publisher
+from tools.services import RedisServer, free_port, port_open
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed"),
+]
+
+CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # the hash tag that keeps a merchant in one slot
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port < 55000 and not port_open(port + 10000):
+            return port
+    raise RuntimeError("no port pair for a cluster node")
+
+
+@pytest.fixture
+def cluster(redis_factory: Callable[..., RedisServer]) -> list[RedisServer]:
+    """Three primaries, no replicas, all slots assigned."""
+    args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000")
+    nodes = [redis_factory(port=_cluster_port(), extra_args=args) for _ in range(3)]
+    subprocess.run(
+        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+         "--cluster-yes"],
+        check=True, capture_output=True, timeout=30,
+    )
+
+    def ready() -> bool:
+        for node in nodes:
+            info = redis.Redis(port=node.port).cluster("info")
+            if info.get("cluster_state") != "ok" or int(info["cluster_known_nodes"]) != 3:
+                return False
+        return True
+
+    wait_until(ready, timeout=20, message="cluster_state:ok on every node")
+    return nodes
+
+
+@pytest.fixture
+async def client(cluster: list[RedisServer]) -> AsyncIterator[AsyncRedisCluster]:
+    c = AsyncRedisCluster(host="127.0.0.1", port=cluster[0].port)
+    await c.initialize()
+    yield c
+    await c.aclose()
+
+
+def spread_merchants(client: Any, n: int) -> list[str]:
+    """`n` merchants whose keys live on at least two different primaries."""
+    mids = [unique_merchant("cl")[0] for _ in range(n)]
+    slots = {client.keyslot(history_keys(m)[0]) for m in mids}
+    assert len(slots) > 1
+    return mids
+
+
+async def test_sharded_publish_and_replay_on_a_cluster(client: AsyncRedisCluster) -> None:
+    history = DurableHistory(client, channel=CHANNEL, history=3, ttl_s=60, sharded=True)
+    mids = spread_merchants(client, 6)
+    for mid in mids:
+        stream, meta = history_keys(mid)
+        channel = CHANNEL.format(merchant_id=mid, event="progress")
+        assert client.keyslot(stream) == client.keyslot(meta) == client.keyslot(channel)
+    pubsub = client.pubsub()
+    await pubsub.ssubscribe(CHANNEL.format(merchant_id=mids[0], event="progress"))
+    try:
+        ids = [await history.publish(mids[0], "progress", b"p%d" % i) for i in range(1, 6)]
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(got) < 5 and time.monotonic() < deadline:
+            msg = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.2)
+            if msg is not None and msg["type"] == "smessage":
+                got.append(msg["data"])
+    finally:
+        await pubsub.aclose()
+    assert got == [encode_envelope(i, b"p%d" % n) for n, i in enumerate(ids, 1)]
+    last = DurableId.parse(ids[-1])
+    assert last is not None and last.offset == 5
+    replay = await history.read_after(mids[0], DurableId(last.epoch, 2))
+    assert replay is not None and [ev.payload for ev in replay] == [b"p3", b"p4", b"p5"]
+    assert await history.read_after(mids[0], DurableId(last.epoch, 1)) is None
+
+    await client.script_flush()
+    assert await client.script_exists(SCRIPT_SHA) == [False]  # on every primary
+    batch = [(mid, "stage", b"b") for mid in mids for _ in range(2)]
+    batch_ids = await history.publish_many(batch)
+    offsets = [DurableId.parse(i).offset for i in batch_ids]  # type: ignore[union-attr]
+    assert offsets[:2] == [6, 7] and offsets[2:] == [1, 2] * 5
+
+
+def test_sync_publisher_on_a_cluster(cluster: list[RedisServer]) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster[1].port)
+    try:
+        publisher = Publisher(client, channel=CHANNEL, sharded=True)
+        mids = spread_merchants(client, 4)
+        client.script_flush()
+        assert client.script_exists(SCRIPT_SHA) == [False]
+        ids = [publisher.publish(mid, "error", {"jobId": "j"}) for mid in mids]
+        entries = [client.xrange(history_keys(mid)[0]) for mid in mids]
+    finally:
+        client.close()
+    assert [DurableId.parse(i).offset for i in ids] == [1] * 4  # type: ignore[union-attr]
+    assert all(e == [(b"0-1", {b"e": b"error", b"d": b'{"jobId":"j"}'})] for e in entries)
