@@ -1,0 +1,286 @@
+"""End to end: hostile input on both sides of the gateway, bounded and on loopback.
+
+* HTTP: a few thousand malformed, oversized, oddly encoded and half-sent requests
+  (50 sockets at a time, a timeout on each) while an honest stream stays open and
+  ``/health/live`` is timed from another thread.
+* Redis: payloads that try to inject SSE fields or frames, NUL bytes, invalid UTF-8,
+  1 MiB payloads and JSON nested 100,000 deep on a coalesced event type.
+
+Malformed requests get 400 or a plain close; nothing gets a 5xx but 503; the log
+holds no traceback and no credential; the honest stream receives exactly what was
+published, one event per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from delivery_support import LaggingClient, Publisher
+from hostile_support import (
+    LivenessProbe,
+    bounded_gather,
+    exchange,
+    leaked_fragments,
+    session_token,
+    status_of,
+)
+from ops_support import get_metrics, metric
+from support import open_stream
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1024 * 1024
+EVENTS = ("progress", "stage", "completion", "error")
+SECRET = "hostile-suite-secret-9f8e7d6c5b4a"
+HOST = b"\r\nHost: hostile\r\n"
+FLOOD_LIMIT_S = 35  # a healthy gateway answers the whole flood in a few seconds
+
+
+@dataclass
+class Case:
+    kind: str  # "malformed": 400 or a close; "odd": any answer but a 5xx other than 503
+    pieces: list[bytes]
+    linger: float = 0.0  # "half": stop mid-request and dawdle this long (read nothing)
+
+
+def _requests(path: str, shop: str, token: str, n: int, seed: int = 1234) -> list[Case]:
+    """``n`` hostile requests, deterministic for a seed."""
+    rng = random.Random(seed)
+    p = path.encode()
+    s = shop.encode()
+    t = token.encode()
+    stream = p + b"?shop=" + s
+
+    def line(target: bytes, method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
+        return method + b" " + target + b" " + version + HOST
+
+    malformed: list[Callable[[], bytes]] = [
+        lambda: rng.choice([b"G\x00T", b"GE\x01T", b"\xff\xfe", b"GET\x7f", b"\x16\x03\x01"])
+        + b" " + stream + b" HTTP/1.1" + HOST + b"\r\n",
+        lambda: line(stream, version=rng.choice([
+            b"HTTP/1.1.1", b"HTTP/", b"HTTP/x.y", b"HTTPS/1.1", b"HTTP/1.1x", b"HTTP/9.9",
+        ])) + b"\r\n",
+        lambda: line(stream) + b"X-Folded: a\r\n" + rng.choice([b" b", b"\tb"]) + b"\r\n\r\n",
+        lambda: line(p + b"?shop=" + s[:3] + b"\x00" + s[3:]) + b"\r\n",
+        lambda: line(stream) + b"X-Nul: a\x00b\r\n\r\n",
+        lambda: line(stream) + b"X-\x00Name: v\r\n\r\n",
+        lambda: line(stream) + rng.choice([b"X-Big", b"Cookie", b"Last-Event-ID"]) + b": "
+        + b"a" * 65536 + b"\r\n\r\n",
+        lambda: line(stream) + b"".join(b"X-%d: %s\r\n" % (i, b"h" * 1000) for i in range(200))
+        + b"\r\n",
+        lambda: line(p + b"?shop=\xff\xfe" + rng.randbytes(8).replace(b" ", b"")) + b"\r\n",
+        lambda: line(stream + b"&" + b"a" * 8000 + b"\x01") + b"\r\n",
+        lambda: line(stream + b"&%74oken=" + t + b"\x01") + b"\r\n",
+        lambda: line(stream, b"POST") + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        lambda: line(stream, b"POST") + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        lambda: line(stream, b"POST") + b"Content-Length: -1\r\n\r\n",
+        lambda: line(p + b"/ticket?shop=" + s, b"POST")
+        + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        lambda: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        lambda: b"GET " + stream + b" HTTP/1.1\nHost: x\n\n",
+        lambda: b"GET /health/live HTTP/1.1\rHost: x\r\n\r\n",
+        lambda: b"X" + rng.randbytes(rng.randint(1, 2000)) + b"\r\n\r\n",
+    ]
+    odd: list[Callable[[], bytes]] = [
+        lambda: line(p + b"?shop=" + rng.choice([
+            b"%zz", b"%", b"%%", b"%0", b"%c3%28", b"%ff%fe", b"%00", b"%u0041", b"%2e%2e%2f",
+        ])) + b"\r\n",
+        lambda: line(stream + b"&shop=" + rng.choice([s, b"other.myshopify.com", b"", b"%ff"]))
+        + b"\r\n",
+        lambda: line(stream + b"&token=" + t) + b"Last-Event-ID: "
+        + rng.choice([b"-----", b"9" * 8000, "1-\u0661\u0662".encode(), b"x-\xff"]) + b"\r\n\r\n",
+        lambda: line(stream + b"&token=" + t, version=b"HTTP/1.0") + b"\r\n",
+        lambda: line(rng.choice([b"/health", b"/health/live", b"/metrics"]), version=b"HTTP/1.0")
+        + b"\r\n",
+        lambda: line(stream, rng.choice([b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"]))
+        + b"\r\n",
+        lambda: line(b"http://evil.example" + stream) + b"\r\n",
+        lambda: line(rng.choice([b"*", b"/../../etc/passwd", b"/api%2Frealtime%2Fevents",
+                                 b"/demo/..%2f..%2fgateway%2fconfig.py"]),
+                     rng.choice([b"GET", b"OPTIONS"])) + b"\r\n",
+        lambda: line(stream + rng.choice([b"&token=garbage", b"&token=eyJ.", b"&ticket=x.y.z",
+                                          b"&%74oken=" + t, b"&token=" + t[:-3]])) + b"\r\n",
+        lambda: line(stream) + rng.choice([b"Authorization: Bearer " + t[::-1],
+                                           b"Authorization: Basic Zm9vOmJhcg==",
+                                           b"Authorization: Bearer"]) + b"\r\n\r\n",
+        lambda: line(stream + b"&token=" + t) + rng.choice([
+            b"Origin: null", b"Origin: \xff\xfe", b"X-Forwarded-For: \xff, ::::, 999.1.1.1",
+            b"Accept-Encoding: gzip;q=\xff", b"Upgrade: websocket\r\nConnection: Upgrade",
+            b"Accept: */*;q=NaN",
+        ]) + b"\r\n\r\n",
+        lambda: line(stream + b"&" + b"a=1&" * 1500) + b"\r\n",
+        lambda: line(p + b"/ticket?shop=" + s, b"POST")
+        + b"Authorization: Bearer " + t
+        + b"\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n{}\n",
+    ]
+    half: list[Callable[[], list[bytes]]] = [
+        lambda: [b"GET " + stream[: rng.randint(1, len(stream))]],
+        lambda: [line(stream + b"&token=" + t)],
+        lambda: [line(p + b"/ticket?shop=" + s, b"POST") + b"Content-Length: 100\r\n\r\n{\"a\""],
+        lambda: [line(stream, b"POST") + b"Transfer-Encoding: chunked\r\n\r\n10\r\nabc"],
+        lambda: [b"GET /health/live HT", b"TP/1.1\r\nHo"],
+        lambda: [b"G"],
+    ]
+    cases: list[Case] = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.5:
+            cases.append(Case("malformed", [rng.choice(malformed)()]))
+        elif roll < 0.9:
+            cases.append(Case("odd", [rng.choice(odd)()]))
+        else:
+            cases.append(Case("half", rng.choice(half)(), linger=rng.uniform(0.05, 0.4)))
+    return cases
+
+
+async def _send(port: int, case: Case) -> int | None:
+    if case.kind == "half":
+        await exchange(port, case.pieces, linger=case.linger, read=False)
+        return None
+    return status_of(await exchange(port, case.pieces, timeout=2))
+
+
+async def test_hostile_requests_get_400_and_leave_the_gateway_serving(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    gw = gateway_factory.start(config={"auth": {"session_token_secret": SECRET}})
+    mid, shop = merchant
+    token = session_token(shop, SECRET)
+    cases = _requests(gw.path, shop, token, n=2500)
+    async with open_stream(gw.stream_url(shop, token=token)) as honest:
+        assert honest.status == 200
+        await honest.next_event_of("connected")
+        started = time.monotonic()
+        with LivenessProbe(gw.port) as probe:
+            try:
+                statuses = await asyncio.wait_for(
+                    bounded_gather((_send(gw.port, c) for c in cases), limit=50), FLOOD_LIMIT_S
+                )
+            except TimeoutError:
+                pytest.fail(f"{len(cases)} hostile requests took over {FLOOD_LIMIT_S} s; "
+                            f"/health/live meanwhile: {probe.summary()}")
+        flood_s = time.monotonic() - started
+        async with Publisher(redis_server.url, mid) as pub:
+            assert await pub.send("stage", {"after": "flood"}) == 1
+        after = await honest.next_event_of("stage", timeout=10)
+        assert after.json() == {"after": "flood"}
+        seen = [after, *honest.pending_events()]
+    summary: dict[str, Counter[int | None]] = {}
+    for case, status in zip(cases, statuses, strict=True):
+        summary.setdefault(case.kind, Counter())[status] += 1
+    print(f"\n{len(cases)} hostile requests in {flood_s:.1f} s: "
+          + "; ".join(f"{k} {dict(v)}" for k, v in summary.items()))
+    print(f"/health/live during the flood: {probe.summary()}")
+
+    server_errors = [(c.pieces[0][:80], s) for c, s in zip(cases, statuses, strict=True)
+                     if s is not None and s >= 500 and s != 503]
+    assert not server_errors, f"5xx answers: {server_errors[:5]}"
+    not_400 = [(c.pieces[0][:80], s) for c, s in zip(cases, statuses, strict=True)
+               if c.kind == "malformed" and s not in (400, None)]
+    assert not not_400, f"malformed requests must get 400 or a close: {not_400[:5]}"
+    assert probe.median() < 0.1, f"/health/live was slow during the flood: {probe.summary()}"
+    assert all(e.event in {*EVENTS, "connected", "resync"} for e in seen), seen
+    assert gw.returncode is None
+    log = gw.log_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 300 :][:2000]
+    assert token not in log
+    assert leaked_fragments(log, token.rsplit(".", 1)[1]) == [], "JWT signature in the log"
+    assert SECRET not in log
+
+
+# -- Redis side ---------------------------------------------------------------------------
+
+DEEP = 100_000
+HOSTILE_PAYLOADS: list[tuple[str, str | bytes]] = [
+    ("progress", "a\r\nevent: x\r\n\r\ndata: y"),
+    ("stage", "a\revent: x\r\rdata: y"),
+    ("completion", "a\nevent: x\n\ndata: y"),
+    ("error", "data: x\n\nid: 9"),
+    ("stage", "\n\nretry: 1\n\nevent: resync\ndata: {}\n\n"),
+    ("stage", ": comment\nid: 99999999999-1\n"),
+    ("progress", "nul\x00byte\x00"),
+    ("stage", "\x00\r\n\x00"),
+    ("stage", b"\xff\xfe\xc3(invalid utf-8\x80"),
+    ("stage", "\ufeffdata: bom"),
+    ("stage", "line\u2028sep\u2029para\x85nel\x0bvt\x0cff"),
+    ("stage", ""),
+    ("stage", "\r\n"),
+    ("error", '{"jobId": "j\\r\\nevent: x", "message": "\\n\\ndata: y"}'),
+    ("stage", "x" * MiB),
+    ("stage", "line\r\n" * (MiB // 6)),
+    ("progress", "[" * DEEP),
+    ("progress", '{"jobId": "deep", "v": ' + "[" * DEEP + "]" * DEEP + "}"),
+    ("progress", '{"jobId": ' * DEEP),
+    ("completion", '{"jobId": "deep"}'),
+]
+# channels the gateway must never turn into a stream event
+FOREIGN = ("connected", "resync", "shutdown", "progress\r\nevent: x", "progress ")
+
+
+def _expected(payload: str | bytes) -> str | None:
+    """What the browser rebuilds: the payload with CR and CRLF as LF (None: not text)."""
+    if isinstance(payload, bytes):
+        return None
+    return payload.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _kernel_buffer_bytes() -> int:
+    with open("/proc/sys/net/ipv4/tcp_wmem") as fh:
+        wmem_max = int(fh.read().split()[2])
+    return 2 * wmem_max + 2 * MiB
+
+
+async def test_hostile_payloads_never_add_fields_or_frames(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    gw = gateway_factory.start(config={"sse": {"max_queue": 100_000}})
+    mid, shop = merchant
+    target = gw.stream_url(shop)[len(gw.base_url) :]
+    lagging = await LaggingClient("127.0.0.1", gw.port, target).connect()
+    # enough 1 MiB stages to fill the lagging client's socket buffers: then it queues
+    # (and coalesces the deep progress payloads) instead of writing straight through
+    filler = [("stage", f"filler-{i}-" + "f" * MiB) for i in range(_kernel_buffer_bytes() // MiB)]
+    marker = ("stage", "after-hostile")
+    published = [*filler, *HOSTILE_PAYLOADS, marker]
+    try:
+        async with open_stream(gw.stream_url(shop)) as honest:
+            await honest.next_event_of("connected")
+            async with Publisher(redis_server.url, mid) as pub:
+                for event, payload in published[:-1]:
+                    assert await pub.send(event, payload) == 1, (event, payload[:40])
+                for name in FOREIGN:  # before the marker: a leak would show up before it
+                    await pub.client.publish(f"merchant:{mid}:{name}", "data: injected")
+                    await pub.client.publish(f"merchant:{mid}-other:stage", "wrong merchant")
+                assert await pub.send(*marker) == 1
+            got = []
+            deadline = time.monotonic() + 30
+            while not got or got[-1].data != marker[1]:
+                got.append(await honest.next_event(timeout=max(0.1, deadline - time.monotonic())))
+            got += honest.pending_events()
+        names = [e.event for e in got]
+        assert set(names) <= set(EVENTS), f"foreign events: {Counter(names)}"
+        assert len(got) == len(published), f"{len(published)} published, {len(got)} received"
+        for (event, payload), ev in zip(published, got, strict=True):
+            assert ev.event == event
+            assert {name for name, _ in ev.fields} <= {"id", "event", "data"}, ev.fields[:5]
+            assert [n for n, _ in ev.fields].count("event") == 1, ev.fields[:5]
+            expected = _expected(payload)
+            if expected is None:
+                assert "invalid utf-8" in ev.data
+            else:
+                assert ev.data == expected, f"{event} {payload[:40]!r} -> {ev.data[:60]!r}"
+        ids = [e.id for e in got]
+        assert None not in ids and len(set(ids)) == len(ids), "every event has its own id"
+        samples = await get_metrics(gw)
+        assert metric(samples, "gateway_redis_reconnects_total") == 0, "the reader died"
+        assert gw.returncode is None
+        assert "Traceback" not in gw.log_text()
+    finally:
+        await lagging.close()
