@@ -7,6 +7,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# make bench                 gateway vs nginx+nchan vs naive, charts in docs/bench/ (~3 min)
+# make bench MODE=scale      50,000 streams, several client processes, gateway workers: 3,
+#                            set beside the capacity model's prediction (~5 min)
+# make bench MODE=units      unit costs for the capacity model (.run/bench/unit-costs.json)
+# BENCH_ARGS="..."           extra arguments, e.g. BENCH_ARGS="--streams 3000"
+MODE       ?= compare
+BENCH_ARGS ?=
 
 .PHONY: venv deps test lint run bench clean distclean
 
@@ -33,7 +40,12 @@ run: deps venv
 	$(PY) tools/run_local.py
 
 bench: deps venv
-	$(PY) -m bench
+	@case "$(MODE)" in \
+	  compare) $(PY) -m bench $(BENCH_ARGS) ;; \
+	  scale)   $(PY) -m bench --scale $(BENCH_ARGS) ;; \
+	  units)   $(PY) -m bench.unitcosts $(BENCH_ARGS) ;; \
+	  *) echo "MODE must be compare, scale or units" >&2; exit 2 ;; \
+	esac
 
 clean:
 	rm -rf build .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

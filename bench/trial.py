@@ -102,9 +102,11 @@ def run_trial(name: str, n: int, m: int, rates: list[float], dur: float, drain: 
         base.update(server_procs=len(pids), server_mem_kb=mem1, mem_curve=curve,
                     kb_per_stream=round((mem1 - mem0) / n, 2))
         if idle_s:
-            c0, t0 = _cpu(pids), time.monotonic()
+            c0, r0, t0 = _cpu(pids), _cpu(rp), time.monotonic()
             time.sleep(idle_s)
-            base["idle_cpu_pct"] = round(100 * (_cpu(pids) - c0) / (time.monotonic() - t0), 2)
+            wall = time.monotonic() - t0
+            base["idle_cpu_pct"] = round(100 * (_cpu(pids) - c0) / wall, 2)
+            base["idle_redis_cpu_pct"] = round(100 * (_cpu(rp) - r0) / wall, 2)
         for rate in rates:
             row = dict(base, rate=rate)
             try:

@@ -1,0 +1,249 @@
+"""``python -m bench.capacity``: a fleet from a target load and measured unit costs.
+
+Every cost comes from a bench result file (default ``docs/bench/unit-costs.json``,
+written by ``python -m bench.unitcosts``); the arithmetic is here, the numbers
+are not. See docs/capacity.md for the model's assumptions and worked examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Fleet", "Target", "holders", "load_costs", "main", "plan", "predict"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_COSTS = ROOT / "docs" / "bench" / "unit-costs.json"
+TCP_IP_BYTES = 52  # IPv4 + TCP headers with timestamps, one packet per delivery
+PING_BYTES = 13  # ": ping\n\n" in a chunk
+RESP_BYTES = 40  # RESP framing of a pub/sub message besides channel and payload
+
+
+@dataclass
+class Target:
+    """The load to plan for."""
+
+    streams: int
+    merchants: int
+    rate: float  # messages/s published, over all merchants
+    payload: int = 200  # bytes per message
+    churn_per_min: float = 0.05  # fraction of streams reopened per minute (navigation)
+    durable: bool = False  # publish through publish.lua (history) instead of PUBLISH
+    pipelined: bool = False  # publishers batch many messages per round trip
+    max_connections: int = 20_000  # sse.max_connections, per process
+    max_new_per_s: float = 500  # server.max_new_streams_per_s, per process
+    heartbeat_s: float = 15  # sse.heartbeat
+    recheck_s: float = 60  # postgres.recheck
+    restart_window_s: float = 10  # server.shutdown_timeout: reconnects jittered over it
+    retry_s: float = 3  # sse.retry_ms / 1000
+    cpu_target: float = 0.6  # share of one core a gateway process may use steadily
+    fill: float = 0.8  # share of max_connections a process may hold steadily
+    redis_target: float = 0.5  # share of one core a Redis primary may use
+    cores_per_host: int = 8
+
+    @property
+    def tabs(self) -> float:
+        return self.streams / max(self.merchants, 1)
+
+
+@dataclass
+class Fleet:
+    """What ``plan`` answers; rates per second, CPU in cores, memory in GiB."""
+
+    processes: int
+    limited_by: str
+    gateway_cores: float
+    gateway_mem_gib: float
+    holders_per_merchant: float
+    messages_in_per_s: float
+    deliveries_per_s: float
+    redis_cores: float
+    redis_primaries: int
+    redis_egress_mbit: float
+    egress_mbit: float
+    egress_mbit_per_host: float
+    hosts: int
+    pg_lookups_per_s: float
+    restart: dict = field(default_factory=dict)
+
+
+def load_costs(path: Path | str = DEFAULT_COSTS) -> dict[str, float]:
+    """``{name: value}`` from a unit-costs result file."""
+    data = json.loads(Path(path).read_text())
+    return {k: float(v["value"]) for k, v in data["costs"].items()}
+
+
+def holders(processes: int, tabs: float) -> float:
+    """Expected processes holding at least one of a merchant's ``tabs`` streams.
+
+    Streams land on processes uniformly at random (SO_REUSEPORT, load balancer).
+    """
+    if processes <= 1:
+        return 1.0 if tabs > 0 else 0.0
+    return processes * (1 - (1 - 1 / processes) ** tabs)
+
+
+def gateway_cpu_us(c: dict[str, float], t: Target, processes: int) -> float:
+    """Steady gateway CPU, microseconds per second, over the whole fleet."""
+    h = holders(processes, t.tabs)
+    opens = t.streams * t.churn_per_min / 60
+    return (
+        t.rate * h * c["cpu_per_message"]
+        + t.rate * t.tabs * c["cpu_per_delivery"]
+        + t.streams / t.heartbeat_s * c["cpu_per_delivery"]  # pings are written like events
+        + opens * c["cpu_per_stream_open"]
+        + processes * c["cpu_idle_per_process"] * 1e6
+    )
+
+
+def predict(c: dict[str, float], t: Target, processes: int) -> dict[str, float]:
+    """CPU (cores) and memory (MiB) of ``processes`` gateway processes at load ``t``."""
+    h = holders(processes, t.tabs)
+    cpu = gateway_cpu_us(c, t, processes) / 1e6
+    mem_kib = (t.streams * c["mem_per_stream"] + t.merchants * h * c["mem_per_merchant"]
+               + processes * c["mem_per_process"] * 1024)
+    return {"cpu_cores": cpu, "mem_mib": mem_kib / 1024, "holders": h}
+
+
+def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dict:
+    """Every stream reconnects at once (deploy, fleet restart)."""
+    pairs = t.merchants * holders(p, t.tabs)
+    open_us = c["cpu_per_stream_open"] + pairs / t.streams * c["cpu_per_merchant_open"]
+    spare = max(1.0 - steady_cores / p, 0.05)  # of each process's single core
+    per_proc = spare * 1e6 / open_us  # opens/s one process has CPU for
+    if t.max_new_per_s:
+        per_proc = min(t.max_new_per_s, per_proc)
+    fleet_rate = per_proc * p
+    live_s = max(t.restart_window_s, t.streams / fleet_rate) + t.retry_s
+    missed = t.rate / max(t.merchants, 1) * (live_s / 2 + t.retry_s)  # events per stream
+    replayed = t.streams * min(missed, 100)  # sse.history caps a replay
+    return {
+        "new_streams_per_s": round(min(fleet_rate, t.streams / t.restart_window_s)),
+        "admission_limited": t.max_new_per_s > 0 and per_proc >= t.max_new_per_s,
+        "seconds_until_all_live": round(live_s, 1),
+        "gateway_cores_during": round(min(fleet_rate, t.streams / t.restart_window_s)
+                                      * open_us / 1e6 + steady_cores, 2),
+        "pg_lookups": round(pairs),
+        "pg_lookups_per_s": round(pairs / max(live_s - t.retry_s, 1)),
+        "pg_cores_during": round(pairs / max(live_s - t.retry_s, 1)
+                                 * c["pg_per_lookup"] / 1e6, 2),
+        "history_reads": t.streams,
+        "replayed_events": round(replayed),
+        "replay_redis_cpu_s": round(replayed * c.get("redis_per_replayed_event", 0) / 1e6, 2)
+        if "redis_per_replayed_event" in c else None,
+        "replay_gateway_cpu_s": round(replayed * (c.get("gateway_per_replayed_event", 0)
+                                                  + c["cpu_per_delivery"]) / 1e6, 2),
+    }
+
+
+def redis_publish_us(c: dict[str, float], t: Target) -> float:
+    """Redis CPU of one publish with one subscriber, as the target publishes."""
+    key = "redis_per_durable_publish" if t.durable else "redis_per_publish"
+    if t.durable and key not in c:
+        raise KeyError("the unit costs have no durable publish cost; drop --durable")
+    return c[key + ("_pipelined" if t.pipelined else "")]
+
+
+def plan(c: dict[str, float], t: Target) -> Fleet:
+    """Gateway processes (one core each), Redis, egress and restart cost for ``t``."""
+    p_conn = max(1, math.ceil(t.streams / (t.max_connections * t.fill)))
+    p = p_conn
+    for _ in range(100):  # holders() grows with p: iterate to the fixed point
+        need = math.ceil(gateway_cpu_us(c, t, p) / 1e6 / t.cpu_target)
+        if need <= p:
+            break
+        p = need
+    pred = predict(c, t, p)
+    h = pred["holders"]
+    deliveries = t.rate * t.tabs
+    redis_us = t.rate * (redis_publish_us(c, t) + (h - 1) * c["redis_per_subscriber"])
+    redis_cores = redis_us / 1e6
+    egress = (deliveries * (t.payload + c["frame_overhead"] + TCP_IP_BYTES)
+              + t.streams / t.heartbeat_s * (PING_BYTES + TCP_IP_BYTES)) * 8 / 1e6
+    hosts = math.ceil(p / t.cores_per_host)
+    pairs = t.merchants * h
+    pg = pairs / t.recheck_s + min(t.streams * t.churn_per_min / 60, pairs / 30)
+    return Fleet(
+        processes=p,
+        limited_by="connections (sse.max_connections)" if p == p_conn else "gateway CPU",
+        gateway_cores=round(pred["cpu_cores"], 2),
+        gateway_mem_gib=round(pred["mem_mib"] / 1024, 2),
+        holders_per_merchant=round(h, 2),
+        messages_in_per_s=round(t.rate * h),
+        deliveries_per_s=round(deliveries),
+        redis_cores=round(redis_cores, 3),
+        redis_primaries=max(1, math.ceil(redis_cores / t.redis_target)),
+        redis_egress_mbit=round(t.rate * h * (t.payload + RESP_BYTES + 24) * 8 / 1e6, 1),
+        egress_mbit=round(egress, 1),
+        egress_mbit_per_host=round(egress / hosts, 1),
+        hosts=hosts,
+        pg_lookups_per_s=round(pg, 1),
+        restart=_restart(c, t, p, pred["cpu_cores"]),
+    )
+
+
+def render(t: Target, f: Fleet) -> str:
+    """The plan as aligned text."""
+    r = f.restart
+    lines = [
+        f"target: {t.streams:,} streams, {t.merchants:,} merchants ({t.tabs:.1f} tabs each), "
+        f"{t.rate:,.0f} msg/s of {t.payload} B, {'durable' if t.durable else 'plain'}"
+        f"{' pipelined' if t.pipelined else ''} publish, "
+        f"{t.churn_per_min:.0%}/min reopened",
+        f"gateway     {f.processes} processes (1 core each; {f.hosts} host(s) of "
+        f"{t.cores_per_host} cores), limited by {f.limited_by}",
+        f"            CPU {f.gateway_cores} cores steady, memory {f.gateway_mem_gib} GiB",
+        f"            {f.messages_in_per_s:,}/s messages in ({f.holders_per_merchant} processes "
+        f"per merchant), {f.deliveries_per_s:,}/s deliveries",
+        f"redis       {f.redis_primaries} primary(ies): {f.redis_cores} cores of pub/sub, "
+        f"{f.redis_egress_mbit} Mbit/s to gateways"
+        + ("  (more than one: redis.cluster + sharded pub/sub)" if f.redis_primaries > 1 else ""),
+        f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
+        f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",
+        f"restart     all streams reconnect: {r['new_streams_per_s']:,} new streams/s "
+        f"({'admission limit' if r['admission_limited'] else 'CPU'} bound), all live after "
+        f"{r['seconds_until_all_live']} s, gateway {r['gateway_cores_during']} cores meanwhile",
+        f"            postgres {r['pg_lookups']:,} lookups ({r['pg_lookups_per_s']:,}/s, "
+        f"{r['pg_cores_during']} cores); {r['history_reads']:,} history reads replaying "
+        f"{r['replayed_events']:,} events (gateway {r['replay_gateway_cpu_s']} CPU-s, Redis "
+        f"{r['replay_redis_cpu_s'] if r['replay_redis_cpu_s'] is not None else 'not measured'}"
+        " CPU-s)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.capacity",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--streams", type=int, help="concurrent streams [merchants x tabs]")
+    p.add_argument("--merchants", type=int, help="merchants with open streams [streams / tabs]")
+    p.add_argument("--tabs", type=float, default=2.0, help="streams per merchant [2]")
+    p.add_argument("--rate", type=float, required=True, help="messages/s published in total")
+    p.add_argument("--payload", type=int, default=200, help="bytes per message [200]")
+    p.add_argument("--churn", type=float, default=0.05, help="share of streams reopened/min")
+    p.add_argument("--durable", action="store_true", help="publish through publish.lua")
+    p.add_argument("--pipelined", action="store_true", help="publishers pipeline (batch)")
+    p.add_argument("--max-connections", type=int, default=20_000)
+    p.add_argument("--max-new-per-s", type=float, default=500)
+    p.add_argument("--cpu-target", type=float, default=0.6)
+    p.add_argument("--costs", default=str(DEFAULT_COSTS), help="unit-costs JSON")
+    p.add_argument("--json", action="store_true", help="print the fleet as JSON")
+    a = p.parse_args(argv)
+    if not a.streams and not a.merchants:
+        p.error("give --streams or --merchants")
+    streams = a.streams or round(a.merchants * a.tabs)
+    merchants = a.merchants or max(1, round(streams / a.tabs))
+    t = Target(streams, merchants, a.rate, a.payload, a.churn, a.durable, a.pipelined,
+               a.max_connections, a.max_new_per_s, cpu_target=a.cpu_target)
+    f = plan(load_costs(a.costs), t)
+    print(json.dumps(asdict(f), indent=1) if a.json else render(t, f))
+    print(f"(unit costs: {a.costs})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Redis-side unit costs on a throwaway Redis: plain PUBLISH, durable publish, history reads.
+
+- PUBLISH with 1 and with 3 subscribed connections (a gateway process each):
+  Redis CPU per message, so the model can charge per subscribing process.
+- Durable publish: ``gateway/broker/publish.lua`` run by the gateway's own
+  ``AsyncPublisher.publish_many`` (XADD + HINCRBY + EXPIREs + PUBLISH).
+- History read: ``DurableHistory.read_after`` replaying the last K events of a
+  merchant; Redis CPU and the reader's (the gateway's) CPU per replayed event.
+
+Skipped, with the reason recorded, when the durable modules are absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+
+from bench import procstat
+from tools.services import RedisServer
+
+__all__ = ["measure_redis"]
+
+BATCH = 500
+CONCURRENCY = 32
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def _drain(ps, stop: asyncio.Event, counter: list[int]) -> None:
+    while not stop.is_set():
+        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.05)
+        if msg is not None:
+            counter[0] += 1
+
+
+async def _publish_cost(r, pid: int, merchants: int, count: int, subscribers: int,
+                        pipelined: bool = True) -> float:
+    """Redis CPU us per PUBLISH with ``subscribers`` connections on every channel."""
+    channels = [f"merchant:m{i}:progress" for i in range(merchants)]
+    subs, tasks, stop, got = [], [], asyncio.Event(), [0]
+    for _ in range(subscribers):
+        ps = r.pubsub()
+        await ps.subscribe(*channels)
+        subs.append(ps)
+        tasks.append(asyncio.create_task(_drain(ps, stop, got)))
+    await asyncio.sleep(0.3)
+    body = b'{"jobId":"j%d","t":1764500000000000000,"seq":%d}'
+    c0 = procstat.cpu_seconds([pid])
+    if pipelined:
+        for a in range(0, count, BATCH):
+            pipe = r.pipeline(transaction=False)
+            for k in range(a, min(count, a + BATCH)):
+                pipe.publish(channels[k % merchants], body % (k, k))
+            await pipe.execute()
+    else:  # one round trip per message, from CONCURRENCY connections (a backend's view)
+
+        async def one(j: int) -> None:
+            for k in range(j, count, CONCURRENCY):
+                await r.publish(channels[k % merchants], body % (k, k))
+
+        await asyncio.gather(*(one(j) for j in range(CONCURRENCY)))
+    cost = (procstat.cpu_seconds([pid]) - c0) * 1e6 / count
+    for _ in range(200):  # bounded: let the subscribers read what was sent
+        if got[0] >= count * subscribers:
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.gather(*tasks)
+    for ps in subs:
+        await ps.aclose()
+    return cost
+
+
+async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
+                         rounds: int = 10) -> dict:
+    from gateway.broker.history import DurableHistory
+    from gateway.durable import DurableId
+
+    hist = DurableHistory(r, channel="merchant:{merchant_id}:{event}", history=100, ttl_s=600)
+    ids = [f"d{i}" for i in range(merchants)]
+    c0 = procstat.cpu_seconds([pid])
+    last: dict[str, str] = {}
+    for a in range(0, count, BATCH):
+        items = [(ids[k % merchants], "progress", b'{"jobId":"j%d","seq":%d}' % (k, k))
+                 for k in range(a, min(count, a + BATCH))]
+        for (mid, _, _), eid in zip(items, await hist.publish_many(items), strict=True):
+            last[mid] = eid
+    pub = (procstat.cpu_seconds([pid]) - c0) * 1e6 / count
+    starts = []
+    for mid, eid in last.items():
+        head = DurableId.parse(eid)
+        assert head is not None
+        starts.append((mid, DurableId(head.epoch, max(0, head.offset - replay))))
+    c0, s0 = procstat.cpu_seconds([pid]), _self_cpu()
+    events = 0
+    for _ in range(rounds):
+        for mid, since in starts:
+            got = await hist.read_after(mid, since, limit=100)
+            events += len(got or [])
+    replay_redis = (procstat.cpu_seconds([pid]) - c0) * 1e6 / max(events, 1)
+    replay_reader = (_self_cpu() - s0) * 1e6 / max(events, 1)
+    singles = count // 5
+    c0 = procstat.cpu_seconds([pid])
+
+    async def one(j: int) -> None:
+        for k in range(j, singles, CONCURRENCY):
+            await hist.publish(ids[k % merchants], "progress", b'{"jobId":"x%d"}' % k)
+
+    await asyncio.gather(*(one(j) for j in range(CONCURRENCY)))
+    single = (procstat.cpu_seconds([pid]) - c0) * 1e6 / (singles)
+    return {
+        "durable_publish_us": round(pub, 2),
+        "durable_publish_us_unpipelined": round(single, 2),
+        "replay_events": events,
+        "replay_redis_us_per_event": round(replay_redis, 3),
+        "replay_reader_us_per_event": round(replay_reader, 3),
+    }
+
+
+async def _run(url: str, pid: int, merchants: int, count: int, replay: int) -> dict:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    out: dict = {"messages": count, "merchants": merchants}
+    try:
+        out["publish_us_1sub"] = round(await _publish_cost(r, pid, merchants, count, 1), 3)
+        out["publish_us_3sub"] = round(await _publish_cost(r, pid, merchants, count, 3), 3)
+        out["publish_us_1sub_unpipelined"] = round(
+            await _publish_cost(r, pid, merchants, count // 10, 1, pipelined=False), 3)
+        try:
+            out.update(await _durable_costs(r, pid, merchants, count // 3, replay))
+        except ImportError as e:
+            out["durable_skipped"] = f"durable modules absent: {e}"
+    finally:
+        await r.aclose()
+    return out
+
+
+def measure_redis(merchants: int = 200, count: int = 100_000, replay: int = 50) -> dict:
+    """Start a Redis, measure, stop it (by PID)."""
+    server = RedisServer()
+    server.start()
+    try:
+        assert server.pid is not None
+        t0 = time.monotonic()
+        out = asyncio.run(_run(server.url, server.pid, merchants, count, replay))
+        out["wall_s"] = round(time.monotonic() - t0, 2)
+        return out
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(measure_redis(), indent=1))

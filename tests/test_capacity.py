@@ -1,0 +1,147 @@
+"""Pure tests of the bench arithmetic: histogram merge, capacity model, unit-cost solving."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from bench import hist
+from bench.capacity import Target, holders, load_costs, plan, predict
+from bench.pool import merge_results, split
+from bench.streams import expected_count
+from bench.unitcosts import mean_row, solve2
+from bench.validate import compare
+
+COSTS = {
+    "cpu_per_delivery": 10.0,
+    "cpu_per_message": 20.0,
+    "cpu_per_stream_open": 300.0,
+    "cpu_per_merchant_open": 200.0,
+    "cpu_idle_per_process": 0.01,
+    "mem_per_stream": 16.0,
+    "mem_per_merchant": 2.0,
+    "mem_per_process": 40.0,
+    "mem_supervisor": 30.0,
+    "redis_per_publish": 20.0,
+    "redis_per_publish_pipelined": 2.0,
+    "redis_per_subscriber": 0.5,
+    "pg_per_lookup": 100.0,
+    "frame_overhead": 53.0,
+}
+
+
+def _raw_quantile(samples: list[int], q: float) -> int:
+    s = sorted(samples)
+    return s[int((len(s) - 1) * q)]
+
+
+def test_merged_histogram_percentile_is_over_all_samples_not_an_average() -> None:
+    rng = random.Random(7)
+    fast = [rng.randint(500_000, 1_500_000) for _ in range(9_000)]  # ~1 ms
+    slow = [rng.randint(90_000_000, 110_000_000) for _ in range(1_000)]  # ~100 ms
+    merged = hist.merge([json.loads(json.dumps(hist.from_samples(fast))),
+                         json.loads(json.dumps(hist.from_samples(slow)))])
+    assert sum(merged.values()) == 10_000
+    truth = _raw_quantile(fast + slow, 0.99)
+    p99 = hist.quantile(merged, 0.99)
+    assert p99 is not None and truth <= p99 <= truth * (1 + 2 * hist.EPS)
+    per_process_avg = (_raw_quantile(fast, 0.99) + _raw_quantile(slow, 0.99)) / 2
+    assert abs(per_process_avg - truth) > 0.3 * truth  # what the merge must not do
+    p50 = hist.quantile(merged, 0.5)
+    assert p50 is not None and abs(p50 - _raw_quantile(fast + slow, 0.5)) < 0.03 * p50
+
+
+def test_histogram_edges_and_cap() -> None:
+    assert hist.quantile({}, 0.5) is None
+    h = hist.from_samples([0, 10, 2_000_000])
+    assert hist.quantile(h, 0.0) == pytest.approx(hist.upper(0))
+    assert hist.quantile(h, 1.0, max_ns=2_000_000) == 2_000_000
+    assert hist.summary(h, 2_000_000)["samples"] == 3
+
+
+def test_merge_results_sums_counts_and_reads_percentiles_from_merged_counts() -> None:
+    pub = {"phase": "published", "first": 0, "published": 10, "publish_s": 1.0,
+           "publish_start_ns": 0}
+    res = [{"expected": 5, "delivered": 5, "closed_during": 0, "parse_errors": 0,
+            "open_status": {"200": 2}, "wall_s": 2.0, "client_cpu_s": 0.5,
+            "last_recv_ns": 1_500_000_000, "hist": hist.from_samples([ms * 1_000_000] * 5),
+            "max_ns": ms * 1_000_000} for ms in (1, 100)]
+    out = merge_results(pub, res)
+    assert (out["delivered"], out["expected"], out["open_status"]) == (10, 10, {"200": 4})
+    assert out["client_cpu_pct"] == 50.0 and out["delivered_per_s"] == pytest.approx(6.7, 0.01)
+    assert out["max_ms"] == 100.0 and out["p99_ms"] == 100.0 and out["p50_ms"] <= 1.02
+
+
+def test_split_and_expected_count() -> None:
+    assert split(10, 3) == [4, 3, 3] and sum(split(50_000, 4)) == 50_000
+    per = [2, 0, 1]  # streams this process holds on merchants m0, m1, m2
+    brute = sum(per[k % 3] for k in range(5, 5 + 11))
+    assert expected_count(per, 5, 11) == brute
+    assert expected_count(per, 0, 0) == 0 and expected_count([], 0, 5) == 0
+
+
+def test_solve2_recovers_costs() -> None:
+    x, y = solve2(1000, 1000, 1000 * 30, 100, 5000, 100 * 20 + 5000 * 10)
+    assert (x, y) == (pytest.approx(20), pytest.approx(10))
+    with pytest.raises(ValueError):
+        solve2(1, 2, 3, 2, 4, 6)
+    assert mean_row([{"a": 1, "s": "x"}, {"a": 3, "s": "y"}]) == {"a": 2, "s": "x"}
+
+
+def test_holders() -> None:
+    assert holders(1, 5) == 1.0
+    assert holders(3, 1) == pytest.approx(1.0)
+    assert holders(3, 50) == pytest.approx(3.0, abs=1e-6)
+    assert holders(2, 2) == pytest.approx(1.5)
+
+
+def test_predict_arithmetic() -> None:
+    t = Target(streams=3000, merchants=300, rate=100, churn_per_min=0)
+    p = predict(COSTS, t, 1)
+    # 100 msg/s x (1 holder x 20 + 10 tabs x 10) + 3000/15 pings x 10 + 0.01 core idle
+    assert p["cpu_cores"] == pytest.approx((100 * 120 + 200 * 10) / 1e6 + 0.01)
+    assert p["mem_mib"] == pytest.approx((3000 * 16 + 300 * 2 + 40 * 1024) / 1024)
+
+
+def test_plan_connections_then_cpu() -> None:
+    small = plan(COSTS, Target(streams=10_000, merchants=5_000, rate=1_000))
+    assert small.processes == 1 and small.limited_by.startswith("connections")
+    assert small.deliveries_per_s == 2_000
+    assert small.redis_primaries == 1
+    busy = plan(COSTS, Target(streams=10_000, merchants=100, rate=50_000))
+    assert busy.limited_by == "gateway CPU"
+    # 50k msg/s x 100 tabs x 10 us = 50 cores of deliveries alone, at 0.6 core each
+    assert busy.processes >= math.ceil(50 / 0.6)
+    assert busy.gateway_cores <= busy.processes * 0.6 + 1e-9
+    assert busy.redis_primaries == math.ceil(busy.redis_cores / 0.5)
+
+
+def test_restart_is_admission_bound_and_counts_lookups() -> None:
+    t = Target(streams=100_000, merchants=50_000, rate=10_000)
+    f = plan(COSTS, t)
+    r = f.restart
+    assert r["admission_limited"]
+    assert r["new_streams_per_s"] == f.processes * 500
+    assert r["seconds_until_all_live"] == pytest.approx(100_000 / (f.processes * 500) + 3, 0.01)
+    assert r["pg_lookups"] == round(50_000 * holders(f.processes, 2))
+    assert r["history_reads"] == 100_000 and r["replay_redis_cpu_s"] is None
+
+
+def test_load_costs_and_compare(tmp_path) -> None:
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"costs": {k: {"value": v, "unit": "", "how": ""}
+                                          for k, v in COSTS.items()}}))
+    costs = load_costs(path)
+    assert costs == COSTS
+    row = {"system": "gateway3", "workers": 3, "streams": 3000, "merchants": 300, "rate": 100,
+           "window_s": 10.0, "published": 1000, "expected": 10_000, "server_cpu_s": 0.2,
+           "server_mem_kb": 200 * 1024, "gw_messages": 3000}
+    c = compare(row, costs)
+    h = holders(3, 10)
+    want = (1000 * h * 20 + 10_000 * 10 + 200 * 10 * 10) / 1e6 / 10 + 0.03
+    assert c["cpu_pred"] == pytest.approx(want, abs=1e-3)
+    assert c["cpu_meas"] == 0.02 and c["holders_meas"] == 3.0
+    assert c["mem_pred"] == pytest.approx((3000 * 16 + 300 * h * 2 + 120 * 1024) / 1024 + 30, 0.01)
