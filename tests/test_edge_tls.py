@@ -2,7 +2,8 @@
 
 The shipped file is used as it is, except for its documented placeholders
 (listen directives, upstream address, certificate paths, access-log path),
-replaced by text substitution. The certificate is a throwaway self-signed one
+replaced by text substitution (``tools.edge``, which ``make run`` can use too).
+The certificate is a throwaway self-signed one
 (``tools.services.self_signed_cert``); Chromium is told to accept it with
 ``--ignore-certificate-errors`` (test-only). Everything runs on 127.0.0.1.
 
@@ -28,19 +29,10 @@ from support import chromium_executable, publish, wait_for
 from test_browser_e2e import CHROMIUM_ARGS
 from test_nginx_e2e import nginx_conf as plain_nginx_conf
 
-from tools.services import NginxServer, free_port, nginx_main_conf, self_signed_cert
+from tools.edge import TlsEdge, nginx_tls_conf, start_tls_edge
+from tools.services import NginxServer, free_port, self_signed_cert
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TLS_SNIPPET = REPO_ROOT / "config" / "nginx-tls.conf"
 STREAM_PATH = "/api/realtime/events"
-PLACEHOLDERS = (
-    "127.0.0.1:8080",
-    "listen 443 ssl http2;",
-    "listen 80;",
-    "/etc/ssl/certs/event-gateway.crt",
-    "/etc/ssl/private/event-gateway.key",
-    "/var/log/nginx/gateway_access.log",
-)
 STREAMS = 10
 
 
@@ -50,32 +42,10 @@ def tls_cert(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield self_signed_cert(tmp_path / "tls")
 
 
-def tls_conf(gateway_port: int, https_port: int, http_port: int, cert: Path, key: Path) -> str:
-    """A complete nginx.conf around the shipped TLS snippet, placeholders replaced."""
-    text = TLS_SNIPPET.read_text()
-    body = text.split("upstream event_gateway", 1)[1]  # below the header comment
-    for placeholder in PLACEHOLDERS:
-        assert body.count(placeholder) == 1, f"nginx-tls.conf: placeholder {placeholder!r}"
-    for old, new in zip(
-        PLACEHOLDERS,
-        (
-            f"127.0.0.1:{gateway_port}",
-            f"listen 127.0.0.1:{https_port} ssl http2;",
-            f"listen 127.0.0.1:{http_port};",
-            str(cert),
-            str(key),
-            "@PREFIX@/logs/gateway_access.log",
-        ),
-        strict=True,
-    ):
-        text = text.replace(old, new)
-    return nginx_main_conf(text)
-
-
 def start_tls_nginx(nginx_factory, gateway_port: int, cert_key: tuple[Path, Path]) -> Any:
     """nginx with the TLS snippet: (server, https port, http port)."""
     https_port, http_port = free_port(), free_port()
-    conf = tls_conf(gateway_port, https_port, http_port, *cert_key)
+    conf = nginx_tls_conf([f"127.0.0.1:{gateway_port}"], https_port, http_port, *cert_key)
     n: NginxServer = nginx_factory(conf, port=https_port)
     return n, https_port, http_port
 
@@ -105,12 +75,18 @@ def handshake(port: int, cafile: Path | None, **settings: Any) -> tuple[str, str
         return str(tls.version()), cipher[0], tls.selected_alpn_protocol()
 
 
-async def test_tls_edge_protocols_ciphers_and_redirect(
-    gateway_factory, nginx_factory, tls_cert
-) -> None:
+async def test_tls_edge_protocols_ciphers_and_redirect(gateway_factory) -> None:
     gw = await gateway_factory.astart()
-    n, https_port, http_port = start_tls_nginx(nginx_factory, gw.port, tls_cert)
-    cert, _ = tls_cert
+    edge = await asyncio.to_thread(start_tls_edge, gw.port)  # its own throwaway cert
+    try:
+        await check_tls_edge(gw, edge)
+    finally:
+        edge.stop()
+    assert not edge.cert.exists() and not edge.nginx.running
+
+
+async def check_tls_edge(gw: Any, edge: TlsEdge) -> None:
+    https_port, http_port, cert = edge.https_port, edge.http_port, edge.cert
 
     # TLS 1.3 and 1.2 with a certificate that verifies against our CA; ALPN h2.
     v13 = await asyncio.to_thread(handshake, https_port, cert)
@@ -145,7 +121,7 @@ async def test_tls_edge_protocols_ciphers_and_redirect(
             assert r.status == 301
             assert r.headers["Location"] == f"https://127.0.0.1{target}"
     assert "stream open" not in gw.log_text()  # nothing reached the gateway in clear text
-    assert n.running
+    assert edge.nginx.running
 
 
 OPEN_STREAMS_JS = """({url, n}) => {
