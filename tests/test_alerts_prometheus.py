@@ -273,7 +273,9 @@ def test_dashboard_uses_the_datasource_variable_and_every_metric() -> None:
 
 def grafana_to_promql(expr: str) -> str:
     """Grafana's variables replaced as Grafana would for 'All' and a 1 s scrape."""
-    return expr.replace("$instance", ".*").replace("$__rate_interval", "1m")
+    promql = expr.replace("$instance", ".*").replace("$__rate_interval", "1m")
+    assert "$" not in promql, f"a Grafana variable the test does not know: {expr}"
+    return promql
 
 
 async def test_every_dashboard_expression_returns_a_series(
