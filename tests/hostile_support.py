@@ -18,7 +18,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import jwt
@@ -119,15 +119,19 @@ async def exchange(
     return bytes(got)
 
 
-async def bounded_gather(coros: Iterable[Awaitable[Any]], limit: int) -> list[Any]:
-    """Await ``coros`` with at most ``limit`` running at once; results in order."""
+async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:
+    """Run ``jobs`` (coroutine factories) with at most ``limit`` at once; results in order.
+
+    A job's coroutine is made only when it starts, so a cancelled gather leaves no
+    never-awaited coroutine behind.
+    """
     gate = asyncio.Semaphore(limit)
 
-    async def one(coro: Awaitable[Any]) -> Any:
+    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
         async with gate:
-            return await coro
+            return await job()
 
-    return await asyncio.gather(*(one(c) for c in coros))
+    return await asyncio.gather(*(one(job) for job in jobs))
 
 
 class LivenessProbe:

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ from hostile_support import (
     status_of,
 )
 from ops_support import get_metrics, metric
-from support import open_stream
+from support import http_json, open_stream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,12 +51,15 @@ class Case:
     linger: float = 0.0  # "half": stop mid-request and dawdle this long (read nothing)
 
 
-def _requests(path: str, shop: str, token: str, n: int, seed: int = 1234) -> list[Case]:
-    """``n`` hostile requests, deterministic for a seed."""
+def _requests(
+    path: str, shop: str, token: str, ticket: str, n: int, seed: int = 1234
+) -> list[Case]:
+    """``n`` hostile requests, deterministic for a seed; some carry the real credentials."""
     rng = random.Random(seed)
     p = path.encode()
     s = shop.encode()
     t = token.encode()
+    tk = ticket.encode()
     stream = p + b"?shop=" + s
 
     def line(target: bytes, method: bytes = b"GET", version: bytes = b"HTTP/1.1") -> bytes:
@@ -78,6 +82,7 @@ def _requests(path: str, shop: str, token: str, n: int, seed: int = 1234) -> lis
         lambda: line(p + b"?shop=\xff\xfe" + rng.randbytes(8).replace(b" ", b"")) + b"\r\n",
         lambda: line(stream + b"&" + b"a" * 8000 + b"\x01") + b"\r\n",
         lambda: line(stream + b"&%74oken=" + t + b"\x01") + b"\r\n",
+        lambda: line(stream + b"&%74icket=" + tk + b"\x01") + b"\r\n",
         lambda: line(stream, b"POST") + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         lambda: line(stream, b"POST") + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         lambda: line(stream, b"POST") + b"Content-Length: -1\r\n\r\n",
@@ -106,7 +111,8 @@ def _requests(path: str, shop: str, token: str, n: int, seed: int = 1234) -> lis
                                  b"/demo/..%2f..%2fgateway%2fconfig.py"]),
                      rng.choice([b"GET", b"OPTIONS"])) + b"\r\n",
         lambda: line(stream + rng.choice([b"&token=garbage", b"&token=eyJ.", b"&ticket=x.y.z",
-                                          b"&%74oken=" + t, b"&token=" + t[:-3]])) + b"\r\n",
+                                          b"&%74oken=" + t, b"&token=" + t[:-3],
+                                          b"&ticket=" + tk, b"&t%69cket=" + tk])) + b"\r\n",
         lambda: line(stream) + rng.choice([b"Authorization: Bearer " + t[::-1],
                                            b"Authorization: Basic Zm9vOmJhcg==",
                                            b"Authorization: Bearer"]) + b"\r\n\r\n",
@@ -153,16 +159,20 @@ async def test_hostile_requests_get_400_and_leave_the_gateway_serving(
     gw = gateway_factory.start(config={"auth": {"session_token_secret": SECRET}})
     mid, shop = merchant
     token = session_token(shop, SECRET)
-    cases = _requests(gw.path, shop, token, n=2500)
+    status, _, body = await http_json(
+        gw.url(f"{gw.path}/ticket", shop=shop), "POST", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200, (status, body)
+    ticket = body["ticket"]
+    cases = _requests(gw.path, shop, token, ticket, n=2500)
     async with open_stream(gw.stream_url(shop, token=token)) as honest:
         assert honest.status == 200
         await honest.next_event_of("connected")
         started = time.monotonic()
         with LivenessProbe(gw.port) as probe:
             try:
-                statuses = await asyncio.wait_for(
-                    bounded_gather((_send(gw.port, c) for c in cases), limit=50), FLOOD_LIMIT_S
-                )
+                jobs = (partial(_send, gw.port, c) for c in cases)
+                statuses = await asyncio.wait_for(bounded_gather(jobs, 50), FLOOD_LIMIT_S)
             except TimeoutError:
                 pytest.fail(f"{len(cases)} hostile requests took over {FLOOD_LIMIT_S} s; "
                             f"/health/live meanwhile: {probe.summary()}")
@@ -192,6 +202,7 @@ async def test_hostile_requests_get_400_and_leave_the_gateway_serving(
     assert "Traceback" not in log, log[log.find("Traceback") - 300 :][:2000]
     assert token not in log
     assert leaked_fragments(log, token.rsplit(".", 1)[1]) == [], "JWT signature in the log"
+    assert leaked_fragments(log, ticket.rsplit(".", 1)[-1]) == [], "ticket in the log"
     assert SECRET not in log
 
 
@@ -219,6 +230,8 @@ HOSTILE_PAYLOADS: list[tuple[str, str | bytes]] = [
     ("progress", '{"jobId": "deep", "v": ' + "[" * DEEP + "]" * DEEP + "}"),
     ("progress", '{"jobId": ' * DEEP),
     ("completion", '{"jobId": "deep"}'),
+    ("progress", '{"jobId": "q", "n": 1}'),  # the lagging stream coalesces these two:
+    ("progress", '{"jobId": "q", "n": 2}'),  # proof that it was queueing meanwhile
 ]
 # channels the gateway must never turn into a stream event
 FOREIGN = ("connected", "resync", "shutdown", "progress\r\nevent: x", "progress ")
@@ -246,7 +259,8 @@ async def test_hostile_payloads_never_add_fields_or_frames(
     lagging = await LaggingClient("127.0.0.1", gw.port, target).connect()
     # enough 1 MiB stages to fill the lagging client's socket buffers: then it queues
     # (and coalesces the deep progress payloads) instead of writing straight through
-    filler = [("stage", f"filler-{i}-" + "f" * MiB) for i in range(_kernel_buffer_bytes() // MiB)]
+    fill = _kernel_buffer_bytes() // MiB + 2
+    filler = [("stage", f"filler-{i}-" + "f" * MiB) for i in range(fill)]
     marker = ("stage", "after-hostile")
     published = [*filler, *HOSTILE_PAYLOADS, marker]
     try:
@@ -280,6 +294,9 @@ async def test_hostile_payloads_never_add_fields_or_frames(
         assert None not in ids and len(set(ids)) == len(ids), "every event has its own id"
         samples = await get_metrics(gw)
         assert metric(samples, "gateway_redis_reconnects_total") == 0, "the reader died"
+        assert metric(samples, "gateway_events_coalesced_total") >= 1, (
+            "the lagging stream never queued: the payloads did not reach coalescing"
+        )
         assert gw.returncode is None
         assert "Traceback" not in gw.log_text()
     finally:
