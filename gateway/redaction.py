@@ -1,16 +1,37 @@
-"""Keep secrets out of every line the gateway writes: URLs, query strings, logs."""
+"""Keep secrets out of every line the gateway writes: URLs, query strings, logs.
+
+Every pattern here runs on text a client controls (aiohttp quotes malformed
+request lines in its errors), so each one runs in linear time: no quantifier
+can re-scan text another attempt already scanned (possessive quantifiers, and
+each URL-password candidate stops at the next '/', which every later `://`
+contains). tests/test_redaction.py holds them to it on adversarial input.
+"""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
-__all__ = ["redact_text", "redact_url"]
+__all__ = ["SECRET_PARAMETERS", "redact_text", "redact_url"]
 
-_SECRET_QUERY = re.compile(
-    r"((?:^|[?&;\s])(?:token|ticket|access_token|password|passwd|sslpassword)=)[^&\s\"']*", re.I
+SECRET_PARAMETERS = frozenset(
+    {"token", "ticket", "access_token", "password", "passwd", "sslpassword", "publish_key"}
 )
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
-_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
+
+# name=value at the start of the text or after ? & ; or whitespace; the name may be
+# percent-encoded (`%74oken=`), so it is decoded before it is compared.
+_PARAMETER = re.compile(r"(?:^|(?<=[?&;\s]))([A-Za-z0-9%._~+-]{1,64}+)=([^&\s\"']*+)")
+_BEARER = re.compile(r"(Bearer\s++)[A-Za-z0-9._~+/=-]++", re.I)
+# base64url of '{"' starts every JWT header: session tokens, tickets, anything JWT-shaped
+_JWT = re.compile(r"eyJ[A-Za-z0-9_=-]*+(?:\.[A-Za-z0-9_=-]*+)*+")
+_URL_PASSWORD = re.compile(r"(://[^\s/@:]*+:)[^\s/@]*+@")
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    name = match[1]
+    if unquote(name).lower() in SECRET_PARAMETERS and match[2]:
+        return f"{name}=***"
+    return match[0]
 
 
 def redact_url(url: str) -> str:
@@ -27,12 +48,13 @@ def redact_url(url: str) -> str:
         if ":" in userinfo:
             head = f"{userinfo.partition(':')[0]}:***@{host}"
     if query:
-        query = _SECRET_QUERY.sub(r"\1***", query)
+        query = _PARAMETER.sub(_mask_parameter, query)
     return f"{scheme}://{head}{mark}{query}"
 
 
 def redact_text(text: str) -> str:
-    """Mask token/ticket query values, bearer tokens and URL passwords in free text."""
-    text = _SECRET_QUERY.sub(r"\1***", text)
+    """Mask secret parameters, bearer tokens, JWT-shaped strings and URL passwords."""
+    text = _PARAMETER.sub(_mask_parameter, text)
     text = _BEARER.sub(r"\1***", text)
+    text = _JWT.sub("***", text)
     return _URL_PASSWORD.sub(r"\1***@", text)
