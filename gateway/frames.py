@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
-__all__ = ["PING", "chunk", "control_frame", "event_frame"]
+__all__ = ["PING", "Wire", "chunk", "control_frame", "event_frame", "wire"]
 
 PING = b": ping\n\n"
+
+Wire: TypeAlias = tuple[memoryview, bytes]
+"""A frame as written to a stream: (plain, HTTP/1.1-chunked), sharing one buffer."""
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -48,3 +51,13 @@ def control_frame(event: str, data: dict[str, Any], *, retry_ms: int | None = No
 def chunk(frame: bytes) -> bytes:
     """HTTP/1.1 chunked transfer framing of one frame."""
     return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
+def wire(frame: bytes) -> Wire:
+    """Both forms of a frame in one allocation: the plain form is a view into the chunked one.
+
+    A frame of a 256 KiB payload costs 256 KiB once, not twice.
+    """
+    chunked = chunk(frame)
+    start = chunked.index(b"\r\n") + 2
+    return memoryview(chunked)[start:-2], chunked

@@ -8,24 +8,52 @@ everything alive is moved to the permanent generation (`gc.freeze()`, O(1)):
 automatic collections then only look at what is younger than a second.
 Reference counting still frees almost everything; cyclic garbage among frozen
 objects is reclaimed by a full collection every `FULL_COLLECTION_EVERY_S`.
+
+Large frames (a 256 KiB payload) are returned to the OS as soon as they are
+freed: glibc's mmap threshold is pinned at 128 KiB (by default it rises after
+the first large free, and a burst of large events then stays in the heap); the
+heap itself is trimmed after each full collection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
 
-__all__ = ["FULL_COLLECTION_EVERY_S", "run_gc_policy"]
+__all__ = ["FULL_COLLECTION_EVERY_S", "release_large_frees", "run_gc_policy"]
 
 log = logging.getLogger(__name__)
 
 FREEZE_EVERY_S = 1.0
 FULL_COLLECTION_EVERY_S = 300.0
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # glibc only
+
+
+_LIBC = _libc()
+
+
+def release_large_frees() -> None:
+    """Pin glibc's mmap threshold so large frees go straight back to the OS."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
 async def run_gc_policy() -> None:
+    release_large_frees()
     last_full = time.monotonic()
     while True:
         await asyncio.sleep(FREEZE_EVERY_S)
@@ -33,6 +61,8 @@ async def run_gc_policy() -> None:
             started = time.perf_counter()
             gc.unfreeze()
             found = gc.collect()
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)
             last_full = time.monotonic()
             log.debug(
                 "full gc: %d unreachable, %.0f ms", found, (time.perf_counter() - started) * 1000

@@ -17,11 +17,12 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
-from .frames import chunk, control_frame, event_frame
+from .frames import Wire, control_frame, event_frame, wire
 
 __all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "new_epoch"]
 
 _UNPARSED = object()
+_MAX_ID_CHARS = 64  # longer Last-Event-IDs are never ours: resync without a lookup
 
 
 def new_epoch() -> str:
@@ -30,17 +31,28 @@ def new_epoch() -> str:
 
 
 class Entry:
-    """One published event, shared by the history and every stream queue."""
+    """One published event, shared by the history and every stream queue.
 
-    __slots__ = ("_job", "event", "payload", "seq", "wire")
+    The payload is kept only where a lagging stream may need its job id
+    (`coalesce` types); otherwise the framed bytes are the only copy.
+    """
 
-    def __init__(self, seq: int, event_id: str, event: str, payload: bytes) -> None:
+    __slots__ = ("_job", "event", "id", "payload", "seq", "wire")
+
+    def __init__(
+        self, seq: int, event_id: str, event: str, payload: bytes, *, keep_payload: bool = True
+    ) -> None:
         self.seq = seq
+        self.id = event_id
         self.event = event
-        self.payload = payload
-        frame = event_frame(event_id, event, payload)
-        self.wire: tuple[bytes, bytes] = (frame, chunk(frame))
-        self._job: object = _UNPARSED
+        self.payload = payload if keep_payload else b""
+        self.wire: Wire = wire(event_frame(event_id, event, payload))
+        self._job: object = _UNPARSED if keep_payload else None
+
+    @property
+    def size(self) -> int:
+        """Bytes this event holds in a stream's queue."""
+        return len(self.wire[1])
 
     def job(self, job_key: str) -> str | None:
         """The payload's job id, parsed on first need (only lagging streams ask)."""
@@ -55,6 +67,7 @@ class Entry:
                 if isinstance(value, str | int) and not isinstance(value, bool):
                     job = str(value)
             self._job = job
+            self.payload = b""  # parsed once; the frame holds the bytes the stream needs
         return self._job  # type: ignore[return-value]
 
 
@@ -65,10 +78,13 @@ class Control:
     _keys = itertools.count(-1, -1)
 
     def __init__(self, event: str, data: dict[str, object], retry_ms: int | None = None) -> None:
-        frame = control_frame(event, data, retry_ms=retry_ms)
         self.event = event
         self.seq = next(self._keys)
-        self.wire: tuple[bytes, bytes] = (frame, chunk(frame))
+        self.wire: Wire = wire(control_frame(event, data, retry_ms=retry_ms))
+
+    @property
+    def size(self) -> int:
+        return len(self.wire[1])
 
 
 class Subscriber(Protocol):
@@ -87,9 +103,12 @@ class Topic:
 
 
 class Hub:
-    def __init__(self, *, history: int, epoch: str | None = None) -> None:
+    def __init__(
+        self, *, history: int, coalesce: frozenset[str] = frozenset(), epoch: str | None = None
+    ) -> None:
         self.epoch = epoch or new_epoch()
         self._history = history
+        self._coalesce = coalesce
         self._seq = 0
         self._topics: dict[str, Topic] = {}
         self.messages = 0
@@ -104,7 +123,13 @@ class Hub:
         if topic is None:
             return None
         self._seq += 1
-        entry = Entry(self._seq, f"{self.epoch}-{self._seq}", event, payload)
+        entry = Entry(
+            self._seq,
+            f"{self.epoch}-{self._seq}",
+            event,
+            payload,
+            keep_payload=event in self._coalesce,
+        )
         topic.history.append(entry)
         subscribers = topic.subscribers
         for subscriber in subscribers:
@@ -126,16 +151,23 @@ class Hub:
     def attach(
         self, merchant_id: str, subscriber: Subscriber, last_event_id: str | None
     ) -> tuple[list[Entry], bool]:
-        """Register `subscriber`; return (events to replay, whether a gap was detected)."""
+        """Register `subscriber`; return (events to replay, whether a gap was detected).
+
+        One synchronous step, so nothing published meanwhile can fall between the
+        replay and live delivery. Any `last_event_id` text is safe: an id this
+        process did not issue (or no longer holds) is a gap, never an error.
+        """
         topic = self.open(merchant_id)
+        replay, gap = ([], False) if not last_event_id else self._after(topic, last_event_id)
         topic.subscribers.add(subscriber)
-        if not last_event_id:
-            return [], False
-        seq = self._parse_id(last_event_id)
-        history = topic.history
-        if seq is not None and seq > topic.gap_after:
+        return replay, gap
+
+    def _after(self, topic: Topic, last_event_id: str) -> tuple[list[Entry], bool]:
+        event_id = last_event_id.strip()
+        if len(event_id) <= _MAX_ID_CHARS:
+            history = topic.history
             for index, entry in enumerate(history):
-                if entry.seq == seq:
+                if entry.id == event_id and entry.seq > topic.gap_after:
                     return list(itertools.islice(history, index + 1, None)), False
         return [], True
 
@@ -155,9 +187,3 @@ class Hub:
     def broadcast(self, control: Control) -> None:
         for subscriber in self.all_subscribers():
             subscriber.deliver(control)
-
-    def _parse_id(self, event_id: str) -> int | None:
-        epoch, _, seq = event_id.strip().rpartition("-")
-        if epoch != self.epoch or not seq.isdigit():
-            return None
-        return int(seq)

@@ -4,7 +4,8 @@
 event: it writes the shared, pre-framed bytes straight to the transport. Only
 when the transport is paused (the kernel buffer is full) does the stream queue;
 a queued `coalesce` event with the same job replaces the older one, and a queue
-that still grows past `max_queue` cuts the client (`slow_client`). `run` is the
+that still grows past `max_queue` events or `max_queue_bytes` bytes cuts the
+client (`slow_client`). `run` is the
 stream's single loop: it flushes the queue as the socket drains and ends on
 close, whatever the reason.
 """
@@ -12,12 +13,14 @@ close, whatever the reason.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .frames import PING, chunk
+from .frames import PING
+from .frames import wire as framed
 from .hub import Control, Entry
 from .metrics import Metrics
 
@@ -34,14 +37,15 @@ class _Ping:
     __slots__ = ()
     event = "ping"
     seq = 0
-    wire = (PING, chunk(PING))
+    wire = framed(PING)
+    size = len(wire[1])
 
 
 _PING = _Ping()
 
 
-class CloseReason:
-    """Why a stream ended; logged and counted."""
+class CloseReason(enum.StrEnum):
+    """Why a stream ended; logged and counted (`gateway_stream_closes_total{reason}`)."""
 
     CLIENT_GONE = "client_gone"
     SLOW_CLIENT = "slow_client"
@@ -58,6 +62,7 @@ class QueuePolicy:
     max_queue: int
     coalesce: frozenset[str]
     job_key: str
+    max_queue_bytes: int
 
 
 class Stream:
@@ -67,7 +72,9 @@ class Stream:
         "_policy",
         "_protocol",
         "_queue",
+        "_queued_bytes",
         "_replay_allowance",
+        "_replay_allowance_bytes",
         "_transport",
         "_wake",
         "_writer",
@@ -85,11 +92,13 @@ class Stream:
         self.shop = shop
         self.client = client
         self.metrics = metrics
-        self.close_reason: str | None = None
+        self.close_reason: CloseReason | None = None
         self._policy = policy
         self._queue: OrderedDict[int, Entry | Control | _Ping] | None = OrderedDict()
+        self._queued_bytes = 0
         self._jobs: dict[tuple[str, str], int] = {}
         self._replay_allowance = 0
+        self._replay_allowance_bytes = 0
         self._wake: asyncio.Future[None] | None = None
         self._transport: Any = None
         self._protocol: Any = None
@@ -127,10 +136,11 @@ class Stream:
     def replay(self, entries: list[Entry]) -> None:
         """Queue a reconnect's replay; it may exceed `max_queue` until the stream catches up."""
         self._replay_allowance = len(entries)
+        self._replay_allowance_bytes = sum(entry.size for entry in entries)
         for entry in entries:
             self.deliver(entry)
 
-    def close(self, reason: str, final: Control | None = None) -> None:
+    def close(self, reason: CloseReason, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued.
 
         A stream already closing can still be escalated to an aborting reason.
@@ -140,12 +150,14 @@ class Stream:
         self.close_reason = reason
         if reason in _ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
+            self._queued_bytes = 0
             self._jobs.clear()
             if self._transport is not None:
                 self._transport.abort()
         elif final is not None:
             queue = self._queue if self._queue is not None else OrderedDict()
             queue[final.seq] = final
+            self._queued_bytes += final.size
             self._queue = queue
         self._wakeup()
 
@@ -163,19 +175,26 @@ class Stream:
             if job is not None:
                 key = (entry.event, job)
                 older = self._jobs.get(key)
-                if older is not None and queue.pop(older, None) is not None:
+                dropped = queue.pop(older, None) if older is not None else None
+                if dropped is not None:
+                    self._queued_bytes -= dropped.size
                     self.metrics.coalesced += 1
                 self._jobs[key] = entry.seq
                 if len(self._jobs) > 2 * policy.max_queue:  # forget jobs already flushed
                     self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
         queue[entry.seq] = entry
-        if len(queue) > policy.max_queue + self._replay_allowance:
+        self._queued_bytes += entry.size
+        if (
+            len(queue) > policy.max_queue + self._replay_allowance
+            or self._queued_bytes > policy.max_queue_bytes + self._replay_allowance_bytes
+        ):
             self.metrics.slow_client_disconnects += 1
             log.info(
-                "slow client cut merchant=%s client=%s queued=%d",
+                "slow client cut merchant=%s client=%s queued=%d queued_bytes=%d",
                 self.merchant_id,
                 self.client,
                 len(queue),
+                self._queued_bytes,
             )
             self.close(CloseReason.SLOW_CLIENT)
         else:
@@ -186,7 +205,7 @@ class Stream:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    async def run(self) -> str:
+    async def run(self) -> CloseReason:
         """Flush queued events as the socket drains; return the close reason."""
         loop = asyncio.get_running_loop()
         try:
@@ -197,8 +216,10 @@ class Stream:
                         return self.close_reason
                     if queue is not None and self._transport is not None:
                         self._queue = None  # caught up: back to direct writes
+                        self._queued_bytes = 0
                         self._jobs.clear()
                         self._replay_allowance = 0
+                        self._replay_allowance_bytes = 0
                     self._wake = loop.create_future()
                     await self._wake
                     self._wake = None
@@ -219,12 +240,14 @@ class Stream:
 
     def _take_batch(self, queue: OrderedDict[int, Entry | Control | _Ping]) -> bytes:
         """Join queued frames into one write (bounded, so drain still applies)."""
-        parts: list[bytes] = []
-        size = 0
+        parts: list[memoryview | bytes] = []
+        size = taken = 0
         index = self._chunked
         while queue and size < _BATCH_BYTES:
             _, entry = queue.popitem(last=False)
             data = entry.wire[index]
             parts.append(data)
             size += len(data)
+            taken += entry.size
+        self._queued_bytes -= taken
         return b"".join(parts)

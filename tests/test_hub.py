@@ -19,7 +19,7 @@ class Sink:
 
 def wire_id(entry: Entry) -> str:
     """The `id:` field of an entry's frame, as a client would see it."""
-    first = entry.wire[0].split(b"\n", 1)[0].decode()
+    first = bytes(entry.wire[0]).split(b"\n", 1)[0].decode()
     assert first.startswith("id: ")
     return first[len("id: ") :]
 
@@ -57,7 +57,19 @@ def test_history_is_bounded() -> None:
     for i in range(20):
         hub.publish("m", "stage", str(i).encode())
     assert len(topic.history) == 5
-    assert [e.payload for e in topic.history] == [str(i).encode() for i in range(15, 20)]
+    assert [e.id for e in topic.history] == [f"e-{seq}" for seq in range(16, 21)]
+    assert bytes(topic.history[-1].wire[0]).endswith(b"data: 19\n\n")
+
+
+def test_only_coalescable_events_keep_their_payload() -> None:
+    """A frame is the only copy of an event, except where a lagging stream needs its job id."""
+    hub = Hub(history=5, epoch="e", coalesce=frozenset({"progress"}))
+    hub.open("m")
+    kept = hub.publish("m", "progress", b'{"jobId": "j"}')
+    dropped = hub.publish("m", "stage", b'{"jobId": "j"}')
+    assert kept is not None and dropped is not None
+    assert kept.job("jobId") == "j"
+    assert dropped.payload == b"" and dropped.job("jobId") is None
 
 
 def test_publish_for_unheld_merchant_returns_none() -> None:

@@ -74,9 +74,9 @@ def entry(event: str, payload: object) -> Entry:
     return Entry(seq, f"ep-{seq}", event, data)
 
 
-def make_stream(max_queue: int = 100) -> tuple[Stream, Metrics]:
+def make_stream(max_queue: int = 100, max_queue_bytes: int = 1 << 30) -> tuple[Stream, Metrics]:
     metrics = Metrics()
-    policy = QueuePolicy(max_queue, frozenset({"progress"}), "jobId")
+    policy = QueuePolicy(max_queue, frozenset({"progress"}), "jobId", max_queue_bytes)
     return Stream("mid", "s.myshopify.com", "127.0.0.1", policy, metrics), metrics
 
 
@@ -120,7 +120,7 @@ async def test_direct_write_when_not_paused() -> None:
     e = entry("stage", {"n": 1})
     stream.deliver(e)
     # synchronous: written before any await
-    assert writer.transport.writes == [e.wire[0]]
+    assert writer.transport.writes == [bytes(e.wire[0])]
     assert stream.queued == 0
     await finish(task)
 
@@ -149,12 +149,12 @@ async def test_queues_when_paused_and_run_drains_on_resume() -> None:
     assert writer.transport.writes == []
     writer.resume()
     await poll(lambda: stream.queued == 0, what="drained")
-    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in sent)
     # back to direct writes once caught up
     await poll(lambda: stream._queue is None and stream._wake is not None)
     e = entry("stage", {"n": 99})
     stream.deliver(e)
-    assert writer.transport.writes[-1] == e.wire[0]
+    assert writer.transport.writes[-1] == bytes(e.wire[0])
     await finish(task)
 
 
@@ -168,7 +168,7 @@ async def test_events_before_bind_are_queued_then_flushed() -> None:
     stream.bind(writer, chunked=False)
     task = asyncio.create_task(stream.run())
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == b"".join(e.wire[0] for e in early)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in early)
     await finish(task)
 
 
@@ -190,7 +190,7 @@ async def test_coalescing_keeps_newest_at_the_end_preserving_others() -> None:
     writer.resume()
     await poll(lambda: stream.queued == 0)
     # order of the survivors is publication order: ids keep increasing
-    assert writer.transport.data == s1.wire[0] + b2.wire[0] + a3.wire[0]
+    assert writer.transport.data == bytes(s1.wire[0]) + bytes(b2.wire[0]) + bytes(a3.wire[0])
     got = ids_in(writer.transport.data)
     assert got == sorted(got, key=lambda i: int(i.rpartition("-")[2]))
     await finish(task)
@@ -215,7 +215,7 @@ async def test_completion_and_error_never_coalesced() -> None:
     assert metrics.coalesced == 0
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in sent)
     await finish(task)
 
 
@@ -231,7 +231,7 @@ async def test_progress_then_completion_keeps_both_in_order() -> None:
         stream.deliver(e)
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == done.wire[0] + p2.wire[0]
+    assert writer.transport.data == bytes(done.wire[0]) + bytes(p2.wire[0])
     await finish(task)
 
 
@@ -251,7 +251,7 @@ async def test_non_json_or_keyless_progress_never_coalesced(payload: bytes) -> N
     assert metrics.coalesced == 0
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == b"".join(e.wire[0] for e in sent)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in sent)
     await finish(task)
 
 
@@ -269,7 +269,7 @@ async def test_coalescing_only_while_queued() -> None:
     assert metrics.coalesced == 0
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == a1.wire[0] + a2.wire[0]
+    assert writer.transport.data == bytes(a1.wire[0]) + bytes(a2.wire[0])
     await finish(task)
 
 
@@ -292,6 +292,39 @@ async def test_cut_past_max_queue_with_slow_client() -> None:
     assert stream.queued == 0 and writer.transport.writes == []
     assert await asyncio.wait_for(task, 2) == "slow_client"
     assert metrics.slow_client_disconnects == 1
+
+
+async def test_cut_past_the_byte_budget_before_max_queue() -> None:
+    big = b"x" * 10_000
+    stream, metrics = make_stream(max_queue=1000, max_queue_bytes=25_000)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    stream.deliver(entry("stage", big))
+    stream.deliver(entry("stage", big))
+    assert stream.close_reason is None  # ~20 KB queued: within the budget
+    stream.deliver(entry("stage", big))  # ~30 KB: over it, though only 3 events
+    assert stream.close_reason == CloseReason.SLOW_CLIENT
+    assert writer.transport.aborted and stream.queued == 0
+    assert await asyncio.wait_for(task, 2) == "slow_client"
+    assert metrics.slow_client_disconnects == 1
+
+
+async def test_flushed_and_coalesced_bytes_leave_the_budget() -> None:
+    """A client that keeps catching up is never cut, however many bytes pass through."""
+    payload = {"jobId": "j", "pad": "x" * 5_000}
+    stream, _ = make_stream(max_queue=1000, max_queue_bytes=12_000)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    for _ in range(20):
+        writer.pause()
+        for _ in range(10):  # coalesced down to one queued progress event
+            stream.deliver(entry("progress", payload))
+        stream.deliver(entry("stage", {"n": 1}))
+        writer.resume()
+        await poll(lambda: stream.queued == 0, what="queue flushed")
+    assert stream.close_reason is None
+    task.cancel()
 
 
 async def test_coalescing_keeps_a_lagging_client_under_max_queue() -> None:
@@ -336,7 +369,7 @@ async def test_close_with_final_flushes_queue_then_final() -> None:
     stream.deliver(entry("stage", {"n": 99}))
     writer.resume()
     assert await asyncio.wait_for(task, 2) == "shutdown"
-    assert writer.transport.data == b"".join(e.wire[0] for e in sent) + final.wire[0]
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in sent) + bytes(final.wire[0])
     assert not writer.transport.aborted
 
 
@@ -347,7 +380,7 @@ async def test_close_with_final_when_idle_writes_final() -> None:
     final = Control("revoked", {"reason": "revoked"})
     stream.close(CloseReason.REVOKED, final)
     assert await asyncio.wait_for(task, 2) == "revoked"
-    assert writer.transport.data == final.wire[0]
+    assert writer.transport.data == bytes(final.wire[0])
     # a second close changes nothing
     stream.close(CloseReason.SHUTDOWN, Control("shutdown", {"reason": "shutdown"}))
     assert stream.close_reason == "revoked"
@@ -366,7 +399,7 @@ async def test_control_frames_are_queued_in_order_not_coalesced() -> None:
     assert stream.queued == 3
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == c1.wire[0] + e1.wire[0] + c2.wire[0]
+    assert writer.transport.data == bytes(c1.wire[0]) + bytes(e1.wire[0]) + bytes(c2.wire[0])
     await finish(task)
 
 
@@ -391,7 +424,7 @@ async def test_large_queue_is_written_in_bounded_batches() -> None:
         stream.deliver(e)
     writer.resume()
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == b"".join(e.wire[0] for e in big)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in big)
     assert len(writer.transport.writes) > 1
     assert max(len(w) for w in writer.transport.writes) < 512 * 1024
     await finish(task)
@@ -416,5 +449,5 @@ async def test_a_replay_longer_than_max_queue_is_not_cut() -> None:
     writer = FakeWriter()
     task = await running(stream, writer)
     await poll(lambda: stream.queued == 0)
-    assert writer.transport.data == b"".join(e.wire[0] for e in replay)
+    assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in replay)
     task.cancel()
