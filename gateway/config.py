@@ -8,18 +8,16 @@ naming the dotted key; `__main__` turns that into exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import yaml
-from redis.connection import parse_url as parse_redis_url
 
+from .config_checks import CLUSTER_CHANNEL, resolve_redis, validate
 from .redaction import redact_url
 
 __all__ = [
@@ -38,8 +36,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-_SHOP_FIELD = "%(shop)s"
 
 
 class ConfigError(Exception):
@@ -79,6 +75,8 @@ class RedisConfig:
     url: str = ""
     channel: str = "merchant:{merchant_id}:{event}"
     events: tuple[str, ...] = _strings("progress", "stage", "completion", "error")
+    cluster: bool = False
+    history_ttl: int = _num(86400, 1, 365 * 86400, integer=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +98,7 @@ class SSEConfig:
     history: int = _num(100, 0, 100_000, integer=True)
     linger: float = _num(30, 0, 86400)
     max_queue: int = _num(1000, 1, 1_000_000, integer=True)
+    max_queue_bytes: int = _num(262144, 1024, 1 << 34, integer=True)
     coalesce: tuple[str, ...] = _strings("progress")
     job_key: str = "jobId"
     max_connections: int = _num(20000, 1, 1_000_000, integer=True)
@@ -111,6 +110,7 @@ class AuthConfig:
     session_token_secret: str = ""
     api_key: str = ""
     ticket_ttl: float = _num(3600, 1, 86400 * 7)
+    publish_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +136,12 @@ class Config:
     redis_source: str = field(default="default", metadata={"internal": True})
 
 
-_SECRET_KEYS = {"auth.session_token_secret", "auth.api_key"}
+_SECRET_KEYS = {"auth.session_token_secret", "auth.api_key", "auth.publish_key"}
 _URL_KEYS = {"redis.url", "postgres.dsn"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# a default may hold one level of braces: ${CHANNEL:-merchant:{merchant_id}:{event}}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
 
 
 class _Expanded(str):
@@ -218,87 +221,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def _legacy_redis_url(environ: Mapping[str, str]) -> str | None:
-    host = environ.get("REDIS_HOST")
-    if not host:
-        return None
-    port = environ.get("REDIS_PORT") or "6379"
-    db = environ.get("REDIS_DB") or "0"
-    if not port.isdigit():
-        raise ConfigError("REDIS_PORT", "must be a port number")
-    if not db.isdigit():
-        raise ConfigError("REDIS_DB", "must be a database number")
-    password = environ.get("REDIS_PASSWORD")
-    auth = f":{quote(password, safe='')}@" if password else ""
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 literal
-    return f"redis://{auth}{host}:{port}/{db}"
-
-
-def _resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, str]:
-    if environ.get("REDIS_URL"):
-        url, source = environ["REDIS_URL"], "REDIS_URL"
-    elif cfg.url:
-        url, source = cfg.url, "redis.url"
-    elif legacy := _legacy_redis_url(environ):
-        url, source = legacy, "REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB"
-    else:
-        url, source = DEFAULT_REDIS_URL, "built-in default"
-    key = "REDIS_HOST" if source.startswith("REDIS_HOST") else "redis.url"
-    try:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
-        parse_redis_url(url)  # the parser the client will use: host, port, db
-    except ValueError:
-        # the parser's message may quote part of the URL, password included
-        raise ConfigError(key, "not a valid Redis URL (check host, port and db)") from None
-    return url, source
-
-
-def _validate(cfg: Config) -> None:
-    server = cfg.server
-    if not server.path.startswith("/") or server.path.endswith("/"):
-        raise ConfigError("server.path", "must start with '/' and not end with '/'")
-    for i, proxy in enumerate(server.trusted_proxies):
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"server.trusted_proxies[{i}]", f"not an IP or CIDR: {proxy!r}"
-            ) from None
-    if "{merchant_id}" not in cfg.redis.channel or "{event}" not in cfg.redis.channel:
-        raise ConfigError("redis.channel", "must contain {merchant_id} and {event}")
-    try:
-        cfg.redis.channel.format(merchant_id="m", event="e")
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(
-            "redis.channel", "only {merchant_id} and {event} may appear in braces"
-        ) from None
-    if not cfg.redis.events:
-        raise ConfigError("redis.events", "must name at least one event")
-    for i, event in enumerate(cfg.redis.events):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", event) or event in _RESERVED_EVENTS:
-            raise ConfigError(f"redis.events[{i}]", f"invalid or reserved event name {event!r}")
-    for i, event in enumerate(cfg.sse.coalesce):
-        if event not in cfg.redis.events or event in ("completion", "error"):
-            raise ConfigError(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
-    if not cfg.postgres.dsn:
-        raise ConfigError("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
-    if urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
-        raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
-    if _SHOP_FIELD not in cfg.postgres.merchant_query:
-        raise ConfigError("postgres.merchant_query", f"must use {_SHOP_FIELD}")
-    if cfg.postgres.pool_min > cfg.postgres.pool_max:
-        raise ConfigError("postgres.pool_min", "must not exceed postgres.pool_max")
-    for i, origin in enumerate(cfg.cors.allow_origins):
-        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise ConfigError(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")
-
-
-_RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked"}
-
-
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, expand and validate the YAML at `path` (None: built-in defaults)."""
     environ = os.environ if environ is None else environ
@@ -329,11 +251,14 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         cfg = dataclasses.replace(
             cfg, postgres=dataclasses.replace(cfg.postgres, dsn=environ["DATABASE_URL"])
         )
-    url, source = _resolve_redis(cfg.redis, environ)
+    if cfg.redis.cluster and "channel" not in (raw.get("redis") or {}):
+        redis = dataclasses.replace(cfg.redis, channel=CLUSTER_CHANNEL)
+        cfg = dataclasses.replace(cfg, redis=redis)
+    url, source = resolve_redis(cfg.redis, environ)
     cfg = dataclasses.replace(
         cfg, redis=dataclasses.replace(cfg.redis, url=url), redis_source=source
     )
-    _validate(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -352,7 +277,9 @@ def redacted_dict(cfg: Config) -> dict[str, Any]:
             elif key in _URL_KEYS:
                 value = redact_url(value)
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [str(v) for v in value]
+            elif isinstance(value, str):
+                value = str(value)  # plain str: `${VAR}` results are a str subclass
             values[f.name] = value
         out[section.name] = values
     return out

@@ -14,7 +14,7 @@ from .broker import RedisBroker
 from .config import Config
 from .hub import Hub
 from .merchants import MerchantDirectory
-from .metrics import Metrics
+from .metrics import Dependencies, Metrics
 from .stream import QueuePolicy
 
 __all__ = ["GATEWAY", "Gateway"]
@@ -36,14 +36,25 @@ class Gateway:
 
     def __post_init__(self) -> None:
         sse = self.cfg.sse
-        self.queue_policy = QueuePolicy(sse.max_queue, frozenset(sse.coalesce), sse.job_key)
+        self.queue_policy = QueuePolicy(
+            sse.max_queue, frozenset(sse.coalesce), sse.job_key, sse.max_queue_bytes
+        )
         self.trusted_networks = [
             ipaddress.ip_network(p, strict=False) for p in self.cfg.server.trusted_proxies
         ]
 
     def sync_metrics(self) -> None:
         hub = self.hub
-        self.metrics.sync(len(self.admission), self.broker.merchants, hub.messages, hub.deliveries)
+        broker = self.broker
+        deps = Dependencies(
+            redis_up=broker.healthy,
+            postgres_up=self.directory.healthy,
+            delivery_up=broker.healthy and broker.canary.ok,
+            canary_s=broker.canary.last_round_trip_s,
+        )
+        self.metrics.sync(
+            len(self.admission), broker.merchants, hub.messages, hub.deliveries, deps
+        )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,136 @@
+"""Cross-key checks and the Redis source precedence, applied after every key parsed.
+
+`load_config` calls `resolve_redis` (REDIS_URL env > redis.url > legacy
+REDIS_HOST/... > the built-in default) and then `validate`; both raise
+`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
+
+from redis.connection import parse_url as parse_redis_url
+
+from .redaction import redact_url
+
+if TYPE_CHECKING:
+    from .config import Config, RedisConfig
+
+__all__ = ["CLUSTER_CHANNEL", "DEFAULT_REDIS_URL", "legacy_redis_url", "resolve_redis", "validate"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # -> merchant:{m1}:progress
+_SHOP_FIELD = "%(shop)s"
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+_RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked"}
+
+
+def _error(key: str, message: str) -> Exception:
+    from .config import ConfigError
+
+    return ConfigError(key, message)
+
+
+def _check_hash_tag(channel: str) -> None:
+    """In a cluster a merchant's channels and history must share one slot: the hash tag."""
+    probe = "\x00"
+    try:
+        formatted = channel.format(merchant_id=probe, event="e")
+    except (KeyError, IndexError, ValueError):
+        return  # reported by validate() with its own message
+    first = formatted.find("{")
+    if first < 0 or not formatted.startswith("{" + probe + "}", first):
+        raise _error(
+            "redis.channel",
+            "with redis.cluster the merchant id must be the hash tag, e.g. "
+            "merchant:{{{merchant_id}}}:{event}",
+        )
+
+
+def legacy_redis_url(environ: Mapping[str, str]) -> str | None:
+    host = environ.get("REDIS_HOST")
+    if not host:
+        return None
+    port = environ.get("REDIS_PORT") or "6379"
+    db = environ.get("REDIS_DB") or "0"
+    if not port.isdigit():
+        raise _error("REDIS_PORT", "must be a port number")
+    if not db.isdigit():
+        raise _error("REDIS_DB", "must be a database number")
+    password = environ.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, str]:
+    if environ.get("REDIS_URL"):
+        url, source = environ["REDIS_URL"], "REDIS_URL"
+    elif cfg.url:
+        url, source = cfg.url, "redis.url"
+    elif legacy := legacy_redis_url(environ):
+        url, source = legacy, "REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB"
+    else:
+        url, source = DEFAULT_REDIS_URL, "built-in default"
+    key = "REDIS_HOST" if source.startswith("REDIS_HOST") else "redis.url"
+    try:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise _error(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
+        options = parse_redis_url(url)  # the parser the client will use: host, port, db
+    except ValueError:
+        # the parser's message may quote part of the URL, password included
+        raise _error(key, "not a valid Redis URL (check host, port and db)") from None
+    for option in _TLS_FILES:
+        path = options.get(option)
+        if isinstance(path, str) and path and not os.access(path, os.R_OK):
+            raise _error(key, f"{option}: cannot read {path}")
+    return url, source
+
+
+def validate(cfg: Config) -> None:
+    server = cfg.server
+    if not server.path.startswith("/") or server.path.endswith("/"):
+        raise _error("server.path", "must start with '/' and not end with '/'")
+    for i, proxy in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise _error(
+                f"server.trusted_proxies[{i}]", f"not an IP or CIDR: {proxy!r}"
+            ) from None
+    if "{merchant_id}" not in cfg.redis.channel or "{event}" not in cfg.redis.channel:
+        raise _error("redis.channel", "must contain {merchant_id} and {event}")
+    try:
+        cfg.redis.channel.format(merchant_id="m", event="e")
+    except (KeyError, IndexError, ValueError):
+        raise _error(
+            "redis.channel", "only {merchant_id} and {event} may appear in braces"
+        ) from None
+    if cfg.redis.cluster:
+        _check_hash_tag(cfg.redis.channel)
+    if not cfg.redis.events:
+        raise _error("redis.events", "must name at least one event")
+    for i, event in enumerate(cfg.redis.events):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", event) or event in _RESERVED_EVENTS:
+            raise _error(f"redis.events[{i}]", f"invalid or reserved event name {event!r}")
+    for i, event in enumerate(cfg.sse.coalesce):
+        if event not in cfg.redis.events or event in ("completion", "error"):
+            raise _error(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
+    if not cfg.postgres.dsn:
+        raise _error("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
+    if urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
+        raise _error("postgres.dsn", "must be a postgresql:// URL")
+    if _SHOP_FIELD not in cfg.postgres.merchant_query:
+        raise _error("postgres.merchant_query", f"must use {_SHOP_FIELD}")
+    if cfg.postgres.pool_min > cfg.postgres.pool_max:
+        raise _error("postgres.pool_min", "must not exceed postgres.pool_max")
+    for i, origin in enumerate(cfg.cors.allow_origins):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise _error(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")
