@@ -1,11 +1,10 @@
-"""create_app(config): the parts wired together, routes, background tasks, shutdown."""
+"""create_app(config): the parts wired together, routes, lifecycle, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -14,30 +13,28 @@ from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
 from .config import Config
-from .gc_policy import run_gc_policy
 from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
 from .hub import Control, Hub
+from .jobs import start_jobs
 from .merchants import MerchantDirectory
 from .metrics import Metrics
 from .state import GATEWAY, Gateway
-from .stream import CloseReason, Stream
+from .stream import CloseReason
+from .supervision import stop_tasks
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-_METRICS_SYNC_S = 1.0
 _RELEASE_RESERVE_S = 2.0  # of shutdown_timeout, kept for closing Redis and PostgreSQL
-_PINGS_PER_SLICE = 200
-_MAX_SLICES = 100
 
 
 def create_app(cfg: Config) -> web.Application:
     app = web.Application()
-    hub = Hub(history=cfg.sse.history)
-    metrics = Metrics()
+    hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce))
+    metrics = Metrics(max_connections=cfg.sse.max_connections)
 
     def on_redis_reconnect() -> None:
         hub.mark_gap()
@@ -81,18 +78,9 @@ async def _demo_index(request: web.Request) -> web.StreamResponse:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.broker.start()
-    tasks = [
-        asyncio.create_task(_sync_metrics(gw), name="metrics-sync"),
-        asyncio.create_task(_recheck_merchants(gw), name="merchant-recheck"),
-        asyncio.create_task(_heartbeat(gw), name="heartbeat"),
-        asyncio.create_task(run_gc_policy(), name="gc-policy"),
-    ]
+    tasks = start_jobs(gw)
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await stop_tasks(tasks)
     await gw.broker.close()
     await gw.directory.close()
     log.info("redis and postgres released")
@@ -114,56 +102,3 @@ async def _on_shutdown(app: web.Application) -> None:
         log.warning("shutdown: cutting %d streams that did not drain", len(stuck))
         for stream in stuck:
             stream.close(CloseReason.DRAIN_TIMEOUT)
-
-
-async def _sync_metrics(gw: Gateway) -> None:
-    while True:
-        await asyncio.sleep(_METRICS_SYNC_S)
-        gw.sync_metrics()
-
-
-async def _heartbeat(gw: Gateway) -> None:
-    """One timer pings every open stream (not one sleeping task per stream).
-
-    Each round is spread over the interval in slices of at most `_PINGS_PER_SLICE`
-    streams, so 10,000 pings never stall the loop (and delivery) in one go.
-    """
-    interval = gw.cfg.sse.heartbeat
-    while True:
-        streams = list(gw.admission.streams())
-        slices = max(1, min(_MAX_SLICES, -(-len(streams) // _PINGS_PER_SLICE)))
-        for index in range(slices):
-            await asyncio.sleep(interval / slices)
-            _ping(streams[index::slices])
-        _ping(set(gw.admission.streams()).difference(streams))  # opened during the round
-
-
-def _ping(streams: Iterable[Stream]) -> None:
-    for stream in streams:
-        if stream.close_reason is None and stream.bound:
-            stream.ping()
-
-
-async def _recheck_merchants(gw: Gateway) -> None:
-    """Re-verify merchants with open streams; close the streams of revoked ones."""
-    interval = gw.cfg.postgres.recheck
-    if interval <= 0:
-        return
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await _recheck_once(gw)
-        except Exception:  # a bug or a broken query: loud, and tried again next round
-            log.exception("merchant recheck failed")
-
-
-async def _recheck_once(gw: Gateway) -> None:
-    shops = {(s.merchant_id, s.shop) for s in gw.admission.streams()}
-    for merchant_id, shop in shops:
-        if await gw.directory.recheck(shop) is not False:
-            continue  # still valid, or PostgreSQL cannot tell: keep serving
-        revoked = [s for s in gw.admission.merchant_streams(merchant_id) if s.shop == shop]
-        log.info("revoked merchant=%s shop=%s streams=%d", merchant_id, shop, len(revoked))
-        for stream in revoked:
-            stream.close(CloseReason.REVOKED, Control("revoked", {"reason": "revoked"}))
-        gw.metrics.revocations += len(revoked)

@@ -25,7 +25,7 @@ from ..errors import UnavailableError
 from ..hub import Hub
 from ..metrics import Metrics
 from ..redaction import redact_url
-from ..supervision import supervised
+from ..supervision import stop_tasks, supervised
 from .canary import Canary
 from .connection import CONNECT_TIMEOUT_S, FAULTS, backoff_s, make_client, socket_reader
 from .reader import ReaderHooks, read_messages
@@ -87,12 +87,10 @@ class RedisBroker:
         ]
 
     async def close(self) -> None:
-        for task in [*self._tasks, self._flusher, self._reader]:
+        for task in (self._flusher, self._reader):
             if task is not None:
                 task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
         await self._client.aclose(close_connection_pool=True)
 
     @property
