@@ -50,8 +50,7 @@ def _run_server(cfg: Config, argv: list[str]) -> int:
 
     from .serve import serve
 
-    uvloop.run(serve(cfg, reuse_port=worker is not None))
-    return 0
+    return uvloop.run(serve(cfg, reuse_port=worker is not None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from aiohttp import web
 
@@ -12,9 +13,11 @@ from .app import create_app
 from .config import Config
 from .state import GATEWAY
 
-__all__ = ["serve"]
+__all__ = ["EXIT_CANNOT_START", "serve"]
 
 log = logging.getLogger(__name__)
+
+EXIT_CANNOT_START = 3  # the supervisor of several workers stops on it instead of respawning
 
 _PROXY_IDLE_TIMEOUT_S = 55
 
@@ -27,8 +30,19 @@ def _self_check(cfg: Config) -> None:
         )
 
 
-async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
+def _quiet_aiopg(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiopg reports a connection it already closed while collecting it (PostgreSQL
+    outages): nothing to act on, so not printed. Everything else: the default."""
+    if context.get("message") == "Unclosed connection" and "connection" in context:
+        log.debug("aiopg: collected a connection it had already closed")
+        return
+    loop.default_exception_handler(context)
+
+
+async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; the exit code (EXIT_CANNOT_START when it cannot listen)."""
     _self_check(cfg)
+    asyncio.get_running_loop().set_exception_handler(_quiet_aiopg)
     app = create_app(cfg)
     runner = web.AppRunner(
         app,
@@ -40,7 +54,14 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
     site = web.TCPSite(
         runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port, backlog=4096
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%s: %s", cfg.server.host, cfg.server.port, exc.strerror or exc
+        )
+        await runner.cleanup()
+        return EXIT_CANNOT_START
     for address in runner.addresses:
         log.info("listening on %s:%s", *address[:2])
     stop = asyncio.Event()
@@ -52,4 +73,5 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> None:
     app[GATEWAY].draining = True
     await runner.cleanup()
     log.info("stopped")
+    return 0
 

@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from .serve import EXIT_CANNOT_START
+
 __all__ = ["WORKER_ENV", "supervise"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ def supervise(argv: list[str], workers: int, shutdown_timeout: float) -> int:
         log.info("supervisor: %d workers started", workers)
         while not stopping:
             for index, proc in list(procs.items()):
+                if proc.returncode is None and proc.poll() == EXIT_CANNOT_START:
+                    log.error("worker %d cannot start; stopping all workers", index)
+                    forward(signal.SIGTERM, None)
+                    break
                 if proc.poll() is not None and not stopping:
                     log.error("worker %d exited with %s; respawning", index, proc.returncode)
                     time.sleep(_RESPAWN_DELAY_S)
