@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiopg
 import psycopg2
@@ -49,6 +50,7 @@ class MerchantDirectory:
         self._cache: dict[str, _Cached] = {}
         self._inflight: dict[str, asyncio.Task[Merchant | None]] = {}
         self._closing: set[asyncio.Future[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()  # queries, awaited or abandoned
         self.healthy = False
 
     async def verify(self, shop: str) -> Merchant:
@@ -83,7 +85,7 @@ class MerchantDirectory:
         return (time.perf_counter() - started) * 1000
 
     async def close(self) -> None:
-        for task in self._inflight.values():
+        for task in [*self._inflight.values(), *self._running]:
             task.cancel()
         if self._pool is not None:
             self._pool.terminate()
@@ -120,22 +122,23 @@ class MerchantDirectory:
             self._cache = {k: v for k, v in self._cache.items() if v.merchant is not None}
 
     async def _query(self, sql: str, params: dict[str, str]) -> list[tuple[object, ...]]:
-        timeout = self._cfg.query_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                pool = await self._get_pool()
-                async with pool.acquire() as conn:
-                    try:
-                        async with conn.cursor() as cur:
-                            await cur.execute(sql, params)
-                            rows = await cur.fetchall()
-                    except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                        conn.close()  # never hand a broken connection back to the pool
-                        raise
-        except TimeoutError:
+        """Run one query within `query_timeout`, whatever aiopg does with the cancellation.
+
+        The query runs in its own task: on timeout it is cancelled and left to finish
+        on its own (aiopg can absorb a cancellation while it closes a connection to a
+        frozen server), so no caller ever waits past the timeout.
+        """
+        task = asyncio.ensure_future(self._execute(sql, params))
+        self._running.add(task)
+        task.add_done_callback(self._forget)
+        done, _ = await asyncio.wait({task}, timeout=self._cfg.query_timeout)
+        if not done:
+            task.cancel()
             # slow or saturated, not necessarily down: keep the pool and its connections
             self._mark_unavailable("TimeoutError")
-            raise UnavailableError("PostgreSQL did not answer in time") from None
+            raise UnavailableError("PostgreSQL did not answer in time")
+        try:
+            rows = task.result()
         except _FAULTS as exc:
             self._mark_unavailable(type(exc).__name__)
             self._drop_pool()  # rebuilt on the next query: no stale connection survives
@@ -147,7 +150,23 @@ class MerchantDirectory:
         if not self.healthy:
             log.info("postgres available")
         self.healthy = True
-        return list(rows)
+        return rows
+
+    async def _execute(self, sql: str, params: dict[str, str]) -> list[tuple[object, ...]]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute(sql, params)
+                    return list(await cur.fetchall())
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                conn.close()  # never hand a broken connection back to the pool
+                raise
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the failure of a query nobody awaits is not news
 
     def _mark_unavailable(self, why: str) -> None:
         if self.healthy:
