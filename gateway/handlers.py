@@ -9,12 +9,12 @@ import re
 import time
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
 from .frames import control_frame
 from .hub import Control
 from .merchants import Merchant
+from .sse_response import SharedHeartbeatResponse
 from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
 
@@ -23,14 +23,6 @@ __all__ = ["client_address", "close_all_streams", "stream_view", "ticket_preflig
 log = logging.getLogger(__name__)
 
 SHOP_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,61}\.myshopify\.com")
-
-
-class _SharedHeartbeatResponse(EventSourceResponse):
-    """aiohttp-sse's response without its ping task per stream: app.py pings every
-    stream from one timer (a sleeping task per stream costs ~1 KB of memory each)."""
-
-    async def _ping(self) -> None:
-        return
 
 
 class Refusal(Exception):
@@ -161,37 +153,44 @@ async def _serve(
     request: web.Request, gw: Gateway, stream: Stream, cors: dict[str, str]
 ) -> web.StreamResponse:
     sse = gw.cfg.sse
-    response = _SharedHeartbeatResponse(headers=cors, sep="\n")
+    response = SharedHeartbeatResponse(headers=cors, sep="\n")
     response.headers["Cache-Control"] = "no-cache, no-transform"
-    writer = await response.prepare(request)
     last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     started = time.monotonic()
-    replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
+    reason = CloseReason.CLIENT_GONE
+    attached = False
     try:
+        writer = await response.prepare(request)
+        replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
+        attached = True
         if gap:
             gw.metrics.replay_misses += 1
             stream.deliver(Control("resync", {"reason": "history_gap"}))
         elif last_id:
             gw.metrics.replay_hits += 1
+            gw.metrics.replayed["memory"] += len(replay)
         stream.replay(replay)
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
         stream.bind(writer, chunked=bool(getattr(writer, "chunked", False)))
+        gw.metrics.streams_opened += 1
         log.info(
             "stream open merchant=%s shop=%s client=%s replayed=%d",
             stream.merchant_id, stream.shop, stream.client, len(replay),
         )
-        reason = CloseReason.CLIENT_GONE
-        try:
-            reason = await stream.run()
-        finally:
-            log.info(
-                "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f",
-                stream.merchant_id, stream.shop, stream.client, stream.close_reason or reason,
-                time.monotonic() - started,
-            )
+        reason = await stream.run()
+    except ConnectionError:
+        pass  # the client left before or while the stream opened: client_gone
     finally:
-        gw.hub.detach(stream.merchant_id, stream)
+        if attached:
+            gw.hub.detach(stream.merchant_id, stream)
+        final = stream.close_reason or reason
+        gw.metrics.closed(final)
+        log.info(
+            "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f",
+            stream.merchant_id, stream.shop, stream.client, final,
+            time.monotonic() - started,
+        )
     return response
 
 
