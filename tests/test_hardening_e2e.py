@@ -269,6 +269,8 @@ def _check_config(cfg_path: Path, env: dict[str, str]) -> subprocess.CompletedPr
         k: v for k, v in os.environ.items() if k not in (*ISOLATED_ENV, "GW_PATH", "CH", "MQ")
     }
     child_env["PYTHONPATH"] = str(REPO_ROOT)
+    child_env["DATABASE_URL"] = "postgresql://gateway@127.0.0.1:1/gateway"  # never connected
+    child_env["REDIS_URL"] = "redis://127.0.0.1:1/0"
     child_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "--config", str(cfg_path)],

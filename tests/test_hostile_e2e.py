@@ -253,7 +253,8 @@ def _kernel_buffer_bytes() -> int:
 async def test_hostile_payloads_never_add_fields_or_frames(
     gateway_factory: Any, merchant: Any, redis_server: Any
 ) -> None:
-    gw = gateway_factory.start(config={"sse": {"max_queue": 100_000}})
+    # a budget that holds the whole burst: the lagging stream must queue, not be cut
+    gw = gateway_factory.start(config={"sse": {"max_queue": 100_000, "max_queue_bytes": 64 * MiB}})
     mid, shop = merchant
     target = gw.stream_url(shop)[len(gw.base_url) :]
     lagging = await LaggingClient("127.0.0.1", gw.port, target).connect()
