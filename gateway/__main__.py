@@ -1,4 +1,5 @@
-"""CLI: `python -m gateway [--config PATH]` serves; `check-config` validates and prints."""
+"""CLI: `python -m gateway [--config PATH]` serves; `check-config` validates and prints;
+`publish MERCHANT_ID EVENT DATA` publishes one durable event and prints its id."""
 
 from __future__ import annotations
 
@@ -32,9 +33,18 @@ def _config_path(arg: str | None) -> str | None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=["serve", "check-config"], default="serve")
+    parser.add_argument(
+        "command", nargs="?", choices=["serve", "check-config", "publish"], default="serve"
+    )
+    parser.add_argument("arguments", nargs="*", help="publish: MERCHANT_ID EVENT DATA")
     parser.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    expected = 3 if args.command == "publish" else 0
+    if len(args.arguments) != expected:
+        parser.error(
+            "publish takes MERCHANT_ID EVENT DATA" if expected else "unexpected arguments"
+        )
+    return args
 
 
 def _run_server(cfg: Config, argv: list[str]) -> int:
@@ -61,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "publish":
+        from .publish_cli import run_publish
+
+        return run_publish(cfg, *args.arguments)
     if args.command == "check-config":
         yaml.safe_dump(redacted_dict(cfg), sys.stdout, sort_keys=False)
         print(f"# redis source: {cfg.redis_source}")

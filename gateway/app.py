@@ -12,6 +12,8 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
+from .broker.connection import make_client
+from .broker.history import DurableHistory
 from .config import Config
 from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
@@ -19,6 +21,8 @@ from .hub import Control, Hub
 from .jobs import start_jobs
 from .merchants import MerchantDirectory
 from .metrics import Metrics
+from .publish_api import publish_view
+from .replay import DurableReplay
 from .state import GATEWAY, Gateway
 from .stream import CloseReason
 from .supervision import stop_tasks
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 _RELEASE_RESERVE_S = 2.0  # of shutdown_timeout, kept for closing Redis and PostgreSQL
+_HISTORY_POOL_SIZE = 4  # publish API and replay reads: bounded, never per client
 
 
 def create_app(cfg: Config) -> web.Application:
@@ -40,21 +45,32 @@ def create_app(cfg: Config) -> web.Application:
         hub.mark_gap()
         hub.broadcast(Control("resync", {"reason": "redis_reconnected"}))
 
+    broker = RedisBroker(
+        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_reconnect=on_redis_reconnect
+    )
+    history = DurableHistory(
+        make_client(cfg.redis.url, _HISTORY_POOL_SIZE),
+        channel=cfg.redis.channel,
+        history=cfg.sse.history,
+        ttl_s=cfg.redis.history_ttl,
+        sharded=cfg.redis.cluster,
+    )
     app[GATEWAY] = Gateway(
         cfg=cfg,
         hub=hub,
-        broker=RedisBroker(
-            cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_reconnect=on_redis_reconnect
-        ),
+        broker=broker,
         directory=MerchantDirectory(cfg.postgres),
         auth=Authenticator(cfg.auth),
         admission=Admission(cfg),
         metrics=metrics,
+        history=history,
+        replay=DurableReplay(history, broker.round_trip, metrics),
     )
     path = cfg.server.path
     app.router.add_get(path, stream_view, allow_head=False)
     app.router.add_post(f"{path}/ticket", ticket_view)
     app.router.add_route("OPTIONS", f"{path}/ticket", ticket_preflight)
+    app.router.add_post(f"{path}/publish", publish_view)
     app.router.add_get("/health", health_view)
     app.router.add_get("/health/live", live_view)
     app.router.add_get("/metrics", metrics_view)
@@ -81,6 +97,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     tasks = start_jobs(gw)
     yield
     await stop_tasks(tasks)
+    await gw.replay.close()
+    await gw.history.close()
     await gw.broker.close()
     await gw.directory.close()
     log.info("redis and postgres released")

@@ -10,6 +10,7 @@ import time
 
 from aiohttp import web
 
+from .durable import DurableId
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
 from .frames import control_frame
 from .hub import Control
@@ -163,13 +164,16 @@ async def _serve(
         writer = await response.prepare(request)
         replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
         attached = True
+        if gap and last_id and (durable := DurableId.parse(last_id.strip())):
+            gap = not await _replay_from_redis(gw, stream, durable)
+        elif last_id and not gap:
+            gw.metrics.replayed["memory"] += len(replay)
+            stream.replay(replay)
         if gap:
             gw.metrics.replay_misses += 1
             stream.deliver(Control("resync", {"reason": "history_gap"}))
         elif last_id:
             gw.metrics.replay_hits += 1
-            gw.metrics.replayed["memory"] += len(replay)
-        stream.replay(replay)
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
         stream.bind(writer, chunked=bool(getattr(writer, "chunked", False)))
@@ -192,6 +196,31 @@ async def _serve(
             time.monotonic() - started,
         )
     return response
+
+
+async def _replay_from_redis(gw: Gateway, stream: Stream, last: DurableId) -> bool:
+    """Replay the durable events after `last` from Redis; False when it cannot bridge.
+
+    The stream is attached and not yet writing, so live events queue meanwhile;
+    the durable ones among them that the history read already holds are dropped.
+    """
+    try:
+        events = await gw.replay.after(stream.merchant_id, last)
+    except Exception as exc:  # Redis down or slow: the client resyncs instead
+        log.warning("history read failed merchant=%s: %s", stream.merchant_id, type(exc).__name__)
+        return False
+    if events is None:
+        return False
+    newest = events[-1].id.offset if events else last.offset
+
+    def is_live(entry: object) -> bool:
+        durable = DurableId.parse(getattr(entry, "id", None))
+        return durable is None or durable.epoch != last.epoch or durable.offset > newest
+
+    entries = [gw.hub.entry(e.event, e.payload, str(e.id)) for e in events]
+    stream.replay_before_live(entries, is_live)
+    gw.metrics.replayed["redis"] += len(entries)
+    return True
 
 
 def close_all_streams(gw: Gateway) -> None:

@@ -117,19 +117,17 @@ class Hub:
     def __len__(self) -> int:
         return len(self._topics)
 
-    def publish(self, merchant_id: str, event: str, payload: bytes) -> Entry | None:
-        """Record and fan out one message; returns None for a merchant not held."""
+    def publish(
+        self, merchant_id: str, event: str, payload: bytes, event_id: str | None = None
+    ) -> Entry | None:
+        """Record and fan out one message; returns None for a merchant not held.
+
+        `event_id` is a durable event's global id; plain messages get a local one.
+        """
         topic = self._topics.get(merchant_id)
         if topic is None:
             return None
-        self._seq += 1
-        entry = Entry(
-            self._seq,
-            f"{self.epoch}-{self._seq}",
-            event,
-            payload,
-            keep_payload=event in self._coalesce,
-        )
+        entry = self.entry(event, payload, event_id)
         topic.history.append(entry)
         subscribers = topic.subscribers
         for subscriber in subscribers:
@@ -137,6 +135,17 @@ class Hub:
         self.messages += 1
         self.deliveries += len(subscribers)
         return entry
+
+    def entry(self, event: str, payload: bytes, event_id: str | None = None) -> Entry:
+        """A new entry with the next sequence number (published, or replayed from Redis)."""
+        self._seq += 1
+        return Entry(
+            self._seq,
+            event_id or f"{self.epoch}-{self._seq}",
+            event,
+            payload,
+            keep_payload=event in self._coalesce,
+        )
 
     def open(self, merchant_id: str) -> Topic:
         topic = self._topics.get(merchant_id)

@@ -11,10 +11,12 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
+from .broker.history import DurableHistory
 from .config import Config
 from .hub import Hub
 from .merchants import MerchantDirectory
 from .metrics import Dependencies, Metrics
+from .replay import DurableReplay
 from .stream import QueuePolicy
 
 __all__ = ["GATEWAY", "Gateway"]
@@ -29,6 +31,8 @@ class Gateway:
     auth: Authenticator
     admission: Admission
     metrics: Metrics
+    history: DurableHistory
+    replay: DurableReplay
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
     queue_policy: QueuePolicy = field(init=False)

@@ -16,6 +16,7 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,12 +134,25 @@ class Stream:
         if self._queue is None:
             self.deliver(_PING)
 
-    def replay(self, entries: list[Entry]) -> None:
+    def replay(self, entries: Sequence[Entry | Control | _Ping]) -> None:
         """Queue a reconnect's replay; it may exceed `max_queue` until the stream catches up."""
         self._replay_allowance = len(entries)
         self._replay_allowance_bytes = sum(entry.size for entry in entries)
         for entry in entries:
             self.deliver(entry)
+
+    def replay_before_live(
+        self, entries: list[Entry], is_live: Callable[[Entry | Control | _Ping], bool]
+    ) -> None:
+        """Put `entries` before what queued while they were fetched (nothing written yet).
+
+        Queued events that `is_live` rejects (duplicates of the replay) are dropped.
+        """
+        queued = [entry for entry in (self._queue or {}).values() if is_live(entry)]
+        self._queue = OrderedDict()
+        self._queued_bytes = 0
+        self._jobs.clear()
+        self.replay([*entries, *queued])
 
     def close(self, reason: CloseReason, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued.

@@ -44,6 +44,9 @@ class DurableHistory:
             client, channel=channel, history=history, ttl_s=ttl_s, sharded=sharded
         )
 
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+
     async def publish(self, merchant_id: str, event: str, payload: bytes) -> str:
         """Record and publish one event; its durable id."""
         return await self._publisher.publish_payload(merchant_id, event, payload)

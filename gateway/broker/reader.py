@@ -3,7 +3,8 @@
 redis-py sets the connection up (TLS, AUTH, SELECT, SUBSCRIBE); reading goes
 straight through hiredis, because redis-py's per-message read path costs more
 than the whole fan-out to ten streams. Each message is handed synchronously to
-the hub, which writes it to every stream before the next one is parsed.
+the hub, which writes it to every stream before the next one is parsed. A
+durable message (durable.py's envelope) is unwrapped and keeps its global id.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from ..durable import parse_envelope
 from ..hub import Hub
 
 __all__ = ["ReaderHooks", "read_messages"]
@@ -62,8 +64,12 @@ async def read_messages(reader: asyncio.StreamReader, hub: Hub, hooks: ReaderHoo
             if kind == b"message":
                 target = channels.get(msg[1])
                 if target is not None:
+                    payload = msg[2]
+                    event_id = None
+                    if payload[:1] == b"\x00" and (durable := parse_envelope(payload)):
+                        event_id, payload = durable
                     try:
-                        if publish(target[0], target[1], msg[2]) is not None:
+                        if publish(target[0], target[1], payload, event_id) is not None:
                             observe(clock() - received)
                     except Exception:  # a bug, but never worth every merchant's fan-out
                         log.exception("fan-out failed merchant=%s", target[0])
