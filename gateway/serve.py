@@ -7,6 +7,7 @@ import logging
 import signal
 from typing import Any
 
+import psycopg2
 from aiohttp import web
 
 from .app import create_app
@@ -31,10 +32,17 @@ def _self_check(cfg: Config) -> None:
 
 
 def _quiet_aiopg(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """aiopg reports a connection it already closed while collecting it (PostgreSQL
-    outages): nothing to act on, so not printed. Everything else: the default."""
-    if context.get("message") == "Unclosed connection" and "connection" in context:
+    """During PostgreSQL outages aiopg reports a connection it already closed while
+    collecting it, and leaves the failure of a dead connection's waiter unretrieved:
+    nothing to act on (merchants.py reports the outage once), so not printed."""
+    message = context.get("message")
+    if message == "Unclosed connection" and "connection" in context:
         log.debug("aiopg: collected a connection it had already closed")
+        return
+    if message == "Future exception was never retrieved" and isinstance(
+        context.get("exception"), psycopg2.Error
+    ):
+        log.debug("aiopg: a closed connection's waiter failed: %s", context["exception"])
         return
     loop.default_exception_handler(context)
 
