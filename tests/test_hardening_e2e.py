@@ -349,9 +349,12 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
                 receivers = await pub.send_many(items)
                 assert all(r == 1 for r in receivers), "the gateway must be subscribed"
                 want = messages_before + first + batch - 1
-                await poll(lambda: get_metrics(gw),
-                           lambda m, w=want: metric(m, "gateway_redis_messages_total") >= w,
-                           20, what=f"the gateway read {first + batch - 1} events")
+
+                def read_all(m: dict[str, float], want: float = want) -> bool:
+                    return metric(m, "gateway_redis_messages_total") >= want
+
+                await poll(lambda: get_metrics(gw), read_all, 20,
+                           what=f"the gateway read {first + batch - 1} events")
         sampling = False
         await sampler
         burst_s = time.monotonic() - started

@@ -33,7 +33,7 @@ from hostile_support import (
     status_of,
 )
 from ops_support import get_metrics, metric
-from support import http_json, open_stream
+from support import Event, http_json, open_stream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -274,7 +274,7 @@ async def test_hostile_payloads_never_add_fields_or_frames(
                     await pub.client.publish(f"merchant:{mid}:{name}", "data: injected")
                     await pub.client.publish(f"merchant:{mid}-other:stage", "wrong merchant")
                 assert await pub.send(*marker) == 1
-            got = []
+            got: list[Event] = []
             deadline = time.monotonic() + 30
             while not got or got[-1].data != marker[1]:
                 got.append(await honest.next_event(timeout=max(0.1, deadline - time.monotonic())))
