@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["Fleet", "Target", "holders", "load_costs", "main", "plan", "predict"]
+__all__ = ["Fleet", "Target", "holders", "load_costs", "main", "plan", "predict", "wakeups"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_COSTS = ROOT / "docs" / "bench" / "unit-costs.json"
@@ -34,6 +34,7 @@ class Target:
     churn_per_min: float = 0.05  # fraction of streams reopened per minute (navigation)
     durable: bool = False  # publish through publish.lua (history) instead of PUBLISH
     pipelined: bool = False  # publishers batch many messages per round trip
+    per_batch: float = 1.0  # messages arriving at a gateway together (1: independent publishers)
     max_connections: int = 20_000  # sse.max_connections, per process
     max_new_per_s: float = 500  # server.max_new_streams_per_s, per process
     heartbeat_s: float = 15  # sse.heartbeat
@@ -87,12 +88,27 @@ def holders(processes: int, tabs: float) -> float:
     return processes * (1 - (1 - 1 / processes) ** tabs)
 
 
+def wakeups(batches: float, per_batch: float, h: float, processes: int) -> float:
+    """Process wakeups for ``batches`` arriving bursts of ``per_batch`` messages each.
+
+    A process wakes for a burst when it holds the merchant of at least one of its
+    messages (probability ``h / processes`` per message). Unbatched publishing
+    (``per_batch`` 1) wakes every holder once per message.
+    """
+    if processes <= 0 or batches <= 0:
+        return 0.0
+    share = min(h / processes, 1.0)
+    return batches * processes * (1 - (1 - share) ** max(per_batch, 1.0))
+
+
 def gateway_cpu_us(c: dict[str, float], t: Target, processes: int) -> float:
     """Steady gateway CPU, microseconds per second, over the whole fleet."""
     h = holders(processes, t.tabs)
     opens = t.streams * t.churn_per_min / 60
+    batches = t.rate / t.per_batch
     return (
-        t.rate * h * c["cpu_per_message"]
+        wakeups(batches, t.per_batch, h, processes) * c.get("cpu_per_wakeup", 0.0)
+        + t.rate * h * c["cpu_per_message"]
         + t.rate * t.tabs * c["cpu_per_delivery"]
         + t.streams / t.heartbeat_s * c["cpu_per_delivery"]  # pings are written like events
         + opens * c["cpu_per_stream_open"]

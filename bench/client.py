@@ -121,6 +121,7 @@ class Client:
         t0_ns, w0 = time.time_ns(), time.monotonic()
         first, sent = await self.publisher.window(rate, duration)
         return {"phase": "published", "first": first, "published": sent,
+                "batches": self.publisher.batches,
                 "publish_s": round(time.monotonic() - w0, 3), "publish_start_ns": t0_ns,
                 **self.publisher.extra()}
 

@@ -104,6 +104,7 @@ class Publisher:
         self.pad = b"x" * pad
         self.next_k = 0
         self.sent_total = 0
+        self.batches = 0  # pipelines / HTTP write bursts sent (a gateway wakes once per batch)
         self._r = None
         self._tr: asyncio.Transport | None = None
         self._proto: NchanPublisher | None = None
@@ -122,6 +123,7 @@ class Publisher:
 
     async def send_batch(self, a: int, b: int) -> None:
         m, pad = self.m, self.pad
+        self.batches += 1
         if self._r is not None:
             pipe = self._r.pipeline(transaction=False)
             for k in range(a, b):
@@ -148,8 +150,9 @@ class Publisher:
             await asyncio.sleep(0.001)
 
     async def window(self, rate: float, duration: float) -> tuple[int, int]:
-        """Publish one window; returns (first message number, count)."""
+        """Publish one window; returns (first message number, count); ``batches`` counts."""
         first = self.next_k
+        self.batches = 0
         sent = await publish_loop(rate, duration, self.send_batch, first)
         self.next_k = first + sent
         if self._proto is not None:  # let the responses to the last requests come back

@@ -1,13 +1,15 @@
 """``python -m bench.unitcosts``: the unit costs the capacity model is built on, in one run.
 
-Two gateway trials (one worker, N streams, idle windows before and after the
-opens) that differ only in streams per merchant:
+Three gateway trials (one worker, N streams, an idle window before the opens):
 
-- A: M = N merchants (1 stream each), publishing R_A msg/s: one delivery per message;
-- B: M = N/F merchants (F streams each), publishing R_B msg/s: F deliveries per message.
+- A: M = N merchants (1 stream each), R_A msg/s in 5 ms batches (~10 per batch);
+- B: M = N/F merchants (F streams each), R_B msg/s, about one message per batch;
+- C: M = N merchants, R_C msg/s, about one message per batch.
 
-Each cost is solved from the two (two equations, two unknowns), after
-subtracting the idle CPU measured in the same trial. Redis-side costs come from
+CPU per wakeup (a burst read from Redis), per message and per delivery are
+solved from the three (A vs C separates wakeups from messages, B weighs
+deliveries), after subtracting the idle CPU of the process; open and memory
+costs per stream and per merchant from A vs B. Redis-side costs come from
 ``bench/redis_costs.py``. Writes ``.run/bench/unit-costs.json`` (``--out``);
 ``--publish-copy`` also writes ``docs/bench/unit-costs.json``.
 """
@@ -43,9 +45,27 @@ def solve2(a1: float, b1: float, c1: float, a2: float, b2: float, c2: float) -> 
     return (c1 * b2 - c2 * b1) / det, (a1 * c2 - a2 * c1) / det
 
 
-def _busy(row: dict) -> float:
-    """Window CPU seconds minus what the process would have burnt idle in that time."""
-    return row["server_cpu_s"] - row.get("idle_cpu_pct", 0) / 100 * row["window_s"]
+def _equation(row: dict, heartbeat_s: float = 15.0) -> tuple[list[float], float]:
+    """[wakeups, messages, deliveries incl. pings] and busy CPU us of one trial window."""
+    from bench.capacity import wakeups
+
+    msgs = row.get("gw_messages") or row["published"]
+    batches = row.get("batches") or row["published"]
+    wake = wakeups(batches, row["published"] / max(batches, 1), 1.0, 1)
+    pings = row["streams"] / heartbeat_s * row["window_s"]
+    busy = row["server_cpu_s"] - row.get("idle0_cpu_pct", 0) / 100 * row["window_s"]
+    return [wake, msgs, row["delivered"] + pings], busy * 1e6
+
+
+def solve_cpu(rows: list[dict]) -> tuple[float, float, float]:
+    """Per wakeup, per message and per delivery CPU (us) from three trial kinds."""
+    import numpy as np
+
+    eqs = [_equation(r) for r in rows]
+    a = np.array([e[0] for e in eqs])
+    b = np.array([e[1] for e in eqs])
+    x = np.linalg.solve(a, b) if len(rows) == 3 else np.linalg.lstsq(a, b, rcond=None)[0]
+    return float(x[0]), float(x[1]), float(x[2])
 
 
 def mean_row(rows: list[dict]) -> dict:
@@ -66,13 +86,11 @@ def frame_overhead() -> int:
     return len(wire(event_frame("1a2b3c4d5e6:123456", "progress", payload))[1]) - len(payload)
 
 
-def derive(a: dict, b: dict, redis: dict) -> dict:
-    """Unit costs from trial rows A and B and the Redis micro-benchmark."""
+def derive(a: dict, b: dict, cc: dict, redis: dict) -> dict:
+    """Unit costs from trial rows A, B, C and the Redis micro-benchmark."""
     n = a["streams"]
     ma, mb = a["merchants"], b["merchants"]
-    msg_a, del_a = a.get("gw_messages") or a["published"], a["delivered"]
-    msg_b, del_b = b.get("gw_messages") or b["published"], b["delivered"]
-    c_msg, c_del = solve2(msg_a, del_a, _busy(a) * 1e6, msg_b, del_b, _busy(b) * 1e6)
+    c_wake, c_msg, c_del = solve_cpu([a, b, cc])
     o_stream, o_merch = solve2(n, ma, a["open_cpu_s"] * 1e6, n, mb, b["open_cpu_s"] * 1e6)
     dmem_a = a["server_mem_kb"] - a["server_mem0_kb"]
     dmem_b = b["server_mem_kb"] - b["server_mem0_kb"]
@@ -84,10 +102,12 @@ def derive(a: dict, b: dict, redis: dict) -> dict:
         return {"value": round(value, 3), "unit": unit, "how": how}
 
     out = {
-        "cpu_per_delivery": c(c_del, "us", "gateway CPU per event written to a stream; "
-                              "solved from trials A (1 stream/merchant) and B (F/merchant)"),
+        "cpu_per_delivery": c(c_del, "us", "gateway CPU per event (or ping) written to a "
+                              "stream; solved with the next two from trials A, B, C"),
         "cpu_per_message": c(c_msg, "us", "gateway CPU per message received from Redis "
-                             "(per process holding the merchant); solved with cpu_per_delivery"),
+                             "(per process holding the merchant), besides its wakeup"),
+        "cpu_per_wakeup": c(c_wake, "us", "gateway CPU per burst of messages read from Redis "
+                            "(event loop wakeup, socket read); unbatched: one per message"),
         "cpu_per_stream_open": c(o_stream, "us", "gateway CPU per stream open, merchant "
                                  "cached, plain HTTP (TLS excluded); from the open phases"),
         "cpu_per_merchant_open": c(o_merch, "us", "extra gateway CPU for a merchant's first "
@@ -150,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fanout", type=int, default=50, help="F streams per merchant in B [50]")
     p.add_argument("--rate-a", type=float, default=2000, help="R_A msg/s [2000]")
     p.add_argument("--rate-b", type=float, default=100, help="R_B msg/s [100]")
+    p.add_argument("--rate-c", type=float, default=150, help="R_C msg/s, unbatched [150]")
     p.add_argument("--duration", type=float, default=8, help="s of publishing [8]")
     p.add_argument("--idle", type=float, default=4, help="s of each idle window [4]")
     p.add_argument("--repeat", type=int, default=2, help="run A and B this many times [2]")
@@ -161,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     n, mb = a.streams, max(1, a.streams // a.fanout)
     tmp, pg = make_tmp(), start_postgres(n)
     rows: list[dict] = []
-    plan = [(n, a.rate_a), (mb, a.rate_b)]
+    plan = [(n, a.rate_a), (mb, a.rate_b), (n, a.rate_c)]
     plan = [x for i in range(a.repeat) for x in (plan if i % 2 == 0 else plan[::-1])]
     try:
         for m, rate in plan:
@@ -179,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     redis = measure_redis()
-    costs = derive(mean_row([r for r in rows if r["merchants"] == n]),
-                   mean_row([r for r in rows if r["merchants"] == mb]), redis)
+    costs = derive(mean_row([r for r in rows if r["rate"] == a.rate_a]),
+                   mean_row([r for r in rows if r["rate"] == a.rate_b]),
+                   mean_row([r for r in rows if r["rate"] == a.rate_c]), redis)
     costs["mem_supervisor"] = {"value": round(supervisor_kb / 1024, 3), "unit": "MiB",
                                "how": "PSS of an idle gateway2 minus two idle workers"}
     costs["cpu_idle_per_process"] = {"value": round(idle_proc, 4), "unit": "cores",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.capacity import Target, holders, load_costs, predict
+from bench.capacity import Target, holders, load_costs, predict, wakeups
 
 __all__ = ["compare", "print_validation"]
 
@@ -15,7 +15,10 @@ def compare(row: dict, costs: dict[str, float]) -> dict:
     t = Target(n, m, row["rate"], churn_per_min=0.0)
     h = holders(w, t.tabs)
     window = row["window_s"]
-    work_us = (row["published"] * h * costs["cpu_per_message"]
+    batches = row.get("batches") or row["published"]
+    wake = wakeups(batches, row["published"] / max(batches, 1), h, w)
+    work_us = (wake * costs.get("cpu_per_wakeup", 0.0)
+               + row["published"] * h * costs["cpu_per_message"]
                + row["expected"] * costs["cpu_per_delivery"]
                + n / t.heartbeat_s * window * costs["cpu_per_delivery"])
     cpu = work_us / 1e6 / window + w * costs["cpu_idle_per_process"]
