@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn", type=float, default=0.05, help="share of streams reopened/min")
     p.add_argument("--durable", action="store_true", help="publish through publish.lua")
     p.add_argument("--pipelined", action="store_true", help="publishers pipeline (batch)")
+    p.add_argument("--per-batch", type=float, default=1.0,
+                   help="messages reaching a gateway in one burst [1: independent publishers]")
     p.add_argument("--max-connections", type=int, default=20_000)
     p.add_argument("--max-new-per-s", type=float, default=500)
     p.add_argument("--cpu-target", type=float, default=0.6)
@@ -253,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give --streams or --merchants")
     streams = a.streams or round(a.merchants * a.tabs)
     merchants = a.merchants or max(1, round(streams / a.tabs))
-    t = Target(streams, merchants, a.rate, a.payload, a.churn, a.durable, a.pipelined,
-               a.max_connections, a.max_new_per_s, cpu_target=a.cpu_target)
+    t = Target(streams, merchants, a.rate, payload=a.payload, churn_per_min=a.churn,
+               durable=a.durable, pipelined=a.pipelined, per_batch=a.per_batch,
+               max_connections=a.max_connections, max_new_per_s=a.max_new_per_s,
+               cpu_target=a.cpu_target)
     f = plan(load_costs(a.costs), t)
     print(json.dumps(asdict(f), indent=1) if a.json else render(t, f))
     print(f"(unit costs: {a.costs})", file=sys.stderr)

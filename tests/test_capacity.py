@@ -9,7 +9,7 @@ import random
 import pytest
 
 from bench import hist
-from bench.capacity import Target, holders, load_costs, plan, predict
+from bench.capacity import Target, holders, load_costs, plan, predict, wakeups
 from bench.pool import merge_results, split
 from bench.streams import expected_count
 from bench.unitcosts import mean_row, solve2
@@ -98,11 +98,20 @@ def test_holders() -> None:
     assert holders(2, 2) == pytest.approx(1.5)
 
 
+def test_wakeups() -> None:
+    assert wakeups(100, 1, 1.0, 1) == 100  # one process, one message per burst
+    assert wakeups(10, 10, 3.0, 3) == pytest.approx(30)  # every process holds every merchant
+    assert wakeups(100, 1, 1.0, 4) == pytest.approx(100)  # unbatched: one wakeup per holder
+    assert wakeups(0, 1, 1.0, 4) == 0.0
+
+
 def test_predict_arithmetic() -> None:
     t = Target(streams=3000, merchants=300, rate=100, churn_per_min=0)
     p = predict(COSTS, t, 1)
     # 100 msg/s x (1 holder x 20 + 10 tabs x 10) + 3000/15 pings x 10 + 0.01 core idle
     assert p["cpu_cores"] == pytest.approx((100 * 120 + 200 * 10) / 1e6 + 0.01)
+    woken = predict(dict(COSTS, cpu_per_wakeup=100.0), t, 1)["cpu_cores"]
+    assert woken == pytest.approx(p["cpu_cores"] + 100 * 100 / 1e6)  # one wakeup per message
     assert p["mem_mib"] == pytest.approx((3000 * 16 + 300 * 2 + 40 * 1024) / 1024)
 
 
@@ -145,3 +154,17 @@ def test_load_costs_and_compare(tmp_path) -> None:
     assert c["cpu_pred"] == pytest.approx(want, abs=1e-3)
     assert c["cpu_meas"] == 0.02 and c["holders_meas"] == 3.0
     assert c["mem_pred"] == pytest.approx((3000 * 16 + 300 * h * 2 + 120 * 1024) / 1024 + 30, 0.01)
+
+
+def test_cli_reads_the_costs_file(tmp_path, capsys) -> None:
+    from bench.capacity import main
+
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"costs": {k: {"value": v, "unit": "", "how": ""}
+                                          for k, v in COSTS.items()}}))
+    assert main(["--streams", "40000", "--tabs", "4", "--rate", "100", "--json",
+                 "--costs", str(path)]) == 0
+    fleet = json.loads(capsys.readouterr().out)
+    assert fleet["processes"] == 3  # 40,000 / (20,000 x 0.8), CPU far below
+    assert fleet["deliveries_per_s"] == 400
+    assert fleet["restart"]["new_streams_per_s"] == 1500
