@@ -28,7 +28,7 @@ from bench.systems import make_tmp, parse_system  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 
 DEFAULT_SYSTEMS = "gateway1,gateway2,nchan-memory,nchan-redis,naive"
-DEFAULT_RATES = "500,2000"
+DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
 STREAMS_PER_CLIENT = 12_500  # well under the 20,000 open files one process may hold
@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print_validation(rows, Path(args.costs))
     if args.charts:
+        from bench.capacity import load_costs
         from bench.charts import write_charts
 
-        for path in write_charts(rows, Path(args.charts), prefix="scale-" if args.scale else ""):
+        costs = load_costs(args.costs) if args.scale and Path(args.costs).exists() else None
+        for path in write_charts(rows, Path(args.charts), "scale-" if args.scale else "", costs):
             print(f"chart: {path}")
     print(f"\nJSON lines: {args.json}")
     return 0

@@ -20,14 +20,36 @@ def _by_system(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def write_charts(rows: list[dict], outdir: Path, prefix: str = "") -> list[Path]:
-    """Write the three charts for ``rows`` into ``outdir``; returns their paths."""
+def _model(rows: list[dict], costs: dict[str, float] | None) -> dict[str, list[dict]]:
+    """The capacity model's prediction for each gateway row (empty without costs)."""
+    if not costs:
+        return {}
+    from bench.validate import compare
+
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if "error" not in r and r["system"].startswith("gateway") and r.get("delivered"):
+            c = compare(r, costs)
+            out.setdefault(r["system"], []).append(
+                {"rate": r["rate"], "us": c["cpu_pred"] * r["window_s"] * 1e6 / r["delivered"],
+                 "mem0": r["server_mem0_kb"], "streams": r["streams"], "mem": c["mem_pred"]})
+    return out
+
+
+def write_charts(rows: list[dict], outdir: Path, prefix: str = "",
+                 costs: dict[str, float] | None = None) -> list[Path]:
+    """Write the three charts for ``rows`` into ``outdir``; returns their paths.
+
+    With ``costs`` (unit costs), the capacity model's prediction for every
+    gateway row is drawn dashed beside the measurement.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = _by_system(rows)
+    model = _model(rows, costs)
     if not groups:
         return []
     outdir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +66,10 @@ def write_charts(rows: list[dict], outdir: Path, prefix: str = "") -> list[Path]
             pts = sorted((r["rate"], r[key]) for r in rs if r.get(key) is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system)
+            if name == "cpu-per-delivery" and system in model:
+                pts = sorted((m["rate"], m["us"]) for m in model[system])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", marker="x",
+                        label=f"{system}, capacity model")
         ax.set_xlabel("published messages/s")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}\n{sub}", fontsize=10)
@@ -61,6 +87,10 @@ def write_charts(rows: list[dict], outdir: Path, prefix: str = "") -> list[Path]
         curve = rs[0].get("mem_curve") or []
         if curve:
             ax.plot([c[0] for c in curve], [c[1] / 1024 for c in curve], marker="o", label=system)
+        if system in model:
+            m = model[system][0]
+            ax.plot([0, m["streams"]], [m["mem0"] / 1024, m["mem"]], "k--", marker="x",
+                    label=f"{system}, capacity model")
     ax.set_xlabel("open streams")
     ax.set_ylabel("server memory, PSS (MiB)")
     ax.set_title(f"Memory against open streams\n{sub}", fontsize=10)
