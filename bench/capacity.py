@@ -135,8 +135,12 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
         per_proc = min(t.max_new_per_s, per_proc)
     fleet_rate = per_proc * p
     live_s = max(t.restart_window_s, t.streams / fleet_rate) + t.retry_s
-    missed = t.rate / max(t.merchants, 1) * (live_s / 2 + t.retry_s)  # events per stream
-    replayed = t.streams * min(missed, 100)  # sse.history caps a replay
+    # events a stream misses: it waits for its reconnect (retry) and, on average,
+    # half of the admission queue
+    missed = t.rate / max(t.merchants, 1) * ((live_s - t.retry_s) / 2 + t.retry_s)
+    # only durable events outlive a restart (Redis history); plain ones end in a resync
+    reads = t.streams if t.durable else 0
+    replayed = reads * min(missed, 100)  # sse.history caps a replay
     return {
         "new_streams_per_s": round(min(fleet_rate, t.streams / t.restart_window_s)),
         "admission_limited": t.max_new_per_s > 0 and per_proc >= t.max_new_per_s,
@@ -147,9 +151,9 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
         "pg_lookups_per_s": round(pairs / max(live_s - t.retry_s, 1)),
         "pg_cores_during": round(pairs / max(live_s - t.retry_s, 1)
                                  * c["pg_per_lookup"] / 1e6, 2),
-        "history_reads": t.streams,
+        "history_reads": reads,
         "replayed_events": round(replayed),
-        "replay_redis_cpu_s": round(replayed * c.get("redis_per_replayed_event", 0) / 1e6, 2)
+        "replay_redis_cpu_s": round(replayed * c["redis_per_replayed_event"] / 1e6, 2)
         if "redis_per_replayed_event" in c else None,
         "replay_gateway_cpu_s": round(replayed * (c.get("gateway_per_replayed_event", 0)
                                                   + c["cpu_per_delivery"]) / 1e6, 2),
@@ -224,12 +228,19 @@ def render(t: Target, f: Fleet) -> str:
         f"({'admission limit' if r['admission_limited'] else 'CPU'} bound), all live after "
         f"{r['seconds_until_all_live']} s, gateway {r['gateway_cores_during']} cores meanwhile",
         f"            postgres {r['pg_lookups']:,} lookups ({r['pg_lookups_per_s']:,}/s, "
-        f"{r['pg_cores_during']} cores); {r['history_reads']:,} history reads replaying "
-        f"{r['replayed_events']:,} events (gateway {r['replay_gateway_cpu_s']} CPU-s, Redis "
-        f"{r['replay_redis_cpu_s'] if r['replay_redis_cpu_s'] is not None else 'not measured'}"
-        " CPU-s)",
+        f"{r['pg_cores_during']} cores)",
+        f"            {_replay_line(r)}",
     ]
     return "\n".join(lines)
+
+
+def _replay_line(r: dict) -> str:
+    if not r["history_reads"]:
+        return "no durable history (plain PUBLISH): reconnecting streams get event: resync"
+    redis = r["replay_redis_cpu_s"]
+    return (f"{r['history_reads']:,} history reads replaying {r['replayed_events']:,} events "
+            f"(gateway {r['replay_gateway_cpu_s']} CPU-s, Redis "
+            f"{redis if redis is not None else 'not measured'} CPU-s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,14 @@ def test_restart_is_admission_bound_and_counts_lookups() -> None:
     assert r["new_streams_per_s"] == f.processes * 500
     assert r["seconds_until_all_live"] == pytest.approx(100_000 / (f.processes * 500) + 3, 0.01)
     assert r["pg_lookups"] == round(50_000 * holders(f.processes, 2))
-    assert r["history_reads"] == 100_000 and r["replay_redis_cpu_s"] is None
+    assert r["history_reads"] == 0 and r["replayed_events"] == 0  # plain PUBLISH: no history
+    costs = dict(COSTS, redis_per_durable_publish=40.0, redis_per_replayed_event=1.0,
+                 gateway_per_replayed_event=8.0)
+    d = plan(costs, Target(streams=100_000, merchants=50_000, rate=10_000, durable=True)).restart
+    missed = 10_000 / 50_000 * ((d["seconds_until_all_live"] - 3) / 2 + 3)
+    assert d["history_reads"] == 100_000
+    assert d["replayed_events"] == pytest.approx(100_000 * missed, rel=0.01)
+    assert d["replay_redis_cpu_s"] == pytest.approx(d["replayed_events"] / 1e6, abs=0.01)
 
 
 def test_load_costs_and_compare(tmp_path) -> None:
