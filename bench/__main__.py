@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.report import ok, table  # noqa: E402
-from bench.systems import make_tmp, parse_system  # noqa: E402
+from bench.systems import make_tmp, parse_system, use_gateway_src  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 
 DEFAULT_SYSTEMS = "gateway1,gateway2,nchan-memory,nchan-redis,naive"
@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--costs", default=str(ROOT / "docs" / "bench" / "unit-costs.json"),
                    help="unit costs the --scale prediction reads")
     p.add_argument("--json", help="JSON lines [bench/results/latest.jsonl or scale.jsonl]")
+    p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--charts", default=str(ROOT / "docs" / "bench"),
                    help="PNG directory ('' = none)")
     a = p.parse_args(argv)
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: RLIMIT_NOFILE {hard} is low for {n} streams in {args.procs} "
               "client process(es); use --procs", file=sys.stderr)
     tmp = make_tmp()
+    if args.gateway_src:
+        print(f"gateway from {use_gateway_src(args.gateway_src, tmp)}", file=sys.stderr)
     pg = None
     rows: list[dict] = []
     args.json.parent.mkdir(parents=True, exist_ok=True)

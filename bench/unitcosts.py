@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
 from bench.redis_costs import measure_redis  # noqa: E402
-from bench.systems import make_tmp  # noqa: E402
+from bench.systems import make_tmp, use_gateway_src  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 
 __all__ = ["derive", "main", "mean_row", "solve2"]
@@ -175,12 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=4, help="s of each idle window [4]")
     p.add_argument("--repeat", type=int, default=2, help="run A and B this many times [2]")
     p.add_argument("--out", default=str(ROOT / ".run" / "bench" / "unit-costs.json"))
+    p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--publish-copy", action="store_true",
                    help="also write docs/bench/unit-costs.json")
     a = p.parse_args(argv)
     raise_nofile()
     n, mb = a.streams, max(1, a.streams // a.fanout)
-    tmp, pg = make_tmp(), start_postgres(n)
+    tmp = make_tmp()
+    if a.gateway_src:
+        print(f"gateway from {use_gateway_src(a.gateway_src, tmp)}", file=sys.stderr)
+    pg = start_postgres(n)
     rows: list[dict] = []
     plan = [(n, a.rate_a), (mb, a.rate_b), (n, a.rate_c)]
     plan = [x for i in range(a.repeat) for x in (plan if i % 2 == 0 else plan[::-1])]
@@ -196,13 +200,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"srv={trial[0]['server_cpu_pct']}%", file=sys.stderr, flush=True)
         supervisor_kb, idle_proc = measure_multiworker(tmp, pg, rows[0]["server_mem0_kb"],
                                                        max(a.idle * 2, 5))
-    finally:
         pg.stop()
+        pg = None
+        redis = measure_redis()  # imports gateway.broker from the source under test
+        costs = derive(mean_row([r for r in rows if r["rate"] == a.rate_a]),
+                       mean_row([r for r in rows if r["rate"] == a.rate_b]),
+                       mean_row([r for r in rows if r["rate"] == a.rate_c]), redis)
+    finally:
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    redis = measure_redis()
-    costs = derive(mean_row([r for r in rows if r["rate"] == a.rate_a]),
-                   mean_row([r for r in rows if r["rate"] == a.rate_b]),
-                   mean_row([r for r in rows if r["rate"] == a.rate_c]), redis)
     costs["mem_supervisor"] = {"value": round(supervisor_kb / 1024, 3), "unit": "MiB",
                                "how": "PSS of an idle gateway2 minus two idle workers"}
     costs["cpu_idle_per_process"] = {"value": round(idle_proc, 4), "unit": "cores",
