@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, help="concurrent streams [merchants x tabs]")
     p.add_argument("--merchants", type=int, help="merchants with open streams [streams / tabs]")
     p.add_argument("--tabs", type=float, default=2.0, help="streams per merchant [2]")
-    p.add_argument("--rate", type=float, required=True, help="messages/s published in total")
+    p.add_argument("--rate", type=float, default=0.0, help="messages/s published in total")
     p.add_argument("--payload", type=int, default=200, help="bytes per message [200]")
     p.add_argument("--churn", type=float, default=0.05, help="share of streams reopened/min")
     p.add_argument("--durable", action="store_true", help="publish through publish.lua")
@@ -261,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-target", type=float, default=0.6)
     p.add_argument("--costs", default=str(DEFAULT_COSTS), help="unit-costs JSON")
     p.add_argument("--json", action="store_true", help="print the fleet as JSON")
+    p.add_argument("--show-costs", action="store_true", help="print the unit costs (markdown)")
     a = p.parse_args(argv)
+    if a.show_costs:
+        from bench.report import costs_markdown
+
+        print(costs_markdown(json.loads(Path(a.costs).read_text())))
+        return 0
     if not a.streams and not a.merchants:
         p.error("give --streams or --merchants")
     streams = a.streams or round(a.merchants * a.tabs)

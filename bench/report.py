@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COLS", "ok", "table"]
+__all__ = ["COLS", "costs_markdown", "ok", "table"]
 
 COLS = [
     ("system", "system", "{}"),
@@ -56,3 +56,12 @@ def table(rows: list[dict]) -> str:
                 v.ljust(widths[0]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(c)
             ))
     return "\n".join(out)
+
+
+def costs_markdown(data: dict) -> str:
+    """A unit-costs result file as a markdown table (name, value, how measured)."""
+    lines = [f"Measured {data.get('measured_at', '?')} with `{data.get('command', '?')}`.", "",
+             "| cost | value | how it was measured |", "|---|---|---|"]
+    for name, c in data["costs"].items():
+        lines.append(f"| `{name}` | {c['value']:g} {c['unit']} | {c['how']} |")
+    return "\n".join(lines)
