@@ -143,7 +143,9 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
     replayed = reads * min(missed, 100)  # sse.history caps a replay
     return {
         "new_streams_per_s": round(min(fleet_rate, t.streams / t.restart_window_s)),
-        "admission_limited": t.max_new_per_s > 0 and per_proc >= t.max_new_per_s,
+        "bound_by": ("reconnect spread" if t.streams / t.restart_window_s < fleet_rate
+                     else "admission limit" if t.max_new_per_s and per_proc >= t.max_new_per_s
+                     else "gateway CPU"),
         "seconds_until_all_live": round(live_s, 1),
         "gateway_cores_during": round(min(fleet_rate, t.streams / t.restart_window_s)
                                       * open_us / 1e6 + steady_cores, 2),
@@ -225,7 +227,7 @@ def render(t: Target, f: Fleet) -> str:
         f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
         f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",
         f"restart     all streams reconnect: {r['new_streams_per_s']:,} new streams/s "
-        f"({'admission limit' if r['admission_limited'] else 'CPU'} bound), all live after "
+        f"({r['bound_by']} bound), all live after "
         f"{r['seconds_until_all_live']} s, gateway {r['gateway_cores_during']} cores meanwhile",
         f"            postgres {r['pg_lookups']:,} lookups ({r['pg_lookups_per_s']:,}/s, "
         f"{r['pg_cores_during']} cores)",
@@ -256,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipelined", action="store_true", help="publishers pipeline (batch)")
     p.add_argument("--per-batch", type=float, default=1.0,
                    help="messages reaching a gateway in one burst [1: independent publishers]")
+    p.add_argument("--restart-window", type=float, default=10,
+                   help="s over which a restart spreads reconnects (server.shutdown_timeout) [10]")
+    p.add_argument("--heartbeat", type=float, default=15, help="sse.heartbeat s [15]")
     p.add_argument("--max-connections", type=int, default=20_000)
     p.add_argument("--max-new-per-s", type=float, default=500)
     p.add_argument("--cpu-target", type=float, default=0.6)
@@ -275,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     t = Target(streams, merchants, a.rate, payload=a.payload, churn_per_min=a.churn,
                durable=a.durable, pipelined=a.pipelined, per_batch=a.per_batch,
                max_connections=a.max_connections, max_new_per_s=a.max_new_per_s,
-               cpu_target=a.cpu_target)
+               cpu_target=a.cpu_target, restart_window_s=a.restart_window,
+               heartbeat_s=a.heartbeat)
     f = plan(load_costs(a.costs), t)
     print(json.dumps(asdict(f), indent=1) if a.json else render(t, f))
     print(f"(unit costs: {a.costs})", file=sys.stderr)

@@ -132,7 +132,7 @@ def test_restart_is_admission_bound_and_counts_lookups() -> None:
     t = Target(streams=100_000, merchants=50_000, rate=10_000)
     f = plan(COSTS, t)
     r = f.restart
-    assert r["admission_limited"]
+    assert r["bound_by"] == "admission limit"
     assert r["new_streams_per_s"] == f.processes * 500
     assert r["seconds_until_all_live"] == pytest.approx(100_000 / (f.processes * 500) + 3, 0.01)
     assert r["pg_lookups"] == round(50_000 * holders(f.processes, 2))
@@ -175,3 +175,4 @@ def test_cli_reads_the_costs_file(tmp_path, capsys) -> None:
     assert fleet["processes"] == 3  # 40,000 / (20,000 x 0.8), CPU far below
     assert fleet["deliveries_per_s"] == 400
     assert fleet["restart"]["new_streams_per_s"] == 1500
+    assert fleet["restart"]["bound_by"] == "admission limit"  # 4,000/s would arrive
