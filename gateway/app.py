@@ -12,7 +12,7 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
-from .broker.connection import make_client
+from .broker.connection import make_client, make_cluster_client
 from .broker.history import DurableHistory
 from .config import Config
 from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view
@@ -41,15 +41,17 @@ def create_app(cfg: Config) -> web.Application:
     hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce))
     metrics = Metrics(max_connections=cfg.sse.max_connections)
 
-    def on_redis_reconnect() -> None:
-        hub.mark_gap()
-        hub.broadcast(Control("resync", {"reason": "redis_reconnected"}))
+    def resync(merchant_ids: list[str]) -> None:
+        """Messages of these merchants may have been lost (Redis reconnected or moved)."""
+        hub.mark_gap(merchant_ids)
+        hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
 
     broker = RedisBroker(
-        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_reconnect=on_redis_reconnect
+        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync
     )
+    make = make_cluster_client if cfg.redis.cluster else make_client
     history = DurableHistory(
-        make_client(cfg.redis.url, _HISTORY_POOL_SIZE),
+        make(cfg.redis.url, _HISTORY_POOL_SIZE),
         channel=cfg.redis.channel,
         history=cfg.sse.history,
         ttl_s=cfg.redis.history_ttl,

@@ -39,6 +39,9 @@ async def health_view(request: web.Request) -> web.Response:
         _probe(gw.broker.round_trip, ready=gw.broker.healthy),
     )
     ok = all(p["status"] == "ok" for p in (redis, postgres, delivery)) and not gw.draining
+    if gw.cfg.redis.cluster:
+        redis["nodes"] = {node: "ok" if up else "fail" for node, up in gw.broker.nodes().items()}
+        ok = ok and bool(redis["nodes"]) and all(v == "ok" for v in redis["nodes"].values())
     body = {
         "status": "ok" if ok else "fail",
         "redis": redis,

@@ -188,11 +188,15 @@ class Hub:
     def all_subscribers(self) -> Iterable[Subscriber]:
         return [s for topic in list(self._topics.values()) for s in list(topic.subscribers)]
 
-    def mark_gap(self) -> None:
-        """Messages may have been lost (Redis reconnected): no replay may bridge this point."""
-        for topic in self._topics.values():
-            topic.gap_after = self._seq
+    def mark_gap(self, merchant_ids: Iterable[str]) -> None:
+        """Messages may have been lost: no replay may bridge this point for these merchants."""
+        for merchant_id in merchant_ids:
+            topic = self._topics.get(merchant_id)
+            if topic is not None:
+                topic.gap_after = self._seq
 
-    def broadcast(self, control: Control) -> None:
-        for subscriber in self.all_subscribers():
-            subscriber.deliver(control)
+    def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
+        for merchant_id in merchant_ids:
+            topic = self._topics.get(merchant_id)
+            for subscriber in list(topic.subscribers) if topic is not None else ():
+                subscriber.deliver(control)

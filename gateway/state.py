@@ -53,8 +53,8 @@ class Gateway:
         deps = Dependencies(
             redis_up=broker.healthy,
             postgres_up=self.directory.healthy,
-            delivery_up=broker.healthy and broker.canary.ok,
-            canary_s=broker.canary.last_round_trip_s,
+            delivery_up=broker.delivering,
+            canary_s=broker.canary_s,
         )
         self.metrics.sync(
             len(self.admission), broker.merchants, hub.messages, hub.deliveries, deps

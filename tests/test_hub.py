@@ -224,8 +224,23 @@ def test_broadcast_reaches_every_subscriber() -> None:
     hub.attach("a", a, None)
     hub.attach("b", b, None)
     control = Control("shutdown", {"reason": "shutdown"})
-    hub.broadcast(control)
+    hub.broadcast(control, ["a", "b"])
     assert a.got == [control] and b.got == [control]
+
+
+def test_resync_reaches_only_the_merchants_named() -> None:
+    """A cluster primary failing over resyncs its merchants, not everyone's."""
+    hub = Hub(history=10, epoch="e")
+    moved, healthy = Sink(), Sink()
+    hub.attach("moved", moved, None)
+    hub.attach("healthy", healthy, None)
+    entry = hub.publish("healthy", "progress", b"1")
+    assert entry is not None
+    control = Control("resync", {"reason": "redis_reconnected"})
+    hub.mark_gap(["moved"])
+    hub.broadcast(control, ["moved"])
+    assert moved.got == [control] and healthy.got == [entry]
+    assert hub.attach("healthy", Sink(), entry.id) == ([], False)  # type: ignore[arg-type]
 
 
 def test_mark_gap_turns_a_replay_from_before_it_into_a_gap() -> None:
@@ -233,7 +248,7 @@ def test_mark_gap_turns_a_replay_from_before_it_into_a_gap() -> None:
     hub.open("m1")
     before = hub.publish("m1", "progress", b"1")
     assert before is not None
-    hub.mark_gap()  # Redis reconnected: messages may have been lost here
+    hub.mark_gap(["m1"])  # Redis reconnected: messages may have been lost here
     after = hub.publish("m1", "progress", b"2")
     assert after is not None
     assert hub.attach("m1", object(), f"e-{before.seq}") == ([], True)  # type: ignore[arg-type]

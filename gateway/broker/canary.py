@@ -27,9 +27,10 @@ TIMEOUT_S = 1.5
 
 
 class Canary:
-    def __init__(self, client: aioredis.Redis, channel: bytes) -> None:
+    def __init__(self, client: aioredis.Redis, channel: bytes, *, sharded: bool = False) -> None:
         self._client = client
         self.channel = channel
+        self._publish = "SPUBLISH" if sharded else "PUBLISH"
         self._waiting: dict[bytes, asyncio.Future[None]] = {}
         self._ids = itertools.count()
         self.last_round_trip_s: float | None = None
@@ -43,7 +44,7 @@ class Canary:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(TIMEOUT_S):
-                await self._client.publish(self.channel, token)
+                await self._client.execute_command(self._publish, self.channel, token)
                 await future
         finally:
             self._waiting.pop(token, None)

@@ -12,12 +12,13 @@ import asyncio
 import random
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-__all__ = ["FAULTS", "backoff_s", "make_client", "socket_reader"]
+__all__ = ["FAULTS", "backoff_s", "make_client", "make_cluster_client", "socket_reader"]
 
 FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _BACKOFF_CAP_S = 5.0
@@ -36,6 +37,17 @@ def make_client(url: str, max_connections: int) -> aioredis.Redis:
             retry=Retry(NoBackoff(), 0),  # faults surface to the caller, which decides
             protocol=2,  # pub/sub messages as plain arrays for the hiredis reader
         )
+    )
+
+
+def make_cluster_client(url: str, max_connections_per_node: int) -> RedisCluster:
+    """A Redis Cluster client (commands routed by key slot) from the URL of any node."""
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections_per_node,
+        socket_timeout=CONNECT_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        protocol=2,
     )
 
 

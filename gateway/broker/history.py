@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from ..durable import DurableEvent, DurableId, HistorySnapshot, history_keys
 from ..publisher import AsyncPublisher
@@ -45,7 +46,10 @@ class DurableHistory:
         )
 
     async def close(self) -> None:
-        await self._client.aclose(close_connection_pool=True)
+        if isinstance(self._client, RedisCluster):
+            await self._client.aclose()
+        else:
+            await self._client.aclose(close_connection_pool=True)
 
     async def publish(self, merchant_id: str, event: str, payload: bytes) -> str:
         """Record and publish one event; its durable id."""

@@ -36,6 +36,8 @@ class ReaderHooks:
     control: bytes
     on_control: Callable[[bytes], None]
     on_subscribed: Callable[[bytes], None]
+    on_unsubscribed: Callable[[bytes], None]
+    on_redirect: Callable[[], None]
     observe_latency: Callable[[float], None]
 
 
@@ -59,9 +61,12 @@ async def read_messages(reader: asyncio.StreamReader, hub: Hub, hooks: ReaderHoo
         parser.feed(data)
         while (msg := parser.gets()) is not False:
             if isinstance(msg, hiredis.ReplyError):
+                if str(msg).startswith(("MOVED ", "ASK ")):  # cluster: slot elsewhere now
+                    hooks.on_redirect()
+                    continue
                 raise RedisConnectionError(f"Redis error on the subscriber: {msg}")
             kind = msg[0]
-            if kind == b"message":
+            if kind == b"message" or kind == b"smessage":
                 target = channels.get(msg[1])
                 if target is not None:
                     payload = msg[2]
@@ -75,5 +80,7 @@ async def read_messages(reader: asyncio.StreamReader, hub: Hub, hooks: ReaderHoo
                         log.exception("fan-out failed merchant=%s", target[0])
                 elif msg[1] == control:
                     hooks.on_control(msg[2])
-            elif kind == b"subscribe":
+            elif kind == b"subscribe" or kind == b"ssubscribe":
                 hooks.on_subscribed(msg[1])
+            elif kind == b"sunsubscribe":  # also sent unasked when a cluster slot moves
+                hooks.on_unsubscribed(msg[1])

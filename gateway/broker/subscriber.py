@@ -1,13 +1,14 @@
-"""RedisBroker: the process's one pub/sub connection, shared by every merchant.
+"""RedisBroker: a merchant's channels held on the one link (or cluster primary) they belong to.
 
-Merchants are subscribed when their first stream opens (SUBSCRIBEs of
-concurrent openings are batched), counted per open stream, and unsubscribed
-`linger` seconds after the last one closes. A private control channel stays
-subscribed for the connection's life: its acknowledgement marks the connection
-ready, and the canary (canary.py) proves delivery through it. On any
-connection fault the supervisor reconnects with capped, jittered exponential
-backoff, re-subscribes every held merchant and reports the reconnect so
-streams get `resync`.
+Merchants are subscribed when their first stream opens, counted per open
+stream, and unsubscribed `linger` seconds after the last one closes. With one
+Redis there is one SubscriberLink (link.py) for every merchant. With
+`redis.cluster` there is one link per primary, and a merchant lives on the
+primary owning its channels' slot (the merchant id is their hash tag); the
+topology is re-read every few seconds and at once when a link fails, a slot
+moves (an unasked SUNSUBSCRIBE) or a node answers MOVED. Merchants whose
+primary changed are moved and, once subscribed again, resynced; merchants on
+healthy primaries see nothing.
 """
 
 from __future__ import annotations
@@ -18,29 +19,25 @@ import logging
 import os
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from ..config import RedisConfig
 from ..errors import UnavailableError
 from ..hub import Hub
 from ..metrics import Metrics
-from ..redaction import redact_url
 from ..supervision import stop_tasks, supervised
-from .canary import Canary
-from .connection import CONNECT_TIMEOUT_S, FAULTS, backoff_s, make_client, socket_reader
-from .reader import ReaderHooks, read_messages
+from .cluster import ClusterTopology
+from .link import SubscriberLink
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
 
 _SUBSCRIBE_WAIT_S = 5.0
-# the subscriber + 2 for canary and health probes: never grows with merchants or clients
-_POOL_SIZE = 3
+_TOPOLOGY_EVERY_S = 5.0
+_TOPOLOGY_RETRY_S = 0.5
 
 
 class _Subscription:
-    __slots__ = ("channels", "linger", "pending", "ready", "refs")
+    __slots__ = ("channels", "linger", "link", "pending", "ready", "refs", "resync_when_ready")
 
     def __init__(self, channels: list[bytes]) -> None:
         self.channels = channels
@@ -48,6 +45,8 @@ class _Subscription:
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.refs = 0
         self.linger: asyncio.TimerHandle | None = None
+        self.link: SubscriberLink | None = None
+        self.resync_when_ready = False
 
 
 class RedisBroker:
@@ -58,66 +57,84 @@ class RedisBroker:
         metrics: Metrics,
         *,
         linger_s: float,
-        on_reconnect: Callable[[], None],
+        on_resync: Callable[[list[str]], None],
     ) -> None:
         self._cfg = cfg
         self._hub = hub
         self._metrics = metrics
         self._linger_s = linger_s
-        self._on_reconnect = on_reconnect
-        self._client = make_client(cfg.url, _POOL_SIZE)
-        self.canary = Canary(self._client, f"gateway:control:{hub.epoch}:{os.getpid()}".encode())
+        self._on_resync = on_resync
+        self._control_prefix = f"gateway:control:{hub.epoch}:{os.getpid()}"
         self._subs: dict[str, _Subscription] = {}
-        self._channels: dict[bytes, tuple[str, str]] = {}
-        self._to_subscribe: set[str] = set()
-        self._flusher: asyncio.Task[None] | None = None
-        self._pubsub: aioredis.client.PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._control_ready: asyncio.Future[None] | None = None
+        self._routes: dict[bytes, tuple[str, str]] = {}
+        self._links: dict[str, SubscriberLink] = {}
+        self._cluster = ClusterTopology(cfg.url) if cfg.cluster else None
+        self._topology_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._ever_connected = False
-        self.healthy = False
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [
-            supervised("redis-supervisor", self._supervise),
-            supervised("redis-canary", lambda: self.canary.watch(self._connected, self._cut)),
-        ]
+        if self._cluster is None:
+            await self._link(self._cfg.url, self._control_prefix.encode()).start()
+        else:
+            self._tasks.append(supervised("redis-cluster-topology", self._follow_cluster))
 
     async def close(self) -> None:
-        for task in (self._flusher, self._reader):
-            if task is not None:
-                task.cancel()
         await stop_tasks(self._tasks)
-        await self._client.aclose(close_connection_pool=True)
+        for link in list(self._links.values()):
+            await link.close()
+
+    @property
+    def healthy(self) -> bool:
+        links = self._links.values()
+        return bool(links) and all(link.healthy for link in links)
+
+    @property
+    def delivering(self) -> bool:
+        return self.healthy and all(link.canary.ok for link in self._links.values())
+
+    @property
+    def canary_s(self) -> float | None:
+        times = [link.canary.last_round_trip_s for link in self._links.values()]
+        return max((t for t in times if t is not None), default=None)
 
     @property
     def merchants(self) -> int:
         return len(self._subs)
 
-    async def round_trip(self) -> float:
-        return await self.canary.round_trip()
+    def nodes(self) -> dict[str, bool]:
+        """Each node's subscriber link: live or not (one entry without a cluster)."""
+        return {link.address: link.healthy for link in self._links.values()}
 
     async def ping(self) -> float:
-        started = asyncio.get_running_loop().time()
-        async with asyncio.timeout(CONNECT_TIMEOUT_S / 2):
-            await self._client.ping()
-        return (asyncio.get_running_loop().time() - started) * 1000
+        """The slowest node's PING round trip in milliseconds; raises if any fails."""
+        if not self._links:
+            raise UnavailableError("Redis topology unknown")
+        return max(await asyncio.gather(*(link.ping() for link in self._links.values())))
+
+    async def round_trip(self) -> float:
+        """The slowest link's delivery canary in milliseconds; raises if any fails."""
+        if not self._links:
+            raise UnavailableError("Redis topology unknown")
+        links = list(self._links.values())
+        return max(await asyncio.gather(*(link.canary.round_trip() for link in links)))
 
     # -- merchants ---------------------------------------------------------
 
     async def acquire(self, merchant_id: str) -> None:
         """Count one more stream of `merchant_id`; return once its channels are subscribed."""
-        if not self.healthy:
-            raise UnavailableError("Redis is unavailable")
         sub = self._subs.get(merchant_id)
         if sub is None:
-            sub = self._subscribe(merchant_id)
+            link = self._link_for(self._channels_of(merchant_id)[0])
+            if link is None or not link.healthy:
+                raise UnavailableError("Redis is unavailable")
+            sub = self._subscribe(merchant_id, link)
         elif sub.linger is not None:
             sub.linger.cancel()
             sub.linger = None
+        if sub.link is None or not sub.link.healthy:
+            raise UnavailableError("Redis is unavailable")
         sub.refs += 1
         if sub.ready.done():
             return
@@ -140,18 +157,21 @@ class RedisBroker:
             loop = asyncio.get_running_loop()
             sub.linger = loop.call_later(self._linger_s, self._expire, merchant_id)
 
-    def _subscribe(self, merchant_id: str) -> _Subscription:
+    def _channels_of(self, merchant_id: str) -> list[bytes]:
         template = self._cfg.channel
-        channels = []
-        for event in self._cfg.events:
-            channel = template.format(merchant_id=merchant_id, event=event).encode()
-            self._channels[channel] = (merchant_id, event)
-            channels.append(channel)
+        return [
+            template.format(merchant_id=merchant_id, event=event).encode()
+            for event in self._cfg.events
+        ]
+
+    def _subscribe(self, merchant_id: str, link: SubscriberLink) -> _Subscription:
+        channels = self._channels_of(merchant_id)
+        for channel, event in zip(channels, self._cfg.events, strict=True):
+            self._routes[channel] = (merchant_id, event)
         sub = self._subs[merchant_id] = _Subscription(channels)
+        sub.link = link
         self._hub.open(merchant_id)
-        self._to_subscribe.add(merchant_id)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_subscribes())
+        link.subscribe(channels)
         return sub
 
     def _expire(self, merchant_id: str) -> None:
@@ -160,118 +180,129 @@ class RedisBroker:
             return
         del self._subs[merchant_id]
         for channel in sub.channels:
-            self._channels.pop(channel, None)
-        self._to_subscribe.discard(merchant_id)
+            self._routes.pop(channel, None)
         self._hub.drop(merchant_id)
-        pubsub = self._pubsub
-        if pubsub is not None and self.healthy:
-            task = asyncio.create_task(self._unsubscribe(pubsub, sub.channels))
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+        if sub.link is not None:
+            sub.link.unsubscribe(sub.channels)
 
-    async def _unsubscribe(self, pubsub: aioredis.client.PubSub, channels: list[bytes]) -> None:
-        with contextlib.suppress(*FAULTS):
-            await pubsub.execute_command("UNSUBSCRIBE", *channels)
-
-    async def _flush_subscribes(self) -> None:
-        """Send one SUBSCRIBE for every merchant opened since the last one."""
-        await asyncio.sleep(0)
-        while self._to_subscribe and self._pubsub is not None:
-            batch, self._to_subscribe = self._to_subscribe, set()
-            channels = [c for m in batch if m in self._subs for c in self._subs[m].channels]
-            try:
-                await self._pubsub.execute_command("SUBSCRIBE", *channels)
-            except FAULTS:
-                return  # the supervisor re-subscribes everything on reconnect
-
-    # -- connection --------------------------------------------------------
-
-    def _connected(self) -> bool:
-        return self.healthy and self._reader is not None
-
-    def _cut(self) -> None:
-        """Drop the subscriber connection; the supervisor reconnects."""
-        self.healthy = False
-        if self._reader is not None:
-            self._reader.cancel()
-
-    async def _supervise(self) -> None:
-        attempt = 0
-        log.info("redis: connecting to %s", redact_url(self._cfg.url))
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await self._connect(pubsub)
-                attempt = 0
-                assert self._reader is not None
-                await asyncio.wait({self._reader})
-                if not self._reader.cancelled() and (exc := self._reader.exception()):
-                    if not isinstance(exc, FAULTS):
-                        log.error("redis reader failed", exc_info=exc)
-                    else:
-                        log.warning("redis: connection lost (%s)", type(exc).__name__)
-            except FAULTS as exc:
-                if attempt == 0 or attempt % 10 == 0:
-                    log.warning("redis: unavailable (%s: %s)", type(exc).__name__, exc)
-            except Exception:  # e.g. a ResponseError from AUTH/SELECT: loud, and retried
-                if attempt == 0 or attempt % 10 == 0:
-                    log.exception("redis: subscriber connection failed")
-            finally:
-                await self._disconnect(pubsub)
-            attempt += 1
-            await asyncio.sleep(backoff_s(attempt))
-
-    async def _connect(self, pubsub: aioredis.client.PubSub) -> None:
-        self._control_ready = asyncio.get_running_loop().create_future()
-        self._to_subscribe.clear()
-        channels = [c for sub in self._subs.values() for c in sub.channels]
-        hooks = ReaderHooks(
-            channels=self._channels,
-            control=self.canary.channel,
-            on_control=self.canary.received,
-            on_subscribed=self._on_subscribed,
-            observe_latency=self._metrics.delivery_latency.observe,
-        )
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            # the control channel last: its ack proves every channel before it is live
-            await pubsub.execute_command("SUBSCRIBE", *channels, self.canary.channel)
-            self._pubsub = pubsub
-            self._reader = asyncio.create_task(
-                read_messages(socket_reader(pubsub), self._hub, hooks), name="redis-reader"
-            )
-            await asyncio.shield(self._control_ready)
-        stale = [c for c in channels if c not in self._channels]
-        if stale:
-            await pubsub.execute_command("UNSUBSCRIBE", *stale)
-        self.healthy = True
-        if self._ever_connected:
-            self._metrics.redis_reconnects += 1
-            log.info("redis: reconnected; %d merchants re-subscribed", len(self._subs))
-            self._on_reconnect()
-        else:
-            log.info("redis: connected")
-        self._ever_connected = True
-        if self._to_subscribe:
-            self._flusher = asyncio.create_task(self._flush_subscribes())
-
-    async def _disconnect(self, pubsub: aioredis.client.PubSub) -> None:
-        self.healthy = False
-        self._pubsub = None
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.wait({self._reader})
-            self._reader = None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(pubsub.aclose(), 1)
-
-    def _on_subscribed(self, channel: bytes) -> None:
-        if channel == self.canary.channel:
-            if self._control_ready is not None and not self._control_ready.done():
-                self._control_ready.set_result(None)
-            return
-        target = self._channels.get(channel)
+    def _subscribed(self, channel: bytes) -> None:
+        target = self._routes.get(channel)
         sub = self._subs.get(target[0]) if target else None
-        if sub is not None:
-            sub.pending.discard(channel)
-            if not sub.pending and not sub.ready.done():
-                sub.ready.set_result(None)
+        if sub is None:
+            return
+        sub.pending.discard(channel)
+        if sub.pending:
+            return
+        if not sub.ready.done():
+            sub.ready.set_result(None)
+        if sub.resync_when_ready and target is not None:
+            sub.resync_when_ready = False
+            self._on_resync([target[0]])
+
+    # -- links -------------------------------------------------------------
+
+    def _link(self, url: str, control: bytes) -> SubscriberLink:
+        link = SubscriberLink(
+            url,
+            self._hub,
+            self._metrics,
+            self._routes,
+            control=control,
+            sharded=self._cluster is not None,
+            on_subscribed=self._subscribed,
+            on_reconnect=self._link_reconnected,
+            on_dropped=self._channel_dropped,
+        )
+        self._links[url] = link
+        return link
+
+    def _link_for(self, channel: bytes) -> SubscriberLink | None:
+        if self._cluster is None:
+            return next(iter(self._links.values()), None)
+        if not self._cluster.known:
+            return None
+        return self._links.get(self._cluster.url(self._cluster.owner(channel)))
+
+    def _link_reconnected(self, link: SubscriberLink) -> None:
+        """Messages may have been lost while `link` was down: its merchants resync."""
+        merchants = [m for m, sub in self._subs.items() if sub.link is link]
+        self._on_resync(merchants)
+        if self._cluster is not None:
+            self._topology_changed.set()  # a failover may have happened meanwhile
+
+    def _channel_dropped(self, link: SubscriberLink, channel: bytes) -> None:
+        log.info("redis cluster: %s dropped a channel (slot moved)", link.address)
+        self._topology_changed.set()
+
+    # -- cluster -----------------------------------------------------------
+
+    async def _follow_cluster(self) -> None:
+        """Keep one link per primary and every merchant on its slot's primary."""
+        assert self._cluster is not None
+        while True:
+            try:
+                changed = await self._cluster.refresh()
+            except ConnectionError as exc:
+                log.warning("redis cluster: %s", exc)
+                await asyncio.sleep(_TOPOLOGY_RETRY_S)
+                continue
+            if changed or not self._links:
+                await self._apply_topology()
+            self._topology_changed.clear()
+            unhealthy = any(not link.healthy for link in self._links.values())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TOPOLOGY_RETRY_S if unhealthy else _TOPOLOGY_EVERY_S):
+                    await self._topology_changed.wait()
+
+    async def _apply_topology(self) -> None:
+        cluster = self._cluster
+        assert cluster is not None
+        wanted = {cluster.url(address): address for address in cluster.primaries if address}
+        for url, address in wanted.items():
+            link = self._links.get(url)
+            if link is None or cluster.owner(link.canary.channel) != address:
+                await self._replace_link(url, address)
+        moved = [m for m, sub in self._subs.items() if not self._on_owner(sub)]
+        for merchant_id in moved:
+            self._move(merchant_id)
+        for url in [url for url in self._links if url not in wanted]:
+            link = self._links.pop(url)
+            log.info("redis cluster: %s is no longer a primary", link.address)
+            await link.close()
+        if moved:
+            log.info("redis cluster: %d merchants moved to another primary", len(moved))
+
+    async def _replace_link(self, url: str, address: str) -> None:
+        old = self._links.pop(url, None)
+        link = self._link(url, self._control_channel(address))
+        await link.start()
+        log.info("redis cluster: subscriber link to primary %s", link.address)
+        if old is not None:
+            for sub in self._subs.values():
+                if sub.link is old:
+                    sub.link = None  # moved below
+            await old.close()
+
+    def _control_channel(self, address: str) -> bytes:
+        """A control channel whose slot lives on `address` (its canary proves that primary)."""
+        assert self._cluster is not None
+        for tag in range(100_000):
+            channel = f"{self._control_prefix}:{{{tag}}}".encode()
+            if self._cluster.owner(channel) == address:
+                return channel
+        raise RuntimeError(f"no control channel slot found for {address}")
+
+    def _on_owner(self, sub: _Subscription) -> bool:
+        return sub.link is not None and sub.link is self._link_for(sub.channels[0])
+
+    def _move(self, merchant_id: str) -> None:
+        sub = self._subs[merchant_id]
+        if sub.link is not None:
+            sub.link.unsubscribe(sub.channels)
+        link = self._link_for(sub.channels[0])
+        sub.link = link
+        sub.pending = set(sub.channels)
+        sub.resync_when_ready = True
+        if link is not None:
+            link.subscribe(sub.channels)
+
