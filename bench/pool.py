@@ -11,6 +11,7 @@ percentiles are over all samples of all processes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -111,8 +112,9 @@ class ClientPool:
             offset = 0
             for i, size in enumerate(self.sizes):
                 args = [*base_args, *common, "--streams", str(size), "--offset", str(offset)]
-                if procs > 1:  # own source address per process and trial (no TIME_WAIT clash)
-                    args += ["--source-ip", f"127.{1 + trial % 250}.{i // 250}.{2 + i % 250}"]
+                if procs > 1:  # own source address per process, trial and run (no TIME_WAIT
+                    net = 1 + (os.getpid() + trial) % 250  # left by an earlier run holds ports)
+                    args += ["--source-ip", f"127.{net}.{i // 250}.{2 + i % 250}"]
                 self.subs.append(_Proc(args))
                 offset += size
             self.pub = self.subs[0] if procs <= 1 else _Proc([*base_args, *common,
