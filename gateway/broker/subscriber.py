@@ -240,6 +240,7 @@ class RedisBroker:
         """Keep one link per primary and every merchant on its slot's primary."""
         assert self._cluster is not None
         while True:
+            self._topology_changed.clear()  # news arriving during the read asks for another
             try:
                 changed = await self._cluster.refresh()
             except ConnectionError as exc:
@@ -248,7 +249,6 @@ class RedisBroker:
                 continue
             if changed or not self._links:
                 await self._apply_topology()
-            self._topology_changed.clear()
             unhealthy = any(not link.healthy for link in self._links.values())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_TOPOLOGY_RETRY_S if unhealthy else _TOPOLOGY_EVERY_S):
