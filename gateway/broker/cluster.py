@@ -43,6 +43,14 @@ class ClusterTopology:
     def owner(self, channel: bytes) -> str:
         return self.owners[key_slot(channel)]
 
+    def channel_on(self, address: str, prefix: str) -> bytes:
+        """A channel `prefix:{tag}` whose slot lives on `address` (for that node's canary)."""
+        for tag in range(100_000):
+            channel = f"{prefix}:{{{tag}}}".encode()
+            if self.owner(channel) == address:
+                return channel
+        raise RuntimeError(f"no slot of {address} found for a control channel")
+
     def url(self, address: str) -> str:
         """The seed URL pointed at `address` ("host:port")."""
         seed = self._seed

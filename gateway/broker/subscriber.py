@@ -273,8 +273,9 @@ class RedisBroker:
             log.info("redis cluster: %d merchants moved to another primary", len(moved))
 
     async def _replace_link(self, url: str, address: str) -> None:
+        assert self._cluster is not None
         old = self._links.pop(url, None)
-        link = self._link(url, self._control_channel(address))
+        link = self._link(url, self._cluster.channel_on(address, self._control_prefix))
         await link.start()
         log.info("redis cluster: subscriber link to primary %s", link.address)
         if old is not None:
@@ -282,15 +283,6 @@ class RedisBroker:
                 if sub.link is old:
                     sub.link = None  # moved below
             await old.close()
-
-    def _control_channel(self, address: str) -> bytes:
-        """A control channel whose slot lives on `address` (its canary proves that primary)."""
-        assert self._cluster is not None
-        for tag in range(100_000):
-            channel = f"{self._control_prefix}:{{{tag}}}".encode()
-            if self._cluster.owner(channel) == address:
-                return channel
-        raise RuntimeError(f"no control channel slot found for {address}")
 
     def _on_owner(self, sub: _Subscription) -> bool:
         return sub.link is not None and sub.link is self._link_for(sub.channels[0])
