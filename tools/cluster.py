@@ -66,6 +66,8 @@ class ClusterNode:
 class RedisCluster:
     """``primaries`` primaries with ``replicas`` replicas each, on free loopback ports."""
 
+    name = "redis-cluster"
+
     def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
         self.primaries_wanted = primaries
         self.replicas_wanted = replicas
@@ -131,6 +133,11 @@ class RedisCluster:
         """A node's URL (the first live one started): any node will do for a cluster client."""
         return f"redis://{HOST}:{self.live_ports()[0]}"
 
+    @property
+    def pid(self) -> str:
+        """Every node's PID, comma-separated (for "stopping ... (pid ...)" lines)."""
+        return ",".join(str(s.pid) for s in self.servers.values() if s.pid is not None)
+
     def live_ports(self) -> list[int]:
         return [p for p, s in self.servers.items() if s.running]
 
@@ -143,10 +150,6 @@ class RedisCluster:
         """One command on one node."""
         with contextlib.closing(self.client(port)) as c:
             return c.execute_command(*args)
-
-    def cluster_info(self, port: int) -> dict[str, str]:
-        text = self.call(port, "CLUSTER", "INFO")
-        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
 
     @property
     def nodes(self) -> list[ClusterNode]:
@@ -205,7 +208,8 @@ class RedisCluster:
         live = self.live_ports()
         for port in live:
             try:
-                info = self.cluster_info(port)
+                text = str(self.call(port, "CLUSTER", "INFO"))
+                info = dict(line.split(":", 1) for line in text.split() if ":" in line)
                 if info.get("cluster_state") != "ok":
                     problems.append(f"{port}: cluster_state {info.get('cluster_state')}")
                 view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
