@@ -1,0 +1,82 @@
+"""Concurrent replays of one merchant share one history read (pure unit, fake history)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.durable import DurableEvent, DurableId, HistorySnapshot
+from gateway.metrics import Metrics
+from gateway.replay import DurableReplay
+
+
+class FakeHistory:
+    """Answers read_all after `gate` opens; counts reads."""
+
+    def __init__(self, head: int) -> None:
+        self.reads = 0
+        self.head = head
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def read_all(self, merchant_id: str) -> HistorySnapshot:
+        self.reads += 1
+        head = self.head
+        await self.gate.wait()
+        events = tuple(
+            DurableEvent(DurableId("ep", n), "progress", b"%d" % n) for n in range(1, head + 1)
+        )
+        return HistorySnapshot("ep", head, events)
+
+
+async def _flush() -> float:
+    return 0.0
+
+
+def _replay(history: FakeHistory) -> DurableReplay:
+    return DurableReplay(history, _flush, Metrics())  # type: ignore[arg-type]
+
+
+async def test_a_storm_of_replays_costs_one_read() -> None:
+    history = FakeHistory(head=10)
+    replay = _replay(history)
+    results = await asyncio.gather(
+        *(replay.after("m", DurableId("ep", n % 10)) for n in range(50))
+    )
+    assert history.reads == 1
+    for n, events in enumerate(results):
+        assert events is not None
+        assert [e.id.offset for e in events] == list(range(n % 10 + 1, 11))
+
+
+async def test_replays_arriving_during_a_read_share_the_next_one() -> None:
+    history = FakeHistory(head=3)
+    replay = _replay(history)
+    history.gate.clear()
+    first = asyncio.ensure_future(replay.after("m", DurableId("ep", 1)))
+    await asyncio.sleep(0.01)  # the first read is sent and waiting on Redis
+    assert history.reads == 1
+    history.head = 5  # events published meanwhile: only a read sent later sees them
+    late = [asyncio.ensure_future(replay.after("m", DurableId("ep", 2))) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert history.reads == 1  # the late ones wait for the read in flight
+    history.gate.set()
+    assert [e.id.offset for e in (await first) or []] == [2, 3]
+    for events in await asyncio.gather(*late):
+        assert [e.id.offset for e in events or []] == [3, 4, 5]  # none was served stale
+    assert history.reads == 2
+
+
+async def test_merchants_do_not_share_reads() -> None:
+    history = FakeHistory(head=2)
+    replay = _replay(history)
+    last = DurableId("ep", 1)
+    await asyncio.gather(replay.after("a", last), replay.after("b", last))
+    assert history.reads == 2
+
+
+async def test_an_id_the_history_cannot_bridge_is_none() -> None:
+    history = FakeHistory(head=4)
+    replay = _replay(history)
+    assert await replay.after("m", DurableId("other-epoch", 1)) is None
+    assert await replay.after("m", DurableId("ep", 9)) is None
+    assert await replay.after("m", DurableId("ep", 4)) == []
