@@ -133,6 +133,25 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
     assert port_problem("127.0.0.1", port) is None  # the listener is gone too
 
 
+def test_bad_config_or_port_stops_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: 70000\n")
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    cases = (({"GATEWAY_CONFIG": str(bad)}, "config error: server.port"), ({"PORT": "x"}, "PORT"))
+    for extra, message in cases:
+        result = subprocess.run(
+            [sys.executable, str(RUN_LOCAL)],
+            env={**env, **extra},
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert "starting" not in result.stdout  # no service was started
+
+
 def test_served_by_tree_tells_our_listener_from_another() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
