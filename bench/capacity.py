@@ -44,6 +44,7 @@ class Target:
     cpu_target: float = 0.6  # share of one core a gateway process may use steadily
     fill: float = 0.8  # share of max_connections a process may hold steadily
     redis_target: float = 0.5  # share of one core a Redis primary may use
+    redis_mbit: float = 5000  # Mbit/s a Redis primary may send (half a 10 GbE link)
     cores_per_host: int = 8
 
     @property
@@ -64,6 +65,7 @@ class Fleet:
     deliveries_per_s: float
     redis_cores: float
     redis_primaries: int
+    redis_limited_by: str
     redis_egress_mbit: float
     egress_mbit: float
     egress_mbit_per_host: float
@@ -184,6 +186,9 @@ def plan(c: dict[str, float], t: Target) -> Fleet:
     deliveries = t.rate * t.tabs
     redis_us = t.rate * (redis_publish_us(c, t) + (h - 1) * c["redis_per_subscriber"])
     redis_cores = redis_us / 1e6
+    redis_mbit = t.rate * h * (t.payload + RESP_BYTES + 24) * 8 / 1e6
+    by_cpu = math.ceil(redis_cores / t.redis_target)
+    by_net = math.ceil(redis_mbit / t.redis_mbit)
     egress = (deliveries * (t.payload + c["frame_overhead"] + TCP_IP_BYTES)
               + t.streams / t.heartbeat_s * (PING_BYTES + TCP_IP_BYTES)) * 8 / 1e6
     hosts = math.ceil(p / t.cores_per_host)
@@ -198,8 +203,9 @@ def plan(c: dict[str, float], t: Target) -> Fleet:
         messages_in_per_s=round(t.rate * h),
         deliveries_per_s=round(deliveries),
         redis_cores=round(redis_cores, 3),
-        redis_primaries=max(1, math.ceil(redis_cores / t.redis_target)),
-        redis_egress_mbit=round(t.rate * h * (t.payload + RESP_BYTES + 24) * 8 / 1e6, 1),
+        redis_primaries=max(1, by_cpu, by_net),
+        redis_limited_by="network" if by_net > by_cpu else "CPU",
+        redis_egress_mbit=round(redis_mbit, 1),
         egress_mbit=round(egress, 1),
         egress_mbit_per_host=round(egress / hosts, 1),
         hosts=hosts,
@@ -221,8 +227,8 @@ def render(t: Target, f: Fleet) -> str:
         f"            CPU {f.gateway_cores} cores steady, memory {f.gateway_mem_gib} GiB",
         f"            {f.messages_in_per_s:,}/s messages in ({f.holders_per_merchant} processes "
         f"per merchant), {f.deliveries_per_s:,}/s deliveries",
-        f"redis       {f.redis_primaries} primary(ies): {f.redis_cores} cores of pub/sub, "
-        f"{f.redis_egress_mbit} Mbit/s to gateways"
+        f"redis       {f.redis_primaries} primary(ies) ({f.redis_limited_by} bound): "
+        f"{f.redis_cores} cores of pub/sub, {f.redis_egress_mbit:,} Mbit/s to gateways"
         + ("  (more than one: redis.cluster + sharded pub/sub)" if f.redis_primaries > 1 else ""),
         f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
         f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",

@@ -126,6 +126,10 @@ def test_plan_connections_then_cpu() -> None:
     assert busy.processes >= math.ceil(50 / 0.6)
     assert busy.gateway_cores <= busy.processes * 0.6 + 1e-9
     assert busy.redis_primaries == math.ceil(busy.redis_cores / 0.5)
+    assert busy.redis_limited_by == "CPU"
+    fat = plan(COSTS, Target(streams=10_000, merchants=5_000, rate=20_000, payload=100_000))
+    mbit = 20_000 * holders(fat.processes, 2) * (100_000 + 64) * 8 / 1e6  # to every holder
+    assert fat.redis_limited_by == "network" and fat.redis_primaries == math.ceil(mbit / 5000)
 
 
 def test_restart_is_admission_bound_and_counts_lookups() -> None:
