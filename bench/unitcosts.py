@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle", type=float, default=4, help="s of each idle window [4]")
     p.add_argument("--repeat", type=int, default=2, help="run A and B this many times [2]")
     p.add_argument("--out", default=str(ROOT / ".run" / "bench" / "unit-costs.json"))
+    p.add_argument("--payload", type=int, default=0, help="extra bytes per message [0]")
     p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--publish-copy", action="store_true",
                    help="also write docs/bench/unit-costs.json")
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for m, rate in plan:
             trial = run_trial("gateway1", n, m, [rate], a.duration, 5, tmp, pg, idle_s=a.idle,
-                              trial_no=len(rows) + 1)
+                              trial_no=len(rows) + 1, payload=a.payload)
             if "error" in trial[0]:
                 print(json.dumps(trial[0], indent=1), file=sys.stderr)
                 return 1
