@@ -140,6 +140,15 @@ def derive(a: dict, b: dict, cc: dict, redis: dict) -> dict:
     return out
 
 
+def git_describe(spec: str | None) -> str:
+    """The commit measured: ``spec`` resolved, or HEAD plus '(working tree)'."""
+    import subprocess
+
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", spec or "HEAD"],
+                         capture_output=True, text=True, timeout=30).stdout.strip()
+    return rev if spec else f"{rev} (working tree)"
+
+
 def measure_multiworker(tmp: Path, pg, worker_kb: float, idle_s: float) -> tuple[float, float]:
     """An idle gateway2: supervisor PSS (KiB; minus two idle workers) and idle CPU per worker.
 
@@ -220,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m bench.unitcosts " + " ".join(argv if argv is not None
                                                           else sys.argv[1:]),
+        "gateway": git_describe(a.gateway_src),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "system": platform.platform()},
         "costs": costs,
