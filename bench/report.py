@@ -63,5 +63,6 @@ def costs_markdown(data: dict) -> str:
     lines = [f"Measured {data.get('measured_at', '?')} with `{data.get('command', '?')}`.", "",
              "| cost | value | how it was measured |", "|---|---|---|"]
     for name, c in data["costs"].items():
-        lines.append(f"| `{name}` | {c['value']:g} {c['unit']} | {c['how']} |")
+        unit = "µs" if c["unit"] == "us" else c["unit"]
+        lines.append(f"| `{name}` | {c['value']:g} {unit} | {c['how']} |")
     return "\n".join(lines)
