@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from support import unique_merchant
+from support import unique_merchant, wait_for
 
 from gateway.broker.history import DurableHistory
 from gateway.durable import DurableId, encode_envelope, history_keys, parse_envelope
@@ -173,3 +173,19 @@ async def test_concurrent_publishers_never_share_an_id(redis_server: RedisServer
             await c.aclose()
     offsets = sorted(DurableId.parse(i).offset for r in results for i in r)  # type: ignore[union-attr]
     assert offsets == list(range(1, 201))
+
+
+async def test_close_closes_the_client(redis_server: RedisServer, client: aioredis.Redis) -> None:
+    name = unique_merchant("close")[0]
+    history = make_history(aioredis.Redis.from_url(redis_server.url, client_name=name))
+    await history.publish(name, "progress", b"x")
+
+    async def held() -> int:
+        return sum(c.get("name") == name for c in await client.client_list())
+
+    async def released() -> bool:
+        return await held() == 0
+
+    assert await held() == 1
+    await history.close()
+    await wait_for(released, timeout=5, message="the history's connection closed")

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class DurableHistory:
-    """A merchant's durable history over a `redis.asyncio.Redis` client (bytes replies)."""
+    """Durable histories over a `redis.asyncio.Redis` or `RedisCluster` client that
+    returns bytes (no `decode_responses`); `close()` closes that client."""
 
     def __init__(
         self,
