@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from .config import Config
 from .durable import InvalidData, encode_data, valid_merchant_id
-from .publisher import DEFAULT_TTL_S, Publisher
+from .publisher import Publisher
 from .redaction import redact_text, redact_url
 
 __all__ = ["parse_data", "run_publish"]
@@ -38,7 +38,7 @@ def parse_data(text: str) -> Any:
 
 def _client(cfg: Config) -> Any:
     options = {"socket_timeout": _TIMEOUT_S, "socket_connect_timeout": _TIMEOUT_S}
-    if getattr(cfg.redis, "cluster", False):
+    if cfg.redis.cluster:
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(cfg.redis.url, **options)
@@ -71,8 +71,8 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str) -> int:
         client,
         channel=cfg.redis.channel,
         history=cfg.sse.history,
-        ttl_s=getattr(cfg.redis, "history_ttl", DEFAULT_TTL_S),
-        sharded=bool(getattr(cfg.redis, "cluster", False)),
+        ttl_s=cfg.redis.history_ttl,
+        sharded=cfg.redis.cluster,
     )
     try:
         event_id = publisher.publish_payload(merchant_id, event, payload)

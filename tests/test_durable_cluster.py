@@ -5,17 +5,21 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import yaml
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from support import unique_merchant, wait_until
 
 from gateway.broker.history import DurableHistory
+from gateway.config import load_config
 from gateway.durable import DurableId, encode_envelope, history_keys
+from gateway.publish_cli import run_publish
 from gateway.publisher import SCRIPT_SHA, Publisher
 from tools.services import RedisServer, free_port, port_open
 
@@ -36,27 +40,34 @@ def _cluster_port() -> int:
     raise RuntimeError("no port pair for a cluster node")
 
 
-@pytest.fixture
-def cluster(redis_factory: Callable[..., RedisServer]) -> list[RedisServer]:
-    """Three primaries, no replicas, all slots assigned."""
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[RedisServer]]:
+    """Three primaries, no replicas, all slots assigned; shared by this module's tests."""
     args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "2000")
-    nodes = [redis_factory(port=_cluster_port(), extra_args=args) for _ in range(3)]
-    subprocess.run(
-        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-         "--cluster-yes"],
-        check=True, capture_output=True, timeout=30,
-    )
+    nodes: list[RedisServer] = []
+    try:
+        for _ in range(3):
+            nodes.append(RedisServer(port=_cluster_port(), extra_args=args).start())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )
 
-    def ready() -> bool:
+        def ready() -> bool:
+            for node in nodes:
+                with redis.Redis(port=node.port) as c:
+                    info = c.cluster("info")
+                if info.get("cluster_state") != "ok" or int(info["cluster_known_nodes"]) != 3:
+                    return False
+            return True
+
+        wait_until(ready, timeout=20, message="cluster_state:ok on every node")
+        yield nodes
+    finally:
         for node in nodes:
-            info = redis.Redis(port=node.port).cluster("info")
-            if info.get("cluster_state") != "ok" or int(info["cluster_known_nodes"]) != 3:
-                return False
-        return True
-
-    wait_until(ready, timeout=20, message="cluster_state:ok on every node")
-    return nodes
+            node.stop()
 
 
 @pytest.fixture
@@ -122,3 +133,26 @@ def test_sync_publisher_on_a_cluster(cluster: list[RedisServer]) -> None:
         client.close()
     assert [DurableId.parse(i).offset for i in ids] == [1] * 4  # type: ignore[union-attr]
     assert all(e == [(b"0-1", {b"e": b"error", b"d": b'{"jobId":"j"}'})] for e in entries)
+
+
+def test_cli_publishes_sharded_on_a_cluster(
+    cluster: list[RedisServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"redis": {"cluster": True}, "sse": {"history": 5}}))
+    cfg = load_config(
+        str(path),
+        {"REDIS_URL": f"redis://127.0.0.1:{cluster[2].port}/0",
+         "DATABASE_URL": "postgresql://gw@127.0.0.1:1/gateway"},
+    )
+    mid = unique_merchant("cl")[0]
+    assert run_publish(cfg, mid, "progress", '{"percent": 5}') == 0
+    printed = DurableId.parse(capsys.readouterr().out.strip())
+    assert printed is not None and printed.offset == 1
+    client = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    try:
+        assert client.xrange(history_keys(mid)[0]) == [
+            (b"0-1", {b"e": b"progress", b"d": b'{"percent":5}'})
+        ]
+    finally:
+        client.close()
