@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, help="N open streams [2000; step 5000; scale 50000]")
     p.add_argument("--merchants", type=int, help="M merchants [N/10]")
     p.add_argument("--rates", "--rate", dest="rates", help=f"R msg/s, comma list [{DEFAULT_RATES}]")
-    p.add_argument("--duration", type=float, help="D seconds of publishing per rate [5; scale 10]")
+    p.add_argument("--duration", type=float, help="D seconds of publishing per rate [5; scale 60]")
     p.add_argument("--drain", type=float, default=5, help="s to wait for stragglers [5]")
     p.add_argument("--systems", help=f"[{DEFAULT_SYSTEMS}; scale gateway3]")
     p.add_argument("--procs", type=int, help="client processes [1; scale N/12500]")
@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.merchants = a.merchants or max(1, a.streams // 10)
     a.rates = [float(r) for r in (a.rates or (SCALE_RATES if a.scale else STEP_RATES if a.step
                                               else DEFAULT_RATES)).split(",")]
-    a.duration = a.duration or (10.0 if a.scale else 5.0)
+    # scale: 60 s windows, so each holds one postgres.recheck round (every 60 s)
+    a.duration = a.duration or (60.0 if a.scale else 5.0)
     a.systems = [s.strip() for s in (a.systems or ("gateway3" if a.scale else DEFAULT_SYSTEMS))
                  .split(",") if s.strip()]
     a.procs = a.procs or (math.ceil(a.streams / STREAMS_PER_CLIENT) if a.scale else 1)

@@ -103,6 +103,11 @@ def wakeups(batches: float, per_batch: float, h: float, processes: int) -> float
     return batches * processes * (1 - (1 - share) ** max(per_batch, 1.0))
 
 
+def recheck_per_s(t: Target, h: float) -> float:
+    """Merchant re-verifications per second (``postgres.recheck``), fleet-wide."""
+    return t.merchants * h / t.recheck_s if t.recheck_s > 0 else 0.0
+
+
 def gateway_cpu_us(c: dict[str, float], t: Target, processes: int) -> float:
     """Steady gateway CPU, microseconds per second, over the whole fleet."""
     h = holders(processes, t.tabs)
@@ -114,6 +119,7 @@ def gateway_cpu_us(c: dict[str, float], t: Target, processes: int) -> float:
         + t.rate * t.tabs * c["cpu_per_delivery"]
         + t.streams / t.heartbeat_s * c["cpu_per_delivery"]  # pings are written like events
         + opens * c["cpu_per_stream_open"]
+        + recheck_per_s(t, h) * c["cpu_per_merchant_open"]  # re-verification ~ a first open
         + processes * c["cpu_idle_per_process"] * 1e6
     )
 
@@ -193,7 +199,7 @@ def plan(c: dict[str, float], t: Target) -> Fleet:
               + t.streams / t.heartbeat_s * (PING_BYTES + TCP_IP_BYTES)) * 8 / 1e6
     hosts = math.ceil(p / t.cores_per_host)
     pairs = t.merchants * h
-    pg = pairs / t.recheck_s + min(t.streams * t.churn_per_min / 60, pairs / 30)
+    pg = recheck_per_s(t, h) + min(t.streams * t.churn_per_min / 60, pairs / 30)
     return Fleet(
         processes=p,
         limited_by="connections (sse.max_connections)" if p == p_conn else "gateway CPU",
@@ -212,43 +218,6 @@ def plan(c: dict[str, float], t: Target) -> Fleet:
         pg_lookups_per_s=round(pg, 1),
         restart=_restart(c, t, p, pred["cpu_cores"]),
     )
-
-
-def render(t: Target, f: Fleet) -> str:
-    """The plan as aligned text."""
-    r = f.restart
-    lines = [
-        f"target: {t.streams:,} streams, {t.merchants:,} merchants ({t.tabs:.1f} tabs each), "
-        f"{t.rate:,.0f} msg/s of {t.payload} B, {'durable' if t.durable else 'plain'}"
-        f"{' pipelined' if t.pipelined else ''} publish, "
-        f"{t.churn_per_min:.0%}/min reopened",
-        f"gateway     {f.processes} processes (1 core each; {f.hosts} host(s) of "
-        f"{t.cores_per_host} cores), limited by {f.limited_by}",
-        f"            CPU {f.gateway_cores} cores steady, memory {f.gateway_mem_gib} GiB",
-        f"            {f.messages_in_per_s:,}/s messages in ({f.holders_per_merchant} processes "
-        f"per merchant), {f.deliveries_per_s:,}/s deliveries",
-        f"redis       {f.redis_primaries} primary(ies) ({f.redis_limited_by} bound): "
-        f"{f.redis_cores} cores of pub/sub, {f.redis_egress_mbit:,} Mbit/s to gateways"
-        + ("  (more than one: redis.cluster + sharded pub/sub)" if f.redis_primaries > 1 else ""),
-        f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
-        f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",
-        f"restart     all streams reconnect: {r['new_streams_per_s']:,} new streams/s "
-        f"({r['bound_by']} bound), all live after "
-        f"{r['seconds_until_all_live']} s, gateway {r['gateway_cores_during']} cores meanwhile",
-        f"            postgres {r['pg_lookups']:,} lookups ({r['pg_lookups_per_s']:,}/s, "
-        f"{r['pg_cores_during']} cores)",
-        f"            {_replay_line(r)}",
-    ]
-    return "\n".join(lines)
-
-
-def _replay_line(r: dict) -> str:
-    if not r["history_reads"]:
-        return "no durable history (plain PUBLISH): reconnecting streams get event: resync"
-    redis = r["replay_redis_cpu_s"]
-    return (f"{r['history_reads']:,} history reads replaying {r['replayed_events']:,} events "
-            f"(gateway {r['replay_gateway_cpu_s']} CPU-s, Redis "
-            f"{redis if redis is not None else 'not measured'} CPU-s)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                cpu_target=a.cpu_target, restart_window_s=a.restart_window,
                heartbeat_s=a.heartbeat)
     f = plan(load_costs(a.costs), t)
-    print(json.dumps(asdict(f), indent=1) if a.json else render(t, f))
+    from bench.report import render_fleet
+
+    print(json.dumps(asdict(f), indent=1) if a.json else render_fleet(t, f))
     print(f"(unit costs: {a.costs})", file=sys.stderr)
     return 0
 

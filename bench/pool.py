@@ -105,7 +105,10 @@ class ClientPool:
                  payload: int = 0, trial: int = 0) -> None:
         self.sizes = split(n, max(procs, 1))
         self.drain = drain
-        common = ["--merchants", str(m), "--drain", str(drain), "--payload", str(payload)]
+        # an open stage may take minutes at 50,000 streams on a busy machine
+        self.ready_timeout = max(150.0, n / 100)
+        common = ["--merchants", str(m), "--drain", str(drain), "--payload", str(payload),
+                  "--ready-timeout", str(self.ready_timeout)]
         self.subs: list[_Proc] = []
         self.pub: _Proc | None = None
         try:
@@ -128,8 +131,9 @@ class ClientPool:
         extra = [self.pub] if self.pub is not None and self.pub not in self.subs else []
         return [*self.subs, *extra]
 
-    def open(self, fraction: float, timeout: float = 240) -> dict:
+    def open(self, fraction: float) -> dict:
         """Open ``fraction`` of every process's share; merged ``ready`` info."""
+        timeout = self.ready_timeout + 60
         for proc, size in zip(self.subs, self.sizes, strict=True):
             proc.send(f"open {round(size * fraction)}")
         out: dict = {"ready": 0, "opened": 0, "status": {}, "open_s": 0.0}

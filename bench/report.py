@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COLS", "costs_markdown", "ok", "table"]
+__all__ = ["COLS", "costs_markdown", "ok", "render_fleet", "table"]
 
 COLS = [
     ("system", "system", "{}"),
@@ -66,3 +66,40 @@ def costs_markdown(data: dict) -> str:
         unit = "µs" if c["unit"] == "us" else c["unit"]
         lines.append(f"| `{name}` | {c['value']:g} {unit} | {c['how']} |")
     return "\n".join(lines)
+
+
+def render_fleet(t, f) -> str:  # (Target, Fleet) from bench.capacity
+    """The plan as aligned text."""
+    r = f.restart
+    lines = [
+        f"target: {t.streams:,} streams, {t.merchants:,} merchants ({t.tabs:.1f} tabs each), "
+        f"{t.rate:,.0f} msg/s of {t.payload} B, {'durable' if t.durable else 'plain'}"
+        f"{' pipelined' if t.pipelined else ''} publish, "
+        f"{t.churn_per_min:.0%}/min reopened",
+        f"gateway     {f.processes} processes (1 core each; {f.hosts} host(s) of "
+        f"{t.cores_per_host} cores), limited by {f.limited_by}",
+        f"            CPU {f.gateway_cores} cores steady, memory {f.gateway_mem_gib} GiB",
+        f"            {f.messages_in_per_s:,}/s messages in ({f.holders_per_merchant} processes "
+        f"per merchant), {f.deliveries_per_s:,}/s deliveries",
+        f"redis       {f.redis_primaries} primary(ies) ({f.redis_limited_by} bound): "
+        f"{f.redis_cores} cores of pub/sub, {f.redis_egress_mbit:,} Mbit/s to gateways"
+        + ("  (more than one: redis.cluster + sharded pub/sub)" if f.redis_primaries > 1 else ""),
+        f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
+        f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",
+        f"restart     all streams reconnect: {r['new_streams_per_s']:,} new streams/s "
+        f"({r['bound_by']} bound), all live after "
+        f"{r['seconds_until_all_live']} s, gateway {r['gateway_cores_during']} cores meanwhile",
+        f"            postgres {r['pg_lookups']:,} lookups ({r['pg_lookups_per_s']:,}/s, "
+        f"{r['pg_cores_during']} cores)",
+        f"            {_replay_line(r)}",
+    ]
+    return "\n".join(lines)
+
+
+def _replay_line(r: dict) -> str:
+    if not r["history_reads"]:
+        return "no durable history (plain PUBLISH): reconnecting streams get event: resync"
+    redis = r["replay_redis_cpu_s"]
+    return (f"{r['history_reads']:,} history reads replaying {r['replayed_events']:,} events "
+            f"(gateway {r['replay_gateway_cpu_s']} CPU-s, Redis "
+            f"{redis if redis is not None else 'not measured'} CPU-s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.capacity import Target, holders, load_costs, predict, wakeups
+from bench.capacity import Target, holders, load_costs, predict, recheck_per_s, wakeups
 
 __all__ = ["compare", "print_validation"]
 
@@ -20,7 +20,8 @@ def compare(row: dict, costs: dict[str, float]) -> dict:
     work_us = (wake * costs.get("cpu_per_wakeup", 0.0)
                + row["published"] * h * costs["cpu_per_message"]
                + row["expected"] * costs["cpu_per_delivery"]
-               + n / t.heartbeat_s * window * costs["cpu_per_delivery"])
+               + n / t.heartbeat_s * window * costs["cpu_per_delivery"]
+               + recheck_per_s(t, h) * window * costs["cpu_per_merchant_open"])
     cpu = work_us / 1e6 / window + w * costs["cpu_idle_per_process"]
     mem = predict(costs, t, w)["mem_mib"]
     if w > 1:

@@ -109,7 +109,8 @@ def test_predict_arithmetic() -> None:
     t = Target(streams=3000, merchants=300, rate=100, churn_per_min=0)
     p = predict(COSTS, t, 1)
     # 100 msg/s x (1 holder x 20 + 10 tabs x 10) + 3000/15 pings x 10 + 0.01 core idle
-    assert p["cpu_cores"] == pytest.approx((100 * 120 + 200 * 10) / 1e6 + 0.01)
+    # + 300 merchants re-verified per 60 s x 200 us
+    assert p["cpu_cores"] == pytest.approx((100 * 120 + 200 * 10 + 5 * 200) / 1e6 + 0.01)
     woken = predict(dict(COSTS, cpu_per_wakeup=100.0), t, 1)["cpu_cores"]
     assert woken == pytest.approx(p["cpu_cores"] + 100 * 100 / 1e6)  # one wakeup per message
     assert p["mem_mib"] == pytest.approx((3000 * 16 + 300 * 2 + 40 * 1024) / 1024)
@@ -161,7 +162,8 @@ def test_load_costs_and_compare(tmp_path) -> None:
            "server_mem_kb": 200 * 1024, "gw_messages": 3000}
     c = compare(row, costs)
     h = holders(3, 10)
-    want = (1000 * h * 20 + 10_000 * 10 + 200 * 10 * 10) / 1e6 / 10 + 0.03
+    want = (1000 * h * 20 + 10_000 * 10 + 200 * 10 * 10 + 300 * h / 60 * 10 * 200) / 1e6 / 10
+    want += 0.03
     assert c["cpu_pred"] == pytest.approx(want, abs=1e-3)
     assert c["cpu_meas"] == 0.02 and c["holders_meas"] == 3.0
     assert c["mem_pred"] == pytest.approx((3000 * 16 + 300 * h * 2 + 120 * 1024) / 1024 + 30, 0.01)
