@@ -12,8 +12,7 @@ m0..m{M-1}, and two one-worker gateways, one on a single Redis and one with
 2. Gateway CPU per delivered event, R msg/s for D s, single and cluster
    alternating (ABBA...), ``--rounds`` each; medians and their ratio.
 
-Writes .run/bench/cluster.json, and docs/bench/cluster.json + cluster.md
-(``--docs ''`` skips the docs copy). docs/bench/cluster.md explains the tables.
+Writes .run/bench/cluster.json and docs/bench/cluster.{json,md} (``--docs ''``: not docs).
 """
 
 from __future__ import annotations
@@ -231,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
                                         for p in sorted(set(owners.values()))}
         systems = {"single": Gateway("single", 1, tmp, pg.dsn, a.streams),
                    "cluster": ClusterGateway(cluster, "cluster", 1, tmp, pg.dsn, a.streams)}
-        pubs = {"single": None, "cluster": Publisher(a.merchants, owners=owners)}
         for i, (name, gw) in enumerate(systems.items()):
             gw.start()
             pools[name] = ClientPool(gw.client_args(), a.streams, a.merchants, 1, a.drain,
@@ -241,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             gw.pids = procstat.tree(gw.root_pid)
         assert systems["single"].redis is not None
-        pubs["single"] = Publisher(a.merchants, single_url=systems["single"].redis.url)
+        pubs = {"single": Publisher(a.merchants, single_url=systems["single"].redis.url),
+                "cluster": Publisher(a.merchants, owners=owners)}
         redis_pids = {"single": [systems["single"].redis_pid() or 0],
                       "cluster": [s.pid for s in cluster.servers.values() if s.pid]}
         order = [n for r in range(a.rounds)
@@ -265,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         out["cpu"] = {"trials": trials, "median_us_per_delivery": med,
                       "ratio": round(med["cluster"] / med["single"], 3) if med["single"] else None,
                       "all_delivered": all(t["delivered"] == t["expected"] for t in trials)}
+    except BaseException:
+        for log in sorted(tmp.glob("*.log")):  # why a gateway failed, before tmp goes
+            print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-1500:]}",
+                  file=sys.stderr)
+        raise
     finally:
         for pool in pools.values():
             pool.close()

@@ -112,8 +112,9 @@ def verdict(cpu: dict) -> str:
     med, ratio = cpu["median_us_per_delivery"], cpu["ratio"]
     goal = "" if ratio is None else (
         f" ({'within' if ratio <= GOAL else 'OVER'} the {GOAL:.2f} goal)")
+    lost = "" if cpu.get("all_delivered", True) else "; NOT every event was delivered"
     return (f"median gateway CPU per delivery: single {med['single']:.2f} us, cluster "
-            f"{med['cluster']:.2f} us; cluster/single = {ratio}{goal}")
+            f"{med['cluster']:.2f} us; cluster/single = {ratio}{goal}{lost}")
 
 
 def tables(out: dict) -> str:
@@ -170,7 +171,8 @@ on merchant `j % M`; message `k` goes to merchant `k % M`.
    Redis; SPUBLISH pipelined to each owning primary on the cluster) and waits
    until every expected event arrived. Gateway CPU is utime+stime of its
    process tree from /proc over the window, divided by the events delivered;
-   Redis CPU is the single server, or all six cluster nodes. The machine has
+   Redis CPU is the single server, or all six cluster nodes (replicas and the
+   cluster's own bus traffic included, so it is not a per-command cost). The machine has
    two shared cores, so only the ratio measured in the same run is quoted;
    figures move by ±30 % between runs.
 
