@@ -9,22 +9,13 @@ is stopped by PID at teardown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -35,6 +26,8 @@ if str(TESTS_DIR) not in sys.path:
 
 from support import ISOLATED_ENV, unique_merchant  # noqa: E402
 
+from tools.gateway import GatewayServer as GatewayProcess  # noqa: E402
+from tools.gateway import child_env  # noqa: E402
 from tools.services import (  # noqa: E402
     NginxServer,
     PostgresServer,
@@ -152,144 +145,6 @@ def merchant(postgres_server: PostgresServer) -> tuple[str, str]:
 # ----------------------------------------------------------------------------
 
 
-class GatewayProcess:
-    """A ``python -m gateway --config FILE`` child process."""
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        config_path: Path,
-        log_path: Path,
-        env: dict[str, str],
-    ) -> None:
-        self.config = config
-        self.config_path = config_path
-        self.log_path = log_path
-        self.env = env
-        server = config.get("server") or {}
-        port = server.get("port", 8080)
-        # a deliberately invalid port (config-error tests) leaves .port at 0
-        self.port: int = port if isinstance(port, int) else 0
-        self.host = "127.0.0.1"
-        self.path: str = str(server.get("path", "/api/realtime/events"))
-        self.base_url = f"http://{self.host}:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_fh: Any = None
-
-    def __repr__(self) -> str:
-        return f"<GatewayProcess {self.base_url} pid={self.pid}>"
-
-    def spawn(self) -> None:
-        self._log_fh = open(self.log_path, "ab")  # closed in stop()/wait()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(self.config_path)],
-            cwd=str(REPO_ROOT),
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    @property
-    def stream_path(self) -> str:
-        return self.path
-
-    def url(self, path: str = "/", **query: Any) -> str:
-        q = f"?{urllib.parse.urlencode(query)}" if query else ""
-        return f"{self.base_url}{path}{q}"
-
-    def stream_url(self, shop: str | None, **query: Any) -> str:
-        """``{base_url}{server.path}?shop=SHOP&k=v...`` (shop=None omits it)."""
-        params: dict[str, Any] = {}
-        if shop is not None:
-            params["shop"] = shop
-        params.update(query)
-        return self.url(self.path, **params)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def send_signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout: float = 10) -> int:
-        """Wait for exit; the return code (TimeoutError if still running)."""
-        assert self.proc is not None
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(
-                f"gateway pid {self.pid} still running after {timeout}s; "
-                f"log tail:\n{self.log_text()[-3000:]}"
-            ) from None
-        self._close_log()
-        return rc
-
-    def live(self, timeout: float = 1.0) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/health/live", timeout=timeout) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
-    def wait_ready(self, timeout: float = 30) -> GatewayProcess:
-        """Poll GET /health/live until 200; fail fast if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.returncode
-            if rc is not None:
-                raise RuntimeError(
-                    f"gateway exited with {rc} before becoming live; log:\n"
-                    f"{self.log_text()[-4000:]}"
-                )
-            if self.live(0.5):
-                return self
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"gateway not live on {self.base_url} after {timeout}s; log:\n"
-                    f"{self.log_text()[-4000:]}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM by PID, wait (shutdown_timeout + 5 s), then SIGKILL."""
-        if self.proc is None:
-            return None
-        if timeout is None:
-            timeout = float((self.config.get("server") or {}).get("shutdown_timeout", 10)) + 5
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._close_log()
-        return self.proc.returncode
-
-    def _close_log(self) -> None:
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-
-
 def _url_of(service: Any) -> str:
     if isinstance(service, str):
         return service
@@ -335,32 +190,27 @@ class GatewayFactory:
         n = len(self.started) + 1
         merged = deep_merge(self.base_config(), config)
         cfg_path = self._tmp / f"gateway-{n}.yaml"
-        cfg_path.write_text(yaml.safe_dump(merged, sort_keys=False))
         log_path = self._tmp / f"gateway-{n}.log"
 
-        child_env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
-        child_env["PYTHONUNBUFFERED"] = "1"
-        child_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-        )
+        child = child_env(dict.fromkeys(ISOLATED_ENV))
         env = dict(env or {})
         if "REDIS_URL" not in env:
-            child_env["REDIS_URL"] = _url_of(
+            child["REDIS_URL"] = _url_of(
                 redis if redis is not None else self._request.getfixturevalue("redis_server")
             )
         if "DATABASE_URL" not in env:
-            child_env["DATABASE_URL"] = _url_of(
+            child["DATABASE_URL"] = _url_of(
                 postgres
                 if postgres is not None
                 else self._request.getfixturevalue("postgres_server")
             )
         for k, v in env.items():
             if v is None:
-                child_env.pop(k, None)
+                child.pop(k, None)
             else:
-                child_env[k] = str(v)
+                child[k] = str(v)
 
-        gw = GatewayProcess(merged, cfg_path, log_path, child_env)
+        gw = GatewayProcess(merged, child, config_path=cfg_path, log_path=log_path)
         self.started.append(gw)
         gw.spawn()
         if wait:
