@@ -136,17 +136,20 @@ def predict(c: dict[str, float], t: Target, processes: int) -> dict[str, float]:
 def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dict:
     """Every stream reconnects at once (deploy, fleet restart)."""
     pairs = t.merchants * holders(p, t.tabs)
-    open_us = c["cpu_per_stream_open"] + pairs / t.streams * c["cpu_per_merchant_open"]
+    base_us = c["cpu_per_stream_open"] + pairs / t.streams * c["cpu_per_merchant_open"]
     spare = max(1.0 - steady_cores / p, 0.05)  # of each process's single core
-    per_proc = spare * 1e6 / open_us  # opens/s one process has CPU for
-    if t.max_new_per_s:
-        per_proc = min(t.max_new_per_s, per_proc)
-    fleet_rate = per_proc * p
-    live_s = max(t.restart_window_s, t.streams / fleet_rate) + t.retry_s
-    # events a stream misses: it waits for its reconnect (retry) and, on average,
-    # half of the admission queue
-    missed = t.rate / max(t.merchants, 1) * ((live_s - t.retry_s) / 2 + t.retry_s)
-    # only durable events outlive a restart (Redis history); plain ones end in a resync
+    replay_us = c.get("gateway_per_replayed_event", 0) + c["cpu_per_delivery"]
+    missed = 0.0
+    for _ in range(2):  # a replay lengthens an open, which lengthens the restart
+        # only durable events outlive a restart (Redis history); plain ones end in a resync
+        open_us = base_us + (min(missed, 100) * replay_us if t.durable else 0.0)
+        per_proc = spare * 1e6 / open_us  # opens/s one process has CPU for
+        if t.max_new_per_s:
+            per_proc = min(t.max_new_per_s, per_proc)
+        fleet_rate = per_proc * p
+        live_s = max(t.restart_window_s, t.streams / fleet_rate) + t.retry_s
+        # events a stream misses: its reconnect delay plus, on average, half the queue
+        missed = t.rate / max(t.merchants, 1) * ((live_s - t.retry_s) / 2 + t.retry_s)
     reads = t.streams if t.durable else 0
     replayed = reads * min(missed, 100)  # sse.history caps a replay
     return {
@@ -165,8 +168,7 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
         "replayed_events": round(replayed),
         "replay_redis_cpu_s": round(replayed * c["redis_per_replayed_event"] / 1e6, 2)
         if "redis_per_replayed_event" in c else None,
-        "replay_gateway_cpu_s": round(replayed * (c.get("gateway_per_replayed_event", 0)
-                                                  + c["cpu_per_delivery"]) / 1e6, 2),
+        "replay_gateway_cpu_s": round(replayed * replay_us / 1e6, 2),
     }
 
 
