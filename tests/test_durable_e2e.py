@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from ops_support import get_metrics, metric, poll
 from support import Event, SSEStream, http_json, open_stream, publish
 
 from gateway.durable import DurableId
@@ -99,6 +100,15 @@ async def test_publish_api_end_to_end(gateway_factory: Any, merchant: Any) -> No
         ("completion", '[1,{"a":null}]'),
     ]
     assert KEY not in gw.log_text()
+    expected = {"401": 2, "400": len(bad), "413": 1, "200": 2}
+
+    def counted(samples: dict[str, float]) -> bool:
+        return all(
+            metric(samples, "gateway_publish_requests_total", status=status) == n
+            for status, n in expected.items()
+        )
+
+    await poll(lambda: get_metrics(gw), counted, 5, what="publish requests counted by status")
 
 
 async def test_publish_api_503_while_redis_is_down(
@@ -198,7 +208,10 @@ async def test_workers_concurrent_publisher_and_reconnecting_clients(
     gateway_factory: Any, merchant: Any, redis_server: RedisServer
 ) -> None:
     mid, shop = merchant
-    gw = gateway_factory.start(config={**DURABLE, "server": {"workers": 2}})
+    # linger 0: a worker whose last stream of the merchant closes drops its ring at once,
+    # so reconnects there are served from Redis while events keep arriving
+    config = {**DURABLE, "server": {"workers": 2}, "sse": {"history": 1000, "linger": 0}}
+    gw = gateway_factory.start(config=config)
     total, clients = 500, 4
     client = aioredis.Redis.from_url(redis_server.url)
     publisher = AsyncPublisher(client, history=1000, ttl_s=600)
