@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,6 +15,8 @@ from support import unique_merchant
 from gateway.durable import DurableId, encode_envelope, history_keys
 from gateway.publisher import SCRIPT_SHA, AsyncPublisher, Publisher
 from tools.services import RedisServer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def received(pubsub: redis.client.PubSub, n: int, within_s: float = 5) -> list[bytes]:
@@ -77,3 +82,17 @@ def test_settings_are_passed_through(redis_server: RedisServer) -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         Publisher(object(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_helper_loads_without_the_rest_of_the_gateway() -> None:
+    """docs/publishing.md: backends may copy publisher.py, durable.py and publish.lua alone."""
+    probe = (
+        "import sys, gateway.publisher; "
+        "extra = sorted(m for m in sys.modules if m.startswith(('gateway.', 'aiohttp')) "
+        "and m not in ('gateway.publisher', 'gateway.durable')); print(extra)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=30, check=True,
+    )
+    assert done.stdout.strip() == "[]"
