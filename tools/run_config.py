@@ -8,7 +8,6 @@ starts); the run's copy differs only in ``server.port`` (``PORT``) and
 
 from __future__ import annotations
 
-import os
 import sys
 import urllib.parse
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ import yaml
 
 from gateway.config import ConfigError, load_config
 
-__all__ = ["RunSettings", "fail", "load_run_settings", "redis_cli_command", "write_run_config"]
+__all__ = ["RunSettings", "fail", "load_run_settings", "redis_cli_command", "run_config"]
 
 # Stand-ins while the real services are not started yet (never connected to).
 _PLACEHOLDERS = {
@@ -37,6 +36,7 @@ class RunSettings:
     path: str
     cluster: bool
     channel: str  # the template, e.g. merchant:{merchant_id}:{event}
+    shutdown_timeout: float
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -68,17 +68,15 @@ def load_run_settings(path: Path, environ: Mapping[str, str]) -> RunSettings:
         path=cfg.server.path,
         cluster=cfg.redis.cluster,
         channel=cfg.redis.channel,
+        shutdown_timeout=cfg.server.shutdown_timeout,
     )
 
 
-def write_run_config(raw: dict[str, Any], port: int, directory: str) -> Path:
+def run_config(raw: dict[str, Any], port: int) -> dict[str, Any]:
     """The config with server.port = port and server.demo on, for this run only."""
     data = dict(raw)
     data["server"] = {**(data.get("server") or {}), "port": port, "demo": True}
-    path = Path(directory) / "gateway.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.chmod(path, 0o600)  # it may hold secrets written in the original
-    return path
+    return data
 
 
 def redis_cli_command(redis_url: str, cluster: bool = False) -> str:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,13 +29,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.redaction import redact_url  # noqa: E402
+from tools.gateway import GatewayServer  # noqa: E402
 from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402
 from tools.run_config import (  # noqa: E402
     RunSettings,
     fail,
     load_run_settings,
     redis_cli_command,
-    write_run_config,
+    run_config,
 )
 from tools.services import PostgresServer, RedisServer, ServiceError  # noqa: E402
 
@@ -88,19 +87,35 @@ def _url_host(host: str) -> str:
     return f"[{probe}]" if ":" in probe else probe
 
 
-def stop_gateway(proc: subprocess.Popen[bytes], timeout: float = 15) -> int | None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"run: gateway pid {proc.pid} did not exit, killing it", file=sys.stderr)
-            # its own session (start_new_session): the group holds only it and its workers
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    return proc.returncode
+def follow(path: Path, done: threading.Event) -> threading.Thread:
+    """Copy the gateway's log to our stdout as it grows, until `done` and EOF."""
+
+    def run() -> None:
+        with open(path, "rb") as log:
+            while True:
+                line = log.readline()
+                if line:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+                elif done.is_set():
+                    return
+                else:
+                    time.sleep(0.1)
+
+    thread = threading.Thread(target=run, name="gateway-log", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_gateway(gateway: GatewayServer, timeout: float) -> None:
+    """SIGTERM by PID, SIGKILL if it outlives `timeout`; then any worker it left behind."""
+    pid = gateway.pid
+    rc = gateway.stop(timeout)
+    if rc == -signal.SIGKILL and pid is not None:
+        print(f"run: gateway pid {pid} did not exit in {timeout:.0f}s; killed", file=sys.stderr)
+        # its own session: the group is the gateway's workers, and nothing else
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def check_port(host: str, port: int) -> None:
@@ -187,27 +202,24 @@ def main() -> int:
     host, port = settings.host, settings.port
     check_port(host, port)  # before anything starts: nothing to clean up
     services: list[_Service] = []
-    gateway: subprocess.Popen[bytes] | None = None
+    gateway: GatewayServer | None = None
+    log_done = threading.Event()
+    log_thread: threading.Thread | None = None
     env = dict(os.environ)
     rc = 0
-    workdir = tempfile.mkdtemp(prefix="gateway-run-")
     try:
         seeded = start_services(env, services, settings.cluster)
         if stop.is_set():
             return 130
         check_port(host, port)  # again: the services took a moment
-        config = write_run_config(settings.raw, port, workdir)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.pop("GATEWAY_CONFIG", None)  # --config names the run's copy
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--config", str(config)],
-            cwd=str(REPO_ROOT),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # own session: Ctrl-C reaches us, and we stop the gateway with SIGTERM
-            start_new_session=True,
-        )
-        problem = wait_live(gateway, host, port, stop)
+        # own session (Ctrl-C reaches only us; we stop it by PID), log to a file we follow
+        gateway = GatewayServer(run_config(settings.raw, port), env, cwd=REPO_ROOT)
+        gateway.spawn()
+        assert gateway.proc is not None
+        log_thread = follow(gateway.log_path, log_done)
+        problem = wait_live(gateway.proc, host, port, stop)
         if problem is not None:
             if stop.is_set():
                 return 130
@@ -215,11 +227,11 @@ def main() -> int:
             return 1
         base = f"http://{_url_host(host)}:{port}"
         elapsed = time.monotonic() - t0
-        print(usage(gateway.pid, base, settings, env, seeded, elapsed), flush=True)
+        print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed), flush=True)
         while not stop.is_set():
-            if gateway.poll() is not None:
-                print(f"run: gateway exited with {gateway.returncode}", file=sys.stderr)
-                rc = gateway.returncode or 1
+            if (code := gateway.returncode) is not None:
+                print(f"run: gateway exited with {code}", file=sys.stderr)
+                rc = code or 1
                 break
             stop.wait(0.5)
     except ServiceError as e:
@@ -228,15 +240,18 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if gateway is not None and gateway.poll() is None:
-            print("\nrun: stopping the gateway ...", flush=True)
-            stop_gateway(gateway)
+        if gateway is not None:
+            if gateway.running:
+                print("\nrun: stopping the gateway ...", flush=True)
+            stop_gateway(gateway, settings.shutdown_timeout + 5)
+            log_done.set()
+            if log_thread is not None:
+                log_thread.join(5)
         for svc in reversed(services):
             name, pid = getattr(svc, "name", "service"), getattr(svc, "pid", "?")
             print(f"run: stopping {name} (pid {pid}) ...", flush=True)
             with contextlib.suppress(Exception):
                 svc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
         print("run: stopped.", flush=True)
     return 130 if received and rc == 0 and received[0] == signal.SIGINT else rc
 
