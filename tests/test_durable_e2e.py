@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
-from support import Event, SSEStream, http_json, open_stream, publish
+from support import Event, SSEStream, http_json, open_stream, publish, wait_for
 
-from gateway.durable import DurableId
+from gateway.durable import DurableId, history_keys
 from gateway.publisher import AsyncPublisher
 from tools.services import RedisServer
 
@@ -62,7 +62,9 @@ async def test_publish_api_disabled_without_key(gateway_factory: Any, merchant: 
     assert (status, body["error"]) == (404, "not_found")
 
 
-async def test_publish_api_end_to_end(gateway_factory: Any, merchant: Any) -> None:
+async def test_publish_api_end_to_end(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
     gw = gateway_factory.start(config=DURABLE)
     mid, shop = merchant
     one = {"merchantId": mid, "event": "progress", "data": {"jobId": "po-42", "percent": 40}}
@@ -100,6 +102,13 @@ async def test_publish_api_end_to_end(gateway_factory: Any, merchant: Any) -> No
         ("completion", '[1,{"a":null}]'),
     ]
     assert KEY not in gw.log_text()
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:  # redis.history_ttl and sse.history reached the script
+        for key in history_keys(mid):
+            assert 590 <= await redis.ttl(key) <= 600
+        assert await redis.xlen(history_keys(mid)[0]) == 3
+    finally:
+        await redis.aclose()
     expected = {"401": 2, "400": len(bad), "413": 1, "200": 2}
 
     def counted(samples: dict[str, float]) -> bool:
@@ -262,3 +271,54 @@ async def test_workers_concurrent_publisher_and_reconnecting_clients(
         assert resyncs == 0 and seen, seen
         assert seen == list(range(seen[0], total + 1)), seen[:20]
         assert seen[0] == 1 and sessions > 2
+
+
+async def test_trimmed_or_expired_history_gets_history_gap(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    config = {**DURABLE, "sse": {"history": 5}}
+    a = gateway_factory.start(config=config)
+    b = gateway_factory.start(config=config)
+    client = aioredis.Redis.from_url(redis_server.url)
+
+    async def publish_durably(data: str) -> str:  # through gateway A: its sse.history caps
+        status, _, reply = await post(a, {"merchantId": mid, "event": "stage", "data": data})
+        assert status == 200, reply
+        return str(reply["id"])
+
+    async def reconnect(last_id: str) -> list[Event]:
+        async with open_stream(b.stream_url(shop), headers={"Last-Event-ID": last_id}) as s:
+            await connected(s)
+            first = await s.next_event(10)
+            if first.event == "resync":
+                return [first]
+            await publish_durably("marker")
+            rest: list[Event] = []
+            while not rest or rest[-1].data != "marker":
+                rest.append(await s.next_event(10))
+            return [first, *rest]
+
+    try:
+        async with open_stream(a.stream_url(shop)) as s:
+            await connected(s)
+            ids = [await publish_durably(str(n)) for n in range(1, 9)]
+            got = await s.events(8, 10)
+        assert [e.id for e in got] == ids
+        held = await reconnect(ids[2])  # 4..8 are the 5 events still held
+        assert [e.data for e in held] == ["4", "5", "6", "7", "8", "marker"]
+        trimmed = await reconnect(ids[1])  # 3 was trimmed
+        assert [(e.event, e.json()) for e in trimmed] == [("resync", {"reason": "history_gap"})]
+
+        keys = history_keys(mid)
+        for key in keys:  # as if redis.history_ttl had passed without a durable publish
+            await client.pexpire(key, 1)
+
+        async def expired() -> bool:
+            return await client.exists(*keys) == 0
+
+        await wait_for(expired, timeout=5, message="history keys expired")
+        gone = await reconnect(ids[-1])
+        assert [(e.event, e.json()) for e in gone] == [("resync", {"reason": "history_gap"})]
+    finally:
+        await client.aclose()
