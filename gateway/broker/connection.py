@@ -48,6 +48,9 @@ def make_cluster_client(url: str, max_connections_per_node: int) -> RedisCluster
         socket_timeout=CONNECT_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         protocol=2,
+        # a publish retried after a dropped connection could run twice (two ids): callers
+        # get the fault (the HTTP API answers 503 + Retry-After) and decide
+        retry=Retry(NoBackoff(), 0),
     )
 
 
