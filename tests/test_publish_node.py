@@ -21,15 +21,22 @@ from gateway.durable import DurableId, encode_envelope, history_keys
 from gateway.publisher import SCRIPT_PATH, Publisher
 from tools.services import RedisServer
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "publishing.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "publishing.md"
 NODE = shutil.which("node")
+# make test (tools/bootstrap.sh) installs ioredis there when node and npm exist
+NODE_ENV = {
+    **os.environ,
+    "NODE_PATH": os.environ.get("NODE_PATH") or str(ROOT / ".run" / "node" / "node_modules"),
+}
 
 
 def _ioredis_available() -> bool:
     if NODE is None:
         return False
     probe = subprocess.run(
-        [NODE, "-e", "require.resolve('ioredis')"], capture_output=True, timeout=20, check=False
+        [NODE, "-e", "require.resolve('ioredis')"],
+        capture_output=True, timeout=20, check=False, env=NODE_ENV,
     )
     return probe.returncode == 0
 
@@ -72,7 +79,7 @@ def test_node_snippet_matches_the_python_helper(redis_server: RedisServer, tmp_p
         done = subprocess.run(
             [NODE or "node", "run.js", mid, '{"jobId": "po-42", "percent": 40}', "packing"],
             cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
-            env={**os.environ, "REDIS_URL": redis_server.url},
+            env={**NODE_ENV, "REDIS_URL": redis_server.url},
         )
         assert done.returncode == 0, done.stderr
         first, second = (DurableId.parse(i) for i in json.loads(done.stdout))

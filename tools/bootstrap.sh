@@ -47,6 +47,14 @@ if have_cmd python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; th
     fi
 fi
 
+# The Node (ioredis) publishing snippet in docs/publishing.md is run by the suite
+# when node exists: ioredis goes into .run/node (not a dependency of the gateway).
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if have_cmd node && have_cmd npm && [ ! -d "$repo/.run/node/node_modules/ioredis" ]; then
+    npm install --prefix "$repo/.run/node" --no-audit --no-fund --silent ioredis@5 \
+        >/dev/null 2>&1 || echo "bootstrap: ioredis not installed; the Node snippet test skips"
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
