@@ -152,6 +152,25 @@ def test_bad_config_or_port_stops_before_anything_starts(tmp_path: Path) -> None
         assert "starting" not in result.stdout  # no service was started
 
 
+def test_health_check_answered_by_another_process_is_not_success() -> None:
+    """The defect: a gateway that could not listen, and another server's 200 taken for it."""
+    from tools.run_local import wait_live
+
+    port = free_port()
+    stop = threading.Event()
+    with _impostor(port):
+        exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        exited.wait(10)
+        assert "exited with code 3" in (wait_live(exited, "0.0.0.0", port, stop, 5) or "")
+        hung = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            problem = wait_live(hung, "0.0.0.0", port, stop, 5)
+        finally:
+            hung.kill()
+            hung.wait(5)
+        assert problem is not None and "another process" in problem
+
+
 def test_served_by_tree_tells_our_listener_from_another() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
