@@ -29,7 +29,7 @@ SIZE = 10 * 1024  # payload bytes
 MiB = 1024 * 1024
 # these tests are about the bound in events: the byte budget (sse.max_queue_bytes) is
 # set out of the way here and tested on its own in test_hardening_e2e.py
-EVENT_BOUND_ONLY = 1 << 30
+EVENT_BOUND_ONLY = {"max_queue_bytes": 1 << 30}
 
 
 def buffer_events() -> int:
@@ -64,7 +64,7 @@ async def test_coalescing_keeps_newest_progress_per_job_and_every_completion(
     gateway_factory: Any, merchant: Any, redis_server: Any
 ):
     filler = buffer_events()
-    gw = gateway_factory.start(config={"sse": {"max_queue_bytes": EVENT_BOUND_ONLY, "max_queue": filler + 1000}})
+    gw = gateway_factory.start(config={"sse": {**EVENT_BOUND_ONLY, "max_queue": filler + 1000}})
     mid, shop = merchant
     slow = await lagging(gw, shop).connect()
     fast = await CountingClient(gw.stream_url(shop)).start()
@@ -140,7 +140,7 @@ async def test_slow_client_cut_while_fast_client_keeps_receiving(
     gateway_factory: Any, merchant: Any, redis_server: Any
 ):
     max_queue = 50
-    gw = gateway_factory.start(config={"sse": {"max_queue_bytes": EVENT_BOUND_ONLY, "max_queue": max_queue}})
+    gw = gateway_factory.start(config={"sse": {**EVENT_BOUND_ONLY, "max_queue": max_queue}})
     mid, shop = merchant
     before = await metric_value(gw.url("/metrics"), "gateway_slow_client_disconnects_total")
     assert before == 0
@@ -180,7 +180,8 @@ async def test_memory_bounded_with_one_stalled_client(
     and allocator slack. An unbounded queue would grow by ~300 MiB.
     """
     max_queue, total, bound = 1000, 10_000, 64 * MiB
-    gw = gateway_factory.start(config={"sse": {"max_queue_bytes": EVENT_BOUND_ONLY, "max_queue": max_queue, "history": 100}})
+    sse = {**EVENT_BOUND_ONLY, "max_queue": max_queue, "history": 100}
+    gw = gateway_factory.start(config={"sse": sse})
     mid, shop = merchant
     fast = await CountingClient(gw.stream_url(shop)).start()
     slow: LaggingClient | None = None
@@ -240,7 +241,7 @@ async def test_slow_client_close_line_names_slow_client(
     Regression: transport.abort() makes aiohttp cancel the handler; the close line
     must still carry the stream's own reason, not the default client_gone.
     """
-    gw = gateway_factory.start(config={"sse": {"max_queue_bytes": EVENT_BOUND_ONLY, "max_queue": 5}})
+    gw = gateway_factory.start(config={"sse": {**EVENT_BOUND_ONLY, "max_queue": 5}})
     mid, shop = merchant
     slows = [await lagging(gw, shop).connect() for _ in range(4)]
     fast = await CountingClient(gw.stream_url(shop)).start()
