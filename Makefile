@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 MODE       ?= compare
 BENCH_ARGS ?=
 
-.PHONY: venv deps test lint run bench clean distclean
+.PHONY: venv deps test lint run bench bench-cluster clean distclean
 
 # The venv is (re)installed only when setup.cfg/pyproject.toml change.
 venv: $(STAMP)
@@ -46,6 +46,10 @@ bench: deps venv
 	  units)   $(PY) -m bench.unitcosts $(BENCH_ARGS) ;; \
 	  *) echo "MODE must be compare, scale or units" >&2; exit 2 ;; \
 	esac
+
+# Redis Cluster: where SPUBLISH/PUBLISH land, gateway CPU per delivery (docs/bench/cluster.md)
+bench-cluster: deps venv
+	$(PY) -m bench.cluster $(BENCH_ARGS)
 
 clean:
 	rm -rf build .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
