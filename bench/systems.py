@@ -13,7 +13,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from bench.nchan import NCHAN_MODULE, render_conf
+from tools.gateway import GatewayServer
 from tools.services import NginxServer, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,6 +175,7 @@ class Gateway(System):
         self.streams = streams
         self.max_new_per_s = max_new_per_s
         self.notes: list[str] = []
+        self.server: GatewayServer | None = None
 
     def config_text(self, admission: bool) -> str:
         n = max(self.streams + 1000, 1000)
@@ -191,12 +195,17 @@ class Gateway(System):
             "logging:\n  level: WARNING\n"
         )
 
-    def start(self) -> None:
+    def redis_url(self) -> str:
+        """The Redis the gateway subscribes to: its own, started here."""
         self.redis = RedisServer()
         self.redis.start()
+        return self.redis.url
+
+    def start(self) -> None:
+        redis_url = self.redis_url()
         self.port = free_port()
         self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
-        env = dict(os.environ, REDIS_URL=self.redis.url, DATABASE_URL=self.dsn)
+        env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=self.dsn)
         src = gateway_src()
         env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
         cfg = self.tmp / f"{self.name}.yaml"
@@ -218,17 +227,21 @@ class Gateway(System):
             raise RuntimeError(
                 "gateway check-config rejected the bench config: " + "; ".join(self.notes)
             )
-        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "gateway", "--config", str(cfg)],
-            cwd=src,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        self.server = GatewayServer(
+            yaml.safe_load(cfg.read_text()), env,
+            config_path=cfg, log_path=self.tmp / f"{self.name}.log", cwd=src,
         )
-        wait_http(self.port, "/health/live", 60, self.proc)
+        self.server.spawn()
+        self.proc = self.server.proc
+        self.server.wait_ready(60)
         if self.workers > 1:
             time.sleep(1.0)  # let every worker bind
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(15)
+            self.server = None
+        super().stop()  # workers the supervisor left behind (by PID), then Redis
 
 
 class Nchan(System):
