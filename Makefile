@@ -1,4 +1,4 @@
-# Developer and CI entry points. See SPEC "Commands".
+# Developer and CI entry points (README.md, "Commands").
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 

@@ -97,7 +97,7 @@ def _authenticate(request: web.Request, gw: Gateway, shop: str) -> None:
 
 
 async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None) -> Merchant:
-    """Run the SPEC's refusal table in order; the first row that applies wins."""
+    """Run the refusal table (README.md, "The stream") in order; the first row that applies wins."""
     shop = _shop(request)
     _authenticate(request, gw, shop)
     merchant: Merchant | None = None

@@ -37,7 +37,7 @@ from tools.services import (  # noqa: E402
 
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.sql"
 
-# The SPEC's default schema; config/schema.sql ships the same text.
+# The documented default schema; config/schema.sql ships the same text.
 SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS merchants (
   id          text PRIMARY KEY,
   shop_domain text NOT NULL UNIQUE,

@@ -1,5 +1,5 @@
 """Faults end to end: Redis killed/restarted and frozen/thawed, PostgreSQL stopped,
-merchant revocation (SPEC "Faults", "Health and metrics"; issue 4).
+merchant revocation (README.md "Faults", "Health and metrics").
 
 Each test prints what it measured (detection and recovery times).
 """
@@ -132,7 +132,7 @@ async def test_redis_killed_and_restarted(redis_factory, postgres_server, gatewa
     tl.print()
 
 
-BACKOFF_CAP_S = 5.0  # SPEC: reconnect backoff capped at 5 s
+BACKOFF_CAP_S = 5.0  # README "Faults": reconnect backoff capped at 5 s
 
 
 @pytest.mark.timeout(60)

@@ -1,4 +1,4 @@
-"""/health, /health/live and /metrics end to end (SPEC "Health and metrics")."""
+"""/health, /health/live and /metrics end to end (README.md "Health and metrics")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from support import http_json, open_stream, publish, unique_merchant
 
 import gateway
 
-SPEC_METRICS = (
+DOCUMENTED_METRICS = (
     "gateway_connections",
     "gateway_merchants_subscribed",
     "gateway_redis_messages_total",
@@ -65,13 +65,13 @@ async def test_metrics_names_and_movement(redis_server, merchant, gateway_factor
     status, headers, text = await http_json(gw.url("/metrics"))
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain"), headers
-    for name in (*SPEC_METRICS, "gateway_refusals_total"):
+    for name in (*DOCUMENTED_METRICS, "gateway_refusals_total"):
         kind = "counter" if name.endswith("_total") else "gauge"
         base = name.removesuffix("_total")
         # prometheus-client names a counter family with or without `_total` by version
         assert re.search(rf"^# TYPE ({name}|{base}) {kind}$", text, re.M), name
     before = await get_metrics(gw)
-    for name in SPEC_METRICS:
+    for name in DOCUMENTED_METRICS:
         metric(before, name)  # present as a sample too
     for code in ("invalid_shop", "unknown_merchant", "too_many_connections", "unavailable"):
         metric(before, "gateway_refusals_total", code=code)

@@ -1,4 +1,4 @@
-"""Redis transports end to end (SPEC "Configuration"): rediss:// (TLS, as Upstash
+"""Redis transports end to end (README.md "Configuration"): rediss:// (TLS, as Upstash
 requires), unix:// sockets, and the legacy REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/
 REDIS_DB variables.
 

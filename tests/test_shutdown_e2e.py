@@ -1,5 +1,5 @@
 # ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
-"""Graceful shutdown (SIGTERM) and admission control end to end (SPEC "Faults"; issue 4)."""
+"""Graceful shutdown (SIGTERM) and admission control end to end (README.md "Faults")."""
 
 from __future__ import annotations
 

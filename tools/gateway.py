@@ -126,7 +126,7 @@ class GatewayServer(_Service):
                 )
             time.sleep(0.05)
 
-    def stop(self, timeout: float | None = None) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:  # type: ignore[override]
         """SIGTERM by PID, wait (shutdown_timeout + 5 s), then SIGKILL."""
         if timeout is None:
             timeout = float((self.config.get("server") or {}).get("shutdown_timeout", 10)) + 5
