@@ -80,9 +80,15 @@ class TlsEdge:
     key: Path
     _cert_dir: Path | None = None
 
+    name = "nginx TLS edge"
+
     @property
     def https_url(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.nginx.pid
 
     def stop(self) -> None:
         """Stop nginx (by PID) and remove a certificate made for it."""

@@ -29,6 +29,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from gateway.redaction import redact_url  # noqa: E402
+from tools.edge import start_tls_edge  # noqa: E402
 from tools.gateway import GatewayServer  # noqa: E402
 from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402
 from tools.run_config import (  # noqa: E402
@@ -228,6 +229,15 @@ def main() -> int:
         base = f"http://{_url_host(host)}:{port}"
         elapsed = time.monotonic() - t0
         print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed), flush=True)
+        if os.environ.get("TLS") == "1":  # make run TLS=1: the shipped TLS + HTTP/2 edge
+            edge = start_tls_edge(port)
+            services.append(edge)
+            print(
+                f"run: HTTPS + HTTP/2 edge (config/nginx-tls.conf, self-signed certificate):\n"
+                f"  {edge.https_url}/demo/  and  curl -k -N "
+                f"'{edge.https_url}{settings.path}?shop=demo.myshopify.com'",
+                flush=True,
+            )
         while not stop.is_set():
             if (code := gateway.returncode) is not None:
                 print(f"run: gateway exited with {code}", file=sys.stderr)
