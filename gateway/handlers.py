@@ -53,7 +53,7 @@ def client_address(request: web.Request, gw: Gateway) -> str:
         try:
             address = ipaddress.ip_address(hop)
         except ValueError:
-            return hop[:64]
+            return "invalid"  # not an address: never log what the client wrote there
         if not any(address in net for net in trusted):
             return hop
     return hops[-1]

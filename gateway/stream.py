@@ -198,9 +198,11 @@ class Stream:
                     self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
         queue[entry.seq] = entry
         self._queued_bytes += entry.size
-        if (
-            len(queue) > policy.max_queue + self._replay_allowance
-            or self._queued_bytes > policy.max_queue_bytes + self._replay_allowance_bytes
+        if len(queue) > policy.max_queue + self._replay_allowance or (
+            # one event larger than the budget may wait alone: a reader that is briefly
+            # behind on a big event is not cut; a second one behind it is
+            self._queued_bytes > policy.max_queue_bytes + self._replay_allowance_bytes
+            and len(queue) > 1
         ):
             self.metrics.slow_client_disconnects += 1
             log.info(

@@ -310,6 +310,22 @@ async def test_cut_past_the_byte_budget_before_max_queue() -> None:
     assert metrics.slow_client_disconnects == 1
 
 
+async def test_one_event_larger_than_the_budget_may_wait_alone() -> None:
+    stream, _ = make_stream(max_queue=1000, max_queue_bytes=4_000)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()
+    stream.deliver(entry("stage", b"x" * 10_000))  # over the budget, but alone
+    assert stream.close_reason is None
+    writer.resume()
+    await poll(lambda: stream.queued == 0, what="the big event flushed")
+    writer.pause()
+    stream.deliver(entry("stage", b"x" * 10_000))
+    stream.deliver(entry("stage", b"y"))  # anything behind it: over the budget, cut
+    assert stream.close_reason == CloseReason.SLOW_CLIENT
+    assert await asyncio.wait_for(task, 2) == "slow_client"
+
+
 async def test_flushed_and_coalesced_bytes_leave_the_budget() -> None:
     """A client that keeps catching up is never cut, however many bytes pass through."""
     payload = {"jobId": "j", "pad": "x" * 5_000}
