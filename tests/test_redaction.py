@@ -64,7 +64,7 @@ def test_redaction_never_raises(text: str) -> None:
 
 
 def test_url_passwords_are_masked_in_free_text() -> None:
-    text = "redis://u:p%40ss@h:6379/0 and postgresql://app:hunter2@db/x and rediss://:s3@up:1"
+    text = "redis://u:p%40ss@h:6379/0 and postgresql://user:hunter2@db/x and rediss://:s3@up:1"
     out = redact_text(text)
     assert "p%40ss" not in out and "hunter2" not in out and ":s3@" not in out
     assert "redis://u:***@h:6379/0" in out
