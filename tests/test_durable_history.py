@@ -11,9 +11,23 @@ import redis.asyncio as aioredis
 from support import unique_merchant, wait_for
 
 from gateway.broker.history import DurableHistory
-from gateway.durable import DurableId, encode_envelope, history_keys, parse_envelope
+from gateway.durable import (
+    DurableEvent,
+    DurableId,
+    encode_envelope,
+    history_keys,
+    parse_envelope,
+)
 from gateway.publisher import SCRIPT_SHA
 from tools.services import RedisServer
+
+
+async def read_after(
+    history: DurableHistory, merchant_id: str, last: DurableId, limit: int | None = None
+) -> list[DurableEvent] | None:
+    """The events after `last` from one read of the whole history, as the gateway reads it."""
+    return (await history.read_all(merchant_id)).after(last, limit)
+
 
 CHANNEL = "merchant:{merchant_id}:{event}"
 
@@ -85,8 +99,8 @@ async def test_lost_meta_starts_a_new_epoch_and_old_ids_gap(client: aioredis.Red
     second = DurableId.parse(await history.publish(mid, "progress", b"c"))
     assert first and second and second.epoch != first.epoch and second.offset == 1
     assert [e[0] for e in await client.xrange(stream)] == [b"0-1"]  # old entries dropped
-    assert await history.read_after(mid, first) is None
-    assert await history.read_after(mid, second) == []
+    assert await read_after(history, mid, first) is None
+    assert await read_after(history, mid, second) == []
 
 
 async def test_noscript_falls_back_to_eval(client: aioredis.Redis) -> None:
@@ -126,22 +140,22 @@ async def test_read_after_bridges_or_reports_a_gap(client: aioredis.Redis) -> No
     assert all(ids)
     last = ids[-1]
     assert last is not None
-    got = await history.read_after(mid, DurableId(last.epoch, 3))
+    got = await read_after(history, mid, DurableId(last.epoch, 3))
     assert got is not None
     assert [(ev.id, ev.event, ev.payload) for ev in got] == [
         (DurableId(last.epoch, 4), "progress", b"3"),
         (DurableId(last.epoch, 5), "progress", b"4"),
         (DurableId(last.epoch, 6), "progress", b"5"),
     ]
-    assert await history.read_after(mid, DurableId(last.epoch, 2)) is not None  # 3..6 held
-    assert await history.read_after(mid, DurableId(last.epoch, 1)) is None  # 2 trimmed
-    assert await history.read_after(mid, last) == []
-    assert await history.read_after(mid, DurableId(last.epoch, 7)) is None
-    assert await history.read_after(mid, DurableId("other", 3)) is None
-    assert await history.read_after(mid, DurableId(last.epoch, 3), limit=2) is None
-    assert len(await history.read_after(mid, DurableId(last.epoch, 3), limit=3) or []) == 3
+    assert await read_after(history, mid, DurableId(last.epoch, 2)) is not None  # 3..6 held
+    assert await read_after(history, mid, DurableId(last.epoch, 1)) is None  # 2 trimmed
+    assert await read_after(history, mid, last) == []
+    assert await read_after(history, mid, DurableId(last.epoch, 7)) is None
+    assert await read_after(history, mid, DurableId("other", 3)) is None
+    assert await read_after(history, mid, DurableId(last.epoch, 3), limit=2) is None
+    assert len(await read_after(history, mid, DurableId(last.epoch, 3), limit=3) or []) == 3
     unknown, _ = unique_merchant("dh")
-    assert await history.read_after(unknown, last) is None
+    assert await read_after(history, unknown, last) is None
     snapshot = await history.read_all(unknown)
     assert (snapshot.epoch, snapshot.head, snapshot.entries) == (None, 0, ())
 
@@ -154,8 +168,8 @@ async def test_history_zero_keeps_nothing_but_still_numbers(client: aioredis.Red
     stream, _ = history_keys(mid)
     assert await client.exists(stream) == 0
     assert ids[2] is not None and ids[1] is not None
-    assert await history.read_after(mid, ids[2]) == []
-    assert await history.read_after(mid, ids[1]) is None
+    assert await read_after(history, mid, ids[2]) == []
+    assert await read_after(history, mid, ids[1]) is None
 
 
 async def test_concurrent_publishers_never_share_an_id(redis_server: RedisServer) -> None:

@@ -61,23 +61,12 @@ class DurableHistory:
         return await self._publisher.publish_many(items)
 
     async def read_all(self, merchant_id: str) -> HistorySnapshot:
-        """The merchant's whole history, read atomically (one read serves many replays)."""
-        return await self._read(merchant_id, 1, None)
-
-    async def read_after(
-        self, merchant_id: str, last: DurableId, limit: int | None = None
-    ) -> list[DurableEvent] | None:
-        """The durable events after `last` in order; None when the history cannot
-        bridge to it (other epoch, trimmed or expired, more than `limit` behind)."""
-        snapshot = await self._read(merchant_id, last.offset + 1, limit)
-        return snapshot.after(last, limit)
-
-    async def _read(self, merchant_id: str, start: int, limit: int | None) -> HistorySnapshot:
+        """The merchant's whole history, read atomically; `HistorySnapshot.after(last)`
+        bridges it to a client's Last-Event-ID (one read serves many replays)."""
         stream, meta = history_keys(merchant_id)
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hmget(meta, "epoch", "offset")
-            # one entry beyond `limit` would only prove the client is too far behind
-            pipe.xrange(stream, f"0-{start}", "+", count=limit)
+            pipe.xrange(stream, "-", "+")
             (epoch, head), entries = await pipe.execute()
         if epoch is None:  # no history (an orphaned stream is not part of any)
             return HistorySnapshot(None, 0, ())
