@@ -165,7 +165,7 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
     if meta.get("list"):
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
             raise ConfigError(key, "must be a list of strings")
-        return tuple(raw)
+        return tuple(str(v) for v in raw)  # plain str: the config holds no `_Expanded`
     if isinstance(raw, _Expanded) and ("lo" in meta or f.type == "bool"):
         raw = _parse_scalar(raw)
     if "lo" in meta:
@@ -189,7 +189,7 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
         raw = raw.upper()
     if choices and raw not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {raw!r}")
-    return raw
+    return str(raw)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -277,9 +277,7 @@ def redacted_dict(cfg: Config) -> dict[str, Any]:
             elif key in _URL_KEYS:
                 value = redact_url(value)
             elif isinstance(value, tuple):
-                value = [str(v) for v in value]
-            elif isinstance(value, str):
-                value = str(value)  # plain str: `${VAR}` results are a str subclass
+                value = list(value)
             values[f.name] = value
         out[section.name] = values
     return out

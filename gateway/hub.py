@@ -185,9 +185,6 @@ class Hub:
         if topic is not None:
             topic.subscribers.discard(subscriber)
 
-    def all_subscribers(self) -> Iterable[Subscriber]:
-        return [s for topic in list(self._topics.values()) for s in list(topic.subscribers)]
-
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
         for merchant_id in merchant_ids:

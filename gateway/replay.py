@@ -15,13 +15,13 @@ so a reconnect storm costs a few reads, not one per tab.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from .broker.history import DurableHistory
 from .durable import DurableEvent, DurableId, HistorySnapshot
 from .metrics import Metrics
+from .supervision import stop_tasks
 
 __all__ = ["DurableReplay"]
 
@@ -98,7 +98,4 @@ class DurableReplay:
                 del self._in_flight[merchant_id]
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(list(self._tasks))
