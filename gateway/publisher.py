@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from .durable import encode_data, script_args
@@ -76,12 +74,12 @@ def _text(reply: Any) -> str:
     return reply.decode("ascii") if isinstance(reply, bytes) else str(reply)
 
 
-class Publisher:
-    """Durable publish over a synchronous `redis.Redis` (or `RedisCluster`) client."""
+class _Publisher:
+    """The client and the gateway's config values every publish passes to the script."""
 
     def __init__(
         self,
-        client: redis.Redis | Any,
+        client: Any,  # redis.Redis or RedisCluster; their asyncio twins for AsyncPublisher
         *,
         channel: str = DEFAULT_CHANNEL,
         history: int = DEFAULT_HISTORY,
@@ -90,6 +88,10 @@ class Publisher:
     ) -> None:
         self._client = client
         self._settings = _Settings(channel, history, ttl_s, sharded)
+
+
+class Publisher(_Publisher):
+    """Durable publish over a synchronous `redis.Redis` (or `RedisCluster`) client."""
 
     def publish(self, merchant_id: str, event: str, data: Any) -> str:
         """Record and publish `data` (a string as text, else compact JSON); its id."""
@@ -105,20 +107,8 @@ class Publisher:
         return _text(reply)
 
 
-class AsyncPublisher:
+class AsyncPublisher(_Publisher):
     """Durable publish over `redis.asyncio.Redis`; also the gateway's own publisher."""
-
-    def __init__(
-        self,
-        client: aioredis.Redis | Any,
-        *,
-        channel: str = DEFAULT_CHANNEL,
-        history: int = DEFAULT_HISTORY,
-        ttl_s: int = DEFAULT_TTL_S,
-        sharded: bool = False,
-    ) -> None:
-        self._client = client
-        self._settings = _Settings(channel, history, ttl_s, sharded)
 
     async def publish(self, merchant_id: str, event: str, data: Any) -> str:
         """Record and publish `data` (a string as text, else compact JSON); its id."""

@@ -26,8 +26,10 @@ if str(TESTS_DIR) not in sys.path:
 
 from support import ISOLATED_ENV, unique_merchant  # noqa: E402
 
-from tools.gateway import GatewayServer as GatewayProcess  # noqa: E402
-from tools.gateway import child_env  # noqa: E402
+from tools.gateway import (  # noqa: E402
+    GatewayServer,
+    child_env,
+)
 from tools.services import (  # noqa: E402
     NginxServer,
     PostgresServer,
@@ -161,7 +163,7 @@ class GatewayFactory:
     def __init__(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
         self._request = request
         self._tmp = tmp_path
-        self.started: list[GatewayProcess] = []
+        self.started: list[GatewayServer] = []
 
     def base_config(self) -> dict[str, Any]:
         return {
@@ -178,7 +180,7 @@ class GatewayFactory:
         postgres: PostgresServer | str | None = None,
         wait: bool = True,
         timeout: float = 30,
-    ) -> GatewayProcess:
+    ) -> GatewayServer:
         """Start a gateway.
 
         ``config`` is deep-merged over the base config (127.0.0.1, a free
@@ -210,7 +212,7 @@ class GatewayFactory:
             else:
                 child[k] = str(v)
 
-        gw = GatewayProcess(merged, child, config_path=cfg_path, log_path=log_path)
+        gw = GatewayServer(merged, child, config_path=cfg_path, log_path=log_path)
         self.started.append(gw)
         gw.spawn()
         if wait:
@@ -219,7 +221,7 @@ class GatewayFactory:
 
     __call__ = start
 
-    async def astart(self, *args: Any, **kwargs: Any) -> GatewayProcess:
+    async def astart(self, *args: Any, **kwargs: Any) -> GatewayServer:
         """``start`` in a thread, for async tests that keep other I/O going."""
         return await asyncio.to_thread(self.start, *args, **kwargs)
 
@@ -235,7 +237,7 @@ def gateway_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[GatewayFactory]:
     """``gateway_factory.start(config=None, env=None, redis=None, postgres=None,
-    wait=True) -> GatewayProcess`` (also callable directly)."""
+    wait=True) -> GatewayServer`` (also callable directly)."""
     factory = GatewayFactory(request, tmp_path)
     yield factory
     factory.stop_all()
