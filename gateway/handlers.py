@@ -164,10 +164,12 @@ async def _serve(
         writer = await response.prepare(request)
         replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
         attached = True
+        replayed = len(replay)
         if gap and last_id and (durable := DurableId.parse(last_id.strip())):
-            gap = not await _replay_from_redis(gw, stream, durable)
+            from_redis = await gw.replay.replay_into(stream, durable)
+            gap, replayed = from_redis is None, from_redis or 0
         elif last_id and not gap:
-            gw.metrics.replayed["memory"] += len(replay)
+            gw.metrics.replayed["memory"] += replayed
             stream.replay(replay)
         if gap:
             gw.metrics.replay_misses += 1
@@ -180,7 +182,7 @@ async def _serve(
         gw.metrics.streams_opened += 1
         log.info(
             "stream open merchant=%s shop=%s client=%s replayed=%d",
-            stream.merchant_id, stream.shop, stream.client, len(replay),
+            stream.merchant_id, stream.shop, stream.client, replayed,
         )
         reason = await stream.run()
     except ConnectionError:
@@ -196,31 +198,6 @@ async def _serve(
             time.monotonic() - started,
         )
     return response
-
-
-async def _replay_from_redis(gw: Gateway, stream: Stream, last: DurableId) -> bool:
-    """Replay the durable events after `last` from Redis; False when it cannot bridge.
-
-    The stream is attached and not yet writing, so live events queue meanwhile;
-    the durable ones among them that the history read already holds are dropped.
-    """
-    try:
-        events = await gw.replay.after(stream.merchant_id, last)
-    except Exception as exc:  # Redis down or slow: the client resyncs instead
-        log.warning("history read failed merchant=%s: %s", stream.merchant_id, type(exc).__name__)
-        return False
-    if events is None:
-        return False
-    newest = events[-1].id.offset if events else last.offset
-
-    def is_live(entry: object) -> bool:
-        durable = DurableId.parse(getattr(entry, "id", None))
-        return durable is None or durable.epoch != last.epoch or durable.offset > newest
-
-    entries = [gw.hub.entry(e.event, e.payload, str(e.id)) for e in events]
-    stream.replay_before_live(entries, is_live)
-    gw.metrics.replayed["redis"] += len(entries)
-    return True
 
 
 def close_all_streams(gw: Gateway) -> None:

@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable
 
 from .broker.history import DurableHistory
 from .durable import DurableEvent, DurableId, HistorySnapshot
+from .hub import Hub
 from .metrics import Metrics
+from .stream import Stream
 from .supervision import stop_tasks
 
 __all__ = ["DurableReplay"]
@@ -49,14 +51,42 @@ class DurableReplay:
         self,
         history: DurableHistory,
         flush: Callable[[], Awaitable[float]],
+        hub: Hub,
         metrics: Metrics,
     ) -> None:
         self._history = history
+        self._hub = hub
         self._flush = flush
         self._metrics = metrics
         self._collecting: dict[str, _Read] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
+        """Queue the durable events after `last` ahead of live ones; how many, or None
+        when the history cannot bridge to `last` (or cannot be read: the client resyncs).
+
+        The stream is attached and not yet writing, so live events queue meanwhile;
+        the durable ones among them that the history read already holds are dropped.
+        """
+        try:
+            events = await self.after(stream.merchant_id, last)
+        except Exception as exc:  # Redis down or slow
+            merchant, fault = stream.merchant_id, type(exc).__name__
+            log.warning("history read failed merchant=%s: %s", merchant, fault)
+            return None
+        if events is None:
+            return None
+        newest = events[-1].id.offset if events else last.offset
+
+        def is_live(entry: object) -> bool:
+            durable = DurableId.parse(getattr(entry, "id", None))
+            return durable is None or durable.epoch != last.epoch or durable.offset > newest
+
+        entries = [self._hub.entry(e.event, e.payload, str(e.id)) for e in events]
+        stream.replay_before_live(entries, is_live)
+        self._metrics.replayed["redis"] += len(entries)
+        return len(entries)
 
     async def after(self, merchant_id: str, last: DurableId) -> list[DurableEvent] | None:
         """The durable events after `last`; None when the history cannot bridge to it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.durable import DurableEvent, DurableId, HistorySnapshot
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.replay import DurableReplay
 
@@ -33,7 +34,7 @@ async def _flush() -> float:
 
 
 def _replay(history: FakeHistory) -> DurableReplay:
-    return DurableReplay(history, _flush, Metrics())  # type: ignore[arg-type]
+    return DurableReplay(history, _flush, Hub(history=0), Metrics())  # type: ignore[arg-type]
 
 
 async def test_a_storm_of_replays_costs_one_read() -> None:
