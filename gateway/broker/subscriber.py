@@ -125,16 +125,14 @@ class RedisBroker:
     async def acquire(self, merchant_id: str) -> None:
         """Count one more stream of `merchant_id`; return once its channels are subscribed."""
         sub = self._subs.get(merchant_id)
+        link = sub.link if sub is not None else self._link_for(self._channels_of(merchant_id)[0])
+        if link is None or not link.healthy:  # checked first: a lingering sub keeps lingering
+            raise UnavailableError("Redis is unavailable")
         if sub is None:
-            link = self._link_for(self._channels_of(merchant_id)[0])
-            if link is None or not link.healthy:
-                raise UnavailableError("Redis is unavailable")
             sub = self._subscribe(merchant_id, link)
         elif sub.linger is not None:
             sub.linger.cancel()
             sub.linger = None
-        if sub.link is None or not sub.link.healthy:
-            raise UnavailableError("Redis is unavailable")
         sub.refs += 1
         if sub.ready.done():
             return
