@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from .. import patience
 from .connection import FAULTS
 
 __all__ = ["Canary"]
@@ -42,10 +43,13 @@ class Canary:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(TIMEOUT_S):
-                await self._client.execute_command(self._publish, self.channel, token)
-                await future
+
+        async def publish_and_receive() -> None:
+            await self._client.execute_command(self._publish, self.channel, token)
+            await future
+
+        try:  # a loop congested by a storm is not mistaken for a frozen Redis
+            await patience.wait(asyncio.ensure_future(publish_and_receive()), TIMEOUT_S)
         finally:
             self._waiting.pop(token, None)
         elapsed = time.perf_counter() - started
