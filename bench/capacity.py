@@ -140,26 +140,28 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
     spare = max(1.0 - steady_cores / p, 0.05)  # of each process's single core
     replay_us = c.get("gateway_per_replayed_event", 0) + c["cpu_per_delivery"]
     missed = 0.0
+    # server.max_new_streams_per_s spends a token per PostgreSQL lookup (a shop neither
+    # cached nor already being looked up), so it bounds lookups/s, not reconnects/s
+    lookup_s = pairs / (p * t.max_new_per_s) if t.max_new_per_s else 0.0
     for _ in range(2):  # a replay lengthens an open, which lengthens the restart
         # only durable events outlive a restart (Redis history); plain ones end in a resync
         open_us = base_us + (min(missed, 100) * replay_us if t.durable else 0.0)
         per_proc = spare * 1e6 / open_us  # opens/s one process has CPU for
-        if t.max_new_per_s:
-            per_proc = min(t.max_new_per_s, per_proc)
         fleet_rate = per_proc * p
-        live_s = max(t.restart_window_s, t.streams / fleet_rate) + t.retry_s
+        live_s = max(t.restart_window_s, t.streams / fleet_rate, lookup_s) + t.retry_s
         # events a stream misses: its reconnect delay plus, on average, half the queue
         missed = t.rate / max(t.merchants, 1) * ((live_s - t.retry_s) / 2 + t.retry_s)
     reads = t.streams if t.durable else 0
     replayed = reads * min(missed, 100)  # sse.history caps a replay
     return {
-        "new_streams_per_s": round(min(fleet_rate, t.streams / t.restart_window_s)),
-        "bound_by": ("reconnect spread" if t.streams / t.restart_window_s < fleet_rate
-                     else "admission limit" if t.max_new_per_s and per_proc >= t.max_new_per_s
+        "new_streams_per_s": round(t.streams / (live_s - t.retry_s)),
+        "bound_by": ("admission limit" if lookup_s > max(t.restart_window_s,
+                                                         t.streams / fleet_rate)
+                     else "reconnect spread" if t.streams / t.restart_window_s < fleet_rate
                      else "gateway CPU"),
         "seconds_until_all_live": round(live_s, 1),
-        "gateway_cores_during": round(min(fleet_rate, t.streams / t.restart_window_s)
-                                      * open_us / 1e6 + steady_cores, 2),
+        "gateway_cores_during": round(t.streams / (live_s - t.retry_s) * open_us / 1e6
+                                      + steady_cores, 2),
         "pg_lookups": round(pairs),
         "pg_lookups_per_s": round(pairs / max(live_s - t.retry_s, 1)),
         "pg_cores_during": round(pairs / max(live_s - t.retry_s, 1)

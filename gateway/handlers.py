@@ -10,7 +10,6 @@ import time
 
 from aiohttp import web
 
-from .durable import DurableId
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
 from .frames import control_frame
 from .hub import Control
@@ -102,7 +101,7 @@ async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None)
     _authenticate(request, gw, shop)
     merchant: Merchant | None = None
     unavailable: str | None = None
-    if not gw.directory.is_cached(shop) and not gw.admission.rate.take():
+    if gw.directory.needs_query(shop) and not gw.admission.rate.take():
         unavailable = "too many new streams; retry shortly"
     else:
         try:
@@ -162,15 +161,12 @@ async def _serve(
     attached = False
     try:
         writer = await response.prepare(request)
-        replay, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
+        held, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
         attached = True
-        replayed = len(replay)
-        if gap and last_id and (durable := DurableId.parse(last_id.strip())):
-            from_redis = await gw.replay.replay_into(stream, durable)
-            gap, replayed = from_redis is None, from_redis or 0
-        elif last_id and not gap:
-            gw.metrics.replayed["memory"] += replayed
-            stream.replay(replay)
+        replayed = 0
+        if last_id:
+            resumed = await gw.replay.resume(stream, last_id, held, gap)
+            gap, replayed = resumed is None, resumed or 0
         if gap:
             gw.metrics.replay_misses += 1
             stream.deliver(Control("resync", {"reason": "history_gap"}))

@@ -14,9 +14,10 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from .durable import DurableId
 from .frames import Wire, control_frame, event_frame, wire
 
 __all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "new_epoch"]
@@ -94,12 +95,13 @@ class Subscriber(Protocol):
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("gap_after", "history", "subscribers")
+    __slots__ = ("gap_after", "gaps", "history", "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
         self.subscribers: set[Subscriber] = set()
         self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
+        self.gaps = 0  # how many times a gap was marked
 
 
 class Hub:
@@ -167,23 +169,60 @@ class Hub:
         process did not issue (or no longer holds) is a gap, never an error.
         """
         topic = self.open(merchant_id)
-        replay, gap = ([], False) if not last_event_id else self._after(topic, last_event_id)
+        replay = [] if not last_event_id else _after(topic, last_event_id)
         topic.subscribers.add(subscriber)
-        return replay, gap
+        return replay or [], replay is None
 
-    def _after(self, topic: Topic, last_event_id: str) -> tuple[list[Entry], bool]:
-        event_id = last_event_id.strip()
-        if len(event_id) <= _MAX_ID_CHARS:
-            history = topic.history
-            for index, entry in enumerate(history):
-                if entry.id == event_id and entry.seq > topic.gap_after:
-                    return list(itertools.islice(history, index + 1, None)), False
-        return [], True
+    def held_after(self, merchant_id: str, last_event_id: str) -> list[Entry] | None:
+        """What the ring holds after `last_event_id`; None when it cannot bridge to it."""
+        topic = self._topics.get(merchant_id)
+        return _after(topic, last_event_id) if topic is not None else None
 
     def detach(self, merchant_id: str, subscriber: Subscriber) -> None:
         topic = self._topics.get(merchant_id)
         if topic is not None:
             topic.subscribers.discard(subscriber)
+
+    def gap_mark(self, merchant_id: str) -> int:
+        """The merchant's last gap mark: pass it to `backfill` after a history read."""
+        topic = self._topics.get(merchant_id)
+        return topic.gaps if topic is not None else -1
+
+    def backfill(self, merchant_id: str, history: Sequence[Entry], gap_mark: int) -> int:
+        """Put durable events read from Redis in front of the merchant's ring, so that
+        later reconnects bridge from memory; how many were added.
+
+        `history` is the merchant's durable history in offset order, read while it
+        was subscribed, after every earlier message had reached the hub; `gap_mark`
+        is `gap_mark(merchant_id)` from before the read. Every durable event
+        published since is then in the ring, so the ring's first durable entry tells
+        where the read's events stop being new. Nothing is added when a gap was
+        marked since the read began, the ring still holds entries from before a
+        gap, the ring is full, or its durable entries are of another epoch.
+        """
+        topic = self._topics.get(merchant_id)
+        if topic is None or topic.gaps != gap_mark or not history:
+            return 0
+        ring = topic.history
+        room = (ring.maxlen or 0) - len(ring)
+        if room <= 0 or (ring and ring[0].seq <= topic.gap_after):
+            return 0
+        oldest = DurableId.parse(history[0].id)
+        if oldest is None:
+            return 0
+        stop = oldest.offset + len(history)  # offsets in `history` are consecutive
+        for entry in ring:
+            durable = DurableId.parse(entry.id)
+            if durable is not None:
+                if durable.epoch != oldest.epoch:
+                    return 0
+                stop = durable.offset
+                break
+        if stop > oldest.offset + len(history):  # events between the read and the ring: gone
+            return 0
+        older = history[: max(stop - oldest.offset, 0)][-room:]
+        ring.extendleft(reversed(older))
+        return len(older)
 
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
@@ -191,9 +230,22 @@ class Hub:
             topic = self._topics.get(merchant_id)
             if topic is not None:
                 topic.gap_after = self._seq
+                topic.gaps += 1
 
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
         for merchant_id in merchant_ids:
             topic = self._topics.get(merchant_id)
             for subscriber in list(topic.subscribers) if topic is not None else ():
                 subscriber.deliver(control)
+
+
+def _after(topic: Topic, last_event_id: str) -> list[Entry] | None:
+    """The entries after `last_event_id` in `topic`'s ring, None when it does not
+    hold that id (or holds it from before a gap)."""
+    event_id = last_event_id.strip()
+    if len(event_id) <= _MAX_ID_CHARS:
+        history = topic.history
+        for index, entry in enumerate(history):
+            if entry.id == event_id and entry.seq > topic.gap_after:
+                return list(itertools.islice(history, index + 1, None))
+    return None

@@ -17,6 +17,7 @@ from typing import Any
 import aiopg
 import psycopg2
 
+from . import patience
 from .config import PostgresConfig
 from .errors import UnavailableError, UnknownMerchantError
 
@@ -67,9 +68,10 @@ class MerchantDirectory:
             raise
         return self._answer(merchant, shop)
 
-    def is_cached(self, shop: str) -> bool:
-        """Whether `shop` has a cache entry, fresh or stale (no query needed to answer)."""
-        return shop in self._cache
+    def needs_query(self, shop: str) -> bool:
+        """Whether answering `shop` would start a PostgreSQL query: it has no cache entry
+        (fresh or stale) and no lookup of it is already in flight to join."""
+        return shop not in self._cache and shop not in self._inflight
 
     async def recheck(self, shop: str) -> bool | None:
         """Fresh verification bypassing the cache; None when PostgreSQL cannot tell."""
@@ -131,14 +133,12 @@ class MerchantDirectory:
         task = asyncio.ensure_future(self._execute(sql, params))
         self._running.add(task)
         task.add_done_callback(self._forget)
-        done, _ = await asyncio.wait({task}, timeout=self._cfg.query_timeout)
-        if not done:
-            task.cancel()
+        try:  # the time a congested loop loses is not blamed on PostgreSQL
+            rows = await patience.wait(task, self._cfg.query_timeout)
+        except patience.Late:
             # slow or saturated, not necessarily down: keep the pool and its connections
             self._mark_unavailable("TimeoutError")
-            raise UnavailableError("PostgreSQL did not answer in time")
-        try:
-            rows = task.result()
+            raise UnavailableError("PostgreSQL did not answer in time") from None
         except _FAULTS as exc:
             self._mark_unavailable(type(exc).__name__)
             self._drop_pool()  # rebuilt on the next query: no stale connection survives

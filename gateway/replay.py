@@ -1,15 +1,19 @@
-"""Replay of durable events from the Redis history, for ids this process does not hold.
+"""Resuming a reconnect: what it missed, from the in-process ring or the Redis history.
 
-A reconnect whose Last-Event-ID is durable but not in the in-process ring (the
-ring is the cache in front of Redis: another process issued it, or this one
-restarted) is served here. The stream is attached first, so live events queue
+A plain Last-Event-ID is answered by the ring alone. A durable one found in the
+ring is served from it once Redis confirms the history still holds that epoch
+(a history deleted or lost means `resync`, as if the ring were not there); one
+the ring lacks (another process issued it, or this one restarted) is read from
+Redis. The stream is attached first, so live events queue
 behind it; then the history is read, and a canary round trip on the subscriber
 connection proves that every message published before the read has reached the
 hub; then replay and live are merged by id (stream.replay_before_live).
 
 Concurrent replays of one merchant share one read: a read collects every replay
-that arrives before it is sent, and at most one read per merchant is in flight,
-so a reconnect storm costs a few reads, not one per tab.
+that arrives before it is sent, and at most one read per merchant is in flight.
+What a read returns is also put in front of the merchant's ring (`Hub.backfill`),
+so the merchant's later reconnects bridge from memory: a reconnect storm after a
+restart costs about one read per merchant, not one per tab.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from . import patience
 from .broker.history import DurableHistory
-from .durable import DurableEvent, DurableId, HistorySnapshot
-from .hub import Hub
+from .durable import DurableId, HistorySnapshot
+from .hub import Entry, Hub
 from .metrics import Metrics
 from .stream import Stream
 from .supervision import stop_tasks
@@ -32,16 +37,36 @@ log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 3.0
 
 
+def _always(_: object) -> bool:
+    return True
+
+
+class _Fetched:
+    """One read: the snapshot and its events as hub entries (framed once, for every replay)."""
+
+    __slots__ = ("entries", "snapshot")
+
+    def __init__(self, snapshot: HistorySnapshot, hub: Hub) -> None:
+        self.snapshot = snapshot
+        self.entries = [hub.entry(e.event, e.payload, str(e.id)) for e in snapshot.entries]
+
+    def after(self, last: DurableId) -> list[Entry] | None:
+        events = self.snapshot.after(last)
+        if events is None:
+            return None
+        return self.entries[len(self.entries) - len(events):]  # the events are a suffix
+
+
 class _Read:
     __slots__ = ("future", "sent")
 
     def __init__(self) -> None:
         self.sent = False
-        self.future: asyncio.Future[HistorySnapshot] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(_retrieve)
 
 
-def _retrieve(future: asyncio.Future[HistorySnapshot]) -> None:
+def _retrieve(future: asyncio.Future[_Fetched]) -> None:
     if not future.cancelled():
         future.exception()  # a read nobody waits for any more is not an error to print
 
@@ -59,8 +84,42 @@ class DurableReplay:
         self._flush = flush
         self._metrics = metrics
         self._collecting: dict[str, _Read] = {}
+        self._checks: dict[str, asyncio.Future[DurableId | None]] = {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def resume(
+        self, stream: Stream, last_id: str, held: list[Entry], gap: bool
+    ) -> int | None:
+        """Queue the events after `last_id` for a stream just attached, whose ring
+        answered `held` (or `gap`); how many, or None when the client must resync."""
+        durable = DurableId.parse(last_id.strip())
+        if durable is None:
+            if gap:
+                return None
+            stream.replay(held)
+        elif gap or not await self._still_held(stream.merchant_id, durable):
+            return await self.replay_into(stream, durable)
+        else:
+            stream.replay_before_live(held, _always)  # live events may have queued meanwhile
+        self._metrics.replayed["memory"] += len(held)
+        return len(held)
+
+    async def _still_held(self, merchant_id: str, last: DurableId) -> bool:
+        """Whether Redis still holds the history `last` belongs to (one read shared by the
+        merchant's concurrent reconnects); True when Redis cannot tell: the ring is whole."""
+        check = self._checks.get(merchant_id)
+        if check is None:
+            check = asyncio.ensure_future(self._history.read_head(merchant_id))
+            self._checks[merchant_id] = check
+            check.add_done_callback(lambda _: self._checks.pop(merchant_id, None))
+        try:  # shielded: the check is shared by the merchant's concurrent reconnects
+            head = await patience.wait(asyncio.ensure_future(asyncio.shield(check)),
+                                       _READ_TIMEOUT_S)
+        except Exception as exc:  # Redis down or slow
+            log.warning("history check failed merchant=%s: %s", merchant_id, type(exc).__name__)
+            return True
+        return head is not None and head.epoch == last.epoch and head.offset >= last.offset
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
         """Queue the durable events after `last` ahead of live ones; how many, or None
@@ -69,27 +128,37 @@ class DurableReplay:
         The stream is attached and not yet writing, so live events queue meanwhile;
         the durable ones among them that the history read already holds are dropped.
         """
+        merchant_id = stream.merchant_id
+        in_flight = self._in_flight.get(merchant_id)
+        if in_flight is not None:  # its read backfills the ring: that may answer this one
+            await asyncio.wait({in_flight})
+            held = self._hub.held_after(merchant_id, str(last))
+            if held is not None:
+                queued_too = set(held)  # live events the stream also queued meanwhile
+                stream.replay_before_live(held, lambda entry: entry not in queued_too)
+                self._metrics.replayed["memory"] += len(held)
+                return len(held)
         try:
-            events = await self.after(stream.merchant_id, last)
+            events = await self.after(merchant_id, last)
         except Exception as exc:  # Redis down or slow
             merchant, fault = stream.merchant_id, type(exc).__name__
             log.warning("history read failed merchant=%s: %s", merchant, fault)
             return None
         if events is None:
             return None
-        newest = events[-1].id.offset if events else last.offset
+        newest = last.offset + len(events)  # the history's offsets follow `last` without a gap
 
         def is_live(entry: object) -> bool:
             durable = DurableId.parse(getattr(entry, "id", None))
             return durable is None or durable.epoch != last.epoch or durable.offset > newest
 
-        entries = [self._hub.entry(e.event, e.payload, str(e.id)) for e in events]
-        stream.replay_before_live(entries, is_live)
-        self._metrics.replayed["redis"] += len(entries)
-        return len(entries)
+        stream.replay_before_live(events, is_live)
+        self._metrics.replayed["redis"] += len(events)
+        return len(events)
 
-    async def after(self, merchant_id: str, last: DurableId) -> list[DurableEvent] | None:
-        """The durable events after `last`; None when the history cannot bridge to it.
+    async def after(self, merchant_id: str, last: DurableId) -> list[Entry] | None:
+        """The durable events after `last`, as hub entries; None when the history
+        cannot bridge to it.
 
         Call it only once the stream is attached: the read it joins is sent later.
         Raises on a Redis fault.
@@ -100,8 +169,8 @@ class DurableReplay:
             task = asyncio.create_task(self._run(merchant_id, read), name="history-read")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        snapshot = await asyncio.shield(read.future)
-        return snapshot.after(last)
+        fetched = await asyncio.shield(read.future)
+        return fetched.after(last)
 
     async def _run(self, merchant_id: str, read: _Read) -> None:
         previous = self._in_flight.get(merchant_id)
@@ -117,15 +186,25 @@ class DurableReplay:
         self._in_flight[merchant_id] = task
         try:
             self._metrics.history_reads += 1
-            async with asyncio.timeout(_READ_TIMEOUT_S):
-                snapshot = await self._history.read_all(merchant_id)
-                await self._flush()
-            read.future.set_result(snapshot)
+            gap_mark = self._hub.gap_mark(merchant_id)
+            snapshot = await patience.wait(
+                asyncio.ensure_future(self._read_and_flush(merchant_id)), _READ_TIMEOUT_S)
+            fetched = _Fetched(snapshot, self._hub)
+            self._hub.backfill(merchant_id, fetched.entries, gap_mark)
+            read.future.set_result(fetched)
         except Exception as exc:
             read.future.set_exception(exc)
         finally:
             if self._in_flight.get(merchant_id) is task:
                 del self._in_flight[merchant_id]
 
+    async def _read_and_flush(self, merchant_id: str) -> HistorySnapshot:
+        """The history, once every message published before it was read has reached the hub."""
+        snapshot = await self._history.read_all(merchant_id)
+        await self._flush()
+        return snapshot
+
     async def close(self) -> None:
+        for check in list(self._checks.values()):
+            check.cancel()
         await stop_tasks(list(self._tasks))

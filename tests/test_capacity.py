@@ -137,10 +137,11 @@ def test_restart_is_admission_bound_and_counts_lookups() -> None:
     t = Target(streams=100_000, merchants=50_000, rate=10_000)
     f = plan(COSTS, t)
     r = f.restart
-    assert r["bound_by"] == "admission limit"
-    assert r["new_streams_per_s"] == f.processes * 500
-    assert r["seconds_until_all_live"] == pytest.approx(100_000 / (f.processes * 500) + 3, 0.01)
-    assert r["pg_lookups"] == round(50_000 * holders(f.processes, 2))
+    lookups = 50_000 * holders(f.processes, 2)
+    assert r["bound_by"] == "admission limit"  # a token per PostgreSQL lookup, not per stream
+    assert r["pg_lookups"] == round(lookups)
+    assert r["seconds_until_all_live"] == pytest.approx(lookups / (f.processes * 500) + 3, 0.01)
+    assert r["new_streams_per_s"] == pytest.approx(100_000 / (lookups / (f.processes * 500)), 0.01)
     assert r["history_reads"] == 0 and r["replayed_events"] == 0  # plain PUBLISH: no history
     costs = dict(COSTS, redis_per_durable_publish=40.0, redis_per_replayed_event=1.0,
                  gateway_per_replayed_event=8.0)
@@ -180,5 +181,7 @@ def test_cli_reads_the_costs_file(tmp_path, capsys) -> None:
     fleet = json.loads(capsys.readouterr().out)
     assert fleet["processes"] == 3  # 40,000 / (20,000 x 0.8), CPU far below
     assert fleet["deliveries_per_s"] == 400
-    assert fleet["restart"]["new_streams_per_s"] == 1500
-    assert fleet["restart"]["bound_by"] == "admission limit"  # 4,000/s would arrive
+    lookups = 10_000 * holders(3, 4)  # one per merchant per process holding it
+    assert fleet["restart"]["pg_lookups"] == round(lookups)
+    assert fleet["restart"]["bound_by"] == "admission limit"  # 1,500 lookups/s over 3 processes
+    assert fleet["restart"]["seconds_until_all_live"] == pytest.approx(lookups / 1500 + 3, 0.01)

@@ -287,8 +287,8 @@ async def test_trimmed_or_expired_history_gets_history_gap(
         assert status == 200, reply
         return str(reply["id"])
 
-    async def reconnect(last_id: str) -> list[Event]:
-        async with open_stream(b.stream_url(shop), headers={"Last-Event-ID": last_id}) as s:
+    async def reconnect(last_id: str, gateway: Any = b) -> list[Event]:
+        async with open_stream(gateway.stream_url(shop), headers={"Last-Event-ID": last_id}) as s:
             await connected(s)
             first = await s.next_event(10)
             if first.event == "resync":
@@ -320,5 +320,10 @@ async def test_trimmed_or_expired_history_gets_history_gap(
         await wait_for(expired, timeout=5, message="history keys expired")
         gone = await reconnect(ids[-1])
         assert [(e.event, e.json()) for e in gone] == [("resync", {"reason": "history_gap"})]
+        # A still holds these events in its ring (and B backfilled its ring from its
+        # reads), but Redis no longer holds the history: the ring is only a cache
+        for gateway in (a, b):
+            gone = await reconnect(ids[-2], gateway)
+            assert [(e.event, e.json()) for e in gone] == [("resync", {"reason": "history_gap"})]
     finally:
         await client.aclose()

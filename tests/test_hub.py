@@ -261,3 +261,53 @@ def test_deeply_nested_payload_is_not_coalescible() -> None:
     hub.open("m1")
     entry = hub.publish("m1", "progress", b"[" * 100_000)
     assert entry is not None and entry.job("jobId") is None
+
+
+def durable(hub: Hub, offsets: range, epoch: str = "ep") -> list[Entry]:
+    """Entries as a history read from Redis gives them to the hub."""
+    return [hub.entry("progress", b"%d" % n, f"{epoch}:{n}") for n in offsets]
+
+
+def ids(entries: list[Entry]) -> list[str]:
+    return [e.id for e in entries]
+
+
+def test_backfill_puts_a_history_read_in_front_of_the_live_ring() -> None:
+    hub = Hub(history=10, epoch="local")
+    hub.attach("m", Sink(), None)  # the stream whose replay reads the history
+    mark = hub.gap_mark("m")
+    hub.publish("m", "stage", b"plain")  # live while the read was in flight
+    hub.publish("m", "progress", b"5", "ep:5")  # durable, in the read too
+    hub.publish("m", "progress", b"6", "ep:6")  # durable, after the read
+    assert hub.backfill("m", durable(hub, range(1, 6)), mark) == 4  # 5 was live already
+    replay, gap = hub.attach("m", Sink(), "ep:2")
+    assert not gap
+    assert ids(replay) == ["ep:3", "ep:4", "local-1", "ep:5", "ep:6"]
+
+
+def test_backfill_fills_only_the_room_left_and_keeps_the_newest() -> None:
+    hub = Hub(history=4, epoch="local")
+    hub.attach("m", Sink(), None)
+    hub.publish("m", "progress", b"9", "ep:9")
+    assert hub.backfill("m", durable(hub, range(1, 9)), hub.gap_mark("m")) == 3
+    assert hub.attach("m", Sink(), "ep:5")[1]  # not held: Redis must answer it
+    assert ids(hub.attach("m", Sink(), "ep:6")[0]) == ["ep:7", "ep:8", "ep:9"]
+
+
+@pytest.mark.parametrize("case", ["gap_during_read", "ring_before_gap", "other_epoch", "hole"])
+def test_backfill_refuses_what_it_cannot_join(case: str) -> None:
+    hub = Hub(history=10, epoch="local")
+    hub.attach("m", Sink(), None)
+    mark = hub.gap_mark("m")
+    if case == "gap_during_read":
+        hub.mark_gap(["m"])
+    elif case == "ring_before_gap":
+        hub.publish("m", "progress", b"4", "ep:4")
+        hub.mark_gap(["m"])
+        mark = hub.gap_mark("m")
+    elif case == "other_epoch":
+        hub.publish("m", "progress", b"1", "new:1")
+    else:  # the ring starts past the end of the read: events in between are unknown
+        hub.publish("m", "progress", b"9", "ep:9")
+    assert hub.backfill("m", durable(hub, range(1, 4)), mark) == 0
+    assert hub.attach("m", Sink(), "ep:1")[1]

@@ -1,11 +1,12 @@
-"""Concurrent replays of one merchant share one history read (pure unit, fake history)."""
+"""Concurrent replays of one merchant share one history read, and what it read is
+put in front of the merchant's ring for later reconnects (pure unit, fake history)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from gateway.durable import DurableEvent, DurableId, HistorySnapshot
-from gateway.hub import Hub
+from gateway.hub import Entry, Hub
 from gateway.metrics import Metrics
 from gateway.replay import DurableReplay
 
@@ -29,6 +30,10 @@ class FakeHistory:
         return HistorySnapshot("ep", head, events)
 
 
+def offsets(entries: list[Entry] | None) -> list[int]:
+    return [DurableId.parse(e.id).offset for e in entries or []]  # type: ignore[union-attr]
+
+
 async def _flush() -> float:
     return 0.0
 
@@ -46,7 +51,7 @@ async def test_a_storm_of_replays_costs_one_read() -> None:
     assert history.reads == 1
     for n, events in enumerate(results):
         assert events is not None
-        assert [e.id.offset for e in events] == list(range(n % 10 + 1, 11))
+        assert offsets(events) == list(range(n % 10 + 1, 11))
 
 
 async def test_replays_arriving_during_a_read_share_the_next_one() -> None:
@@ -61,9 +66,9 @@ async def test_replays_arriving_during_a_read_share_the_next_one() -> None:
     await asyncio.sleep(0.01)
     assert history.reads == 1  # the late ones wait for the read in flight
     history.gate.set()
-    assert [e.id.offset for e in (await first) or []] == [2, 3]
+    assert offsets(await first) == [2, 3]
     for events in await asyncio.gather(*late):
-        assert [e.id.offset for e in events or []] == [3, 4, 5]  # none was served stale
+        assert offsets(events) == [3, 4, 5]  # none was served stale
     assert history.reads == 2
 
 
@@ -81,3 +86,25 @@ async def test_an_id_the_history_cannot_bridge_is_none() -> None:
     assert await replay.after("m", DurableId("other-epoch", 1)) is None
     assert await replay.after("m", DurableId("ep", 9)) is None
     assert await replay.after("m", DurableId("ep", 4)) == []
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.got: list[Entry] = []
+
+    def deliver(self, entry: Entry) -> None:  # type: ignore[override]
+        self.got.append(entry)
+
+
+async def test_a_read_backfills_the_ring_so_later_reconnects_need_no_read() -> None:
+    history = FakeHistory(head=10)
+    hub = Hub(history=100)
+    replay = DurableReplay(history, _flush, hub, Metrics())  # type: ignore[arg-type]
+    hub.attach("m", Recorder(), None)  # the first reconnect's stream, subscribed
+    assert offsets(await replay.after("m", DurableId("ep", 3))) == list(range(4, 11))
+    hub.publish("m", "progress", b"11", "ep:11")  # live after the read
+    for n in (1, 5, 10):  # later reconnects: the ring bridges, Redis is not asked
+        replayed, gap = hub.attach("m", Recorder(), f"ep:{n}")
+        assert not gap
+        assert offsets(replayed) == list(range(n + 1, 12))
+    assert history.reads == 1

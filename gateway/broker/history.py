@@ -60,6 +60,13 @@ class DurableHistory:
         """Record and publish (merchant_id, event, payload) items in order; their ids."""
         return await self._publisher.publish_many(items)
 
+    async def read_head(self, merchant_id: str) -> DurableId | None:
+        """The id of the merchant's newest durable event, None when it has no history."""
+        epoch, head = await self._client.hmget(history_keys(merchant_id)[1], "epoch", "offset")
+        if epoch is None or head is None:
+            return None
+        return DurableId(_text(epoch), int(head))
+
     async def read_all(self, merchant_id: str) -> HistorySnapshot:
         """The merchant's whole history, read atomically; `HistorySnapshot.after(last)`
         bridges it to a client's Last-Event-ID (one read serves many replays)."""
