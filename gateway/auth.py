@@ -59,9 +59,17 @@ class Authenticator:
 
 
 def _decode(what: str, token: str, key: str | bytes, **checks: Any) -> dict[str, Any]:
-    """Verify an HS256 JWT; the error names the check that failed, never the key."""
+    """Verify an HS256 JWT; the error names the check that failed, never the key.
+
+    `token` is client text: aiohttp hands over header bytes that are not UTF-8
+    as lone surrogates, which cannot be encoded, so they are refused here.
+    """
     try:
-        return jwt.decode(token, key, algorithms=["HS256"], **checks)
+        raw = token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTokenError(f"{what} is malformed (not UTF-8)") from None
+    try:
+        return jwt.decode(raw, key, algorithms=["HS256"], **checks)
     except jwt.ExpiredSignatureError:
         raise InvalidTokenError(f"{what} expired") from None
     except jwt.ImmatureSignatureError:

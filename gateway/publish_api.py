@@ -48,10 +48,15 @@ class _Refusal(Exception):
 
 
 def _authorized(request: web.Request, key: str) -> bool:
+    """The Bearer token equals `key`; header bytes that are not UTF-8 never do."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(token.strip().encode("utf-8"), key.encode("utf-8"))
+    try:
+        presented = token.strip().encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp keeps undecodable bytes as lone surrogates
+        return False
+    return hmac.compare_digest(presented, key.encode("utf-8"))
 
 
 async def _read_body(request: web.Request) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import socket
 import statistics
@@ -28,6 +29,7 @@ __all__ = [
     "bounded_gather",
     "exchange",
     "leaked_fragments",
+    "raw_json",
     "session_token",
     "status_of",
 ]
@@ -117,6 +119,33 @@ async def exchange(
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
     return bytes(got)
+
+
+async def raw_json(port: int, request: bytes, timeout: float = 5.0) -> tuple[int | None, Any]:
+    """Send one raw request with ``Connection: close``; (status, JSON body or None).
+
+    ``request`` is the request line and headers (a trailing CRLF is dropped); raw
+    bytes get through that no HTTP client library would send (``\\xff`` in a header).
+    """
+    got = bytearray()
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            tail = b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            writer.write(request.rstrip(b"\r\n") + tail)
+            await writer.drain()
+            while chunk := await reader.read(1 << 16):
+                got += chunk
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    _, _, body = bytes(got).partition(b"\r\n\r\n")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    return status_of(bytes(got)), doc
 
 
 async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: int) -> list[Any]:

@@ -29,6 +29,7 @@ from hostile_support import (
     bounded_gather,
     exchange,
     leaked_fragments,
+    raw_json,
     session_token,
     status_of,
 )
@@ -302,3 +303,62 @@ async def test_hostile_payloads_never_add_fields_or_frames(
         assert "Traceback" not in gw.log_text()
     finally:
         await lagging.close()
+
+
+# -- credentials that are not UTF-8 ---------------------------------------------------------
+
+PUBLISH_KEY = "hostile-publish-key-0a1b2c3d4e5f"
+
+
+def _undecodable_credentials(path: str, shop: str, token: str) -> list[bytes]:
+    """Requests whose token, ticket or key is not UTF-8 (raw bytes or percent-encoded)."""
+    p, s, t = path.encode(), shop.encode(), token.encode()
+    stream = b"GET " + p + b"?shop=" + s
+    ticket = b"POST " + p + b"/ticket?shop=" + s + b" HTTP/1.1" + HOST
+    publish = b"POST " + p + b"/publish HTTP/1.1" + HOST
+    head, _, rest = t.partition(b".")
+    return [
+        stream + b" HTTP/1.1" + HOST + b"Authorization: Bearer \xff\xfe",
+        stream + b" HTTP/1.1" + HOST + b"Authorization: Bearer " + head + b".\xc3(" + rest,
+        stream + b" HTTP/1.1" + HOST + b"Authorization: Bearer " + t + b"\x80",
+        stream + b" HTTP/1.1" + HOST + b"Authorization: bearer \xed\xa0\x80",
+        stream + b" HTTP/1.1" + HOST + b"Authorization: \xff\xfe \xff",
+        stream + b"&token=%FF%FE HTTP/1.1" + HOST,
+        stream + b"&ticket=%FF%FE HTTP/1.1" + HOST,
+        stream + b"&token=" + head + b"%FF." + rest + b" HTTP/1.1" + HOST,
+        stream + b"&ticket=" + t + b"%C3%28 HTTP/1.1" + HOST,
+        ticket + b"Authorization: Bearer \xff\xfe",
+        ticket + b"Authorization: Bearer " + t + b"\xff",
+        publish + b"Authorization: Bearer \xff\xfe",
+        publish + b"Authorization: Bearer " + PUBLISH_KEY.encode() + b"\xff",
+        publish + b"Authorization: Bearer \xe9" + PUBLISH_KEY.encode()[1:],
+    ]
+
+
+async def test_undecodable_credentials_get_401_not_500(
+    gateway_factory: Any, merchant: Any
+) -> None:
+    gw = gateway_factory.start(
+        config={"auth": {"session_token_secret": SECRET, "publish_key": PUBLISH_KEY}}
+    )
+    _, shop = merchant
+    token = session_token(shop, SECRET)
+    answers = []
+    for request in _undecodable_credentials(gw.path, shop, token):
+        status, body = await raw_json(gw.port, request)
+        answers.append((request[-40:], status, body))
+    wrong = [a for a in answers if a[1] != 401 or (a[2] or {}).get("error") != "invalid_token"]
+    assert not wrong, f"expected 401 invalid_token JSON: {wrong}"
+    assert all(isinstance(body.get("message"), str) for _, _, body in answers)
+    # an honest request still gets through after all of that
+    status, body = await raw_json(
+        gw.port, b"POST " + gw.path.encode() + b"/ticket?shop=" + shop.encode() + b" HTTP/1.1"
+        + HOST + b"Authorization: Bearer " + token.encode()
+    )
+    assert status == 200 and "ticket" in body, (status, body)
+    assert gw.returncode is None
+    log = gw.log_text()
+    assert "Traceback" not in log, log[log.find("Traceback") - 300 :][:2000]
+    assert "Error handling request" not in log, log[-2000:]
+    assert PUBLISH_KEY not in log and SECRET not in log
+    assert leaked_fragments(log, token.rsplit(".", 1)[1]) == [], "JWT signature in the log"
