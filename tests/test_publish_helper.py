@@ -1,7 +1,9 @@
-"""gateway/publisher.py: the sync and asyncio helpers write and publish the same format."""
+"""gateway/publisher.py: the sync and asyncio helpers write and publish the same format,
+and a running gateway delivers and replays what the sync helper publishes."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-from support import unique_merchant
+from support import open_stream, unique_merchant
 
 from gateway.durable import DurableId, encode_envelope, history_keys
 from gateway.publisher import SCRIPT_SHA, AsyncPublisher, Publisher
@@ -58,6 +60,38 @@ async def test_sync_and_async_helpers_agree(redis_server: RedisServer) -> None:
     assert messages == [encode_envelope(i, p) for i, p in sent]
     assert [e[1][b"d"] for e in entries] == payloads
     assert 86390 <= ttl <= 86400  # the gateway's default redis.history_ttl
+
+
+async def test_sync_helper_through_a_running_gateway(
+    gateway_factory, redis_server: RedisServer, merchant: tuple[str, str]
+) -> None:
+    """A stream gets each event with exactly the id the helper returned; another
+    gateway process replays the helper's history after a durable Last-Event-ID."""
+    mid, shop = merchant
+    gw = await gateway_factory.astart()
+    client = redis.Redis.from_url(redis_server.url)
+    publisher = Publisher(client)
+    try:
+        async with open_stream(gw.stream_url(shop)) as s:
+            assert s.status == 200
+            assert (await s.next_event_of("connected", timeout=10)).json()["merchantId"] == mid
+            first = await asyncio.to_thread(
+                publisher.publish, mid, "progress", {"jobId": "po-42", "percent": 40}
+            )
+            second = await asyncio.to_thread(publisher.publish, mid, "stage", "packing")
+            live = await s.events(2, timeout=5)
+        other = await gateway_factory.astart()
+        async with open_stream(other.stream_url(shop), headers={"Last-Event-ID": first}) as s:
+            assert s.status == 200
+            await s.next_event_of("connected", timeout=10)
+            replayed = await s.next_event(timeout=5)
+    finally:
+        client.close()
+    assert [(e.id, e.event, e.data) for e in live] == [
+        (first, "progress", '{"jobId":"po-42","percent":40}'),
+        (second, "stage", "packing"),
+    ]
+    assert (replayed.id, replayed.event, replayed.data) == (second, "stage", "packing")
 
 
 def test_settings_are_passed_through(redis_server: RedisServer) -> None:
