@@ -165,7 +165,7 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
     if meta.get("list"):
         if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
             raise ConfigError(key, "must be a list of strings")
-        return tuple(str(v) for v in raw)  # plain str: the config holds no `_Expanded`
+        return tuple(_utf8(f"{key}[{i}]", v) for i, v in enumerate(raw))
     if isinstance(raw, _Expanded) and ("lo" in meta or f.type == "bool"):
         raw = _parse_scalar(raw)
     if "lo" in meta:
@@ -189,7 +189,17 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
         raw = raw.upper()
     if choices and raw not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {raw!r}")
-    return str(raw)
+    return _utf8(key, raw)
+
+
+def _utf8(key: str, text: str) -> str:
+    """`text` as a plain str (no `_Expanded`); lone surrogates (an environment variable
+    that is not UTF-8, a YAML "\\udcff") refused naming only the key: it may be a secret."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(key, "must be UTF-8 text") from None
+    return str(text)
 
 
 def _parse_scalar(text: str) -> Any:
@@ -227,10 +237,14 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
     raw: Any = {}
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh) or {}
+            with open(path, "rb") as fh:
+                data = fh.read()
+            raw = yaml.safe_load(data.decode("utf-8")) or {}
         except OSError as exc:
             raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError("config", f"{path} is not UTF-8 text (line {line})") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where else ""
@@ -248,13 +262,13 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
     }
     cfg = Config(**sections)
     if environ.get("DATABASE_URL"):
-        cfg = dataclasses.replace(
-            cfg, postgres=dataclasses.replace(cfg.postgres, dsn=environ["DATABASE_URL"])
-        )
+        dsn = _utf8("postgres.dsn", environ["DATABASE_URL"])
+        cfg = dataclasses.replace(cfg, postgres=dataclasses.replace(cfg.postgres, dsn=dsn))
     if cfg.redis.cluster and "channel" not in (raw.get("redis") or {}):
         redis = dataclasses.replace(cfg.redis, channel=CLUSTER_CHANNEL)
         cfg = dataclasses.replace(cfg, redis=redis)
     url, source = resolve_redis(cfg.redis, environ)
+    _utf8("redis.url", url)
     cfg = dataclasses.replace(
         cfg, redis=dataclasses.replace(cfg.redis, url=url), redis_source=source
     )

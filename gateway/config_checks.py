@@ -63,7 +63,10 @@ def legacy_redis_url(environ: Mapping[str, str]) -> str | None:
     if not db.isdigit():
         raise _error("REDIS_DB", "must be a database number")
     password = environ.get("REDIS_PASSWORD")
-    auth = f":{quote(password, safe='')}@" if password else ""
+    try:
+        auth = f":{quote(password, safe='')}@" if password else ""
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise _error("REDIS_PASSWORD", "must be UTF-8 text") from None
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
     return f"redis://{auth}{host}:{port}/{db}"

@@ -445,3 +445,58 @@ def test_password_with_a_slash_never_reaches_the_error(tmp_path: Path) -> None:
     err = config_error(tmp_path, {}, {"REDIS_URL": "redis://:s3cr/et@localhost:6379/0"})
     assert err.key == "redis.url"
     assert "s3cr" not in str(err)
+
+
+# -- bytes that are not UTF-8 ---------------------------------------------------------
+
+
+def one_line_exit_2(res: subprocess.CompletedProcess[str], *names: str) -> str:
+    """The single stderr line of a refused config; it names each of ``names``."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["check-config"], []])
+@pytest.mark.parametrize(
+    "data", [b"\xff\xfe", b"\xff\xfes\x00e\x00r\x00", b"server:\n  path: /caf\xe9\n"]
+)
+def test_a_config_file_that_is_not_utf8_exits_2_naming_the_file(
+    tmp_path: Path, data: bytes, command: list[str]
+) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(data)
+    res = run_cli([*command, "--config", str(path)], secret_env())
+    line = one_line_exit_2(res, str(path), "UTF-8")
+    assert res.stdout == ""
+    assert ("line 2" in line) == data.startswith(b"server:"), line
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"GW_TOKEN_SECRET": "s\udcffcret"}, "auth.session_token_secret"),
+        ({"DATABASE_URL": f"postgresql://gw:{PG_PW}\udcff@127.0.0.1/gateway"}, "postgres.dsn"),
+        ({"REDIS_URL": f"redis://:{REDIS_PW}\udcff@127.0.0.1:6379/0"}, "redis.url"),
+        ({"REDIS_URL": "", "REDIS_HOST": "h", "REDIS_PASSWORD": "\udcff"}, "REDIS_PASSWORD"),
+    ],
+)
+def test_an_environment_variable_that_is_not_utf8_exits_2_naming_the_key(
+    tmp_path: Path, env: dict[str, str], key: str
+) -> None:
+    # subprocess encodes the lone surrogate back to the raw byte 0xff
+    res = run_cli(["check-config", "--config", secret_config(tmp_path)], {**secret_env(), **env})
+    one_line_exit_2(res, key)
+    for secret in SECRETS:
+        assert secret not in res.stderr
+
+
+def test_a_yaml_escape_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    err = config_error(tmp_path, 'auth:\n  publish_key: "k\\udcffey"\n')
+    assert (err.key, str(err)) == ("auth.publish_key", "auth.publish_key: must be UTF-8 text")
+    err = config_error(tmp_path, 'cors:\n  allow_origins: ["https://a.test", "\\udcff"]\n')
+    assert err.key == "cors.allow_origins[1]"
