@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from redis.connection import parse_url as parse_redis_url
@@ -90,11 +91,46 @@ def resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, st
     except ValueError:
         # the parser's message may quote part of the URL, password included
         raise _error(key, "not a valid Redis URL (check host, port and db)") from None
-    for option in _TLS_FILES:
-        path = options.get(option)
-        if isinstance(path, str) and path and not os.access(path, os.R_OK):
-            raise _error(key, f"{option}: cannot read {path}")
+    _check_tls_files(key, options)
     return url, source
+
+
+def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
+    """Load the URL's TLS files as redis-py will, so a bad one stops the start (exit 2).
+
+    Only readable is not enough: a garbage CA file would let the gateway start and
+    retry Redis forever. Errors name the option and the path, never ssl_password.
+    """
+    paths = {o: v for o in _TLS_FILES if isinstance(v := options.get(o), str) and v}
+    ca_path = paths.pop("ssl_ca_path", None)
+    if ca_path is not None and not (os.path.isdir(ca_path) and os.access(ca_path, os.R_OK)):
+        raise _error(key, f"ssl_ca_path: {ca_path} is not a readable directory")
+    for option, path in paths.items():
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _error(key, f"{option}: cannot read {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for option in ("ssl_ca_certs", "ssl_certfile"):
+        if option in paths:
+            try:  # the certfile too: its certificate must parse before it can pair with a key
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(paths[option])
+            except ssl.SSLError:
+                raise _error(key, f"{option}: {paths[option]} holds no PEM certificate") from None
+    cert, keyfile = paths.get("ssl_certfile"), paths.get("ssl_keyfile")
+    if keyfile is not None and cert is None:
+        raise _error(key, "ssl_keyfile: needs ssl_certfile")
+    if cert is not None:
+        password = options.get("ssl_password")
+        try:  # a callable, so an encrypted key without ssl_password never prompts on a tty
+            context.load_cert_chain(cert, keyfile, password=lambda: str(password or "").encode())
+        except ssl.SSLError:
+            option = "ssl_keyfile" if keyfile else "ssl_certfile"
+            raise _error(
+                key, f"{option}: {keyfile or cert} holds no PEM private key for {cert} "
+                "(or it is encrypted and ssl_password does not open it)"
+            ) from None
 
 
 def validate(cfg: Config) -> None:
