@@ -2,7 +2,8 @@
 
 Each worker holds its own shared Redis subscription per merchant; a publish
 reaches streams held by both; /metrics (prometheus-client multiprocess mode)
-reports the total across workers; SIGTERM to the supervisor drains both.
+reports the total across workers; SIGTERM to the supervisor drains both. A
+durable Last-Event-ID is replayed from Redis by the worker that never held it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import signal
 
 import aiohttp
 import redis.asyncio as aioredis
-from support import SSEStream, http_json, open_stream, publish, wait_for
+from ops_support import get_metrics, metric, poll
+from support import Event, SSEStream, http_json, open_stream, publish, wait_for
 
 STREAMS = 20
-
-
-def metric(text: str, name: str) -> float | None:
-    m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else None
+KEY = "workers-e2e-publish-key-4b7e1d"
 
 
 async def test_two_workers_share_port_fan_out_metrics_and_drain(
@@ -77,15 +75,14 @@ async def test_two_workers_share_port_fan_out_metrics_and_drain(
         # /metrics on whichever worker answers reports the sum (workers sync ~1 s)
         async def total_connections() -> bool:
             for _ in range(4):  # several scrapes land on both workers
-                status, _, text = await http_json(gw.url("/metrics"))
-                if status != 200 or metric(text, "gateway_connections") != STREAMS:
+                if metric(await get_metrics(gw), "gateway_connections") != STREAMS:
                     return False
             return True
 
         await wait_for(total_connections, timeout=10, message="(gateway_connections == 20)")
-        _, _, text = await http_json(gw.url("/metrics"))
-        delivered = metric(text, "gateway_events_delivered_total")
-        assert delivered is not None and delivered >= STREAMS, text
+        samples = await get_metrics(gw)
+        delivered = metric(samples, "gateway_events_delivered_total")
+        assert delivered >= STREAMS, samples
 
         # SIGTERM to the supervisor: every stream, on both workers, is told
         # to reconnect elsewhere and closed; the supervisor exits 0.
@@ -98,3 +95,89 @@ async def test_two_workers_share_port_fan_out_metrics_and_drain(
         await asyncio.gather(*(s.wait_closed(timeout=10) for s in streams))
         assert await asyncio.to_thread(gw.wait, 10) == 0
         assert len(re.findall(r"stream open ", gw.log_text())) == STREAMS
+
+
+async def test_durable_id_replayed_from_redis_by_the_other_worker(
+    gateway_factory, redis_server, merchant
+) -> None:
+    """A client saw a durable event on one worker; events are published while it is
+    away; it reconnects (Last-Event-ID) to the other worker, which never held the
+    merchant: it gets exactly the missed events, read from Redis (/metrics says so)."""
+    mid, shop = merchant
+    gw = await gateway_factory.astart(
+        config={"server": {"workers": 2}, "auth": {"publish_key": KEY}}
+    )
+    await wait_for(
+        lambda: gw.log_text().count(f"listening on 127.0.0.1:{gw.port}") == 2,
+        timeout=15,
+        message="(both workers listening)",
+    )
+    url = gw.stream_url(shop)
+
+    async def publish_durably(items: list[dict[str, str]]) -> list[str]:
+        body = [{"merchantId": mid, **item} for item in items]
+        status, _, reply = await http_json(
+            gw.url(f"{gw.path}/publish"), "POST", {"Authorization": f"Bearer {KEY}"},
+            json_body=body,
+        )
+        assert status == 200, reply
+        return list(reply["ids"])
+
+    async def until_probe(s: SSEStream, marker: str) -> list[Event]:
+        """Publish a plain `stage` marker; every event up to and including it. The
+        marker's process-local id (`PREFIX-N`) tells which worker holds the stream."""
+        assert await publish(redis_server.url, f"merchant:{mid}:stage", marker) >= 1
+        got = [await s.next_event(timeout=5)]
+        while got[-1].data != marker:
+            got.append(await s.next_event(timeout=5))
+        return got
+
+    def worker(plain_id: str | None) -> str:
+        assert plain_id and ":" not in plain_id, plain_id  # a plain id, not a durable one
+        return plain_id.rsplit("-", 1)[0]
+
+    # The first session: on worker X, it sees d1 and leaves. X keeps the merchant
+    # (sse.linger, 30 s) and takes d2..d4 into its ring; the other worker never holds it.
+    async with open_stream(url) as s:
+        assert s.status == 200
+        await s.next_event_of("connected", timeout=10)
+        x = worker((await until_probe(s, "where"))[-1].id)
+        [d1] = await publish_durably([{"event": "progress", "data": '{"jobId":"j","n":1}'}])
+        seen = await s.next_event(timeout=5)
+        assert (seen.id, seen.event) == (d1, "progress")
+    missed = [
+        {"event": "progress", "data": '{"jobId":"j","n":2}'},
+        {"event": "stage", "data": "packing"},
+        {"event": "completion", "data": '{"jobId":"j"}'},
+    ]
+    missed_ids = await publish_durably(missed)
+    expected = [(i, m["event"], m["data"]) for i, m in zip(missed_ids, missed, strict=True)]
+
+    # Reconnect until SO_REUSEPORT hands the connection to the other worker
+    # (each try is a new source port: 20 tries all on X has probability 2**-20).
+    # Tries that land on X replay from its ring and are not what this test is about.
+    for attempt in range(20):
+        async with open_stream(url, headers={"Last-Event-ID": d1}) as s:
+            assert s.status == 200
+            await s.next_event_of("connected", timeout=10)
+            got = await until_probe(s, f"probe-{attempt}")
+        if worker(got[-1].id) != x:
+            print(f"reached the other worker on try {attempt + 1}")
+            break
+    else:
+        raise AssertionError("20 reconnects all reached the worker that delivered d1")
+    assert [(e.id, e.event, e.data) for e in got[:-1]] == expected, got
+
+    # summed over both workers (prometheus multiprocess mode; workers sync ~1 s)
+    async def replay_counts() -> tuple[float, float]:
+        samples = await get_metrics(gw)
+        return (
+            metric(samples, "gateway_replayed_events_total", source="redis"),
+            metric(samples, "gateway_history_reads_total"),
+        )
+
+    (from_redis, reads), _ = await poll(
+        replay_counts, lambda c: c[0] >= len(missed) and c[1] > 0, 10,
+        what="replayed_events{source=redis} and history_reads counted",
+    )
+    assert from_redis == len(missed) and reads >= 1
