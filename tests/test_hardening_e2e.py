@@ -1,6 +1,7 @@
 """End to end: the hardening fixes, one test per defect found.
 
-1. a flood of ~8 KB malformed request lines must not stall the event loop;
+1. a flood of ~8 KB malformed request lines must not stall the event loop, and
+   identical malformed requests log a few short lines, not one (or a traceback) each;
 2. crafted Last-Event-ID values are served or refused, never a closed 200 that
    leaves a phantom subscriber behind;
 3. tokens and tickets smuggled with %-encoded parameter names never reach the log;
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import yaml
 from delivery_support import LaggingClient, Publisher, padded, rss_bytes
 from hostile_support import (
     LivenessProbe,
+    bounded_gather,
     exchange,
     leaked_fragments,
     session_token,
@@ -99,6 +102,33 @@ async def test_malformed_line_flood_keeps_liveness_and_delivery(
     assert not bad, f"malformed lines must get 400 (or a close): {bad[:5]}"
     assert probe.median() < 0.1, f"/health/live stalled during the flood: {probe.summary()}"
     assert "Traceback" not in gw.log_text()
+
+
+# README.md: "warnings repeated with the same text are logged 5 times per 10 s"
+LOG_BURST, LOG_WINDOW_S = 5, 10.0
+
+
+async def test_identical_malformed_requests_log_a_bounded_number_of_short_lines(
+    gateway_factory: Any,
+) -> None:
+    gw = gateway_factory.start()
+    marker = b"rate-limit-marker-5e1f"
+    raw = b"GET /?" + marker + b"=" + b"q" * 2000 + b"\x01 HTTP/1.1\r\nHost: h\r\n\r\n"
+    n = 300
+    started = time.monotonic()
+    answers = await bounded_gather((partial(exchange, gw.port, raw) for _ in range(n)), 20)
+    elapsed = time.monotonic() - started
+    assert [status_of(a) for a in answers] == [400] * n
+    assert gw.live()
+    log = gw.log_text()
+    lines = [line for line in log.splitlines() if "malformed request" in line]
+    windows = int(elapsed // LOG_WINDOW_S) + 1  # a fresh gateway: the first window opens now
+    print(f"\n{n} malformed requests in {elapsed:.1f} s -> {len(lines)} log lines")
+    assert 1 <= len(lines) <= LOG_BURST * windows, "\n".join(lines[:20])
+    assert all(len(line) < 200 for line in lines), lines[:3]
+    assert marker.decode() not in log, "the raw request line reached the log"
+    assert "Traceback" not in log
+    assert len(log.splitlines()) < 30, log[-3000:]
 
 
 # -- 2. crafted Last-Event-ID ---------------------------------------------------------
