@@ -393,12 +393,23 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
         await poll(lambda: get_metrics(gw), lambda m: _slow_cuts(m) > cuts_before, 10,
                    what="the stalled client cut as a slow client")
         growth = peak - baseline
+        # README.md "Memory per stream": the stalled client holds at most its queue's byte
+        # budget plus the transport's 64 KiB write buffer. Besides it: sse.history frames,
+        # at most one publish batch read from Redis and not yet dropped (a gateway behind
+        # on a busy machine), and slack for the allocator and the interpreter.
+        # Measured: +4.4 to +5 MiB in 8 runs; the burst itself is 150 MiB.
+        stalled_client = 262144 + 64 * 1024
+        history = 10 * size
+        in_flight = batch * size
+        slack = 8 * MiB
+        bound = stalled_client + history + in_flight + slack  # ~23.3 MiB
         print(f"\nburst {burst_s:.1f} s; RSS before {baseline / MiB:.0f} MiB, "
-              f"peak +{growth / MiB:.0f} MiB")
-        assert growth < 150 * MiB, f"RSS grew {growth / MiB:.0f} MiB during the burst"
+              f"peak +{growth / MiB:.1f} MiB (bound {bound / MiB:.1f} MiB)")
+        assert growth < bound, f"RSS grew {growth / MiB:.1f} MiB during the burst"
+        settled = history + slack  # what may stay: the history, not the cut client's queue
         settled_at = time.monotonic()
-        wait_until(lambda: rss_bytes(gw.pid) - baseline < 40 * MiB, timeout=30,
-                   message=f"RSS back within 40 MiB of {baseline / MiB:.0f} MiB")
+        wait_until(lambda: rss_bytes(gw.pid) - baseline < settled, timeout=30,
+                   message=f"RSS back within {settled / MiB:.1f} MiB of {baseline / MiB:.0f} MiB")
         print(f"RSS settled after {time.monotonic() - settled_at:.1f} s: "
               f"{rss_bytes(gw.pid) / MiB:.0f} MiB")
     finally:
