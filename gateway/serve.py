@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import warnings
 from typing import Any
 
 import psycopg2
@@ -51,6 +52,9 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM/SIGINT; the exit code (EXIT_CANNOT_START when it cannot listen)."""
     _self_check(cfg)
     asyncio.get_running_loop().set_exception_handler(_quiet_aiopg)
+    # aiopg forces its own ResourceWarnings to "always" and prints them on stderr;
+    # the same event reaches _quiet_aiopg through the loop, so this copy is noise
+    warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning, r"aiopg\.")
     app = create_app(cfg)
     runner = web.AppRunner(
         app,
