@@ -5,7 +5,8 @@
 - dependencies: pings PostgreSQL, which also opens the pool to `pool_min` at start
   without blocking start-up on it;
 - metrics: moves hot-path counts into prometheus-client once a second;
-- gc policy: keeps garbage-collection pauses short (gc_policy.py).
+- gc policy: keeps garbage-collection pauses short (gc_policy.py);
+- loop lag: how late the event loop runs, for deadlines (patience.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
+from . import patience
 from .errors import UnavailableError
 from .gc_policy import run_gc_policy
 from .hub import Control
@@ -38,6 +40,7 @@ def start_jobs(gw: Gateway) -> list[asyncio.Task[None]]:
         supervised("postgres-watch", lambda: _watch_postgres(gw)),
         supervised("heartbeat", lambda: _heartbeat(gw)),
         supervised("gc-policy", run_gc_policy),
+        supervised("loop-lag", patience.track_lag),
     ]
 
 

@@ -26,6 +26,8 @@ __all__ = ["Merchant", "MerchantDirectory"]
 log = logging.getLogger(__name__)
 
 _MAX_CACHE = 100_000
+_POOL_WAITS = 4  # query timeouts a lookup may wait for a pool connection
+_FIRST = asyncio.FIRST_COMPLETED
 # Connectivity faults. RuntimeError: aiopg under uvloop can fail a connect to a dead
 # server with "unable to perform operation on <UVPoll closed=True>" (aio-libs/aiopg#909).
 _FAULTS = (OSError, RuntimeError, psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -53,6 +55,7 @@ class MerchantDirectory:
         self._closing: set[asyncio.Future[None]] = set()
         self._running: set[asyncio.Task[Any]] = set()  # queries, awaited or abandoned
         self.healthy = False
+        self._failing = False  # the last query failed: lookups do not wait long for the pool
 
     async def verify(self, shop: str) -> Merchant:
         """The active merchant for `shop`, from cache or PostgreSQL."""
@@ -128,14 +131,28 @@ class MerchantDirectory:
 
         The query runs in its own task: on timeout it is cancelled and left to finish
         on its own (aiopg can absorb a cancellation while it closes a connection to a
-        frozen server), so no caller ever waits past the timeout.
+        frozen server), so no caller ever waits past the timeout. The timeout counts
+        from when the query has a connection: a lookup queued behind the pool's busy
+        connections (a reconnect storm) waits for this process, not for PostgreSQL,
+        up to `_POOL_WAITS` timeouts while PostgreSQL answers (one when it does not).
         """
-        task = asyncio.ensure_future(self._execute(sql, params))
+        connected = asyncio.Event()
+        task = asyncio.ensure_future(self._execute(sql, params, connected))
         self._running.add(task)
         task.add_done_callback(self._forget)
-        try:  # the time a congested loop loses is not blamed on PostgreSQL
-            rows = await patience.wait(task, self._cfg.query_timeout)
+        timeout = self._cfg.query_timeout
+        try:  # the time a congested loop loses is not blamed on PostgreSQL either
+            waiting = asyncio.ensure_future(connected.wait())
+            try:
+                await patience.wait(
+                    asyncio.ensure_future(asyncio.wait({task, waiting}, return_when=_FIRST)),
+                    timeout * (1 if self._failing else _POOL_WAITS),
+                )
+            finally:
+                waiting.cancel()
+            rows = await patience.wait(task, timeout)
         except patience.Late:
+            task.cancel()
             # slow or saturated, not necessarily down: keep the pool and its connections
             self._mark_unavailable("TimeoutError")
             raise UnavailableError("PostgreSQL did not answer in time") from None
@@ -150,11 +167,15 @@ class MerchantDirectory:
         if not self.healthy:
             log.info("postgres available")
         self.healthy = True
+        self._failing = False
         return rows
 
-    async def _execute(self, sql: str, params: dict[str, str]) -> list[tuple[object, ...]]:
+    async def _execute(
+        self, sql: str, params: dict[str, str], connected: asyncio.Event
+    ) -> list[tuple[object, ...]]:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
+            connected.set()
             try:
                 async with conn.cursor() as cur:
                     await cur.execute(sql, params)
@@ -172,6 +193,7 @@ class MerchantDirectory:
         if self.healthy:
             log.warning("postgres unavailable: %s", why)
         self.healthy = False
+        self._failing = True
 
     def _drop_pool(self) -> None:
         pool, self._pool = self._pool, None
