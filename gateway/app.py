@@ -66,7 +66,7 @@ def create_app(cfg: Config) -> web.Application:
         admission=Admission(cfg),
         metrics=metrics,
         history=history,
-        replay=DurableReplay(history, broker.round_trip, hub, metrics),
+        replay=DurableReplay(history, lambda: broker.round_trip(shared=True), hub, metrics),
     )
     path = cfg.server.path
     app.router.add_get(path, stream_view, allow_head=False)

@@ -243,8 +243,8 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         except OSError as exc:
             raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
         except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise ConfigError("config", f"{path} is not UTF-8 text (line {line})") from None
+            bad_line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError("config", f"{path} is not UTF-8 text (line {bad_line})") from None
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where else ""

@@ -113,12 +113,14 @@ class RedisBroker:
             raise UnavailableError("Redis topology unknown")
         return max(await asyncio.gather(*(link.ping() for link in self._links.values())))
 
-    async def round_trip(self) -> float:
-        """The slowest link's delivery canary in milliseconds; raises if any fails."""
+    async def round_trip(self, *, shared: bool = False) -> float:
+        """The slowest link's delivery canary in milliseconds; raises if any fails.
+        `shared`: one that starts after this call, shared with others (Canary.flush)."""
         if not self._links:
             raise UnavailableError("Redis topology unknown")
-        links = list(self._links.values())
-        return max(await asyncio.gather(*(link.canary.round_trip() for link in links)))
+        canaries = [link.canary for link in self._links.values()]
+        return max(await asyncio.gather(*(c.flush() if shared else c.round_trip()
+                                          for c in canaries)))
 
     # -- merchants ---------------------------------------------------------
 
