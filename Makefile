@@ -7,7 +7,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# make bench                 gateway vs nginx+nchan vs naive, charts in docs/bench/ (~3 min)
+# make bench                 gateway (plain and durable) vs nginx+nchan vs naive, charts in
+#                            docs/bench/, then MODE=durable's two benches (~6 min)
+# make bench MODE=durable    reconnect storm after a restart (bench.storm) and HTTP publish
+#                            into Redis beside nchan (bench.publish_http) (~3 min)
 # make bench MODE=scale      50,000 streams, several client processes, gateway workers: 3,
 #                            set beside the capacity model's prediction (~5 min)
 # make bench MODE=units      unit costs for the capacity model (.run/bench/unit-costs.json)
@@ -41,10 +44,12 @@ run: deps venv
 
 bench: deps venv
 	@case "$(MODE)" in \
-	  compare) $(PY) -m bench $(BENCH_ARGS) ;; \
+	  compare) $(PY) -m bench $(BENCH_ARGS) && $(PY) -m bench.storm && \
+	           $(PY) -m bench.publish_http ;; \
+	  durable) $(PY) -m bench.storm && $(PY) -m bench.publish_http ;; \
 	  scale)   $(PY) -m bench --scale $(BENCH_ARGS) ;; \
 	  units)   $(PY) -m bench.unitcosts $(BENCH_ARGS) ;; \
-	  *) echo "MODE must be compare, scale or units" >&2; exit 2 ;; \
+	  *) echo "MODE must be compare, durable, scale or units" >&2; exit 2 ;; \
 	esac
 
 # Redis Cluster: where SPUBLISH/PUBLISH land, gateway CPU per delivery (docs/bench/cluster.md)

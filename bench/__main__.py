@@ -27,7 +27,7 @@ from bench.report import ok, table  # noqa: E402
 from bench.systems import make_tmp, parse_system, use_gateway_src  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 
-DEFAULT_SYSTEMS = "gateway1,gateway2,nchan-memory,nchan-redis,naive"
+DEFAULT_SYSTEMS = "gateway1,gateway1-durable,gateway2,nchan-memory,nchan-redis,naive"
 DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
@@ -102,6 +102,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def print_durable_ratio(rows: list[dict]) -> None:
+    """Server CPU per delivery of durable over plain publishing, per rate (same run)."""
+    for durable in (r for r in rows if r["system"].endswith("-durable") and "error" not in r):
+        plain = next((r for r in rows if r["system"] == durable["system"][:-8]
+                      and r.get("rate") == durable["rate"] and "error" not in r), None)
+        if plain and plain.get("us_per_event_server"):
+            ratio = durable["us_per_event_server"] / plain["us_per_event_server"]
+            print(f"durable/plain server CPU per delivery at R={durable['rate']:g}: "
+                  f"{ratio:.3f} ({durable['us_per_event_server']} vs "
+                  f"{plain['us_per_event_server']} us)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     n, m = args.streams, args.merchants
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nN={n} streams over M={m} merchants, D={args.duration:g}s, client processes="
           f"{args.procs}, {os.cpu_count()} cpus; us/ev = CPU microseconds per delivered event")
     print(table(rows))
+    print_durable_ratio(rows)
     if args.step:
         print("\nhighest R with 100% delivered and p99 < 200 ms:")
         for s in args.systems:

@@ -151,8 +151,11 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
         live_s = max(t.restart_window_s, t.streams / fleet_rate, lookup_s) + t.retry_s
         # events a stream misses: its reconnect delay plus, on average, half the queue
         missed = t.rate / max(t.merchants, 1) * ((live_s - t.retry_s) / 2 + t.retry_s)
-    reads = t.streams if t.durable else 0
-    replayed = reads * min(missed, 100)  # sse.history caps a replay
+    # a merchant's first reconnect on a process reads its history from Redis and puts it
+    # in front of the ring; its other tabs there replay from memory (bench/storm.py)
+    reads = pairs if t.durable else 0
+    replayed = (t.streams if t.durable else 0) * min(missed, 100)  # sse.history caps a replay
+    read_events = reads * 100  # a read returns the whole history: up to sse.history events
     return {
         "new_streams_per_s": round(t.streams / (live_s - t.retry_s)),
         "bound_by": ("admission limit" if lookup_s > max(t.restart_window_s,
@@ -166,9 +169,9 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
         "pg_lookups_per_s": round(pairs / max(live_s - t.retry_s, 1)),
         "pg_cores_during": round(pairs / max(live_s - t.retry_s, 1)
                                  * c["pg_per_lookup"] / 1e6, 2),
-        "history_reads": reads,
+        "history_reads": round(reads),
         "replayed_events": round(replayed),
-        "replay_redis_cpu_s": round(replayed * c["redis_per_replayed_event"] / 1e6, 2)
+        "replay_redis_cpu_s": round(read_events * c["redis_per_replayed_event"] / 1e6, 2)
         if "redis_per_replayed_event" in c else None,
         "replay_gateway_cpu_s": round(replayed * replay_us / 1e6, 2),
     }

@@ -1,4 +1,5 @@
-"""Publishers used by the load client: pipelined Redis PUBLISH or nchan HTTP POSTs.
+"""Publishers used by the load client: pipelined Redis PUBLISH, durable publishes
+(`gateway/broker/publish.lua`, pipelined) or nchan HTTP POSTs.
 
 Message ``k`` goes to merchant ``m{k % M}`` with payload
 ``{"jobId":"j{k}","t":<time_ns>,"seq":k}`` (every jobId unique: never coalesced).
@@ -106,15 +107,21 @@ class Publisher:
         self.sent_total = 0
         self.batches = 0  # pipelines / HTTP write bursts sent (a gateway wakes once per batch)
         self._r = None
+        self._durable = None  # gateway.publisher.AsyncPublisher for kind "durable"
         self._tr: asyncio.Transport | None = None
         self._proto: NchanPublisher | None = None
 
     async def start(self) -> None:
-        if self.kind == "redis":
+        if self.kind in ("redis", "durable"):
             import redis.asyncio as aioredis
 
             self._r = aioredis.Redis.from_url(self.redis_url)
             await self._r.ping()
+            if self.kind == "durable":
+                from gateway.publisher import SCRIPT, AsyncPublisher
+
+                await self._r.script_load(SCRIPT)
+                self._durable = AsyncPublisher(self._r)
         else:
             loop = asyncio.get_running_loop()
             self._tr, self._proto = await loop.create_connection(
@@ -124,6 +131,10 @@ class Publisher:
     async def send_batch(self, a: int, b: int) -> None:
         m, pad = self.m, self.pad
         self.batches += 1
+        if self._durable is not None:  # one pipeline of publish.lua runs
+            await self._durable.publish_many(
+                [(f"m{k % m}", "progress", payload(k, pad)) for k in range(a, b)])
+            return
         if self._r is not None:
             pipe = self._r.pipeline(transaction=False)
             for k in range(a, b):

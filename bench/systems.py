@@ -83,9 +83,13 @@ def stop_pid_tree(proc: subprocess.Popen, pids: list[int], timeout: float) -> No
 
 
 def parse_system(name: str) -> tuple[str, int]:
-    """``gateway2`` -> (``gateway``, 2); ``nchan-memory`` -> (``nchan-memory``, 1)."""
-    m = re.fullmatch(r"(gateway|nchan-memory|nchan-redis|naive)(\d*)", name)
-    if not m:
+    """``gateway2`` -> (``gateway``, 2); ``nchan-memory`` -> (``nchan-memory``, 1).
+
+    ``gatewayW-durable`` is the gateway fed by durable publishes (``publish.lua``)
+    instead of plain PUBLISH: the same trial, so the two compare in one run.
+    """
+    m = re.fullmatch(r"(gateway|nchan-memory|nchan-redis|naive)(\d*)(-durable)?", name)
+    if not m or (m.group(3) and m.group(1) != "gateway"):
         raise ValueError(f"unknown system {name!r}")
     return m.group(1), int(m.group(2) or 1)
 
@@ -117,7 +121,7 @@ class System:
     def client_args(self) -> list[str]:
         args = ["--port", str(self.port), "--path-template", self.path_template]
         args += ["--publish", self.publish]
-        if self.publish == "redis":
+        if self.publish in ("redis", "durable"):
             assert self.redis is not None
             args += ["--redis-url", self.redis.url]
         else:
@@ -176,6 +180,8 @@ class Gateway(System):
         self.max_new_per_s = max_new_per_s
         self.notes: list[str] = []
         self.server: GatewayServer | None = None
+        if name.endswith("-durable"):
+            self.publish = "durable"
 
     def config_text(self, admission: bool) -> str:
         n = max(self.streams + 1000, 1000)
@@ -203,7 +209,7 @@ class Gateway(System):
 
     def start(self) -> None:
         redis_url = self.redis_url()
-        self.port = free_port()
+        self.port = self.port or free_port()
         self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
         env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=self.dsn)
         src = gateway_src()
