@@ -40,7 +40,7 @@ _COUNTERS = {
     "deliveries": ("gateway_events_delivered", "Events handed to client streams"),
     "slow_client_disconnects": (
         "gateway_slow_client_disconnects",
-        "Streams cut because the client lagged more than sse.max_queue events",
+        "Streams cut for lagging: over sse.max_queue events or sse.max_queue_bytes queued",
     ),
     "coalesced": ("gateway_events_coalesced", "Queued events replaced by a newer one of a job"),
     "redis_reconnects": ("gateway_redis_reconnects", "Redis subscriber reconnections"),
