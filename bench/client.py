@@ -29,7 +29,7 @@ import time
 
 from bench import hist
 from bench.publishers import Publisher
-from bench.streams import Stats, Stream, cpu_seconds, expected_count, raise_nofile
+from bench.streams import Stats, Stream, cpu_seconds, expected_count, run_client
 
 __all__ = ["Client", "main"]
 
@@ -192,15 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connect-concurrency", type=int, default=200)
     p.add_argument("--ready-timeout", type=float, default=150)
     p.add_argument("--retries", type=int, default=5, help="retries of a 503/429/failed open")
-    args = p.parse_args(argv)
-    raise_nofile()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(Client(args).run())
+    run_client(Client(p.parse_args(argv)).run())
     with contextlib.suppress(Exception):
         sys.stdout.flush()
 

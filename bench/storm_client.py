@@ -27,7 +27,7 @@ import sys
 import time
 
 from bench.hist import from_samples
-from bench.streams import cpu_seconds, raise_nofile
+from bench.streams import cpu_seconds, run_client
 
 __all__ = ["main"]
 
@@ -238,15 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--merchants", type=int, default=1000)
     p.add_argument("--missed", type=int, default=20, help="ids each stream must get back")
     p.add_argument("--timeout", type=float, default=60, help="s an expect may wait")
-    args = p.parse_args(argv)
-    raise_nofile()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(StormClient(args).run())
+    run_client(StormClient(p.parse_args(argv)).run())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import resource
 import time
+from collections.abc import Coroutine
+from typing import Any
 
-__all__ = ["Stats", "Stream", "cpu_seconds", "expected_count", "raise_nofile"]
+__all__ = ["Stats", "Stream", "cpu_seconds", "expected_count", "raise_nofile", "run_client"]
 
 T_KEY = b'"t":'
 
@@ -17,6 +19,17 @@ def raise_nofile() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def run_client(main: Coroutine[Any, Any, None]) -> None:
+    """Run a load client's command loop: on uvloop (as the gateway runs) when installed."""
+    raise_nofile()
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:  # pragma: no cover
+        asyncio.run(main)
 
 
 def cpu_seconds() -> float:
