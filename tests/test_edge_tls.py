@@ -120,6 +120,13 @@ async def check_tls_edge(gw: Any, edge: TlsEdge) -> None:
         async with session.get(url, allow_redirects=False) as r:
             assert r.status == 301
             assert r.headers["Location"] == f"https://127.0.0.1{target}"
+        # ...except ACME HTTP-01 challenges, served from the webroot certbot writes to
+        challenge = edge.nginx.prefix / "acme" / ".well-known" / "acme-challenge" / "tok3n"
+        challenge.parent.mkdir(parents=True, exist_ok=True)
+        challenge.write_text("tok3n.key-authorization")
+        acme = f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/tok3n"
+        async with session.get(acme, allow_redirects=False) as r:
+            assert r.status == 200 and await r.text() == "tok3n.key-authorization"
     assert "stream open" not in gw.log_text()  # nothing reached the gateway in clear text
     assert edge.nginx.running
 

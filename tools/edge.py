@@ -34,6 +34,7 @@ TLS_PLACEHOLDERS = (
     "/etc/ssl/certs/event-gateway.crt",
     "/etc/ssl/private/event-gateway.key",
     "/var/log/nginx/gateway_access.log",
+    "/var/www/acme",
 )
 
 
@@ -44,6 +45,7 @@ def nginx_tls_conf(
     cert: Path,
     key: Path,
     access_log: str = "@PREFIX@/logs/gateway_access.log",
+    acme_root: str = "@PREFIX@/acme",
 ) -> str:
     """A complete nginx.conf around config/nginx-tls.conf for 127.0.0.1.
 
@@ -64,6 +66,7 @@ def nginx_tls_conf(
         ("/etc/ssl/certs/event-gateway.crt", str(cert)),
         ("/etc/ssl/private/event-gateway.key", str(key)),
         ("/var/log/nginx/gateway_access.log", access_log),
+        ("/var/www/acme", acme_root),
     ):
         text = text.replace(old, new)
     return nginx_main_conf(text)
