@@ -1,19 +1,21 @@
 """A throwaway local Redis Cluster (3 primaries + 3 replicas) for tests and ``make run``.
 
-    with RedisCluster() as cluster:   # .url names a node; .nodes; .primary_for(channel)
+    with RedisCluster(password=None) as cluster:  # .url names a node; .nodes; .primary_for()
         cluster.kill_primary(port); cluster.wait_failover(port); cluster.restart(port)
         cluster.migrate_slot(slot, to_port)
 
 Every process is a :class:`tools.services.RedisServer` (own temp dir holding
-its ``nodes.conf``; stopped by PID). Roles are read from the live cluster, so
-they stay right after failovers. ``start_local_cluster()`` is the one call
-``make run`` needs.
+its ``nodes.conf``; stopped by PID; with a password, ``--requirepass`` and
+``--masterauth``: ``.url``, ``.client()``, ``migrate_slot`` and ``redis-cli``,
+through ``REDISCLI_AUTH``, carry it). Roles are read from the live cluster, so
+they stay right after failovers. ``start_local_cluster()`` is what ``make run`` needs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -68,39 +70,41 @@ class RedisCluster:
 
     name = "redis-cluster"
 
-    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+                 password: str | None = None) -> None:
         self.primaries_wanted = primaries
         self.replicas_wanted = replicas
         self.node_timeout_ms = node_timeout_ms
+        self.password = password
         self.servers: dict[int, RedisServer] = {}
         self._followers: dict[int, set[int]] = {}  # killed primary -> its replicas' ports
 
     # -- lifecycle -----------------------------------------------------------
     def _args(self) -> list[str]:
-        return [
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(self.node_timeout_ms),
-            "--repl-diskless-sync", "yes",
-            "--repl-diskless-sync-delay", "0",
-        ]
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
+                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        # --requirepass comes from RedisServer(password=...); replicas authenticate too
+        return args + (["--masterauth", self.password] if self.password else [])
 
     def start(self, timeout: float = 60.0) -> RedisCluster:
         """Start every process, create the cluster, wait until it is fully usable."""
-        cli = shutil.which("redis-cli")
-        if cli is None:
+        if (cli := shutil.which("redis-cli")) is None:
             raise ServiceError("redis-cli not found (run tools/bootstrap.sh)")
         count = self.primaries_wanted * (1 + self.replicas_wanted)
         try:
             for _ in range(count):
-                server = RedisServer(port=cluster_port(), extra_args=self._args())
+                server = RedisServer(cluster_port(), self.password, self._args())
                 server.name = "redis-cluster"
                 self.servers[server.port] = server
                 server.start()
+            env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+            if self.password:  # `-a PASS` without the password in the process list
+                env["REDISCLI_AUTH"] = self.password
             out = subprocess.run(
                 [cli, "--cluster", "create", *(f"{HOST}:{p}" for p in self.servers),
                  "--cluster-replicas", str(self.replicas_wanted), "--cluster-yes"],
-                capture_output=True, text=True, timeout=timeout,
+                capture_output=True, text=True, timeout=timeout, env=env,
             )
             if out.returncode != 0:
                 raise ServiceError(f"redis-cli --cluster create failed:\n{out.stdout}{out.stderr}")
@@ -130,8 +134,10 @@ class RedisCluster:
     # -- views ---------------------------------------------------------------
     @property
     def url(self) -> str:
-        """A node's URL (the first live one started): any node will do for a cluster client."""
-        return f"redis://{HOST}:{self.live_ports()[0]}"
+        """A node's URL (the first live one started): any node will do for a cluster client.
+        It holds the password when the cluster has one: keep it out of messages."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.live_ports()[0]}"
 
     @property
     def pid(self) -> str:
@@ -144,6 +150,7 @@ class RedisCluster:
     def client(self, port: int, **kw: Any) -> redis.Redis:
         """A plain (non-cluster) client of one node; the caller closes it."""
         kw.setdefault("socket_timeout", 5)
+        kw.setdefault("password", self.password)
         return redis.Redis(host=HOST, port=port, decode_responses=True, **kw)
 
     def call(self, port: int, *args: Any) -> Any:
@@ -160,10 +167,8 @@ class RedisCluster:
                 view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
                 break
         unknown = ClusterNode(0, "", "unknown", None, (), None, False)
-        return [
-            replace(view.get(port, unknown), port=port, pid=server.pid, alive=server.running)
-            for port, server in self.servers.items()
-        ]
+        return [replace(view.get(port, unknown), port=port, pid=server.pid, alive=server.running)
+                for port, server in self.servers.items()]
 
     def _parse_nodes(self, text: Any) -> dict[int, ClusterNode]:
         out: dict[int, ClusterNode] = {}
@@ -236,9 +241,8 @@ class RedisCluster:
             if not problems and (extra is None or extra()):
                 return
             if time.monotonic() >= deadline:
-                raise ServiceError(
-                    f"cluster not healthy after {timeout}s: {problems}\n{self.logs(600)}"
-                )
+                raise ServiceError(f"cluster not healthy after {timeout}s: {problems}\n"
+                                   f"{self.logs(600)}")
             time.sleep(0.05)
 
     # -- faults --------------------------------------------------------------
@@ -254,11 +258,8 @@ class RedisCluster:
     def wait_failover(self, port: int, timeout: float = 30.0) -> ClusterNode:
         """Wait until a former replica of ``port`` owns its slots and the cluster is ok."""
         candidates = self._followers.get(port) or {p.port for p in self.replicas_of(port)}
-
-        def promoted() -> bool:
-            return any(n.port in candidates for n in self.primaries())
-
-        self.wait_healthy(timeout, extra=promoted)
+        self.wait_healthy(timeout, extra=lambda: any(n.port in candidates
+                                                     for n in self.primaries()))
         return next(n for n in self.primaries() if n.port in candidates)
 
     def restart(self, port: int, timeout: float = 30.0) -> ClusterNode:
@@ -276,11 +277,11 @@ class RedisCluster:
             return
         self.call(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
         self.call(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        auth = ["AUTH", self.password] if self.password else []
         while keys := self.call(source.port, "CLUSTER", "GETKEYSINSLOT", slot, 100):
-            self.call(source.port, "MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
-        for node in [target, source] + [
-            n for n in self.primaries() if n.port not in (source.port, target.port)
-        ]:
+            self.call(source.port, "MIGRATE", HOST, target.port, "", 0, 5000, *auth, "KEYS", *keys)
+        rest = [n for n in self.primaries() if n.port not in (source.port, target.port)]
+        for node in [target, source, *rest]:
             self.call(node.port, "CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
 
         def moved() -> bool:
