@@ -43,13 +43,21 @@ REPLAYED_REDIS = 'gateway_replayed_events_total{source="redis"}'
 class SharedRedisGateway(Gateway):
     """A gateway on a given Redis and port, so that a second process replaces the first."""
 
-    def __init__(self, redis_url: str, port: int, *args, **kw) -> None:
+    def __init__(self, redis_url: str, port: int, query_timeout: float, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.shared_url = redis_url
         self.port = port
+        self.query_timeout = query_timeout  # postgres.query_timeout; 0: the default
 
     def redis_url(self) -> str:
         return self.shared_url  # not ours to stop
+
+    def config_text(self, admission: bool) -> str:
+        text = super().config_text(admission)
+        if not self.query_timeout:
+            return text
+        dsn = "postgres:\n  dsn: ${DATABASE_URL}\n"
+        return text.replace(dsn, f"{dsn}  query_timeout: {self.query_timeout:g}\n")
 
 
 class ClientProc:
@@ -143,7 +151,7 @@ def run_storm(a: argparse.Namespace) -> dict:
     redis = RedisServer()
     redis.start()
     out: dict = {"streams": a.streams, "merchants": a.merchants, "missed": a.missed,
-                 "workers": a.workers}
+                 "workers": a.workers, "query_timeout": a.query_timeout or "default"}
     gws: list[Gateway] = []
     client: ClientProc | None = None
     try:
@@ -152,7 +160,8 @@ def run_storm(a: argparse.Namespace) -> dict:
         port = free_port()
 
         def gateway(name: str) -> Gateway:
-            gw = SharedRedisGateway(redis.url, port, name, a.workers, tmp, pg.dsn, a.streams)
+            gw = SharedRedisGateway(redis.url, port, a.query_timeout, name, a.workers, tmp,
+                                    pg.dsn, a.streams)
             gws.append(gw)
             return gw
 
@@ -227,7 +236,8 @@ def report(r: dict) -> str:
           and not r["out_of_order"])
     return "\n".join([
         f"reconnect storm: {r['streams']:,} streams over {r['merchants']:,} merchants, each "
-        f"{r['missed']} durable events behind, gateway workers={r['workers']} restarted",
+        f"{r['missed']} durable events behind, gateway workers={r['workers']} restarted "
+        f"(postgres.query_timeout {r['query_timeout']})",
         f"  new process answering {r['ready_after_s']} s after the restart; every stream "
         f"replayed: p50 {r['replay_p50_s']} s, p99 {r['replay_p99_s']} s, "
         f"max {r['replay_max_s']} s after the restart",
@@ -253,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merchants", type=int, default=1000)
     p.add_argument("--missed", type=int, default=20, help="durable events published while down")
     p.add_argument("--workers", type=int, default=1, help="gateway server.workers [1]")
+    p.add_argument("--query-timeout", type=float, default=0,
+                   help="gateway postgres.query_timeout [its default]")
     p.add_argument("--json", help="also write the figures to this file")
     a = p.parse_args(argv)
     raise_nofile()

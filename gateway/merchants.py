@@ -212,7 +212,8 @@ class MerchantDirectory:
                     self._cfg.dsn,
                     minsize=self._cfg.pool_min,
                     maxsize=self._cfg.pool_max,
-                    timeout=self._cfg.query_timeout,
+                    # aiopg's own deadline (wall clock) must not preempt patience.wait's
+                    timeout=self._cfg.query_timeout * _POOL_WAITS,
                     pool_recycle=300,
                 )
             return self._pool
