@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 3.0
 
 
-def _always(_: object) -> bool:
-    return True
-
-
 class _Fetched:
     """One read: the snapshot and its events as hub entries (framed once, for every replay)."""
 
@@ -101,7 +97,7 @@ class DurableReplay:
         elif gap or not await self._still_held(stream.merchant_id, durable):
             return await self.replay_into(stream, durable)
         else:
-            stream.replay_before_live(held, _always)  # live events may have queued meanwhile
+            stream.replay_before_live(held)  # live events may have queued meanwhile
         self._metrics.replayed["memory"] += len(held)
         return len(held)
 
@@ -126,7 +122,7 @@ class DurableReplay:
         when the history cannot bridge to `last` (or cannot be read: the client resyncs).
 
         The stream is attached and not yet writing, so live events queue meanwhile;
-        the durable ones among them that the history read already holds are dropped.
+        the replay stops where they begin (Stream.replay_before_live).
         """
         merchant_id = stream.merchant_id
         in_flight = self._in_flight.get(merchant_id)
@@ -134,10 +130,9 @@ class DurableReplay:
             await asyncio.wait({in_flight})
             held = self._hub.held_after(merchant_id, str(last))
             if held is not None:
-                queued_too = set(held)  # live events the stream also queued meanwhile
-                stream.replay_before_live(held, lambda entry: entry not in queued_too)
-                self._metrics.replayed["memory"] += len(held)
-                return len(held)
+                used = stream.replay_before_live(held)
+                self._metrics.replayed["memory"] += used
+                return used
         try:
             events = await self.after(merchant_id, last)
         except Exception as exc:  # Redis down or slow
@@ -146,15 +141,9 @@ class DurableReplay:
             return None
         if events is None:
             return None
-        newest = last.offset + len(events)  # the history's offsets follow `last` without a gap
-
-        def is_live(entry: object) -> bool:
-            durable = DurableId.parse(getattr(entry, "id", None))
-            return durable is None or durable.epoch != last.epoch or durable.offset > newest
-
-        stream.replay_before_live(events, is_live)
-        self._metrics.replayed["redis"] += len(events)
-        return len(events)
+        used = stream.replay_before_live(events)
+        self._metrics.replayed["redis"] += used
+        return used
 
     async def after(self, merchant_id: str, last: DurableId) -> list[Entry] | None:
         """The durable events after `last`, as hub entries; None when the history

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,18 +141,23 @@ class Stream:
         for entry in entries:
             self.deliver(entry)
 
-    def replay_before_live(
-        self, entries: list[Entry], is_live: Callable[[Entry | Control | _Ping], bool]
-    ) -> None:
-        """Put `entries` before what queued while they were fetched (nothing written yet).
+    def replay_before_live(self, entries: Sequence[Entry]) -> int:
+        """Put a reconnect's replay, fetched while live events queued (nothing written
+        yet), before them; how many of `entries` were used.
 
-        Queued events that `is_live` rejects (duplicates of the replay) are dropped.
+        `entries` is an unbroken run of what the client missed, and everything
+        published after its first live one queued live too: so the replay stops
+        at its first event that also queued, which keeps its live place (after a
+        plain event published just before it).
         """
-        queued = [entry for entry in (self._queue or {}).values() if is_live(entry)]
+        queued = list((self._queue or {}).values())
+        live_ids = {entry.id for entry in queued if isinstance(entry, Entry)}
+        used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
         self._queue = OrderedDict()
         self._queued_bytes = 0
         self._jobs.clear()
-        self.replay([*entries, *queued])
+        self.replay([*entries[:used], *queued])
+        return used
 
     def close(self, reason: CloseReason, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued.

@@ -467,3 +467,25 @@ async def test_a_replay_longer_than_max_queue_is_not_cut() -> None:
     await poll(lambda: stream.queued == 0)
     assert writer.transport.data == b"".join(bytes(e.wire[0]) for e in replay)
     task.cancel()
+
+
+async def test_a_replay_gives_way_to_what_queued_live_meanwhile() -> None:
+    """A Redis replay read while live events queued: durable ids already queued live
+    keep their live place, after a plain event that was published before them."""
+
+    def durable(n: int) -> Entry:
+        return Entry(1000 + n, f"ep:{n}", "stage", b"%d" % n)
+
+    stream, _ = make_stream()
+    d5, d6 = durable(5), durable(6)
+    plain = entry("stage", "plain")
+    for live in (plain, d5, d6):  # attached, not yet writing: these queue
+        stream.deliver(live)
+    replay = [durable(3), durable(4), durable(5), durable(6)]  # read from Redis
+    assert stream.replay_before_live(replay) == 2
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        assert ids_in(writer.transport.data) == ["ep:3", "ep:4", plain.id, "ep:5", "ep:6"]
+    finally:
+        await finish(task)
