@@ -327,3 +327,35 @@ async def test_trimmed_or_expired_history_gets_history_gap(
             assert [(e.event, e.json()) for e in gone] == [("resync", {"reason": "history_gap"})]
     finally:
         await client.aclose()
+
+
+async def test_the_ring_answers_its_own_ids_without_a_history_read(
+    gateway_factory: Any, merchant: Any
+) -> None:
+    """The in-process ring is the cache in front of the Redis history: a reconnect to
+    the process that delivered the id replays from memory (Redis only confirms the
+    epoch), and a history read happens only for ids the ring lacks."""
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+
+    async def publish_durably(data: str) -> str:
+        status, _, reply = await post(gw, {"merchantId": mid, "event": "stage", "data": data})
+        assert status == 200, reply
+        return str(reply["id"])
+
+    async with open_stream(gw.stream_url(shop)) as s:
+        await connected(s)
+        ids = [await publish_durably(str(n)) for n in range(1, 4)]
+        assert [e.id for e in await s.events(3, 10)] == ids
+    missed = [await publish_durably(str(n)) for n in range(4, 6)]  # held: the merchant lingers
+    before = await get_metrics(gw)
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": ids[-1]}) as s:
+        await connected(s)
+        assert [e.id for e in await s.events(2, 10)] == missed
+    after = await get_metrics(gw)
+    for name, labels, grew in (
+        ("gateway_replayed_events_total", {"source": "memory"}, 2),
+        ("gateway_replayed_events_total", {"source": "redis"}, 0),
+        ("gateway_history_reads_total", {}, 0),
+    ):
+        assert metric(after, name, **labels) - metric(before, name, **labels) == grew, name

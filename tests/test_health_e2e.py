@@ -104,6 +104,14 @@ async def test_metrics_names_and_movement(redis_server, merchant, gateway_factor
         assert metric(m, "gateway_events_delivered_total") == (
             metric(before, "gateway_events_delivered_total") + 6
         ), m
+        # the latency histogram observes each delivered message once (not per stream)...
+        observed = metric(m, "gateway_delivery_latency_seconds_count")
+        assert observed == metric(before, "gateway_delivery_latency_seconds_count") + 3, m
+        for _ in range(3):  # ...and never a canary, though each /health sends one through
+            status, _, body = await http_json(gw.url("/health"))  # the same reader
+            assert status == 200 and body["delivery"]["status"] == "ok", body
+        m = await get_metrics(gw)
+        assert metric(m, "gateway_delivery_latency_seconds_count") == observed, m
         _, _, text = await http_json(gw.url("/metrics"))
         assert mid not in text and shop not in text  # no per-merchant labels
     await poll(
