@@ -188,3 +188,17 @@ def test_served_by_tree_tells_our_listener_from_another() -> None:
 
 if sys.platform != "linux":  # served_by_tree reads /proc
     pytestmark = pytest.mark.skip(reason="Linux only")
+
+
+def test_cluster_switch_turns_redis_cluster_on(tmp_path: Path) -> None:
+    """`make run CLUSTER=1`: the shipped config, with redis.cluster on (so `make run`
+    starts a local Redis Cluster) and the cluster's hash-tagged default channel."""
+    from tools.run_config import load_run_settings, run_config
+
+    shipped = Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"
+    plain = load_run_settings(shipped, {})
+    assert not plain.cluster and "{{" not in plain.channel
+    cluster = load_run_settings(shipped, {"CLUSTER": "1"})
+    assert cluster.cluster
+    assert cluster.channel.format(merchant_id="m1", event="progress") == "merchant:{m1}:progress"
+    assert run_config(cluster.raw, 8080)["redis"]["cluster"] is True

@@ -2,13 +2,15 @@
 
 The config is loaded with the gateway's own `load_config` (same `${VAR}`
 expansion, same checks, so a bad file stops ``make run`` before anything
-starts); the run's copy differs only in ``server.port`` (``PORT``) and
-``server.demo`` (on).
+starts); the run's copy differs only in ``server.port`` (``PORT``),
+``server.demo`` (on) and, with ``CLUSTER=1``, ``redis.cluster`` (on: ``make
+run`` then starts a local Redis Cluster).
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,15 +47,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def load_run_settings(path: Path, environ: Mapping[str, str]) -> RunSettings:
-    """The effective settings; the port is ``PORT`` if set, else ``server.port``."""
+    """The effective settings; the port is ``PORT`` if set, else ``server.port``;
+    ``CLUSTER=1`` turns ``redis.cluster`` on."""
     env = dict(environ)
     for name, placeholder in _PLACEHOLDERS.items():
         env[name] = env.get(name) or placeholder
     try:
         cfg = load_config(str(path), env)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if environ.get("CLUSTER") == "1":
+            raw["redis"] = {**(raw.get("redis") or {}), "cluster": True}
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as copy:
+                yaml.safe_dump(raw, copy)
+                copy.flush()
+                cfg = load_config(copy.name, env)  # the cluster's default channel, checks
     except ConfigError as exc:
         fail(f"config error: {exc}")
-    raw = yaml.safe_load(path.read_text()) or {}
     port: Any = environ.get("PORT") or cfg.server.port
     try:
         port = int(port)
