@@ -1,36 +1,62 @@
-"""Helpers of the Redis Cluster end-to-end tests (tests/test_cluster_e2e.py).
+# ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
+"""Helpers of the Redis Cluster end-to-end tests (tests/test_cluster*_e2e.py).
 
     cluster = RedisCluster().start()                    # tools/cluster.py
     spread = seed_spread(cluster, postgres_server, 20)  # {primary port: [(id, shop)]}
     await spublish(cluster, channel(mid, "stage"), {"m": mid})   # SPUBLISH on the owner
     await shard_numsub(cluster, [channel(mid)])         # {channel: subscribers on its owner}
     gateway_pubsub_clients(cluster, gw.pid)             # {node port: gateway pub/sub conns}
+    await subscribed(cluster, [mid], gw); await post(gw, {...})   # SSUBSCRIBEd; durable
+    health_nodes(body)                                  # /health's redis.nodes by port
+
+A cluster started with a password (``RedisCluster(password=...)``) is used
+with it: every helper that talks to a node takes ``cluster.password``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import redis.asyncio as aioredis
-from support import unique_merchant
+from support import Event, SSEStream, http_json, unique_merchant, wait_for
 
 from tools.cluster import RedisCluster, slot_of
 from tools.services import HOST, PostgresServer
 
 __all__ = [
+    "AUTH",
     "CHANNEL",
+    "CONFIG",
+    "KEY",
     "channel",
+    "connected",
     "gateway_pubsub_clients",
+    "health_nodes",
+    "is_end",
+    "post",
     "seed_spread",
+    "session",
     "shard_numsub",
     "spublish",
     "spublish_to",
+    "subscribed",
+    "summary",
+    "until",
 ]
 
 CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # the cluster default (README)
+KEY = "cluster-e2e-publish-key-3b8d1e"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CONFIG = {"redis": {"cluster": True, "history_ttl": 600}, "auth": {"publish_key": KEY}}
 
 
 def channel(merchant_id: str, event: str = "progress") -> str:
@@ -64,9 +90,9 @@ def _encode(payload: Any) -> str | bytes:
     return payload if isinstance(payload, str | bytes) else json.dumps(payload)
 
 
-async def spublish_to(port: int, chan: str, payload: Any) -> int:
+async def spublish_to(port: int, chan: str, payload: Any, password: str | None = None) -> int:
     """SPUBLISH on one node; how many of its clients received it."""
-    client = aioredis.Redis(host=HOST, port=port, socket_timeout=5)
+    client = aioredis.Redis(host=HOST, port=port, password=password, socket_timeout=5)
     try:
         return int(await client.execute_command("SPUBLISH", chan, _encode(payload)))
     finally:
@@ -75,7 +101,7 @@ async def spublish_to(port: int, chan: str, payload: Any) -> int:
 
 async def spublish(cluster: RedisCluster, chan: str, payload: Any) -> int:
     """SPUBLISH on the primary that owns the channel's slot now."""
-    return await spublish_to(cluster.primary_for(chan).port, chan, payload)
+    return await spublish_to(cluster.primary_for(chan).port, chan, payload, cluster.password)
 
 
 async def shard_numsub(cluster: RedisCluster, channels: list[str]) -> dict[str, int]:
@@ -85,7 +111,8 @@ async def shard_numsub(cluster: RedisCluster, channels: list[str]) -> dict[str, 
         by_owner[cluster.primary_for(chan).port].append(chan)
     out: dict[str, int] = {}
     for port, chans in by_owner.items():
-        client = aioredis.Redis(host=HOST, port=port, socket_timeout=5, decode_responses=True)
+        client = aioredis.Redis(host=HOST, port=port, password=cluster.password,
+                                socket_timeout=5, decode_responses=True)
         try:
             reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", *chans)
         finally:
@@ -161,3 +188,79 @@ def gateway_pubsub_clients(cluster: RedisCluster, pid: int) -> dict[int, int]:
                 count += 1
         out[node] = count
     return out
+
+
+def health_nodes(body: Any) -> dict[int, str]:
+    """/health's ``redis.nodes`` as {primary port: "ok" | "fail"} (keys are node addresses)."""
+    nodes = body["redis"]["nodes"]
+    out: dict[int, str] = {}
+    for address, status in nodes.items():
+        port = urlsplit(address if "://" in address else f"//{address}").port
+        assert port is not None, f"a node address without a port: {address}"
+        out[port] = status
+    assert len(out) == len(nodes), f"two addresses on one port: {nodes}"
+    return out
+
+
+@contextlib.asynccontextmanager
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """One client session for many long-lived streams (no pool limit, no read timeout)."""
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        auto_decompress=False,
+    ) as s:
+        yield s
+
+
+async def connected(s: SSEStream) -> None:
+    """The stream answered 200 and its first event is ``connected``."""
+    if s.status != 200:
+        raise AssertionError(f"status {s.status}: {await s.json_body()}")
+    ev = await s.next_event(10)
+    assert ev.event == "connected", ev
+
+
+async def post(gw: Any, body: Any) -> Any:
+    """POST {path}/publish (durable); the JSON reply, asserted 200."""
+    status, _, reply = await http_json(
+        gw.url(f"{gw.path}/publish"), "POST", AUTH, data=io.BytesIO(json.dumps(body).encode())
+    )
+    assert status == 200, (status, reply)
+    return reply
+
+
+async def subscribed(cluster: RedisCluster, mids: list[str], gw: Any, n: int = 1) -> None:
+    """Wait until every merchant's progress channel has ``n`` subscribers on its owner."""
+    chans = [channel(m) for m in mids]
+
+    async def ready() -> bool:
+        counts = await shard_numsub(cluster, chans)
+        return all(counts[c] == n for c in chans)
+
+    try:
+        await wait_for(ready, 15)  # type: ignore[arg-type]
+    except TimeoutError as exc:
+        counts = await shard_numsub(cluster, chans)
+        raise AssertionError(
+            f"{exc}: not subscribed once on the owner: "
+            f"{ {c: k for c, k in counts.items() if k != n} }; log:\n{gw.log_text()[-2000:]}"
+        ) from None
+
+
+async def until(s: SSEStream, pred: Any, timeout: float = 10) -> list[Event]:
+    """Events up to and including the first that satisfies ``pred``."""
+    deadline = time.monotonic() + timeout
+    out: list[Event] = []
+    while not out or not pred(out[-1]):
+        out.append(await s.next_event(max(0.0, deadline - time.monotonic())))
+    return out
+
+
+def is_end(ev: Event) -> bool:
+    return ev.event == "completion" and ev.json().get("end") is True
+
+
+def summary(events: list[Event]) -> list[tuple[str, Any]]:
+    """(event, data["m"] or the raw data) of each event."""
+    return [(e.event, e.json().get("m") if e.data.startswith("{") else e.data) for e in events]

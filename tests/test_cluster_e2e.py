@@ -1,41 +1,46 @@
-# ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
 """End to end on a real local Redis Cluster (3 primaries + 3 replicas, tools/cluster.py).
 
 `redis.cluster: true`: sharded pub/sub (SSUBSCRIBE on the primary owning each
 merchant's slot), one pub/sub connection per primary per process, slot moves
-and failovers followed with `resync` only for the merchants affected, /health
-over every primary, durable publishing and replay on the cluster. One cluster
-for the module; every test uses its own merchants and gateways.
+followed with `resync` only for the merchants affected, /health over every
+primary, durable publishing and replay on the cluster. One cluster (no
+password) for the module; every test uses its own merchants and gateways.
+Failover and credentials: tests/test_cluster_auth_e2e.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from cluster_support import (
+    CONFIG,
     channel,
+    connected,
     gateway_pubsub_clients,
+    health_nodes,
+    is_end,
+    post,
     seed_spread,
+    session,
     shard_numsub,
     spublish,
     spublish_to,
+    subscribed,
+    summary,
+    until,
 )
-from ops_support import get_health, poll
-from support import ISOLATED_ENV, Event, SSEStream, http_json, open_stream, wait_for
+from ops_support import get_health
+from support import ISOLATED_ENV, open_stream
 
 from gateway.durable import DurableId
 from tools.cluster import RedisCluster, slot_of
@@ -45,9 +50,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed"),
 ]
 
-KEY = "cluster-e2e-publish-key-3b8d1e"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-CONFIG = {"redis": {"cluster": True, "history_ttl": 600}, "auth": {"publish_key": KEY}}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,67 +58,6 @@ def cluster() -> Iterator[RedisCluster]:
     """One 3-primary, 3-replica cluster for the module, stopped by PID at the end."""
     with RedisCluster() as c:
         yield c
-
-
-@contextlib.asynccontextmanager
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=10),
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
-        auto_decompress=False,
-    ) as s:
-        yield s
-
-
-async def connected(s: SSEStream) -> None:
-    if s.status != 200:
-        raise AssertionError(f"status {s.status}: {await s.json_body()}")
-    ev = await s.next_event(10)
-    assert ev.event == "connected", ev
-
-
-async def post(gw: Any, body: Any) -> Any:
-    """POST {path}/publish (durable); the JSON reply, asserted 200."""
-    status, _, reply = await http_json(
-        gw.url(f"{gw.path}/publish"), "POST", AUTH, data=io.BytesIO(json.dumps(body).encode())
-    )
-    assert status == 200, (status, reply)
-    return reply
-
-
-async def subscribed(cluster: RedisCluster, mids: list[str], gw: Any, n: int = 1) -> None:
-    """Wait until every merchant's progress channel has ``n`` subscribers on its owner."""
-    chans = [channel(m) for m in mids]
-
-    async def ready() -> bool:
-        counts = await shard_numsub(cluster, chans)
-        return all(counts[c] == n for c in chans)
-
-    try:
-        await wait_for(ready, 15)  # type: ignore[arg-type]
-    except TimeoutError as exc:
-        counts = await shard_numsub(cluster, chans)
-        raise AssertionError(
-            f"{exc}: not subscribed once on the owner: "
-            f"{ {c: k for c, k in counts.items() if k != n} }; log:\n{gw.log_text()[-2000:]}"
-        ) from None
-
-
-async def until(s: SSEStream, pred: Any, timeout: float = 10) -> list[Event]:
-    """Events up to and including the first that satisfies ``pred``."""
-    deadline = time.monotonic() + timeout
-    out: list[Event] = []
-    while not out or not pred(out[-1]):
-        out.append(await s.next_event(max(0.0, deadline - time.monotonic())))
-    return out
-
-
-def is_end(ev: Event) -> bool:
-    return ev.event == "completion" and ev.json().get("end") is True
-
-
-def summary(events: list[Event]) -> list[tuple[str, Any]]:
-    return [(e.event, e.json().get("m") if e.data.startswith("{") else e.data) for e in events]
 
 
 async def test_sixty_merchants_get_their_own_events_only(
@@ -169,6 +110,12 @@ async def test_one_pubsub_connection_per_primary_and_one_subscription_per_mercha
         assert per_node == expected, (
             f"gateway pub/sub connections per node {per_node}, primaries {sorted(primaries)}"
         )
+        status, body, _ = await get_health(gw)  # every primary listed and proven, no replica
+        assert status == 200, body
+        assert health_nodes(body) == dict.fromkeys(primaries, "ok"), body
+        assert body["redis"]["status"] == "ok", body
+        assert isinstance(body["redis"]["latency_ms"], int | float), body
+        assert body["delivery"]["status"] == "ok", body
         events = ["progress", "stage", "completion", "error"]
         counts = await shard_numsub(cluster, [channel(busy_mid, e) for e in events])
         assert counts == {channel(busy_mid, e): 1 for e in events}, counts
@@ -228,65 +175,6 @@ async def test_slot_migration_keeps_streams_and_history(
             await spublish(cluster, channel(mid, "completion"), {"m": mid, "end": True})
             events = await until(s, is_end)
             assert summary(events) == [("completion", mid)], events  # no resync
-
-
-async def test_primary_failover_resyncs_only_its_merchants(
-    cluster: RedisCluster, postgres_server: Any, gateway_factory: Any
-) -> None:
-    seed = int(cluster.url.rsplit(":", 1)[1])
-    victim = next(n.port for n in cluster.primaries() if n.port != seed)
-    spread = seed_spread(cluster, postgres_server, 2, prefix="fo")
-    hit = spread[victim]
-    spared = [m for port, ms in spread.items() if port != victim for m in ms]
-    gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
-    sent: dict[str, list[int]] = {mid: [] for mid, _ in spared}
-    stop = asyncio.Event()
-
-    async def publisher() -> None:  # plain SPUBLISH to the survivors throughout
-        owners = {mid: cluster.primary_for(channel(mid)).port for mid in sent}
-        for seq in range(1, 2000):
-            if stop.is_set():
-                return
-            for mid in sent:
-                got = await spublish_to(owners[mid], channel(mid, "stage"), {"m": mid, "n": seq})
-                assert got == 1, f"SPUBLISH to {mid} (seq {seq}) reached {got} subscribers"
-                sent[mid].append(seq)
-            await asyncio.sleep(0.02)
-
-    async with session() as http, contextlib.AsyncExitStack() as stack:
-        streams = {mid: await stack.enter_async_context(open_stream(gw.stream_url(shop),
-                                                                    session=http))
-                   for mid, shop in hit + spared}
-        await asyncio.gather(*(connected(s) for s in streams.values()))
-        await subscribed(cluster, list(streams), gw)
-        await poll(lambda: get_health(gw), lambda r: r[0] == 200, 10, what="/health 200")
-        task = asyncio.create_task(publisher())
-        try:
-            await asyncio.sleep(0.3)
-            await asyncio.to_thread(cluster.kill_primary, victim)
-            (_, body, _), _ = await poll(lambda: get_health(gw), lambda r: r[0] == 503, 10,
-                                         0.02, "/health 503 while a primary is down")
-            assert body["status"] == "fail", body
-            await asyncio.to_thread(cluster.wait_failover, victim, 20)
-            await poll(lambda: get_health(gw), lambda r: r[0] == 200, 20,
-                       what="/health 200 after the replica's promotion")
-            for mid, _ in hit:
-                ev = await streams[mid].next_event(15)
-                assert (ev.event, ev.json()) == ("resync", {"reason": "redis_reconnected"}), ev
-            await subscribed(cluster, [m for m, _ in hit], gw)
-            for mid, _ in hit:
-                assert await spublish(cluster, channel(mid, "stage"), {"m": mid, "n": 0}) == 1
-                assert summary([await streams[mid].next_event(5)]) == [("stage", mid)]
-            await asyncio.sleep(0.3)
-        finally:
-            stop.set()
-            await task
-            await asyncio.to_thread(cluster.restart, victim)
-        for mid in sent:
-            await spublish(cluster, channel(mid, "completion"), {"m": mid, "end": True})
-            events = await until(streams[mid], is_end)
-            assert not [e for e in events if e.event == "resync"], events
-            assert [e.json()["n"] for e in events[:-1]] == sent[mid], (mid, events)
 
 
 async def test_durable_replay_across_two_gateways_on_a_cluster(
