@@ -44,6 +44,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLK_TCK
 
 
+def rss_kb(pids: list[int]) -> int:
+    """Sum of RSS (resident pages, shared ones counted in every process), in KB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
 def memory_kb(pids: list[int]) -> int:
     """Sum of PSS (proportional set size; shared pages split between sharers), in KB.
 
@@ -60,12 +75,5 @@ def memory_kb(pids: list[int]) -> int:
             continue
         except OSError:
             pass
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
+        total += rss_kb([pid])
     return total

@@ -71,6 +71,7 @@ def run_trial(name: str, n: int, m: int, rates: list[float], dur: float, drain: 
         rp = [rpid] if rpid else []
         base["server_procs"] = len(pids)
         mem0 = procstat.memory_kb(pids)
+        rss0 = procstat.rss_kb(pids)
         base["server_mem0_kb"] = mem0
         if idle_s:
             c0, t0 = _cpu(pids), time.monotonic()
@@ -100,7 +101,8 @@ def run_trial(name: str, n: int, m: int, rates: list[float], dur: float, drain: 
         mem1 = procstat.memory_kb(pids)
         curve.append([n, mem1])
         base.update(server_procs=len(pids), server_mem_kb=mem1, mem_curve=curve,
-                    kb_per_stream=round((mem1 - mem0) / n, 2))
+                    kb_per_stream=round((mem1 - mem0) / n, 2),
+                    rss_kb_per_stream=round((procstat.rss_kb(pids) - rss0) / n, 2))
         if idle_s:
             c0, r0, t0 = _cpu(pids), _cpu(rp), time.monotonic()
             time.sleep(idle_s)
