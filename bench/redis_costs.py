@@ -6,6 +6,9 @@
   ``AsyncPublisher.publish_many`` (XADD + HINCRBY + EXPIREs + PUBLISH).
 - History read: ``DurableHistory.read_after`` replaying the last K events of a
   merchant; Redis CPU and the reader's (the gateway's) CPU per replayed event.
+- Redis Cluster: ``bench/redis_cluster_costs.py`` (SPUBLISH and sharded
+  publish.lua on a local 3+3 cluster beside a single Redis, the same run), under
+  ``"cluster"``.
 
 Skipped, with the reason recorded, when the durable modules are absent.
 """
@@ -19,7 +22,7 @@ import time
 from bench import procstat
 from tools.services import RedisServer
 
-__all__ = ["measure_redis"]
+__all__ = ["measure_cluster_or_skip", "measure_redis"]
 
 BATCH = 500
 CONCURRENCY = 32
@@ -149,9 +152,21 @@ def measure_redis(merchants: int = 200, count: int = 100_000, replay: int = 50) 
         t0 = time.monotonic()
         out = asyncio.run(_run(server.url, server.pid, merchants, count, replay))
         out["wall_s"] = round(time.monotonic() - t0, 2)
-        return out
     finally:
         server.stop()
+    out["cluster"] = measure_cluster_or_skip()
+    return out
+
+
+def measure_cluster_or_skip() -> dict:
+    """``bench.redis_cluster_costs`` (a 3+3 cluster beside a single Redis, ~25 s), or why not."""
+    from bench.redis_cluster_costs import measure_cluster
+    from tools.services import ServiceError
+
+    try:
+        return measure_cluster()
+    except (ServiceError, ImportError) as e:
+        return {"skipped": f"no local Redis Cluster: {e}"}
 
 
 if __name__ == "__main__":

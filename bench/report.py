@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["COLS", "costs_markdown", "ok", "render_fleet", "table"]
+import json
+from pathlib import Path
+
+__all__ = ["COLS", "cluster_costs", "cluster_table", "costs_markdown", "merge_cluster_costs",
+           "ok", "render_fleet", "table"]
 
 COLS = [
     ("system", "system", "{}"),
@@ -60,11 +64,70 @@ def table(rows: list[dict]) -> str:
 
 def costs_markdown(data: dict) -> str:
     """A unit-costs result file as a markdown table (name, value, how measured)."""
-    lines = [f"Measured {data.get('measured_at', '?')} with `{data.get('command', '?')}`.", "",
-             "| cost | value | how it was measured |", "|---|---|---|"]
+    lines = [f"Measured {data.get('measured_at', '?')} with `{data.get('command', '?')}`."]
+    for m in data.get("merged", []):
+        lines.append(f"`{m['costs']}`: measured {m['measured_at']} with `{m['command']}` and "
+                     "merged into the file (the other costs are from the run above).")
+    lines += ["", "| cost | value | how it was measured |", "|---|---|---|"]
     for name, c in data["costs"].items():
         unit = "µs" if c["unit"] == "us" else c["unit"]
         lines.append(f"| `{name}` | {c['value']:g} {unit} | {c['how']} |")
+    return "\n".join(lines)
+
+
+def cluster_costs(raw: dict) -> dict[str, dict]:
+    """Unit-cost entries (value, unit, how) from ``bench.redis_cluster_costs``' result."""
+    cl, rep, ratio = raw["cluster"], raw["cluster_replicas"], raw["ratio"]
+    where = (f"local {raw['primaries']}+{raw['replicas']} cluster, summed over the primaries, "
+             "1 subscriber per channel (SSUBSCRIBE)")
+
+    def c(value: float, how: str, kind: str | None = None) -> dict:
+        tail = f"; {ratio[kind]}x a single Redis in the same run" if kind else ""
+        return {"value": round(max(value, 0.0), 3), "unit": "us", "how": how + tail}
+
+    return {
+        "redis_per_cluster_publish": c(cl["publish"], "Redis CPU per SPUBLISH, one per round "
+                                       f"trip (32 connections), {where}", "publish"),
+        "redis_per_cluster_publish_pipelined": c(cl["publish_pipelined"], "the same, pipelines "
+                                                 "of 500 split per owning primary",
+                                                 "publish_pipelined"),
+        "redis_per_cluster_durable_publish": c(cl["durable"], "Redis CPU per publish.lua run "
+                                               "(sharded: SPUBLISH, hash-tagged keys), one per "
+                                               f"round trip, RedisCluster client, {where}",
+                                               "durable"),
+        "redis_per_cluster_durable_publish_pipelined": c(cl["durable_pipelined"], "the same, "
+                                                         "publish_many pipelines of 500",
+                                                         "durable_pipelined"),
+        "redis_replica_per_cluster_publish": c(rep["publish"], "CPU of the replicas (summed) "
+                                               "per SPUBLISH (the shard's bus message)"),
+        "redis_replica_per_cluster_durable_publish": c(rep["durable"], "CPU of the replicas "
+                                                       "(summed) per publish.lua run "
+                                                       "(replicated writes, bus message)"),
+    }
+
+
+def merge_cluster_costs(path: Path, raw: dict, command: str) -> None:
+    """Add the cluster costs and the raw result to a unit-costs file, saying so in it.
+
+    The file's other costs are left as measured by their own run; ``merged``
+    records when and by which command the cluster costs were added.
+    """
+    data = json.loads(path.read_text())
+    data["costs"].update(cluster_costs(raw))
+    data["redis_cluster"] = raw
+    data["merged"] = [m for m in data.get("merged", []) if m.get("what") != "redis_cluster"] + [
+        {"what": "redis_cluster", "costs": "redis_per_cluster_*, redis_replica_per_cluster_*",
+         "measured_at": raw["measured_at"], "command": command}]
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def cluster_table(raw: dict, kinds: tuple[str, ...]) -> str:
+    """``bench.redis_cluster_costs``: single vs cluster per kind, us per message, replicas."""
+    lines = [f"{'Redis CPU per message':<22} {'single us':>10} {'cluster us':>11} {'ratio':>6} "
+             f"{'replicas us':>12}"]
+    for k in kinds:
+        lines.append(f"{k:<22} {raw['single'][k]:>10.2f} {raw['cluster'][k]:>11.2f} "
+                     f"{raw['ratio'][k] or 0:>6.2f} {raw['cluster_replicas'][k]:>12.2f}")
     return "\n".join(lines)
 
 

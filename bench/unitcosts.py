@@ -10,7 +10,8 @@ CPU per wakeup (a burst read from Redis), per message and per delivery are
 solved from the three (A vs C separates wakeups from messages, B weighs
 deliveries), after subtracting the idle CPU of the process; open and memory
 costs per stream and per merchant from A vs B. Redis-side costs come from
-``bench/redis_costs.py``. Writes ``.run/bench/unit-costs.json`` (``--out``);
+``bench/redis_costs.py`` (a single Redis; a local Redis Cluster through
+``bench/redis_cluster_costs.py``). Writes ``.run/bench/unit-costs.json`` (``--out``);
 ``--publish-copy`` also writes ``docs/bench/unit-costs.json``.
 """
 
@@ -31,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
 from bench.redis_costs import measure_redis  # noqa: E402
+from bench.report import cluster_costs  # noqa: E402
 from bench.systems import make_tmp, use_gateway_src  # noqa: E402
 from bench.trial import run_trial  # noqa: E402
 
@@ -137,6 +139,8 @@ def derive(a: dict, b: dict, cc: dict, redis: dict) -> dict:
                                             "Redis CPU per event read by read_after (50/read)")
         out["gateway_per_replayed_event"] = c(redis["replay_reader_us_per_event"], "us",
                                               "reader (gateway) CPU per event read by read_after")
+    if "single" in redis.get("cluster", {}):  # bench/redis_cluster_costs.py ran
+        out.update(cluster_costs(redis["cluster"]))
     return out
 
 

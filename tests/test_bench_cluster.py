@@ -1,6 +1,11 @@
-"""Pure tests of ``python -m bench.cluster``'s parsing and tables (no services started)."""
+"""``python -m bench.cluster``'s parsing and tables, and the Redis Cluster unit costs
+(``bench.redis_cluster_costs``): pure tests, and one small run on a local cluster."""
 
 from __future__ import annotations
+
+import shutil
+
+import pytest
 
 from bench.cluster_report import cmdstat, kv_info, stats_delta, tables
 
@@ -57,3 +62,52 @@ def test_stats_delta_and_tables_show_the_split() -> None:
     text = tables(out)
     assert "replica of 1" in text and "100.0%" in text
     assert "cluster/single = 1.15 (OVER the 1.10 goal)" in text
+
+
+def _raw(cluster_us: float = 30.0) -> dict:
+    kinds = ("publish", "publish_pipelined", "durable", "durable_pipelined")
+    return {"measured_at": "2026-11-30T15:00:00Z", "primaries": 3, "replicas": 3,
+            "single": dict.fromkeys(kinds, 15.0), "cluster": dict.fromkeys(kinds, cluster_us),
+            "cluster_replicas": dict.fromkeys(kinds, 3.0),
+            "ratio": dict.fromkeys(kinds, round(cluster_us / 15.0, 2))}
+
+
+def test_cluster_costs_are_merged_into_a_unit_costs_file_and_say_so(tmp_path) -> None:
+    import json
+
+    from bench.capacity import load_costs
+    from bench.report import cluster_costs, cluster_table, costs_markdown, merge_cluster_costs
+
+    costs = cluster_costs(_raw())
+    assert costs["redis_per_cluster_publish"]["value"] == 30.0
+    assert costs["redis_per_cluster_publish"]["how"].endswith("2.0x a single Redis in the same run")
+    assert costs["redis_replica_per_cluster_durable_publish"]["value"] == 3.0
+    path = tmp_path / "unit-costs.json"
+    path.write_text(json.dumps({"measured_at": "then", "command": "python -m bench.unitcosts",
+                                "costs": {"redis_per_publish": {"value": 15, "unit": "us",
+                                                                "how": "single"}}}))
+    for value in (25.0, 30.0):  # merged twice: the second replaces the first
+        merge_cluster_costs(path, _raw(value), "python -m bench.redis_cluster_costs --merge X")
+    data = json.loads(path.read_text())
+    assert len(data["merged"]) == 1 and data["redis_cluster"]["cluster"]["publish"] == 30.0
+    loaded = load_costs(path)
+    assert loaded["redis_per_publish"] == 15 and loaded["redis_per_cluster_publish"] == 30.0
+    md = costs_markdown(data)
+    assert "Measured then with `python -m bench.unitcosts`." in md
+    assert "with `python -m bench.redis_cluster_costs --merge X` and merged" in md
+    assert "| `redis_per_cluster_durable_publish` | 30 µs |" in md
+    assert "2.00" in cluster_table(_raw(), ("publish",))
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed")
+def test_measure_cluster_small_run_delivers_every_message() -> None:
+    from bench.redis_cluster_costs import KINDS, measure_cluster
+
+    raw = measure_cluster(merchants=20, rounds=1, scale=0.01, idle_s=0.2)
+    assert raw["all_delivered"] and (raw["primaries"], raw["replicas"]) == (3, 3)
+    assert {t["target"] for t in raw["trials"]} == {"single", "cluster"}
+    for t in raw["trials"]:
+        assert t["delivered"] == t["messages"]
+        if t["kind"].startswith("publish"):  # each (S)PUBLISH reached its one subscriber
+            assert t["receivers"] == t["messages"]
+    assert set(raw["cluster"]) == set(KINDS) and set(raw["ratio"]) == set(KINDS)
