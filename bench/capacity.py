@@ -14,7 +14,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["Fleet", "Target", "holders", "load_costs", "main", "plan", "predict", "wakeups"]
+__all__ = ["Fleet", "Target", "holders", "load_costs", "main", "plan", "predict",
+           "redis_publish_us", "redis_sizing", "wakeups"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_COSTS = ROOT / "docs" / "bench" / "unit-costs.json"
@@ -72,6 +73,8 @@ class Fleet:
     hosts: int
     pg_lookups_per_s: float
     restart: dict = field(default_factory=dict)
+    redis_cost: str = ""  # the unit cost per message Redis was sized with
+    redis_replica_cores: float | None = None  # a cluster's replicas (one per primary), in total
 
 
 def load_costs(path: Path | str = DEFAULT_COSTS) -> dict[str, float]:
@@ -177,31 +180,52 @@ def _restart(c: dict[str, float], t: Target, p: int, steady_cores: float) -> dic
     }
 
 
-def redis_publish_us(c: dict[str, float], t: Target) -> float:
-    """Redis CPU of one publish with one subscriber, as the target publishes."""
-    key = "redis_per_durable_publish" if t.durable else "redis_per_publish"
-    if t.durable and key not in c:
+def redis_publish_us(c: dict[str, float], t: Target, cluster: bool = False) -> tuple[float, str]:
+    """Redis CPU (us) of one publish with one subscriber, as ``t`` publishes, and its cost name.
+
+    ``cluster``: ``redis_per_cluster_*`` (summed over the primaries of a Redis Cluster,
+    sharded pub/sub), the single-Redis cost when the file lacks it.
+    """
+    kind = "durable_publish" if t.durable else "publish"
+    if t.durable and "redis_per_durable_publish" not in c:
         raise KeyError("the unit costs have no durable publish cost; drop --durable")
-    return c[key + ("_pipelined" if t.pipelined else "")]
+    suffix = "_pipelined" if t.pipelined else ""
+    key = f"redis_per_cluster_{kind}{suffix}"
+    return (c[key], key) if cluster and key in c else (c[f"redis_per_{kind}{suffix}"],
+                                                       f"redis_per_{kind}{suffix}")
+
+
+def redis_sizing(c: dict[str, float], t: Target, h: float) -> dict:
+    """A single Redis when one primary does; else a cluster sized with the cluster cost."""
+    mbit = t.rate * h * (t.payload + RESP_BYTES + 24) * 8 / 1e6
+    by_net, out = math.ceil(mbit / t.redis_mbit), {"mbit": mbit, "replica_cores": None, "note": ""}
+    for cluster in (False, True):
+        us, key = redis_publish_us(c, t, cluster)
+        cores = t.rate * (us + (h - 1) * c["redis_per_subscriber"]) / 1e6
+        by_cpu = math.ceil(cores / t.redis_target)
+        if not cluster and max(by_cpu, by_net) <= 1:
+            break  # one primary: no cluster
+        if cluster:  # redis.cluster: true, sharded pub/sub over >= 2 primaries
+            by_cpu = max(2, by_cpu)
+            out["note"] = "" if "cluster" in key else " (the file has no cluster cost)"
+            rkey = "redis_replica_per_cluster_" + ("durable_publish" if t.durable else "publish")
+            out["replica_cores"] = round(t.rate * c[rkey] / 1e6, 3) if rkey in c else None
+    return dict(out, cores=cores, primaries=max(1, by_cpu, by_net),
+                cost=f"{key} {us:g} us/msg{out['note']}",
+                limited_by="network" if by_net > by_cpu else "CPU")
 
 
 def plan(c: dict[str, float], t: Target) -> Fleet:
     """Gateway processes (one core each), Redis, egress and restart cost for ``t``."""
-    p_conn = max(1, math.ceil(t.streams / (t.max_connections * t.fill)))
-    p = p_conn
+    p = p_conn = max(1, math.ceil(t.streams / (t.max_connections * t.fill)))
     for _ in range(100):  # holders() grows with p: iterate to the fixed point
         need = math.ceil(gateway_cpu_us(c, t, p) / 1e6 / t.cpu_target)
         if need <= p:
             break
         p = need
     pred = predict(c, t, p)
-    h = pred["holders"]
-    deliveries = t.rate * t.tabs
-    redis_us = t.rate * (redis_publish_us(c, t) + (h - 1) * c["redis_per_subscriber"])
-    redis_cores = redis_us / 1e6
-    redis_mbit = t.rate * h * (t.payload + RESP_BYTES + 24) * 8 / 1e6
-    by_cpu = math.ceil(redis_cores / t.redis_target)
-    by_net = math.ceil(redis_mbit / t.redis_mbit)
+    h, deliveries = pred["holders"], t.rate * t.tabs
+    r = redis_sizing(c, t, h)
     egress = (deliveries * (t.payload + c["frame_overhead"] + TCP_IP_BYTES)
               + t.streams / t.heartbeat_s * (PING_BYTES + TCP_IP_BYTES)) * 8 / 1e6
     hosts = math.ceil(p / t.cores_per_host)
@@ -215,15 +239,14 @@ def plan(c: dict[str, float], t: Target) -> Fleet:
         holders_per_merchant=round(h, 2),
         messages_in_per_s=round(t.rate * h),
         deliveries_per_s=round(deliveries),
-        redis_cores=round(redis_cores, 3),
-        redis_primaries=max(1, by_cpu, by_net),
-        redis_limited_by="network" if by_net > by_cpu else "CPU",
-        redis_egress_mbit=round(redis_mbit, 1),
+        redis_cores=round(r["cores"], 3), redis_primaries=r["primaries"],
+        redis_limited_by=r["limited_by"], redis_egress_mbit=round(r["mbit"], 1),
         egress_mbit=round(egress, 1),
         egress_mbit_per_host=round(egress / hosts, 1),
         hosts=hosts,
         pg_lookups_per_s=round(pg, 1),
         restart=_restart(c, t, p, pred["cpu_cores"]),
+        redis_cost=r["cost"], redis_replica_cores=r["replica_cores"],
     )
 
 

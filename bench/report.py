@@ -147,6 +147,9 @@ def render_fleet(t, f) -> str:  # (Target, Fleet) from bench.capacity
         f"redis       {f.redis_primaries} primary(ies) ({f.redis_limited_by} bound): "
         f"{f.redis_cores} cores of pub/sub, {f.redis_egress_mbit:,} Mbit/s to gateways"
         + ("  (more than one: redis.cluster + sharded pub/sub)" if f.redis_primaries > 1 else ""),
+        f"            Redis CPU per message: {f.redis_cost}"
+        + ("" if f.redis_replica_cores is None
+           else f"; replicas (one per primary) {f.redis_replica_cores} cores in total"),
         f"egress      {f.egress_mbit:,} Mbit/s to browsers ({f.egress_mbit_per_host:,} per host)",
         f"postgres    {f.pg_lookups_per_s:,} lookups/s steady (recheck + reopen cache misses)",
         f"restart     all streams reconnect: {r['new_streams_per_s']:,} new streams/s "

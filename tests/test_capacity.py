@@ -186,3 +186,47 @@ def test_cli_reads_the_costs_file(tmp_path, capsys) -> None:
     assert fleet["restart"]["pg_lookups"] == round(lookups)
     assert fleet["restart"]["bound_by"] == "admission limit"  # 1,500 lookups/s over 3 processes
     assert fleet["restart"]["seconds_until_all_live"] == pytest.approx(lookups / 1500 + 3, 0.01)
+
+
+CLUSTER_COSTS = dict(COSTS, redis_per_cluster_publish=40.0, redis_per_cluster_publish_pipelined=4.0,
+                     redis_replica_per_cluster_publish=5.0)
+
+
+def test_redis_sizing_uses_the_cluster_cost_only_past_one_primary() -> None:
+    from bench.capacity import redis_publish_us
+
+    small = Target(streams=10_000, merchants=5_000, rate=1_000)
+    f = plan(CLUSTER_COSTS, small)  # 1,000 x ~20 us: one primary, the single-Redis cost
+    assert f.redis_primaries == 1 and f.redis_cost == "redis_per_publish 20 us/msg"
+    assert f.redis_replica_cores is None
+    big = Target(streams=10_000, merchants=5_000, rate=100_000)
+    single = plan(COSTS, big)  # no cluster cost in the file: the single-Redis cost, said so
+    assert single.redis_cost.startswith("redis_per_publish 20 us/msg (the file has no cluster")
+    cluster = plan(CLUSTER_COSTS, big)
+    h = cluster.holders_per_merchant
+    cores = 100_000 * (40.0 + (holders(cluster.processes, 2) - 1) * 0.5) / 1e6
+    assert cluster.redis_cores == pytest.approx(cores, abs=1e-3) and 1 < h <= 2
+    assert cluster.redis_primaries == math.ceil(cores / 0.5) > single.redis_primaries
+    assert cluster.redis_cost == "redis_per_cluster_publish 40 us/msg"
+    assert cluster.redis_replica_cores == pytest.approx(0.5)  # 100,000/s x 5 us
+    piped = Target(streams=10_000, merchants=5_000, rate=300_000, pipelined=True)
+    assert plan(CLUSTER_COSTS, piped).redis_cost.startswith("redis_per_cluster_publish_pipelined")
+    assert redis_publish_us(CLUSTER_COSTS, big, cluster=True) == (40.0, "redis_per_cluster_publish")
+    durable = Target(streams=10_000, merchants=5_000, rate=100_000, durable=True)
+    with pytest.raises(KeyError):
+        plan(CLUSTER_COSTS, durable)  # no durable cost at all: refused, not guessed
+    # a cluster cheaper per message than one Redis still has two primaries
+    cheap = dict(CLUSTER_COSTS, redis_per_cluster_publish=1.0)
+    assert plan(cheap, Target(streams=10_000, merchants=5_000, rate=30_000)).redis_primaries == 2
+
+
+def test_cli_prints_the_redis_cost_it_used(tmp_path, capsys) -> None:
+    from bench.capacity import main
+
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps({"costs": {k: {"value": v, "unit": "us", "how": ""}
+                                          for k, v in CLUSTER_COSTS.items()}}))
+    assert main(["--streams", "10000", "--rate", "100000", "--costs", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Redis CPU per message: redis_per_cluster_publish 40 us/msg" in out
+    assert "replicas (one per primary) 0.5 cores in total" in out
