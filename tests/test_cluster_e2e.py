@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,12 +134,15 @@ async def test_one_pubsub_connection_per_primary_and_one_subscription_per_mercha
 async def test_slot_migration_keeps_streams_and_history(
     cluster: RedisCluster, postgres_server: Any, gateway_factory: Any
 ) -> None:
+    """A subscribed slot moves (unasked SUNSUBSCRIBE); then an unsubscribed one does, and
+    its merchant's first SSUBSCRIBE reaches the old owner, which answers MOVED."""
     spread = seed_spread(cluster, postgres_server, 2, prefix="mv")
     ports = list(spread)
     (moving, moving_shop), (same_node, same_shop) = spread[ports[0]]
     (other, other_shop), _ = spread[ports[1]]
-    slot = slot_of(channel(moving))
-    assert slot != slot_of(channel(same_node))
+    late, late_shop = spread[ports[2]][0]
+    slot, late_slot = slot_of(channel(moving)), slot_of(channel(late))
+    assert len({slot, late_slot, slot_of(channel(same_node))}) == 3
     gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
     async with session() as http, contextlib.AsyncExitStack() as stack:
         def opened(shop: str) -> Any:
@@ -160,6 +164,23 @@ async def test_slot_migration_keeps_streams_and_history(
         assert cluster.primary_for(slot).port == target
         assert cluster.call(target, "CLUSTER", "COUNTKEYSINSLOT", slot) >= 1
         await subscribed(cluster, [moving], gw)  # now on the new owner
+        refreshed = time.monotonic()  # the gateway has just re-read the slot map
+
+        # no push tells the gateway about a slot it holds nothing in, and its next periodic
+        # re-read is 5 s away: only the MOVED answer to the SSUBSCRIBE on the old owner
+        # brings `late` to its new owner in time
+        await asyncio.to_thread(cluster.migrate_slot, late_slot, ports[0])
+        opened_at = time.monotonic()
+        assert opened_at - refreshed < 2.5, "the migration took too long to test MOVED"
+        late_stream = await opened(late_shop)
+        await connected(late_stream)
+        waited = time.monotonic() - opened_at
+        assert waited < 2, f"subscribed after {waited:.1f}s: by the periodic re-read, not MOVED"
+        await subscribed(cluster, [late], gw)
+        assert await spublish_to(ports[0], channel(late, "stage"), {"n": 1}) == 1
+        late_events = await until(late_stream, lambda e: e.event == "stage")
+        assert late_events[-1].json() == {"n": 1}, late_events
+
         assert await spublish_to(target, channel(moving, "stage"), {"n": 2}) == 1
         second = (await post(gw, {"merchantId": moving, "event": "stage", "data": {"n": 3}}))["id"]
         before, after = DurableId.parse(first), DurableId.parse(second)
