@@ -22,6 +22,7 @@ COLS = [
     ("us/ev(s+r)", "us_per_event", "{:.1f}"),
     ("us/ev(srv)", "us_per_event_server", "{:.1f}"),
     ("KB/stream", "kb_per_stream", "{:.1f}"),
+    ("RSS KB/st", "rss_kb_per_stream", "{:.1f}"),
     ("cliCPU%", "client_cpu_pct", "{:.0f}"),
 ]
 
