@@ -188,7 +188,9 @@ async def test_a_user_and_password_reach_every_primary_and_stay_secret(
     assert metrics_status == 200 and "gateway_connections" in metrics
     checked = await asyncio.to_thread(check_config, tmp_path, url)
     assert checked.returncode == 0, checked.stderr
-    assert yaml.safe_load(checked.stdout)["redis"]["cluster"] is True
+    printed = yaml.safe_load(checked.stdout)["redis"]
+    assert printed["cluster"] is True and printed["url"].startswith("redis://default:***@"), (
+        "check-config prints the URL with the user kept and the password masked")
     await asyncio.to_thread(gw.stop)  # the shutdown's lines too
     assert_secret_free({"the gateway log": gw.log_text(), "/health": json.dumps(health),
                         "/metrics": metrics, "check-config": checked.stdout + checked.stderr},
