@@ -4,8 +4,9 @@
   Redis CPU per message, so the model can charge per subscribing process.
 - Durable publish: ``gateway/broker/publish.lua`` run by the gateway's own
   ``AsyncPublisher.publish_many`` (XADD + HINCRBY + EXPIREs + PUBLISH).
-- History read: ``DurableHistory.read_after`` replaying the last K events of a
-  merchant; Redis CPU and the reader's (the gateway's) CPU per replayed event.
+- History read: ``DurableHistory.read_all`` (the whole capped history, as a
+  gateway's replay reads it) bridged to a Last-Event-ID K events back; Redis
+  CPU per event read and the reader's (the gateway's) CPU per replayed event.
 - Redis Cluster: ``bench/redis_cluster_costs.py`` (SPUBLISH and sharded
   publish.lua on a local 3+3 cluster beside a single Redis, the same run), under
   ``"cluster"``.
@@ -85,6 +86,11 @@ async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
 
     hist = DurableHistory(r, channel="merchant:{merchant_id}:{event}", history=100, ttl_s=600)
     ids = [f"d{i}" for i in range(merchants)]
+    ps = r.pubsub()  # one subscribed connection, as for plain PUBLISH's figure
+    await ps.subscribe(*(f"merchant:{mid}:progress" for mid in ids))
+    stop, got = asyncio.Event(), [0]
+    drain = asyncio.create_task(_drain(ps, stop, got))
+    await asyncio.sleep(0.3)
     c0 = procstat.cpu_seconds([pid])
     last: dict[str, str] = {}
     for a in range(0, count, BATCH):
@@ -99,13 +105,14 @@ async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
         assert head is not None
         starts.append((mid, DurableId(head.epoch, max(0, head.offset - replay))))
     c0, s0 = procstat.cpu_seconds([pid]), _self_cpu()
-    events = 0
+    events = replayed = 0
     for _ in range(rounds):
         for mid, since in starts:
-            got = await hist.read_after(mid, since, limit=100)
-            events += len(got or [])
+            snapshot = await hist.read_all(mid)
+            events += len(snapshot.entries)  # what Redis read and sent
+            replayed += len(snapshot.after(since) or [])
     replay_redis = (procstat.cpu_seconds([pid]) - c0) * 1e6 / max(events, 1)
-    replay_reader = (_self_cpu() - s0) * 1e6 / max(events, 1)
+    replay_reader = (_self_cpu() - s0) * 1e6 / max(replayed, 1)
     singles = count // 5
     c0 = procstat.cpu_seconds([pid])
 
@@ -115,10 +122,14 @@ async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
 
     await asyncio.gather(*(one(j) for j in range(CONCURRENCY)))
     single = (procstat.cpu_seconds([pid]) - c0) * 1e6 / (singles)
+    stop.set()
+    await drain
+    await ps.aclose()
     return {
         "durable_publish_us": round(pub, 2),
         "durable_publish_us_unpipelined": round(single, 2),
-        "replay_events": events,
+        "replay_events": replayed,
+        "history_events_read": events,
         "replay_redis_us_per_event": round(replay_redis, 3),
         "replay_reader_us_per_event": round(replay_reader, 3),
     }

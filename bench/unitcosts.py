@@ -136,9 +136,11 @@ def derive(a: dict, b: dict, cc: dict, redis: dict) -> dict:
         out["redis_per_durable_publish_pipelined"] = c(redis["durable_publish_us"], "us",
                                                        "the same, publish_many pipelines of 500")
         out["redis_per_replayed_event"] = c(redis["replay_redis_us_per_event"], "us",
-                                            "Redis CPU per event read by read_after (50/read)")
+                                            "Redis CPU per history event read by read_all "
+                                            "(the whole capped history, 100 per read)")
         out["gateway_per_replayed_event"] = c(redis["replay_reader_us_per_event"], "us",
-                                              "reader (gateway) CPU per event read by read_after")
+                                              "reader (gateway) CPU per replayed event: "
+                                              "read_all, parse, bridge to the id")
     if "single" in redis.get("cluster", {}):  # bench/redis_cluster_costs.py ran
         out.update(cluster_costs(redis["cluster"]))
     return out
