@@ -224,9 +224,6 @@ async def test_a_wrong_password_fails_health_without_leaking_it(
     assert "ok" not in body["redis"]["nodes"].values(), body
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/broker/cluster.py ClusterTopology.refresh drops each node's error: the log only "
-    "says 'no Redis Cluster node answered CLUSTER SLOTS', not that AUTH failed"))
 async def test_a_wrong_password_is_named_in_the_log(
     cluster: RedisCluster, gateway_factory: Any
 ) -> None:

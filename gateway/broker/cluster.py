@@ -7,7 +7,6 @@ gateway. Node URLs keep the seed's scheme, credentials and options (TLS).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -61,12 +60,17 @@ class ClusterTopology:
     async def refresh(self) -> bool:
         """Re-read the slot map; True when it changed. Raises when no node answers."""
         seed = f"{self._seed.hostname}:{self._seed.port or 6379}"
+        errors: dict[str, str] = {}
         for address in dict.fromkeys([seed, *self.primaries, *self._nodes]):
-            with contextlib.suppress(*FAULTS):
+            try:
                 reply = await self._slots(address)
-                if reply:
-                    return self._apply(reply, address)
-        raise ConnectionError("no Redis Cluster node answered CLUSTER SLOTS")
+            except FAULTS as exc:  # e.g. AuthenticationError: say why (never the URL)
+                errors[address] = f"{type(exc).__name__}: {exc}"
+                continue
+            if reply:
+                return self._apply(reply, address)
+        detail = "; ".join(f"{address} {error}" for address, error in errors.items())
+        raise ConnectionError(f"no Redis Cluster node answered CLUSTER SLOTS ({detail})")
 
     async def _slots(self, address: str) -> list[list[Any]]:
         client = aioredis.Redis.from_url(
