@@ -4,10 +4,11 @@ A plain Last-Event-ID is answered by the ring alone. A durable one found in the
 ring is served from it once Redis confirms the history still holds that epoch
 (a history deleted or lost means `resync`, as if the ring were not there); one
 the ring lacks (another process issued it, or this one restarted) is read from
-Redis. The stream is attached first, so live events queue
-behind it; then the history is read, and a canary round trip on the subscriber
-connection proves that every message published before the read has reached the
-hub; then replay and live are merged by id (stream.replay_before_live).
+Redis. The stream is attached first, so live events queue behind it; then the
+history is read, and a canary round trip on the subscriber connection proves
+that every message published before the read has reached the hub; then the
+replay runs until the first event that also queued live, and the queue follows
+in live order (stream.replay_before_live).
 
 Concurrent replays of one merchant share one read: a read collects every replay
 that arrives before it is sent, and at most one read per merchant is in flight.
