@@ -85,6 +85,9 @@ class ClientProc:
             except (subprocess.TimeoutExpired, OSError):
                 self.proc.kill()
                 self.proc.wait(5)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def publish_round(redis_url: str, merchants: int, rounds: int) -> float:
