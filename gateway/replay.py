@@ -10,8 +10,9 @@ that every message published before the read has reached the hub; then the
 replay runs until the first event that also queued live, and the queue follows
 in live order (stream.replay_before_live).
 
-Concurrent replays of one merchant share one read: a read collects every replay
-that arrives before it is sent, and at most one read per merchant is in flight.
+Concurrent replays of one merchant share one read (`sharing.SharedRuns`): a read
+gathers every replay that arrives before it starts, and at most one read per
+merchant is in flight.
 What a read returns is also put in front of the merchant's ring (`Hub.backfill`),
 so the merchant's later reconnects bridge from memory: a reconnect storm after a
 restart costs about one read per merchant, not one per tab.
@@ -28,6 +29,7 @@ from .broker.history import DurableHistory
 from .durable import DurableId, HistorySnapshot
 from .hub import Entry, Hub
 from .metrics import Metrics
+from .sharing import SharedRuns
 from .stream import Stream
 from .supervision import stop_tasks
 
@@ -54,20 +56,6 @@ class _Fetched:
         return self.entries[len(self.entries) - len(events):]  # the events are a suffix
 
 
-class _Read:
-    __slots__ = ("future", "sent")
-
-    def __init__(self) -> None:
-        self.sent = False
-        self.future: asyncio.Future[_Fetched] = asyncio.get_running_loop().create_future()
-        self.future.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[_Fetched]) -> None:
-    if not future.cancelled():
-        future.exception()  # a read nobody waits for any more is not an error to print
-
-
 class DurableReplay:
     def __init__(
         self,
@@ -80,10 +68,8 @@ class DurableReplay:
         self._hub = hub
         self._flush = flush
         self._metrics = metrics
-        self._collecting: dict[str, _Read] = {}
+        self._reads: SharedRuns[str, _Fetched] = SharedRuns(self._read)
         self._checks: dict[str, asyncio.Future[DurableId | None]] = {}
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def resume(
         self, stream: Stream, last_id: str, held: list[Entry], gap: bool
@@ -126,7 +112,7 @@ class DurableReplay:
         the replay stops where they begin (Stream.replay_before_live).
         """
         merchant_id = stream.merchant_id
-        in_flight = self._in_flight.get(merchant_id)
+        in_flight = self._reads.in_flight(merchant_id)
         if in_flight is not None:  # its read backfills the ring: that may answer this one
             await asyncio.wait({in_flight})
             held = self._hub.held_after(merchant_id, str(last))
@@ -153,40 +139,18 @@ class DurableReplay:
         Call it only once the stream is attached: the read it joins is sent later.
         Raises on a Redis fault.
         """
-        read = self._collecting.get(merchant_id)
-        if read is None or read.sent:
-            read = self._collecting[merchant_id] = _Read()
-            task = asyncio.create_task(self._run(merchant_id, read), name="history-read")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        fetched = await asyncio.shield(read.future)
+        fetched = await self._reads(merchant_id)
         return fetched.after(last)
 
-    async def _run(self, merchant_id: str, read: _Read) -> None:
-        previous = self._in_flight.get(merchant_id)
-        if previous is not None:
-            await asyncio.wait({previous})  # arrivals meanwhile join this read
-        else:
-            await asyncio.sleep(0)
-        read.sent = True
-        if self._collecting.get(merchant_id) is read:
-            del self._collecting[merchant_id]
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight[merchant_id] = task
-        try:
-            self._metrics.history_reads += 1
-            gap_mark = self._hub.gap_mark(merchant_id)
-            snapshot = await patience.wait(
-                asyncio.ensure_future(self._read_and_flush(merchant_id)), _READ_TIMEOUT_S)
-            fetched = _Fetched(snapshot, self._hub)
-            self._hub.backfill(merchant_id, fetched.entries, gap_mark)
-            read.future.set_result(fetched)
-        except Exception as exc:
-            read.future.set_exception(exc)
-        finally:
-            if self._in_flight.get(merchant_id) is task:
-                del self._in_flight[merchant_id]
+    async def _read(self, merchant_id: str) -> _Fetched:
+        """One history read, flushed, framed, and put in front of the merchant's ring."""
+        self._metrics.history_reads += 1
+        gap_mark = self._hub.gap_mark(merchant_id)
+        snapshot = await patience.wait(
+            asyncio.ensure_future(self._read_and_flush(merchant_id)), _READ_TIMEOUT_S)
+        fetched = _Fetched(snapshot, self._hub)
+        self._hub.backfill(merchant_id, fetched.entries, gap_mark)
+        return fetched
 
     async def _read_and_flush(self, merchant_id: str) -> HistorySnapshot:
         """The history, once every message published before it was read has reached the hub."""
@@ -197,4 +161,4 @@ class DurableReplay:
     async def close(self) -> None:
         for check in list(self._checks.values()):
             check.cancel()
-        await stop_tasks(list(self._tasks))
+        await stop_tasks(self._reads.tasks())

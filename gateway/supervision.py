@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 __all__ = ["RESTART_DELAY_S", "stop_tasks", "supervised"]
@@ -37,7 +37,7 @@ async def _run(name: str, loop_factory: Callable[[], Coroutine[Any, Any, None]])
         await asyncio.sleep(RESTART_DELAY_S)
 
 
-async def stop_tasks(tasks: list[asyncio.Task[None]], timeout_s: float = 1.0) -> None:
+async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], timeout_s: float = 1.0) -> None:
     """Cancel `tasks` and wait for them, but never forever.
 
     A library can absorb one cancellation (aiopg awaits a shielded close that may

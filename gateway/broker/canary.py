@@ -17,6 +17,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from .. import patience
+from ..sharing import SharedRuns
 from .connection import FAULTS
 
 __all__ = ["Canary"]
@@ -36,8 +37,7 @@ class Canary:
         self._ids = itertools.count()
         self.last_round_trip_s: float | None = None
         self.ok = False
-        self._flush_running: asyncio.Future[float] | None = None
-        self._flush_next: asyncio.Future[float] | None = None
+        self._flushes: SharedRuns[None, float] = SharedRuns(lambda _: self.round_trip())
 
     async def round_trip(self) -> float:
         """Publish a token on the control channel, await it on the subscriber; milliseconds."""
@@ -63,20 +63,7 @@ class Canary:
         the call has then come through. Callers arriving while one is in flight share
         the next, so a storm of replays costs a few round trips, not one each (and
         never starves the watch's own round trip of the publishing connection)."""
-        if self._flush_next is None:
-            self._flush_next = asyncio.ensure_future(self._flush_after(self._flush_running))
-        return await asyncio.shield(self._flush_next)
-
-    async def _flush_after(self, previous: asyncio.Future[float] | None) -> float:
-        if previous is not None:
-            await asyncio.wait({previous})
-        me, self._flush_next = self._flush_next, None  # later callers queue for the next
-        self._flush_running = me
-        try:
-            return await self.round_trip()
-        finally:
-            if self._flush_running is me:
-                self._flush_running = None
+        return await self._flushes(None)
 
     def received(self, token: bytes) -> None:
         future = self._waiting.get(token)
