@@ -27,7 +27,7 @@ import sys
 import time
 
 from bench.hist import from_samples
-from bench.streams import cpu_seconds, run_client
+from bench.streams import cpu_seconds, response_head, run_client
 
 __all__ = ["main"]
 
@@ -73,18 +73,14 @@ class StormStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
         if not self.headers_done:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
+            head = response_head(buf)
+            if head is None:
                 self.buf = buf
                 return
-            status = buf[9:12].decode("latin-1", "replace")
+            status, self.retry_after, body = head
             if status != "200":
                 self.owner.count(f"status_{status}")
-                k = buf.lower().find(b"retry-after:", 0, i)
-                if k >= 0:
-                    with contextlib.suppress(ValueError):
-                        self.retry_after = float(buf[k + 12:buf.find(b"\r\n", k)])
-                j = buf.find(b'"message"', i)
+                j = buf.find(b'"message"', body)
                 if j >= 0:  # why: counted per refusal message
                     self.owner.count(buf[j + 11:buf.find(b'"', j + 12)].decode(errors="replace"))
                 if not self.first_frame.done():
@@ -93,7 +89,7 @@ class StormStream(asyncio.Protocol):
                     self.transport.close()
                 return
             self.headers_done = True
-            buf = buf[i + 4:]
+            buf = buf[body:]
         end = buf.rfind(b"\n\n")
         if end < 0:
             self.buf = buf

@@ -9,7 +9,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["Stats", "Stream", "cpu_seconds", "expected_count", "raise_nofile", "run_client"]
+__all__ = ["Stats", "Stream", "cpu_seconds", "expected_count", "raise_nofile", "response_head",
+           "run_client"]
 
 T_KEY = b'"t":'
 
@@ -30,6 +31,19 @@ def run_client(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
     except ImportError:  # pragma: no cover
         asyncio.run(main)
+
+
+def response_head(buf: bytes) -> tuple[str, float, int] | None:
+    """(status, Retry-After seconds or 0, index of the body) once the head is in ``buf``."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    retry_after = 0.0
+    k = buf.lower().find(b"retry-after:", 0, end)
+    if k >= 0:
+        with contextlib.suppress(ValueError):
+            retry_after = float(buf[k + 12 : buf.find(b"\r\n", k)])
+    return buf[9:12].decode("latin-1", "replace"), retry_after, end + 4
 
 
 def cpu_seconds() -> float:
@@ -102,20 +116,16 @@ class Stream(asyncio.Protocol):
         now = time.time_ns()
         buf = self.buf + data if self.buf else data
         if not self.headers_done:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
+            head = response_head(buf)
+            if head is None:
                 self.buf = buf
                 return
-            status = buf[9:12].decode("latin-1", "replace")
+            status, retry_after, body = head
             st = self.stats.status
             st[status] = st.get(status, 0) + 1
             if status != "200":
                 self.buf = b""
-                k = buf.lower().find(b"retry-after:", 0, i)
-                if k >= 0:
-                    e = buf.find(b"\r\n", k)
-                    with contextlib.suppress(ValueError):
-                        self.retry_after = float(buf[k + 12 : e])
+                self.retry_after = retry_after or self.retry_after
                 if not self.done.done():
                     self.done.set_result(status)
                 if self.transport is not None:
@@ -124,7 +134,7 @@ class Stream(asyncio.Protocol):
             self.headers_done = True
             if not self.wait_frame:
                 self._mark_ready()
-            buf = buf[i + 4 :]
+            buf = buf[body:]
         # a frame ends with an empty line: "\n\n" or "\r\n\r\n" (aiohttp-sse)
         end = max(buf.rfind(b"\n\n"), buf.rfind(b"\n\r\n"))
         if end < 0:
