@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 from bench import procstat  # noqa: E402
 from bench.__main__ import start_postgres  # noqa: E402
 from bench.publishers import NchanPublisher  # noqa: E402
+from bench.redis_costs import command_calls  # noqa: E402
 from bench.systems import Gateway, Nchan, System, make_tmp  # noqa: E402
 
 __all__ = ["main"]
@@ -123,15 +124,8 @@ async def drive(port: int, requests: list[bytes], conns: int, depth: int,
 
 def script_runs(system: System) -> int:
     """EVAL/EVALSHA calls Redis served (durable publishes run one script each)."""
-    import redis as sync_redis
-
     assert system.redis is not None
-    r = sync_redis.Redis.from_url(system.redis.url)
-    try:
-        stats = r.info("commandstats")
-        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
-    finally:
-        r.close()
+    return command_calls(system.redis.url, "evalsha", "eval")
 
 
 def measure(system: System, requests: list[bytes], per_request: int,

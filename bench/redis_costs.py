@@ -23,10 +23,24 @@ import time
 from bench import procstat
 from tools.services import RedisServer
 
-__all__ = ["measure_cluster_or_skip", "measure_redis"]
+__all__ = ["command_calls", "measure_cluster_or_skip", "measure_redis"]
 
 BATCH = 500
 CONCURRENCY = 32
+
+
+def command_calls(url: str, *commands: str) -> int:
+    """Calls Redis at ``url`` has served of ``commands`` (``INFO commandstats``)."""
+    import redis as sync_redis
+
+    from bench.cluster_report import cmdstat
+
+    r = sync_redis.Redis.from_url(url)
+    try:
+        stats = r.info("commandstats")
+        return sum(cmdstat(stats, command)[0] for command in commands)
+    finally:
+        r.close()
 
 
 def _self_cpu() -> float:

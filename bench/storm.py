@@ -4,7 +4,7 @@
 2. The storm client (``bench/storm_client.py``) opens N streams over M merchants;
    one durable event per merchant gives every stream a durable Last-Event-ID.
 3. A is stopped (SIGTERM). While no gateway runs, ``--missed`` durable events
-   per merchant are published, and Redis's command statistics are reset.
+   per merchant are published.
 4. Gateway B, a new process, starts on the same port (the restart). Once it
    answers, every stream reconnects at once with its Last-Event-ID.
 5. Measured: how long after the restart each stream had its missed events
@@ -32,7 +32,9 @@ if str(ROOT) not in sys.path:
 
 from bench import hist, procstat  # noqa: E402
 from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
+from bench.redis_costs import command_calls  # noqa: E402
 from bench.systems import Gateway, make_tmp  # noqa: E402
+from bench.trial import gateway_samples  # noqa: E402
 from tools.services import RedisServer  # noqa: E402
 
 __all__ = ["main", "run_storm"]
@@ -115,38 +117,6 @@ def publish_round(redis_url: str, merchants: int, rounds: int) -> float:
     return asyncio.run(go())
 
 
-def redis_stat(redis: RedisServer, command: str) -> int:
-    """Calls of ``command`` since the last CONFIG RESETSTAT."""
-    import redis as sync_redis
-
-    r = sync_redis.Redis.from_url(redis.url)
-    try:
-        return int(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
-    finally:
-        r.close()
-
-
-def reset_stats(redis: RedisServer) -> None:
-    import redis as sync_redis
-
-    r = sync_redis.Redis.from_url(redis.url)
-    try:
-        r.config_resetstat()
-    finally:
-        r.close()
-
-
-def gateway_metric(port: int, name: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        total = 0.0
-        for line in r.read().decode().splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-
 def run_storm(a: argparse.Namespace) -> dict:
     """One storm; the figures as a dict (``error`` set when something failed)."""
     tmp = make_tmp()
@@ -182,7 +152,7 @@ def run_storm(a: argparse.Namespace) -> dict:
             raise RuntimeError(f"seed event reached {seeded['complete']} of {a.streams} streams")
         first.stop()
         out["publish_missed_s"] = round(publish_round(redis.url, a.merchants, a.missed), 2)
-        reset_stats(redis)
+        xrange_before = command_calls(redis.url, "xrange")
         second = gateway("storm-b")
         restart_ns, t0 = time.time_ns(), time.monotonic()
         second.start()
@@ -197,6 +167,7 @@ def run_storm(a: argparse.Namespace) -> dict:
         live = client.ask(f"expect {2 + a.missed}")
         out["live_after_publish_s"] = round(time.monotonic() - live_t0, 2)
         lat = hist.summary(hist.merge([replayed["replay_hist"]]), replayed["replay_max_ns"])
+        samples = gateway_samples(port)
         out.update(
             replayed_streams=replayed["complete"], live_streams=live["complete"],
             replay_p50_s=round(lat.get("p50_ms", 0) / 1e3, 2),
@@ -206,9 +177,9 @@ def run_storm(a: argparse.Namespace) -> dict:
             out_of_order=live["counts"].get("out_of_order", 0),
             refused=sum(v for k, v in live["counts"].items() if k.startswith("status_")),
             client_cpu_s=live["client_cpu_s"],
-            history_reads_redis=redis_stat(redis, "xrange"),
-            history_reads_gateway=gateway_metric(port, "gateway_history_reads_total"),
-            replayed_from_redis=gateway_metric(port, REPLAYED_REDIS),
+            history_reads_redis=command_calls(redis.url, "xrange") - xrange_before,
+            history_reads_gateway=samples.get("gateway_history_reads_total", 0),
+            replayed_from_redis=samples.get(REPLAYED_REDIS, 0),
         )
     except Exception as e:  # reported, not raised: the bench prints what it has
         out["error"] = f"{type(e).__name__}: {e}"

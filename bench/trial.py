@@ -7,7 +7,6 @@ row of a trial. CPU is utime+stime from /proc over the server's process tree
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -19,8 +18,7 @@ from bench.systems import Gateway, Naive, Nchan, System, parse_system
 
 __all__ = ["make_system", "run_trial"]
 
-_METRIC_RE = re.compile(r"^(gateway_redis_messages_total|gateway_events_delivered_total) (\S+)$",
-                        re.M)
+_COUNTERS = ("gateway_redis_messages_total", "gateway_events_delivered_total")
 
 
 def make_system(name: str, tmp: Path, pg, streams: int, max_new_per_s: int = 1_000_000) -> System:
@@ -32,14 +30,26 @@ def make_system(name: str, tmp: Path, pg, streams: int, max_new_per_s: int = 1_0
     return Nchan(name, workers, tmp, use_redis=(kind == "nchan-redis"))
 
 
-def gateway_counters(port: int) -> dict[str, float]:
-    """Messages from Redis and deliveries, summed over workers (empty if unreadable)."""
+def gateway_samples(port: int) -> dict[str, float]:
+    """Every sample of the gateway's /metrics (``name{labels}`` -> value, summed over
+    workers); empty if unreadable."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except Exception:
         return {}
-    return {k: float(v) for k, v in _METRIC_RE.findall(text)}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = samples.get(key, 0.0) + float(value)
+    return samples
+
+
+def gateway_counters(port: int) -> dict[str, float]:
+    """Messages from Redis and deliveries (empty if unreadable)."""
+    samples = gateway_samples(port)
+    return {name: samples[name] for name in _COUNTERS if name in samples}
 
 
 def _cpu(pids: list[int]) -> float:
