@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from playwright.async_api import Page, async_playwright
-from support import chromium_executable, publish, wait_for
+from playwright.async_api import Page
+from support import chromium_page, publish, wait_for
 
 from tools.services import NginxServer, free_port, nginx_main_conf
 
@@ -25,16 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = REPO_ROOT / "config" / "nginx.conf"
 STREAM_PATH = "/api/realtime/events"
 SECRET = "browser-e2e-session-token-secret-0123456789"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
 
 def nginx_conf(gateway_port: int, nginx_port: int) -> str:
     """The shipped snippet with its documented placeholders replaced."""
@@ -92,64 +82,54 @@ async def test_demo_page_through_nginx_cross_origin(
     async def send(event: str, payload: Any) -> None:
         assert await publish(redis_server.url, f"merchant:{mid}:{event}", payload) >= 1
 
-    # not a skip: `make test` installs Debian's chromium (tools/bootstrap.sh)
-    executable = chromium_executable()
-    assert executable, "chromium is not installed (tools/bootstrap.sh)"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    async with chromium_page() as (page, console):
+        await page.goto(page_url)
         try:
-            page = await browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            await page.goto(page_url)
-            try:
-                await wait_for(
-                    lambda: page.evaluate("window.gatewayStatus === 'open'"),
-                    timeout=10,
-                    message="(page status 'open')",
-                )
-            except TimeoutError:
-                raise AssertionError(f"stream never opened; console: {console}") from None
-            connected = await page.evaluate("window.gatewayConnected")
-            assert connected == {"merchantId": mid, "shop": shop}
-
-            # 1. a multi-line JSON payload (pretty-printed) drives the progress bar
-            await send("progress", json.dumps({"jobId": "job-1", "percent": 40}, indent=2))
-            # 2. a text payload with CRLF, CR and LF line breaks
-            await send("stage", "line one\r\nline two\rline three\nline four")
-            events = await wait_events(page, 2)
-            assert [e["type"] for e in events] == ["progress", "stage"]
-            assert events[0]["data"] == {"jobId": "job-1", "percent": 40}
-            assert "\n" in events[0]["raw"]
-            assert events[1]["raw"] == "line one\nline two\nline three\nline four"
-            assert await page.get_attribute("#bar", "aria-valuenow") == "40"
-            assert await page.text_content("#percent") == "40%"
-            assert await page.evaluate("document.querySelector('#bar-fill').style.width") == "40%"
-            assert await page.text_content("#job") == "job-1"
-
-            # 3. nginx goes away (fast shutdown closes the stream on both sides);
-            # an event published meanwhile is held in the gateway's history.
-            n.stop()
             await wait_for(
-                lambda: "stream close" in gw.log_text(), timeout=5, message="(gateway close)"
+                lambda: page.evaluate("window.gatewayStatus === 'open'"),
+                timeout=10,
+                message="(page status 'open')",
             )
-            await send("progress", {"jobId": "job-1", "percent": 70})
-            nginx_factory(conf, port=nginx_port)
-            # the browser reconnects with the last id and gets the missed event
-            events = await wait_events(page, 3, within=15)
-            await send("completion", {"jobId": "job-1"})
-            events = await wait_events(page, 4)
-            assert [e["type"] for e in events] == ["progress", "stage", "progress", "completion"]
-            assert events[2]["data"] == {"jobId": "job-1", "percent": 70}
-            ids = [e["id"] for e in events]
-            assert len(set(ids)) == 4 and all(ids), ids
-            assert await page.get_attribute("#bar", "aria-valuenow") == "100"
-            assert await page.get_attribute("#bar-fill", "class") == "done"
+        except TimeoutError:
+            raise AssertionError(f"stream never opened; console: {console}") from None
+        connected = await page.evaluate("window.gatewayConnected")
+        assert connected == {"merchantId": mid, "shop": shop}
 
-            opens = re.findall(r"stream open .*replayed=(\d+)", gw.log_text())
-            assert opens == ["0", "1"], gw.log_text()[-3000:]
-            # no event reached the page twice, and nothing else arrived
-            assert len(await page_events(page)) == 4
-        finally:
-            await browser.close()
+        # 1. a multi-line JSON payload (pretty-printed) drives the progress bar
+        await send("progress", json.dumps({"jobId": "job-1", "percent": 40}, indent=2))
+        # 2. a text payload with CRLF, CR and LF line breaks
+        await send("stage", "line one\r\nline two\rline three\nline four")
+        events = await wait_events(page, 2)
+        assert [e["type"] for e in events] == ["progress", "stage"]
+        assert events[0]["data"] == {"jobId": "job-1", "percent": 40}
+        assert "\n" in events[0]["raw"]
+        assert events[1]["raw"] == "line one\nline two\nline three\nline four"
+        assert await page.get_attribute("#bar", "aria-valuenow") == "40"
+        assert await page.text_content("#percent") == "40%"
+        assert await page.evaluate("document.querySelector('#bar-fill').style.width") == "40%"
+        assert await page.text_content("#job") == "job-1"
+
+        # 3. nginx goes away (fast shutdown closes the stream on both sides);
+        # an event published meanwhile is held in the gateway's history.
+        n.stop()
+        await wait_for(
+            lambda: "stream close" in gw.log_text(), timeout=5, message="(gateway close)"
+        )
+        await send("progress", {"jobId": "job-1", "percent": 70})
+        nginx_factory(conf, port=nginx_port)
+        # the browser reconnects with the last id and gets the missed event
+        events = await wait_events(page, 3, within=15)
+        await send("completion", {"jobId": "job-1"})
+        events = await wait_events(page, 4)
+        assert [e["type"] for e in events] == ["progress", "stage", "progress", "completion"]
+        assert events[2]["data"] == {"jobId": "job-1", "percent": 70}
+        ids = [e["id"] for e in events]
+        assert len(set(ids)) == 4 and all(ids), ids
+        assert await page.get_attribute("#bar", "aria-valuenow") == "100"
+        assert await page.get_attribute("#bar-fill", "class") == "done"
+
+        opens = re.findall(r"stream open .*replayed=(\d+)", gw.log_text())
+        assert opens == ["0", "1"], gw.log_text()[-3000:]
+        # no event reached the page twice, and nothing else arrived
+        assert len(await page_events(page)) == 4
     print(f"browser e2e: {time.monotonic() - started:.1f}s")

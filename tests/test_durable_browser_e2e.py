@@ -18,9 +18,8 @@ import time
 from typing import Any
 
 from ops_support import get_metrics, metric
-from playwright.async_api import Page, Route, async_playwright
-from support import chromium_executable, http_json, wait_for
-from test_browser_e2e import CHROMIUM_ARGS
+from playwright.async_api import Page, Route
+from support import chromium_page, http_json, wait_for
 from test_nginx_e2e import STREAM_PATH, nginx_conf
 
 from tools.services import free_port
@@ -97,62 +96,53 @@ async def test_browser_reconnects_to_the_other_gateway_and_gets_the_gap(
     async def connections(gw: Any) -> float:
         return metric(await get_metrics(gw), "gateway_connections")
 
-    executable = chromium_executable()
-    assert executable, "chromium is not installed (tools/bootstrap.sh)"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    async with chromium_page() as (page, console):
+
+        async def serve(route: Route) -> None:
+            await route.fulfill(status=200, content_type="text/html", body=html)
+
+        # the page comes from nginx's origin: its EventSource is same-origin
+        await page.route(page_url, serve)
+        await page.goto(page_url)
         try:
-            page = await browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            await wait_for(lambda: page.evaluate("window.opens === 1"), timeout=10)
+        except TimeoutError:
+            raise AssertionError(f"stream never opened; console: {console}") from None
 
-            async def serve(route: Route) -> None:
-                await route.fulfill(status=200, content_type="text/html", body=html)
+        # The gateway that nginx's hash picked for this shop holds the stream.
+        async def holder_of() -> Any:
+            counts = [await connections(gw) for gw in gws]
+            return gws[counts.index(1)] if sorted(counts) == [0, 1] else None
 
-            # the page comes from nginx's origin: its EventSource is same-origin
-            await page.route(page_url, serve)
-            await page.goto(page_url)
-            try:
-                await wait_for(lambda: page.evaluate("window.opens === 1"), timeout=10)
-            except TimeoutError:
-                raise AssertionError(f"stream never opened; console: {console}") from None
+        holder = await wait_for(holder_of, timeout=5, message="(one gateway holds it)")
+        survivor = gws[1 - gws.index(holder)]
 
-            # The gateway that nginx's hash picked for this shop holds the stream.
-            async def holder_of() -> Any:
-                counts = [await connections(gw) for gw in gws]
-                return gws[counts.index(1)] if sorted(counts) == [0, 1] else None
+        [before] = await publish_durably(survivor, [("progress", '{"jobId":"j","n":0}')])
+        assert [e["id"] for e in await received(page, 1, 5)] == [before]
 
-            holder = await wait_for(holder_of, timeout=5, message="(one gateway holds it)")
-            survivor = gws[1 - gws.index(holder)]
+        holder.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(holder.wait, 5) == -signal.SIGKILL
+        killed = time.monotonic()
+        # one progress per job: a replay queued at once coalesces a job's progress
+        # to its newest (README.md, "The stream"), which is not what is tested here
+        gap_items = [("progress", f'{{"jobId":"j{k}","n":{k}}}') for k in range(1, GAP_EVENTS)]
+        gap_items.append(("stage", "packing"))
+        gap = await publish_durably(survivor, gap_items)
+        published_in = time.monotonic() - killed
+        # the browser reconnects (after RETRY_MS), through nginx, to the survivor
+        await received(page, 1 + GAP_EVENTS, 10)
+        assert await page.evaluate("window.opens") == 2
+        [after] = await publish_durably(survivor, [("completion", '{"jobId":"j"}')])
+        got = await received(page, 2 + GAP_EVENTS, 5)
 
-            [before] = await publish_durably(survivor, [("progress", '{"jobId":"j","n":0}')])
-            assert [e["id"] for e in await received(page, 1, 5)] == [before]
-
-            holder.send_signal(signal.SIGKILL)
-            assert await asyncio.to_thread(holder.wait, 5) == -signal.SIGKILL
-            killed = time.monotonic()
-            # one progress per job: a replay queued at once coalesces a job's progress
-            # to its newest (README.md, "The stream"), which is not what is tested here
-            gap_items = [("progress", f'{{"jobId":"j{k}","n":{k}}}') for k in range(1, GAP_EVENTS)]
-            gap_items.append(("stage", "packing"))
-            gap = await publish_durably(survivor, gap_items)
-            published_in = time.monotonic() - killed
-            # the browser reconnects (after RETRY_MS), through nginx, to the survivor
-            await received(page, 1 + GAP_EVENTS, 10)
-            assert await page.evaluate("window.opens") == 2
-            [after] = await publish_durably(survivor, [("completion", '{"jobId":"j"}')])
-            got = await received(page, 2 + GAP_EVENTS, 5)
-
-            expected = [{"type": "progress", "id": before, "data": '{"jobId":"j","n":0}'}]
-            expected += [
-                {"type": e, "id": i, "data": d}
-                for i, (e, d) in zip(gap, gap_items, strict=True)
-            ]
-            expected.append({"type": "completion", "id": after, "data": '{"jobId":"j"}'})
-            assert got == expected, got  # each once, in order, no resync
-            assert await page.evaluate("window.connectionErrors") >= 1
-        finally:
-            await browser.close()
+        expected = [{"type": "progress", "id": before, "data": '{"jobId":"j","n":0}'}]
+        expected += [
+            {"type": e, "id": i, "data": d}
+            for i, (e, d) in zip(gap, gap_items, strict=True)
+        ]
+        expected.append({"type": "completion", "id": after, "data": '{"jobId":"j"}'})
+        assert got == expected, got  # each once, in order, no resync
+        assert await page.evaluate("window.connectionErrors") >= 1
 
     # The gap's events came as the survivor's replay of the browser's Last-Event-ID
     # (they were published before it reconnected), not live.

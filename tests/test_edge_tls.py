@@ -24,9 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import async_playwright
-from support import chromium_executable, publish, wait_for
-from test_browser_e2e import CHROMIUM_ARGS
+from support import chromium_page, publish, wait_for
 from test_nginx_e2e import nginx_conf as plain_nginx_conf
 
 from tools.edge import TlsEdge, nginx_tls_conf, start_tls_edge
@@ -151,35 +149,26 @@ async def ten_streams_in_chromium(
     Waits until ``expect`` streams are open and have the event, then another
     2 s to be sure no more arrive (a bound, not synchronisation).
     """
-    executable = chromium_executable()
-    assert executable, "chromium is not installed (tools/bootstrap.sh)"
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=executable, args=[*CHROMIUM_ARGS, "--ignore-certificate-errors"]
-        )
-        try:
-            page = await browser.new_page()
-            response = await page.goto(page_url)
-            assert response is not None and response.status == 200
-            url = f"{STREAM_PATH}?shop={shop}"  # same origin as the page
-            protocol = await page.evaluate(OPEN_STREAMS_JS, {"url": url, "n": STREAMS})
+    async with chromium_page("--ignore-certificate-errors") as (page, _):
+        response = await page.goto(page_url)
+        assert response is not None and response.status == 200
+        url = f"{STREAM_PATH}?shop={shop}"  # same origin as the page
+        protocol = await page.evaluate(OPEN_STREAMS_JS, {"url": url, "n": STREAMS})
 
-            async def count(key: str) -> int:
-                return int(await page.evaluate(f"window.edge.{key}.length"))
+        async def count(key: str) -> int:
+            return int(await page.evaluate(f"window.edge.{key}.length"))
 
-            async def reached(key: str) -> bool:
-                return await count(key) >= expect
+        async def reached(key: str) -> bool:
+            return await count(key) >= expect
 
-            await wait_for(lambda: reached("opened"), timeout=10, message=f"({expect} open)")
-            assert await publish(redis_url, f"merchant:{mid}:progress", {"jobId": "h2"}) == 1
-            t0 = time.monotonic()
-            await wait_for(lambda: reached("got"), timeout=5, message=f"({expect} got it)")
-            latency = time.monotonic() - t0
-            await asyncio.sleep(2)  # the absence check: nothing more arrives
-            edge: dict[str, Any] = await page.evaluate("window.edge")
-            return {**edge, "protocol": protocol, "latency": latency}
-        finally:
-            await browser.close()
+        await wait_for(lambda: reached("opened"), timeout=10, message=f"({expect} open)")
+        assert await publish(redis_url, f"merchant:{mid}:progress", {"jobId": "h2"}) == 1
+        t0 = time.monotonic()
+        await wait_for(lambda: reached("got"), timeout=5, message=f"({expect} got it)")
+        latency = time.monotonic() - t0
+        await asyncio.sleep(2)  # the absence check: nothing more arrives
+        edge: dict[str, Any] = await page.evaluate("window.edge")
+        return {**edge, "protocol": protocol, "latency": latency}
 
 
 async def test_chromium_gets_ten_streams_over_http2(
