@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 
 from bench import procstat  # noqa: E402
 from bench.__main__ import start_postgres  # noqa: E402
-from bench.publishers import NchanPublisher  # noqa: E402
+from bench.publishers import PipelinedHttp  # noqa: E402
 from bench.redis_costs import command_calls  # noqa: E402
 from bench.systems import Gateway, Nchan, System, make_tmp  # noqa: E402
 
@@ -44,7 +44,7 @@ class PublishingGateway(Gateway):
         return super().config_text(admission) + f"auth:\n  publish_key: {KEY}\n"
 
 
-class ClosedLoop(NchanPublisher):
+class ClosedLoop(PipelinedHttp):
     """Keeps ``depth`` pipelined requests outstanding until ``stop_at``."""
 
     def __init__(self, requests: list[bytes], depth: int, stop_at: float) -> None:

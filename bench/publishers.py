@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["NchanPublisher", "Publisher", "payload", "publish_loop"]
+__all__ = ["PipelinedHttp", "Publisher", "payload", "publish_loop"]
 
 
 def payload(k: int, pad: bytes = b"") -> bytes:
@@ -48,7 +48,7 @@ async def publish_loop(
     return sent
 
 
-class NchanPublisher(asyncio.Protocol):
+class PipelinedHttp(asyncio.Protocol):
     """Pipelined HTTP/1.1 POSTs on one keep-alive connection; counts responses."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class Publisher:
         self._r = None
         self._durable = None  # gateway.publisher.AsyncPublisher for kind "durable"
         self._tr: asyncio.Transport | None = None
-        self._proto: NchanPublisher | None = None
+        self._proto: PipelinedHttp | None = None
 
     async def start(self) -> None:
         if self.kind in ("redis", "durable"):
@@ -125,7 +125,7 @@ class Publisher:
         else:
             loop = asyncio.get_running_loop()
             self._tr, self._proto = await loop.create_connection(
-                NchanPublisher, "127.0.0.1", self.pub_port
+                PipelinedHttp, "127.0.0.1", self.pub_port
             )
 
     async def send_batch(self, a: int, b: int) -> None:
