@@ -92,16 +92,21 @@ class Subscriber(Protocol):
     def deliver(self, entry: Entry | Control) -> None: ...
 
 
+_marks = itertools.count(1)
+
+
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("gap_after", "gaps", "history", "subscribers")
+    __slots__ = ("gap_after", "history", "mark", "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
         self.subscribers: set[Subscriber] = set()
         self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
-        self.gaps = 0  # how many times a gap was marked
+        # new at every gap and for every topic: a read begun under another mark (or
+        # under an earlier subscription of the merchant) may not backfill this ring
+        self.mark = next(_marks)
 
 
 class Hub:
@@ -184,9 +189,9 @@ class Hub:
             topic.subscribers.discard(subscriber)
 
     def gap_mark(self, merchant_id: str) -> int:
-        """The merchant's last gap mark: pass it to `backfill` after a history read."""
+        """The merchant's gap mark: pass it to `backfill` after a history read."""
         topic = self._topics.get(merchant_id)
-        return topic.gaps if topic is not None else -1
+        return topic.mark if topic is not None else -1
 
     def backfill(self, merchant_id: str, history: Sequence[Entry], gap_mark: int) -> int:
         """Put durable events read from Redis in front of the merchant's ring, so that
@@ -201,7 +206,7 @@ class Hub:
         gap, the ring is full, or its durable entries are of another epoch.
         """
         topic = self._topics.get(merchant_id)
-        if topic is None or topic.gaps != gap_mark or not history:
+        if topic is None or topic.mark != gap_mark or not history:
             return 0
         ring = topic.history
         room = (ring.maxlen or 0) - len(ring)
@@ -230,7 +235,7 @@ class Hub:
             topic = self._topics.get(merchant_id)
             if topic is not None:
                 topic.gap_after = self._seq
-                topic.gaps += 1
+                topic.mark = next(_marks)
 
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
         for merchant_id in merchant_ids:

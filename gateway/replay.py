@@ -84,7 +84,7 @@ class DurableReplay:
         elif gap or not await self._still_held(stream.merchant_id, durable):
             return await self.replay_into(stream, durable)
         else:
-            stream.replay_before_live(held)  # live events may have queued meanwhile
+            stream.replay_before_live(held, durable)  # live events may have queued meanwhile
         self._metrics.replayed["memory"] += len(held)
         return len(held)
 
@@ -117,7 +117,7 @@ class DurableReplay:
             await asyncio.wait({in_flight})
             held = self._hub.held_after(merchant_id, str(last))
             if held is not None:
-                used = stream.replay_before_live(held)
+                used = stream.replay_before_live(held, last)
                 self._metrics.replayed["memory"] += used
                 return used
         try:
@@ -128,7 +128,7 @@ class DurableReplay:
             return None
         if events is None:
             return None
-        used = stream.replay_before_live(events)
+        used = stream.replay_before_live(events, last)
         self._metrics.replayed["redis"] += used
         return used
 

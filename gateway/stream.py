@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .durable import DurableId
 from .frames import PING
 from .frames import wire as framed
 from .hub import Control, Entry
@@ -141,16 +142,18 @@ class Stream:
         for entry in entries:
             self.deliver(entry)
 
-    def replay_before_live(self, entries: Sequence[Entry]) -> int:
+    def replay_before_live(self, entries: Sequence[Entry], last: DurableId) -> int:
         """Put a reconnect's replay, fetched while live events queued (nothing written
         yet), before them; how many of `entries` were used.
 
-        `entries` is an unbroken run of what the client missed, and everything
-        published after its first live one queued live too: so the replay stops
-        at its first event that also queued, which keeps its live place (after a
-        plain event published just before it).
+        `entries` is an unbroken run of what the client missed after `last`, and
+        everything published after its first live one queued live too: so the
+        replay stops at its first event that also queued, which keeps its live
+        place (after a plain event published just before it). Queued durable
+        events up to `last` are dropped: the client came from a process that
+        delivered them before this one's subscriber had read them.
         """
-        queued = list((self._queue or {}).values())
+        queued = [entry for entry in (self._queue or {}).values() if not _seen(entry, last)]
         live_ids = {entry.id for entry in queued if isinstance(entry, Entry)}
         used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
         self._queue = OrderedDict()
@@ -272,3 +275,11 @@ class Stream:
             taken += entry.size
         self._queued_bytes -= taken
         return b"".join(parts)
+
+
+def _seen(entry: Entry | Control | _Ping, last: DurableId) -> bool:
+    """Whether `entry` is a durable event at or before `last` (same history)."""
+    if not isinstance(entry, Entry):
+        return False
+    durable = DurableId.parse(entry.id)
+    return durable is not None and durable.epoch == last.epoch and durable.offset <= last.offset

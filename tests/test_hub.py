@@ -294,7 +294,9 @@ def test_backfill_fills_only_the_room_left_and_keeps_the_newest() -> None:
     assert ids(hub.attach("m", Sink(), "ep:6")[0]) == ["ep:7", "ep:8", "ep:9"]
 
 
-@pytest.mark.parametrize("case", ["gap_during_read", "ring_before_gap", "other_epoch", "hole"])
+@pytest.mark.parametrize(
+    "case", ["gap_during_read", "ring_before_gap", "other_epoch", "hole", "resubscribed"]
+)
 def test_backfill_refuses_what_it_cannot_join(case: str) -> None:
     hub = Hub(history=10, epoch="local")
     hub.attach("m", Sink(), None)
@@ -307,6 +309,9 @@ def test_backfill_refuses_what_it_cannot_join(case: str) -> None:
         mark = hub.gap_mark("m")
     elif case == "other_epoch":
         hub.publish("m", "progress", b"1", "new:1")
+    elif case == "resubscribed":  # the read began under the merchant's previous subscription
+        hub.drop("m")
+        hub.attach("m", Sink(), None)
     else:  # the ring starts past the end of the read: events in between are unknown
         hub.publish("m", "progress", b"9", "ep:9")
     assert hub.backfill("m", durable(hub, range(1, 4)), mark) == 0

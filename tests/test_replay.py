@@ -9,6 +9,7 @@ from gateway.durable import DurableEvent, DurableId, HistorySnapshot
 from gateway.hub import Entry, Hub
 from gateway.metrics import Metrics
 from gateway.replay import DurableReplay
+from gateway.stream import QueuePolicy, Stream
 
 
 class FakeHistory:
@@ -16,6 +17,7 @@ class FakeHistory:
 
     def __init__(self, head: int) -> None:
         self.reads = 0
+        self.head_reads = 0
         self.head = head
         self.gate = asyncio.Event()
         self.gate.set()
@@ -28,6 +30,10 @@ class FakeHistory:
             DurableEvent(DurableId("ep", n), "progress", b"%d" % n) for n in range(1, head + 1)
         )
         return HistorySnapshot("ep", head, events)
+
+    async def read_head(self, merchant_id: str) -> DurableId | None:
+        self.head_reads += 1
+        return DurableId("ep", self.head)
 
 
 def offsets(entries: list[Entry] | None) -> list[int]:
@@ -108,3 +114,70 @@ async def test_a_read_backfills_the_ring_so_later_reconnects_need_no_read() -> N
         assert not gap
         assert offsets(replayed) == list(range(n + 1, 12))
     assert history.reads == 1
+
+
+class LaggingSubscriber:
+    """This process's subscriber, behind Redis: `lagging` events are still in its
+    socket when a reconnect arrives, and reach the hub during the replay's flush
+    (the canary round trip is behind them on the same connection)."""
+
+    def __init__(self, hub: Hub, lagging: range) -> None:
+        self.hub = hub
+        self.lagging = lagging
+
+    async def flush(self) -> float:
+        for n in self.lagging:
+            self.hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
+        return 0.0
+
+
+def _stream() -> Stream:
+    policy = QueuePolicy(max_queue=1000, coalesce=frozenset(), job_key="jobId",
+                         max_queue_bytes=1 << 20)
+    return Stream("m", "shop", "client", policy, Metrics())
+
+
+def _queued_offsets(stream: Stream) -> list[int]:
+    return offsets([e for e in stream._queue.values() if isinstance(e, Entry)])  # type: ignore[union-attr]
+
+
+async def test_a_reconnect_from_a_faster_process_gets_nothing_it_already_has() -> None:
+    """The client saw up to ep:8 on another process; here the ring holds up to ep:5
+    and ep:6-10 are still on their way from Redis. Nothing up to ep:8 may come again."""
+    history = FakeHistory(head=10)
+    hub = Hub(history=100)
+    hub.attach("m", Recorder(), None)  # another stream keeps the merchant subscribed
+    for n in range(1, 6):
+        hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
+    subscriber = LaggingSubscriber(hub, range(6, 11))
+    replay = DurableReplay(history, subscriber.flush, hub, Metrics())  # type: ignore[arg-type]
+    stream = _stream()
+    held, gap = hub.attach("m", stream, "ep:8")
+    assert gap  # the ring does not hold ep:8 yet
+    replayed = await replay.resume(stream, "ep:8", held, gap)
+    assert replayed is not None
+    assert _queued_offsets(stream) == [9, 10]
+
+
+async def test_a_reconnect_joining_a_read_in_flight_gets_nothing_it_already_has() -> None:
+    """Same, when the reconnect waits for another stream's read and is then served
+    from the ring that read backfilled."""
+    history = FakeHistory(head=10)
+    hub = Hub(history=100)
+    hub.attach("m", Recorder(), None)
+    for n in range(1, 6):
+        hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
+    subscriber = LaggingSubscriber(hub, range(6, 11))
+    replay = DurableReplay(history, subscriber.flush, hub, Metrics())  # type: ignore[arg-type]
+    history.gate.clear()
+    first = _stream()
+    held, gap = hub.attach("m", first, "ep:2")
+    first_resume = asyncio.ensure_future(replay.resume(first, "ep:2", held, gap))
+    await asyncio.sleep(0.01)  # its read is in flight
+    second = _stream()
+    held, gap = hub.attach("m", second, "ep:8")
+    second_resume = asyncio.ensure_future(replay.resume(second, "ep:8", held, gap))
+    history.gate.set()
+    assert await first_resume is not None and await second_resume is not None
+    assert _queued_offsets(first) == list(range(3, 11))
+    assert _queued_offsets(second) == [9, 10]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from gateway.durable import DurableId
 from gateway.hub import Control, Entry
 from gateway.metrics import Metrics
 from gateway.stream import CloseReason, QueuePolicy, Stream
@@ -482,7 +483,7 @@ async def test_a_replay_gives_way_to_what_queued_live_meanwhile() -> None:
     for live in (plain, d5, d6):  # attached, not yet writing: these queue
         stream.deliver(live)
     replay = [durable(3), durable(4), durable(5), durable(6)]  # read from Redis
-    assert stream.replay_before_live(replay) == 2
+    assert stream.replay_before_live(replay, DurableId("ep", 2)) == 2
     writer = FakeWriter()
     task = await running(stream, writer)
     try:
