@@ -4,11 +4,16 @@ A plain Last-Event-ID is answered by the ring alone. A durable one found in the
 ring is served from it once Redis confirms the history still holds that epoch
 (a history deleted or lost means `resync`, as if the ring were not there); one
 the ring lacks (another process issued it, or this one restarted) is read from
-Redis. The stream is attached first, so live events queue behind it; then the
-history is read, and a canary round trip on the subscriber connection proves
-that every message published before the read has reached the hub; then the
-replay runs until the first event that also queued live, and the queue follows
-in live order (stream.replay_before_live).
+Redis. Both first ask Redis for the history's newest id (one HMGET shared by a
+merchant's concurrent reconnects): an id of another history or past its head
+gets `resync` without reading the history.
+
+The stream is attached first, so live events queue behind it; then the history
+is read, and a canary round trip on the subscriber connection proves that every
+message published before the read has reached the hub; then the replay runs
+until the first event that also queued live, and the queue follows in live
+order (stream.replay_before_live). Queued events the client already has (it
+came from a process whose subscriber was ahead of ours) are dropped there.
 
 Concurrent replays of one merchant share one read (`sharing.SharedRuns`): a read
 gathers every replay that arrives before it starts, and at most one read per
@@ -24,6 +29,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisClusterException, RedisError
+
 from . import patience
 from .broker.history import DurableHistory
 from .durable import DurableId, HistorySnapshot
@@ -38,6 +45,8 @@ __all__ = ["DurableReplay"]
 log = logging.getLogger(__name__)
 
 _READ_TIMEOUT_S = 3.0
+# what a history read may meet besides a bug: Redis down, slow, or answering an error
+_FAULTS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 class _Fetched:
@@ -81,28 +90,35 @@ class DurableReplay:
             if gap:
                 return None
             stream.replay(held)
-        elif gap or not await self._still_held(stream.merchant_id, durable):
+        elif gap:
             return await self.replay_into(stream, durable)
+        elif not await self._still_held(stream.merchant_id, durable):
+            return None
         else:
             stream.replay_before_live(held, durable)  # live events may have queued meanwhile
         self._metrics.replayed["memory"] += len(held)
         return len(held)
 
     async def _still_held(self, merchant_id: str, last: DurableId) -> bool:
-        """Whether Redis still holds the history `last` belongs to (one read shared by the
-        merchant's concurrent reconnects); True when Redis cannot tell: the ring is whole."""
+        """Whether Redis still holds the history `last` belongs to; True when Redis
+        cannot tell: the ring is whole."""
+        try:
+            head = await self._head(merchant_id)
+        except _FAULTS as exc:
+            log.warning("history check failed merchant=%s: %s", merchant_id, type(exc).__name__)
+            return True
+        return _bridgeable(head, last)
+
+    async def _head(self, merchant_id: str) -> DurableId | None:
+        """The merchant's newest durable id in Redis: one HMGET shared by its
+        concurrent reconnects. Raises on a Redis fault."""
         check = self._checks.get(merchant_id)
         if check is None:
             check = asyncio.ensure_future(self._history.read_head(merchant_id))
             self._checks[merchant_id] = check
             check.add_done_callback(lambda _: self._checks.pop(merchant_id, None))
-        try:  # shielded: the check is shared by the merchant's concurrent reconnects
-            head = await patience.wait(asyncio.ensure_future(asyncio.shield(check)),
-                                       _READ_TIMEOUT_S)
-        except Exception as exc:  # Redis down or slow
-            log.warning("history check failed merchant=%s: %s", merchant_id, type(exc).__name__)
-            return True
-        return head is not None and head.epoch == last.epoch and head.offset >= last.offset
+        # shielded: the check is shared by the merchant's concurrent reconnects
+        return await patience.wait(asyncio.ensure_future(asyncio.shield(check)), _READ_TIMEOUT_S)
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
         """Queue the durable events after `last` ahead of live ones; how many, or None
@@ -112,19 +128,22 @@ class DurableReplay:
         the replay stops where they begin (Stream.replay_before_live).
         """
         merchant_id = stream.merchant_id
-        in_flight = self._reads.in_flight(merchant_id)
-        if in_flight is not None:  # its read backfills the ring: that may answer this one
-            await asyncio.wait({in_flight})
-            held = self._hub.held_after(merchant_id, str(last))
-            if held is not None:
-                used = stream.replay_before_live(held, last)
-                self._metrics.replayed["memory"] += used
-                return used
         try:
+            # an id of another history, or past its newest event, is answered without a
+            # read: a client looping on such an id costs one shared HMGET, not a read
+            if not _bridgeable(await self._head(merchant_id), last):
+                return None
+            in_flight = self._reads.in_flight(merchant_id)
+            if in_flight is not None:  # its read backfills the ring: that may answer this one
+                await asyncio.wait({in_flight})
+                held = self._hub.held_after(merchant_id, str(last))
+                if held is not None:
+                    used = stream.replay_before_live(held, last)
+                    self._metrics.replayed["memory"] += used
+                    return used
             events = await self.after(merchant_id, last)
-        except Exception as exc:  # Redis down or slow
-            merchant, fault = stream.merchant_id, type(exc).__name__
-            log.warning("history read failed merchant=%s: %s", merchant, fault)
+        except _FAULTS as exc:
+            log.warning("history read failed merchant=%s: %s", merchant_id, type(exc).__name__)
             return None
         if events is None:
             return None
@@ -162,3 +181,8 @@ class DurableReplay:
         for check in list(self._checks.values()):
             check.cancel()
         await stop_tasks(self._reads.tasks())
+
+
+def _bridgeable(head: DurableId | None, last: DurableId) -> bool:
+    """Whether a history whose newest id is `head` may hold the events after `last`."""
+    return head is not None and head.epoch == last.epoch and head.offset >= last.offset

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from gateway.durable import DurableEvent, DurableId, HistorySnapshot
 from gateway.hub import Entry, Hub
 from gateway.metrics import Metrics
@@ -181,3 +184,43 @@ async def test_a_reconnect_joining_a_read_in_flight_gets_nothing_it_already_has(
     assert await first_resume is not None and await second_resume is not None
     assert _queued_offsets(first) == list(range(3, 11))
     assert _queued_offsets(second) == [9, 10]
+
+
+async def test_ids_the_history_cannot_hold_resync_without_a_read() -> None:
+    history = FakeHistory(head=10)
+    hub = Hub(history=100)
+    replay = DurableReplay(history, _flush, hub, Metrics())  # type: ignore[arg-type]
+    for last in ("other:3", "ep:11"):  # another history; past the newest event
+        stream = _stream()
+        held, gap = hub.attach("m", stream, last)
+        assert await replay.resume(stream, last, held, gap) is None
+    assert history.reads == 0 and history.head_reads == 2
+
+
+class BrokenHistory(FakeHistory):
+    async def read_all(self, merchant_id: str) -> HistorySnapshot:
+        raise KeyError("a bug, not a Redis fault")
+
+
+async def test_a_bug_in_a_read_is_raised_not_turned_into_a_resync() -> None:
+    history = BrokenHistory(head=10)
+    hub = Hub(history=100)
+    replay = DurableReplay(history, _flush, hub, Metrics())  # type: ignore[arg-type]
+    stream = _stream()
+    held, gap = hub.attach("m", stream, "ep:3")
+    with pytest.raises(KeyError):
+        await replay.resume(stream, "ep:3", held, gap)
+
+
+async def test_a_redis_fault_in_a_read_is_a_resync() -> None:
+    history = FakeHistory(head=10)
+
+    async def refused(merchant_id: str) -> HistorySnapshot:
+        raise RedisConnectionError("Redis is down")
+
+    history.read_all = refused  # type: ignore[method-assign]
+    hub = Hub(history=100)
+    replay = DurableReplay(history, _flush, hub, Metrics())  # type: ignore[arg-type]
+    stream = _stream()
+    held, gap = hub.attach("m", stream, "ep:3")
+    assert await replay.resume(stream, "ep:3", held, gap) is None
