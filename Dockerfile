@@ -3,15 +3,26 @@
 # Run:  docker run -p 8080:8080 -e REDIS_URL=redis://... -e DATABASE_URL=postgresql://... event-gateway
 # Config: /app/config/gateway.yaml (override with a volume or GATEWAY_CONFIG);
 # REDIS_URL / DATABASE_URL and any ${VAR} used in the YAML come from the environment.
+# Runs as uid 10001 and writes nothing outside /tmp (and only with
+# server.workers > 1), so a read-only root filesystem works (docs/deploy.md).
+# `make image` builds this file with podman (tools/image.py); PYTHON_IMAGE is
+# the base, any Debian-based image with Python 3.11 and pip first on PATH.
 
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml setup.cfg README.md ./
+# Dependencies first, from setup.cfg alone: this layer is rebuilt only when
+# the dependencies change, not on every edit of the code or the README.
+COPY pyproject.toml setup.cfg ./
+COPY gateway/__init__.py ./gateway/
+RUN touch README.md && pip wheel --wheel-dir /wheels . && rm /wheels/event_gateway-*.whl
+COPY README.md ./
 COPY gateway/ ./gateway/
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -19,8 +30,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_CONFIG=/app/config/gateway.yaml
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /app --no-create-home --shell /usr/sbin/nologin gateway
-COPY --from=build /wheels /wheels
-RUN pip install --no-index /wheels/*.whl && rm -rf /wheels
+# The wheels are mounted, not copied: no layer keeps them.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index /wheels/*.whl
 # Fail the build, not the first request, if the wheel lost a data file
 # (setup.cfg [options.package_data]).
 RUN python -c "import pathlib, gateway; root = pathlib.Path(gateway.__file__).parent; missing = [f for f in ('static/demo.html', 'static/gateway-events.js', 'broker/publish.lua') if not (root / f).is_file()]; assert not missing, f'not in the wheel: {missing}'"
