@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.run-stamp
 PYTEST_ARGS ?=
 # make bench                 gateway (plain and durable) vs nginx+nchan vs naive, charts in
 #                            docs/bench/, then MODE=durable's two benches (~6 min)
@@ -18,7 +19,7 @@ PYTEST_ARGS ?=
 MODE       ?= compare
 BENCH_ARGS ?=
 
-.PHONY: venv deps test lint run bench bench-cluster clean distclean
+.PHONY: venv deps deps-run test lint run image bench bench-cluster clean distclean
 
 # The venv is (re)installed only when setup.cfg/pyproject.toml change.
 venv: $(STAMP)
@@ -29,8 +30,21 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
 	@touch $(STAMP)
 
+# make run needs only the gateway's own dependencies (no test extras: no
+# Playwright, matplotlib, mypy ...); a venv that has them already is used as is.
+$(RUN_STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --upgrade
+	@if [ $(STAMP) -nt setup.cfg ] && [ $(STAMP) -nt pyproject.toml ]; then :; else \
+	  $(PY) -m pip install --disable-pip-version-check -q -e . ; fi
+	@touch $(RUN_STAMP)
+
 deps:
-	@bash tools/bootstrap.sh
+	@bash tools/bootstrap.sh test
+
+# only Redis, PostgreSQL and python3-venv: no Chromium, nginx, Prometheus, Node.js
+deps-run:
+	@bash tools/bootstrap.sh run
 
 test: deps venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,8 +53,13 @@ lint: venv
 	$(VENV)/bin/ruff check gateway tests tools bench
 	$(VENV)/bin/mypy
 
-run: deps venv
+run: deps-run $(RUN_STAMP)
 	$(PY) tools/run_local.py
+
+# The container image with podman, all its state under .run/podman (docs/deploy.md)
+image:
+	@bash tools/bootstrap.sh image
+	$(PYTHON) tools/image.py build
 
 bench: deps venv
 	@case "$(MODE)" in \
@@ -57,6 +76,7 @@ bench-cluster: deps venv
 	$(PY) -m bench.cluster $(BENCH_ARGS)
 
 clean:
+	-@test ! -d .run/podman || $(PYTHON) tools/image.py clean
 	rm -rf build .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 

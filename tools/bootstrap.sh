@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Install the system packages the test suite, `make run` and `make bench` need,
-# on Debian 12, then ioredis into .run/node for the Node publishing snippet test.
-# Idempotent: does nothing (and no apt-get update) when all are present. As
-# non-root it only reports the missing system packages.
+# Install the Debian 12 packages a make target needs; what is present is left
+# alone (nothing is done, not even apt-get update, when all are present).
+#
+#   bash tools/bootstrap.sh run     `make run`: Redis, PostgreSQL, python3-venv
+#   bash tools/bootstrap.sh image   `make image`: podman, runc, debootstrap, slirp4netns
+#   bash tools/bootstrap.sh [test]  `make test` / `make bench`: all of the above, and
+#                                   nginx + nchan, Chromium, openssl, Prometheus,
+#                                   Node.js + npm, then ioredis into .run/node
+#
+# As non-root it only reports the missing system packages.
 #
 # The Debian packages would normally start system-wide redis/postgresql/nginx/
 # prometheus services; we block that during the install (policy-rc.d) and stop
 # any that got started anyway (recommends such as prometheus-node-exporter are
 # not installed). Our tests start their own throwaway instances.
 set -euo pipefail
+
+profile=${1:-test}
+case "$profile" in
+    run|image|test) ;;
+    *) echo "usage: $0 [run|image|test]" >&2; exit 2 ;;
+esac
 
 missing=()
 
@@ -27,18 +39,32 @@ have_nchan() {
     have_pkg libnginx-mod-nchan || [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]
 }
 
-have_cmd redis-server || missing+=(redis-server)
-have_cmd redis-cli    || missing+=(redis-tools)
-have_pg_server        || missing+=(postgresql)
-{ have_cmd nginx || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
-have_nchan            || missing+=(libnginx-mod-nchan)
-{ have_cmd chromium || have_cmd chromium-browser; } || missing+=(chromium)
-have_cmd chromedriver || missing+=(chromium-driver)
-have_cmd make         || missing+=(make)
-# The TLS/HTTP/2 edge tests: a throwaway self-signed certificate, and a real
-# Prometheus (with promtool) evaluating config/prometheus/alerts.yml.
-have_cmd openssl      || missing+=(openssl)
-{ have_cmd prometheus && have_cmd promtool; } || missing+=(prometheus)
+# make run: the services it starts, and make itself
+if [ "$profile" != image ]; then
+    have_cmd redis-server || missing+=(redis-server)
+    have_cmd redis-cli    || missing+=(redis-tools)
+    have_pg_server        || missing+=(postgresql)
+    have_cmd make         || missing+=(make)
+fi
+# The container image (tools/image.py, tests/test_image_e2e.py and the compose
+# test): rootful podman on runc, debootstrap for the local Python base,
+# slirp4netns for containers in their own network namespace.
+if [ "$profile" != run ]; then
+    have_cmd podman       || missing+=(podman)
+    have_cmd runc         || missing+=(runc)
+    have_cmd debootstrap  || missing+=(debootstrap)
+    have_cmd slirp4netns  || missing+=(slirp4netns)
+fi
+if [ "$profile" = test ]; then
+    { have_cmd nginx || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+    have_nchan            || missing+=(libnginx-mod-nchan)
+    { have_cmd chromium || have_cmd chromium-browser; } || missing+=(chromium)
+    have_cmd chromedriver || missing+=(chromium-driver)
+    # The TLS/HTTP/2 edge tests: a throwaway self-signed certificate, and a real
+    # Prometheus (with promtool) evaluating config/prometheus/alerts.yml.
+    have_cmd openssl      || missing+=(openssl)
+    { have_cmd prometheus && have_cmd promtool; } || missing+=(prometheus)
+fi
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 if have_cmd python3 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     if [ "$(command -v python3)" = /usr/bin/python3 ]; then
@@ -54,8 +80,10 @@ fi
 # Installed in an apt-get call of their own: a node from elsewhere (NodeSource)
 # can conflict with Debian's npm, and that must not stop the rest.
 node_missing=()
-have_cmd node         || node_missing+=(nodejs)
-have_cmd npm          || node_missing+=(npm)
+if [ "$profile" = test ]; then
+    have_cmd node         || node_missing+=(nodejs)
+    have_cmd npm          || node_missing+=(npm)
+fi
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -63,6 +91,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # once node and npm exist; npm's output goes to .run/node/npm-install.log.
 install_ioredis() {
     local dir="$repo/.run/node"
+    [ "$profile" = test ] || return 0
     [ -d "$dir/node_modules/ioredis" ] && return 0
     if ! have_cmd node || ! have_cmd npm; then
         echo "bootstrap: node/npm missing: ioredis not installed (tests/test_publish_node.py fails)" >&2
@@ -83,7 +112,7 @@ fi
 
 if [ "$(id -u)" -ne 0 ]; then
     all=("${missing[@]}" "${node_missing[@]}")
-    echo "bootstrap: missing system packages: ${all[*]}" >&2
+    echo "bootstrap: missing system packages ($profile): ${all[*]}" >&2
     echo "bootstrap: not root; install them with:" >&2
     echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${all[*]}" >&2
     install_ioredis
