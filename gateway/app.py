@@ -12,6 +12,7 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
+from .broker.envelopes import EnvelopeCheck
 from .broker.connection import make_client, make_cluster_client
 from .broker.history import DurableHistory
 from .config import Config
@@ -38,7 +39,10 @@ _HISTORY_POOL_SIZE = 4  # publish API and replay reads: bounded, never per clien
 
 def create_app(cfg: Config) -> web.Application:
     app = web.Application()
-    hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce))
+    make = make_cluster_client if cfg.redis.cluster else make_client
+    redis_client = make(cfg.redis.url, _HISTORY_POOL_SIZE)
+    envelopes = EnvelopeCheck(redis_client)
+    hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes)
     metrics = Metrics(max_connections=cfg.sse.max_connections)
 
     def resync(merchant_ids: list[str]) -> None:
@@ -46,12 +50,18 @@ def create_app(cfg: Config) -> web.Application:
         hub.mark_gap(merchant_ids)
         hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
 
+    async def flush() -> float:
+        """Every message published before this call has reached the hub, checked."""
+        elapsed = await broker.round_trip(shared=True)
+        await envelopes.settled()
+        return elapsed
+
+    app.on_cleanup.append(lambda _: envelopes.close())
     broker = RedisBroker(
         cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync
     )
-    make = make_cluster_client if cfg.redis.cluster else make_client
     history = DurableHistory(
-        make(cfg.redis.url, _HISTORY_POOL_SIZE),
+        redis_client,
         channel=cfg.redis.channel,
         history=cfg.sse.history,
         ttl_s=cfg.redis.history_ttl,
@@ -66,7 +76,7 @@ def create_app(cfg: Config) -> web.Application:
         admission=Admission(cfg),
         metrics=metrics,
         history=history,
-        replay=DurableReplay(history, lambda: broker.round_trip(shared=True), hub, metrics),
+        replay=DurableReplay(history, flush, hub, metrics),
     )
     path = cfg.server.path
     app.router.add_get(path, stream_view, allow_head=False)

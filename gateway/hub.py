@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from .durable import DurableId
@@ -98,28 +98,46 @@ _marks = itertools.count(1)
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("gap_after", "history", "mark", "subscribers")
+    __slots__ = ("durable_head", "gap_after", "history", "mark", "next_durable", "pending",
+                 "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
         self.subscribers: set[Subscriber] = set()
+        # the newest durable id proven here, and the id that continues it
+        self.durable_head: DurableId | None = None
+        self.next_durable: str | None = None
+        # messages held, in order, while an envelope that does not continue is verified
+        self.pending: list[tuple[str, bytes, str | None]] | None = None
         self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
         # new at every gap and for every topic: a read begun under another mark (or
         # under an earlier subscription of the merchant) may not backfill this ring
         self.mark = next(_marks)
 
 
+Verify = Callable[[str, DurableId, str, bytes, Callable[[bool], None]], None]
+
+
 class Hub:
     def __init__(
-        self, *, history: int, coalesce: frozenset[str] = frozenset(), epoch: str | None = None
+        self,
+        *,
+        history: int,
+        coalesce: frozenset[str] = frozenset(),
+        epoch: str | None = None,
+        verify: Verify | None = None,
     ) -> None:
+        """`verify(merchant_id, id, event, payload, done)` checks, later, that the
+        durable history holds that event; without it every envelope is trusted."""
         self.epoch = epoch or new_epoch()
+        self._verify = verify
         self._history = history
         self._coalesce = coalesce
         self._seq = 0
         self._topics: dict[str, Topic] = {}
         self.messages = 0
         self.deliveries = 0
+        self.forged = 0  # envelopes whose id the history does not hold: sent as plain
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -127,13 +145,32 @@ class Hub:
     def publish(
         self, merchant_id: str, event: str, payload: bytes, event_id: str | None = None
     ) -> Entry | None:
-        """Record and fan out one message; returns None for a merchant not held.
+        """Record and fan out one message; None for a merchant not held (or held back).
 
         `event_id` is a durable event's global id; plain messages get a local one.
+        A durable id is taken as it comes only when it continues the merchant's
+        proven head; any other (the first one seen, a jump, another epoch, an old
+        id published again) holds the merchant's messages, in order, until
+        `verify` says whether the history holds that event (`_verified`): a plain
+        PUBLISH imitating the envelope cannot hand out an id of events not yet
+        published.
         """
         topic = self._topics.get(merchant_id)
         if topic is None:
             return None
+        if topic.pending is not None:
+            topic.pending.append((event, payload, event_id))
+            return None
+        if event_id is not None and event_id != topic.next_durable and self._verify is not None:
+            durable = DurableId.parse(event_id)
+            if durable is not None:
+                topic.pending = [(event, payload, event_id)]
+                self._verify(merchant_id, durable, event, payload,
+                             lambda genuine: self._verified(merchant_id, topic, genuine))
+                return None
+        return self._fan_out(topic, event, payload, event_id)
+
+    def _fan_out(self, topic: Topic, event: str, payload: bytes, event_id: str | None) -> Entry:
         entry = self.entry(event, payload, event_id)
         topic.history.append(entry)
         subscribers = topic.subscribers
@@ -141,7 +178,34 @@ class Hub:
             subscriber.deliver(entry)
         self.messages += 1
         self.deliveries += len(subscribers)
+        if event_id is not None:
+            _advance(topic, event_id)
         return entry
+
+    def _verified(self, merchant_id: str, topic: Topic, genuine: bool) -> None:
+        """The held envelope checked: delivered with its id when the history holds it
+        and it is newer than the proven head, else as a plain event; then the
+        messages held behind it go on, until the next one that needs a check."""
+        pending = topic.pending
+        if pending is None or self._topics.get(merchant_id) is not topic:
+            return
+        topic.pending = None
+        (event, payload, event_id), rest = pending[0], pending[1:]
+        durable = DurableId.parse(event_id)
+        head = topic.durable_head
+        if durable is None or not genuine or (
+            head is not None and head.epoch == durable.epoch and durable.offset <= head.offset
+        ):
+            self.forged += 1
+            event_id = None
+        self._fan_out(topic, event, payload, event_id)
+        for event, payload, event_id in rest:
+            self.publish(merchant_id, event, payload, event_id)
+
+    def held_back(self, merchant_id: str) -> bool:
+        """Whether messages of the merchant wait for a check (a replay's flush waits)."""
+        topic = self._topics.get(merchant_id)
+        return topic is not None and topic.pending is not None
 
     def entry(self, event: str, payload: bytes, event_id: str | None = None) -> Entry:
         """A new entry with the next sequence number (published, or replayed from Redis)."""
@@ -236,12 +300,21 @@ class Hub:
             if topic is not None:
                 topic.gap_after = self._seq
                 topic.mark = next(_marks)
+                topic.next_durable = None  # what follows may not continue the proven head
 
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
         for merchant_id in merchant_ids:
             topic = self._topics.get(merchant_id)
             for subscriber in list(topic.subscribers) if topic is not None else ():
                 subscriber.deliver(control)
+
+
+def _advance(topic: Topic, event_id: str) -> None:
+    """A durable id delivered: it is the proven head; its successor continues it."""
+    durable = DurableId.parse(event_id)
+    if durable is not None:
+        topic.durable_head = durable
+        topic.next_durable = f"{durable.epoch}:{durable.offset + 1}"
 
 
 def _after(topic: Topic, last_event_id: str) -> list[Entry] | None:

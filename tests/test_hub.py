@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from gateway.durable import DurableId
 from gateway.hub import Control, Entry, Hub, new_epoch
 
 
@@ -316,3 +319,64 @@ def test_backfill_refuses_what_it_cannot_join(case: str) -> None:
         hub.publish("m", "progress", b"9", "ep:9")
     assert hub.backfill("m", durable(hub, range(1, 4)), mark) == 0
     assert hub.attach("m", Sink(), "ep:1")[1]
+
+
+def shown(entries: list[Entry]) -> list[str]:
+    """Ids, with process-local ones (plain events) as "plain"."""
+    return ["plain" if e.id.startswith("local-") else e.id for e in entries]
+
+
+class Checks:
+    """A fake `verify`: records each check; the test answers it."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str, Callable[[bool], None]]] = []
+
+    def __call__(self, merchant_id: str, durable: DurableId, event: str, payload: bytes,
+                 done: Callable[[bool], None]) -> None:
+        self.asked.append((str(durable), payload.decode(), done))
+
+
+def test_only_an_id_that_does_not_continue_the_proven_head_is_checked() -> None:
+    checks = Checks()
+    hub = Hub(history=10, epoch="local", verify=checks)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    assert hub.publish("m", "stage", b"1", "ep:1") is None  # the first one: checked
+    hub.publish("m", "stage", b"plain")  # held behind it, order kept
+    hub.publish("m", "stage", b"2", "ep:2")
+    assert [a[0] for a in checks.asked] == ["ep:1"] and sink.got == []
+    checks.asked[0][2](True)
+    assert shown(sink.got) == ["ep:1", "plain", "ep:2"]
+    hub.publish("m", "stage", b"3", "ep:3")  # continues: no check
+    assert len(checks.asked) == 1 and ids(sink.got)[-1] == "ep:3"
+
+
+@pytest.mark.parametrize("forged", ["ep:9", "ep:2", "other:1"])
+def test_an_envelope_the_history_does_not_hold_goes_out_as_a_plain_event(forged: str) -> None:
+    checks = Checks()
+    hub = Hub(history=10, epoch="local", verify=checks)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.publish("m", "stage", b"1", "ep:1")
+    checks.asked[0][2](True)
+    hub.publish("m", "stage", b"2", "ep:2")
+    hub.publish("m", "stage", b"forged", forged)  # a plain PUBLISH imitating the envelope
+    hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
+    assert checks.asked[-1][:2] == (forged, "forged")
+    checks.asked[-1][2](forged == "ep:2")  # even a real old id published again: not twice
+    assert shown(sink.got) == ["ep:1", "ep:2", "plain", "ep:3"]
+    assert hub.forged == 1
+    replay, gap = hub.attach("m", Sink(), sink.got[2].id)  # resuming after the forgery
+    assert not gap and ids(replay) == ["ep:3"]
+
+
+def test_a_gap_makes_the_next_envelope_checked_again() -> None:
+    checks = Checks()
+    hub = Hub(history=10, epoch="local", verify=checks)
+    hub.attach("m", Sink(), None)
+    hub.publish("m", "stage", b"1", "ep:1")
+    checks.asked[0][2](True)
+    hub.mark_gap(["m"])
+    hub.publish("m", "stage", b"2", "ep:2")
+    assert [a[0] for a in checks.asked] == ["ep:1", "ep:2"]

@@ -12,13 +12,20 @@ import json
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
 from support import open_stream
-from test_durable_e2e import DURABLE, connected, post
+from test_durable_e2e import AUTH, DURABLE, connected
+from test_durable_e2e import post as post_as
 
 pytestmark = pytest.mark.timeout(120)
 
 LOOPS, ROUNDS = 20, 10  # 200 reconnects
+JSON = {**AUTH, "Content-Type": "application/json"}
+
+
+async def post(gw: Any, body: Any) -> tuple[int, Any, Any]:
+    return await post_as(gw, body, JSON)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -60,3 +67,54 @@ async def test_foreign_and_past_head_ids_resync_without_a_history_read(
     )
     assert misses - misses0 == LOOPS * ROUNDS
     assert reads == reads0  # not one history read
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_forged_envelope_cannot_make_a_client_skip_real_events(
+    gateway_factory: Any, merchant: Any, redis_server: Any, workers: int
+) -> None:
+    """A plain PUBLISH imitating the envelope, with an id ahead of the history, is
+    delivered as a plain event: resuming after it, here or on another process,
+    brings every real durable event after it."""
+    mid, shop = merchant
+    config = {**DURABLE, "server": {"workers": workers}}
+    a, b = gateway_factory.start(config=config), gateway_factory.start(config=config)
+
+    async def durable(n: int) -> str:
+        status, _, reply = await post(a, {"merchantId": mid, "event": "stage", "data": f"d{n}"})
+        assert status == 200, reply
+        return str(reply["id"])
+
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with open_stream(a.stream_url(shop)) as s:
+            await connected(s)
+            real = [await durable(n) for n in range(1, 5)]
+            epoch = real[0].partition(":")[0]
+            forged_id = f"{epoch}:9"
+            envelope = b"\x00gw1:%s\x00forged" % forged_id.encode()
+            await client.publish(f"merchant:{mid}:stage", envelope)
+            real += [await durable(n) for n in range(5, 10)]  # the real :5 to :9
+            got = await s.events(10, 10)
+    finally:
+        await client.aclose()
+    assert [e.data for e in got] == ["d1", "d2", "d3", "d4", "forged"] + [
+        f"d{n}" for n in range(5, 10)
+    ]
+    forged = got[4]
+    assert forged.id != forged_id and ":" not in forged.id  # a plain event's local id
+    assert [e.id for e in got if e.data != "forged"] == real
+    for gw in (a, b):  # resuming after the forged event: the same process, another one
+        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": forged.id}) as s:
+            await connected(s)
+            first = await s.next_event(10)
+            if first.event == "resync":  # another process: a local id is foreign there
+                assert gw is b or workers == 2, first
+            else:
+                assert [first.data, *[e.data for e in await s.events(4, 10)]] == [
+                    f"d{n}" for n in range(5, 10)
+                ]
+    # the id the forgery claimed was never handed out: a client holding real :4 gets :5-:9
+    async with open_stream(b.stream_url(shop), headers={"Last-Event-ID": real[3]}) as s:
+        await connected(s)
+        assert [e.id for e in await s.events(5, 10)] == real[4:]

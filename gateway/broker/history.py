@@ -97,3 +97,26 @@ def _entry(epoch: str, raw_id: bytes | str, fields: dict[Any, Any]) -> DurableEv
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     return DurableEvent(DurableId(epoch, offset), _text(event), payload)
+
+
+async def holds(
+    client: aioredis.Redis | Any, merchant_id: str, durable: DurableId, event: str, payload: bytes
+) -> bool:
+    """Whether the merchant's history has this event under `durable` (a message
+    claiming that id may be a plain PUBLISH imitating the envelope).
+
+    An entry no longer kept (trimmed, or `sse.history: 0`) counts when the id is
+    of the current epoch and not past its newest: no replay can start from it.
+    """
+    stream, meta = history_keys(merchant_id)
+    entry_id = f"0-{durable.offset}"
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hmget(meta, "epoch", "offset")
+        pipe.xrange(stream, entry_id, entry_id)
+        (epoch, head), entries = await pipe.execute()
+    if epoch is None or _text(epoch) != durable.epoch or int(head or 0) < durable.offset:
+        return False
+    if not entries:
+        return True
+    found = _entry(durable.epoch, *entries[0])
+    return found.event == event and found.payload == payload
