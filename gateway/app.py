@@ -20,13 +20,15 @@ from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_v
 from .health import health_view, live_view, metrics_view
 from .hub import Control, Hub
 from .jobs import start_jobs
+from .logs import flush_suppressed
 from .merchants import MerchantDirectory
 from .metrics import Metrics
 from .publish_api import publish_view
+from .publish_gate import PUBLISHING, PublishGate
 from .replay import DurableReplay
 from .state import GATEWAY, Gateway
 from .stream import CloseReason
-from .supervision import stop_tasks
+from .supervision import stop_tasks, supervised
 
 __all__ = ["create_app"]
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 _RELEASE_RESERVE_S = 2.0  # of shutdown_timeout, kept for closing Redis and PostgreSQL
 _HISTORY_POOL_SIZE = 4  # publish API and replay reads: bounded, never per client
+_LOG_SUMMARY_EVERY_S = 5.0
 
 
 def create_app(cfg: Config) -> web.Application:
@@ -78,6 +81,9 @@ def create_app(cfg: Config) -> web.Application:
         history=history,
         replay=DurableReplay(history, flush, hub, metrics),
     )
+    app[PUBLISHING] = PublishGate(
+        broker.backlog_bytes, lambda: broker.round_trip(shared=True), metrics
+    )
     path = cfg.server.path
     app.router.add_get(path, stream_view, allow_head=False)
     app.router.add_post(f"{path}/ticket", ticket_view)
@@ -106,14 +112,22 @@ async def _demo_index(request: web.Request) -> web.StreamResponse:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.broker.start()
-    tasks = start_jobs(gw)
+    tasks = [*start_jobs(gw), supervised("log-summaries", _summarise_logs)]
     yield
     await stop_tasks(tasks)
+    flush_suppressed(final=True)
     await gw.replay.close()
     await gw.history.close()
     await gw.broker.close()
     await gw.directory.close()
     log.info("redis and postgres released")
+
+
+async def _summarise_logs() -> None:
+    """Report counts of rate-limited log lines whose window ended without a repeat."""
+    while True:
+        await asyncio.sleep(_LOG_SUMMARY_EVERY_S)
+        flush_suppressed()
 
 
 async def _on_shutdown(app: web.Application) -> None:

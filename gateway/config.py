@@ -66,6 +66,7 @@ class ServerConfig:
     path: str = "/api/realtime/events"
     trusted_proxies: tuple[str, ...] = _strings("127.0.0.1")
     shutdown_timeout: float = _num(10, 1, 3600)
+    body_timeout: float = _num(10, 0.1, 3600)
     max_new_streams_per_s: int = _num(500, 0, 1_000_000, integer=True)
     demo: bool = False
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
 from .frames import control_frame
 from .hub import Control
+from .logs import sampled
 from .merchants import Merchant
 from .sse_response import SharedHeartbeatResponse
 from .state import GATEWAY, Gateway
@@ -179,6 +180,7 @@ async def _serve(
         log.info(
             "stream open merchant=%s shop=%s client=%s replayed=%d",
             stream.merchant_id, stream.shop, stream.client, replayed,
+            extra=sampled(f"merchant={stream.merchant_id}"),
         )
         reason = await stream.run()
     except ConnectionError:
@@ -191,7 +193,7 @@ async def _serve(
         log.info(
             "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f",
             stream.merchant_id, stream.shop, stream.client, final,
-            time.monotonic() - started,
+            time.monotonic() - started, extra=sampled(f"merchant={stream.merchant_id}"),
         )
     return response
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
+from .publish_gate import PUBLISHING, PublishGate
 from .state import GATEWAY
 
 __all__ = ["health_view", "live_view", "metrics_view"]
@@ -52,9 +53,20 @@ async def health_view(request: web.Request) -> web.Response:
         "uptime_s": round(time.monotonic() - gw.started_at, 1),
         "version": __version__,
     }
+    if request.app.get(PUBLISHING) is not None:
+        body["publish"] = _publishing(request.app[PUBLISHING])
     if gw.draining:
         body["draining"] = True
     return web.json_response(body, status=200 if ok else 503)
+
+
+def _publishing(gate: PublishGate) -> dict[str, Any]:
+    """Durable publishing: "fail" with Redis's last refusal (`redis_oom`: Redis is over
+    maxmemory) until a publish succeeds; readiness does not depend on it."""
+    if gate.failing is None:
+        return {"status": "ok"}
+    since = round(time.monotonic() - gate.failing_since, 1)
+    return {"status": "fail", "error": gate.failing, "since_s": since}
 
 
 async def live_view(request: web.Request) -> web.Response:

@@ -3,10 +3,15 @@
 Three filters sit on the one handler:
 - aiohttp reports a malformed request with a traceback that quotes the raw
   request line; it becomes one short line naming the client and the error kind;
-- a warning or error repeated with the same text is let through
-  `_BURST` times per `_WINDOW_S` per logger and message, then counted and
-  summarised once the window ends;
+- a warning or error repeated with the same text is let through `_BURST`
+  times per `_WINDOW_S` per logger and message (an INFO line logged with
+  `extra=sampled(key)`, e.g. a stream's open and close per merchant,
+  `_SAMPLED_BURST` times per message and key), then counted; the
+  count is reported on its next occurrence or, at the latest, by
+  `flush_suppressed()` (every few seconds, and at shutdown);
 - every line passes through redaction (redaction.py) last.
+
+Python warnings (e.g. redis-py's at startup) go through the same handler.
 """
 
 from __future__ import annotations
@@ -15,15 +20,25 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .redaction import redact_text
 
-__all__ = ["RateLimitFilter", "quiet_malformed_request", "setup_logging"]
+__all__ = [
+    "RateLimitFilter", "flush_suppressed", "quiet_malformed_request", "sampled", "setup_logging",
+]
 
 _WINDOW_S = 10.0
 _BURST = 5
+_SAMPLED_BURST = 20
+_filters: list[tuple[RateLimitFilter, logging.Handler]] = []
+
+
+def sampled(key: str) -> dict[str, str]:
+    """`extra=` of an INFO line a storm may repeat: rate-limited per message and `key`."""
+    return {"sampled": key}
 
 
 def quiet_malformed_request(record: logging.LogRecord) -> bool:
@@ -40,28 +55,62 @@ def quiet_malformed_request(record: logging.LogRecord) -> bool:
 
 
 class RateLimitFilter(logging.Filter):
-    """Repeated identical warnings/errors: the first few per window, then a count."""
+    """Repeated identical warnings/errors (and SAMPLED lines): the first few per
+    window, then a count."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._seen: dict[tuple[str, str], list[float | int]] = {}  # key -> [window start, count]
+        # (logger, message, sample key) -> [window start, count, a record of it]
+        self._seen: dict[tuple[str, str, str], list[Any]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if getattr(record, "summary", False):
             return True
-        key = (record.name, str(record.msg))
+        sample = getattr(record, "sampled", None)
+        if record.levelno < logging.WARNING and sample is None:
+            return True
+        burst = _BURST if sample is None else _SAMPLED_BURST
+        key = (record.name, str(record.msg), str(sample or ""))
         now = time.monotonic()
         seen = self._seen.get(key)
         if seen is None or now - seen[0] >= _WINDOW_S:
-            suppressed = int(seen[1]) - _BURST if seen is not None else 0
+            suppressed = int(seen[1]) - burst if seen is not None else 0
             if len(self._seen) > 1000:
                 self._seen.clear()
-            self._seen[key] = [now, 1]
+            self._seen[key] = [now, 1, record]
             if suppressed > 0:
                 record.msg = f"{record.msg} [{suppressed} similar lines suppressed]"
             return True
         seen[1] += 1
-        return seen[1] <= _BURST
+        return bool(seen[1] <= burst)
+
+    def expired(self, final: bool = False) -> list[logging.LogRecord]:
+        """Summaries of the windows that ended (all of them when `final`) with lines
+        suppressed; those windows are forgotten."""
+        now = time.monotonic()
+        summaries = []
+        for key, (started, count, record) in list(self._seen.items()):
+            if not final and now - started < _WINDOW_S:
+                continue
+            del self._seen[key]
+            burst = _BURST if not key[2] else _SAMPLED_BURST
+            if count > burst:
+                about = f" ({key[2]})" if key[2] else ""
+                summary = logging.makeLogRecord({
+                    "name": record.name, "levelno": record.levelno,
+                    "levelname": record.levelname, "summary": True,
+                    "msg": "%d similar lines suppressed in %.0f s: %s%s",
+                    "args": (count - burst, min(now - started, _WINDOW_S), record.msg, about),
+                })
+                summaries.append(summary)
+        return summaries
+
+
+def flush_suppressed(final: bool = False) -> None:
+    """Log the counts of suppressed lines whose window ended (every window: `final`)."""
+    for rate_limit, handler in _filters:
+        for summary in rate_limit.expired(final):
+            handler.handle(summary)
 
 
 class _TextFormatter(logging.Formatter):
@@ -91,7 +140,10 @@ def setup_logging(level: str, fmt: str) -> None:
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(quiet_malformed_request)
-    handler.addFilter(RateLimitFilter())
+    rate_limit = RateLimitFilter()
+    handler.addFilter(rate_limit)
+    _filters[:] = [(rate_limit, handler)]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn(...) -> logger "py.warnings", this handler

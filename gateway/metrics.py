@@ -49,6 +49,10 @@ _COUNTERS = {
     "revocations": ("gateway_revocations", "Streams closed because the merchant was revoked"),
     "streams_opened": ("gateway_streams_opened", "Streams accepted (200) since start"),
     "history_reads": ("gateway_history_reads", "Reads of a merchant's durable history in Redis"),
+    "publish_paused": (
+        "gateway_publish_paused",
+        "Durable publishes held back by the subscriber's backlog in Redis (backpressure)",
+    ),
 }
 CLOSE_REASONS = ("client_gone", "slow_client", "shutdown", "revoked", "drain_timeout")
 REPLAY_SOURCES = ("memory", "redis")
@@ -77,6 +81,7 @@ class Metrics:
         self.revocations = 0
         self.streams_opened = 0
         self.history_reads = 0
+        self.publish_paused = 0
         self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_CODES, 0)
         self.closes: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
         self.replayed: dict[str, int] = dict.fromkeys(REPLAY_SOURCES, 0)

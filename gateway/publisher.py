@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .durable import encode_data, script_args
 
@@ -33,6 +33,7 @@ __all__ = [
     "SCRIPT_PATH",
     "SCRIPT_SHA",
     "AsyncPublisher",
+    "PartialPublish",
     "Publisher",
 ]
 
@@ -68,6 +69,20 @@ class _Settings:
             history=self.history, ttl_s=self.ttl_s, sharded=self.sharded,
         )
         return [len(keys), *keys, *argv]
+
+
+class PartialPublish(ResponseError):
+    """Redis refused some items of a batch; the others were published.
+
+    `ids` holds each item's id, None where it was refused; the refusal of the
+    first refused item is the cause (`__cause__`) and its text the message.
+    """
+
+    def __init__(self, ids: list[str | None], error: ResponseError) -> None:
+        super().__init__(str(error))
+        self.ids = ids
+        self.error = error
+        self.__cause__ = error
 
 
 def _text(reply: Any) -> str:
@@ -126,24 +141,33 @@ class AsyncPublisher(_Publisher):
     async def publish_many(self, items: Sequence[Item]) -> list[str]:
         """Publish (merchant_id, event, payload) items in order over one pipeline.
 
-        Not a transaction: on a Redis fault some items may be published and
-        others not (the error is raised). Runs that met NOSCRIPT (the script
-        cache was flushed) are retried once after SCRIPT LOAD.
+        Not a transaction: when Redis refuses some items (an error reply: out of
+        memory, a key of the wrong type) the others are still published, and
+        `PartialPublish` carries each item's id or None. A run that met NOSCRIPT
+        (the script cache was flushed) is sent again once with the script itself
+        (EVAL), so a flush racing the retry cannot fail it. A connection fault is
+        raised as it is: then what was published is unknown.
         """
         calls = [self._settings.call(item) for item in items]
-        replies = await self._pipeline(calls, range(len(calls)))
+        replies = await self._pipeline(calls, range(len(calls)), "EVALSHA")
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            await self._client.script_load(SCRIPT)
-            for i, reply in zip(missing, await self._pipeline(calls, missing), strict=True):
+            for i, reply in zip(missing, await self._pipeline(calls, missing, "EVAL"), strict=True):
                 replies[i] = reply
         for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return [_text(r) for r in replies]
+            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                raise reply  # a connection fault: the outcome of every item is unknown
+        ids = [None if isinstance(r, Exception) else _text(r) for r in replies]
+        errors = [r for r in replies if isinstance(r, ResponseError)]
+        if errors:
+            raise PartialPublish(ids, errors[0])
+        return [i for i in ids if i is not None]
 
-    async def _pipeline(self, calls: list[list[Any]], indexes: Sequence[int]) -> list[Any]:
+    async def _pipeline(
+        self, calls: list[list[Any]], indexes: Sequence[int], command: str
+    ) -> list[Any]:
+        script = SCRIPT_SHA if command == "EVALSHA" else SCRIPT
         async with self._client.pipeline(transaction=False) as pipe:
             for i in indexes:
-                pipe.execute_command("EVALSHA", SCRIPT_SHA, *calls[i])  # cluster blocks .evalsha
+                pipe.execute_command(command, script, *calls[i])  # cluster blocks .evalsha
             return list(await pipe.execute(raise_on_error=False))

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
+from .http_server import GatewayRunner
 from .state import GATEWAY
 
 __all__ = ["EXIT_CANNOT_START", "serve"]
@@ -56,7 +57,7 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
     # the same event reaches _quiet_aiopg through the loop, so this copy is noise
     warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning, r"aiopg\.")
     app = create_app(cfg)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         handler_cancellation=True,  # a client that leaves cancels its stream handler at once
         access_log=None,  # stream open/close lines are logged by the handler, redacted

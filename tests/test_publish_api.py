@@ -16,16 +16,27 @@ from support import unique_merchant
 
 from gateway.broker.history import DurableHistory
 from gateway.durable import DurableId, history_keys
-from gateway.publish_api import MAX_BODY_BYTES, publish_view
+from gateway.metrics import Metrics
+from gateway.publish_api import publish_view
+from gateway.publish_body import MAX_BODY_BYTES
+from gateway.publish_gate import PUBLISHING, PublishGate
 from gateway.state import GATEWAY
 from tools.services import RedisServer, free_port
 
 KEY = "pk-test-0123456789"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 EVENTS = ("progress", "stage", "completion", "error")
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[tuple[Client, SimpleNamespace]]]
+
+
+async def _unmeasured() -> None:
+    return None
+
+
+async def _no_flush() -> float:
+    return 0.0
 
 
 @pytest.fixture
@@ -39,6 +50,7 @@ async def make_client(redis_server: RedisServer) -> AsyncIterator[MakeClient]:
         )
         gw = SimpleNamespace(
             cfg=SimpleNamespace(
+                server=SimpleNamespace(body_timeout=10),
                 auth=SimpleNamespace(publish_key=publish_key),
                 redis=SimpleNamespace(events=EVENTS),
             ),
@@ -47,6 +59,7 @@ async def make_client(redis_server: RedisServer) -> AsyncIterator[MakeClient]:
         )
         app = web.Application()
         app[GATEWAY] = gw  # type: ignore[misc]  # a stand-in with the fields the view reads
+        app[PUBLISHING] = PublishGate(_unmeasured, _no_flush, Metrics())
         app.router.add_post("/api/realtime/events/publish", publish_view)
         client: Client = TestClient(TestServer(app))
         await client.start_server()

@@ -3,7 +3,14 @@
 A token published on a private control channel must come back through the
 subscriber's reader; `/health` runs one per request, and `watch` one per
 second, cutting the subscriber connection when it stops coming back (a frozen
-Redis can keep its socket open while delivering nothing).
+Redis can keep its socket open while delivering nothing). A token stuck behind
+a backlog is not a frozen Redis: while messages keep arriving on the
+subscriber, `watch` waits for it (up to `_BACKLOG_CAP_S`) instead of cutting.
+
+`backlog()` reads how many bytes Redis holds for the subscriber connection
+(CLIENT LIST `omem`, found by the connection's local address): the publish
+API's backpressure (publish_gate.py) keeps it well under Redis's
+`client-output-buffer-limit pubsub`, which would cut the connection.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .. import patience
 from ..sharing import SharedRuns
@@ -26,11 +34,24 @@ log = logging.getLogger(__name__)
 
 _EVERY_S = 1.0
 TIMEOUT_S = 1.5
+_BACKLOG_CAP_S = 60.0  # longest a round trip may trail a backlog that keeps draining
 
 
 class Canary:
-    def __init__(self, client: aioredis.Redis, channel: bytes, *, sharded: bool = False) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: bytes,
+        *,
+        sharded: bool = False,
+        address: Callable[[], str | None] = lambda: None,
+        progress: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._client = client
+        self._address = address  # the subscriber connection's local "host:port"
+        self._progress = progress  # messages the subscriber has read so far
+        self._client_id: int | None = None
+        self._no_client_list = False
         self.channel = channel
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
         self._waiting: dict[bytes, asyncio.Future[None]] = {}
@@ -39,8 +60,11 @@ class Canary:
         self.ok = False
         self._flushes: SharedRuns[None, float] = SharedRuns(lambda _: self.round_trip())
 
-    async def round_trip(self) -> float:
-        """Publish a token on the control channel, await it on the subscriber; milliseconds."""
+    async def round_trip(self, *, patient: bool = False) -> float:
+        """Publish a token on the control channel, await it on the subscriber; milliseconds.
+
+        `patient`: past the usual timeout, keep waiting while the subscriber keeps
+        reading messages (a backlog drains), up to `_BACKLOG_CAP_S`."""
         token = str(next(self._ids)).encode()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
@@ -50,8 +74,17 @@ class Canary:
             await self._client.execute_command(self._publish, self.channel, token)
             await future
 
+        work = asyncio.ensure_future(publish_and_receive())
         try:  # a loop congested by a storm is not mistaken for a frozen Redis
-            await patience.wait(asyncio.ensure_future(publish_and_receive()), TIMEOUT_S)
+            await patience.wait(asyncio.shield(work), TIMEOUT_S)
+        except patience.Late:
+            if not patient:
+                work.cancel()
+                raise
+            await self._trail_backlog(work, started)
+        except BaseException:
+            work.cancel()
+            raise
         finally:
             self._waiting.pop(token, None)
         elapsed = time.perf_counter() - started
@@ -64,6 +97,43 @@ class Canary:
         the next, so a storm of replays costs a few round trips, not one each (and
         never starves the watch's own round trip of the publishing connection)."""
         return await self._flushes(None)
+
+    async def _trail_backlog(self, work: asyncio.Future[None], started: float) -> None:
+        """Wait for `work` while the subscriber keeps reading; `patience.Late` once it stops."""
+        try:
+            while time.perf_counter() - started < _BACKLOG_CAP_S:
+                before = self._progress()
+                done, _ = await asyncio.wait({work}, timeout=TIMEOUT_S)
+                if done:
+                    work.result()
+                    return
+                if self._progress() == before:
+                    break  # nothing arrived meanwhile: not a backlog
+            raise patience.Late
+        finally:
+            work.cancel()
+
+    async def backlog(self) -> int | None:
+        """Bytes Redis holds unsent for the subscriber connection (CLIENT LIST `omem`);
+        None when unknown (a Unix socket, a proxy, or a Redis without CLIENT LIST)."""
+        address = self._address()
+        if address is None or self._no_client_list:
+            return None
+        try:
+            if self._client_id is not None:
+                found = _find(await self._client.client_list(client_id=[self._client_id]), address)
+                if found is not None:
+                    return found[1]
+            found = _find(await self._client.client_list(_type="pubsub"), address)
+        except ResponseError as exc:  # managed Redis may refuse CLIENT LIST
+            self._no_client_list = True
+            log.warning("redis: CLIENT LIST refused (%s); publish backpressure uses "
+                        "delivery round trips only", exc)
+            return None
+        if found is None:
+            return None
+        self._client_id = found[0]
+        return found[1]
 
     def received(self, token: bytes) -> None:
         future = self._waiting.get(token)
@@ -78,7 +148,7 @@ class Canary:
                 self.ok = False
                 continue
             try:
-                await self.round_trip()
+                await self.round_trip(patient=True)
                 self.ok = True
             except Exception as exc:
                 self.ok = False
@@ -87,3 +157,11 @@ class Canary:
                 if connected():
                     log.warning("redis: delivery canary failed; reconnecting")
                     cut()
+
+
+def _find(clients: list[dict[str, str]], address: str) -> tuple[int, int] | None:
+    """(id, omem) of the CLIENT LIST entry whose `addr` is `address`."""
+    for entry in clients:
+        if entry.get("addr") == address:
+            return int(entry["id"]), int(entry.get("omem", 0))
+    return None

@@ -13,12 +13,14 @@ import random
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry  # the asyncio one: the sync one makes redis-py warn
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-__all__ = ["FAULTS", "backoff_s", "make_client", "make_cluster_client", "socket_reader"]
+__all__ = [
+    "FAULTS", "backoff_s", "local_address", "make_client", "make_cluster_client", "socket_reader",
+]
 
 FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _BACKOFF_CAP_S = 5.0
@@ -69,3 +71,15 @@ def socket_reader(pubsub: aioredis.client.PubSub) -> asyncio.StreamReader:
             "update gateway/broker/connection.py:socket_reader for this redis-py version"
         )
     return reader
+
+
+def local_address(pubsub: aioredis.client.PubSub | None) -> str | None:
+    """"host:port" of a connected PubSub's local end (what Redis's CLIENT LIST calls
+    `addr`, barring NAT); None when not connected or not over TCP."""
+    conn = pubsub.connection if pubsub is not None else None
+    writer = getattr(conn, "_writer", None)
+    sockname = writer.get_extra_info("sockname") if writer is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return None
+    host, port = sockname[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

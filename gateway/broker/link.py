@@ -26,7 +26,14 @@ from ..metrics import Metrics
 from ..redaction import redact_url
 from ..supervision import stop_tasks, supervised
 from .canary import Canary
-from .connection import CONNECT_TIMEOUT_S, FAULTS, backoff_s, make_client, socket_reader
+from .connection import (
+    CONNECT_TIMEOUT_S,
+    FAULTS,
+    backoff_s,
+    local_address,
+    make_client,
+    socket_reader,
+)
 from .reader import ReaderHooks, read_messages
 
 __all__ = ["SubscriberLink"]
@@ -60,7 +67,13 @@ class SubscriberLink:
         self._on_reconnect = on_reconnect
         self._on_dropped = on_dropped
         self._client = make_client(url, _POOL_SIZE)
-        self.canary = Canary(self._client, control, sharded=sharded)
+        self.canary = Canary(
+            self._client,
+            control,
+            sharded=sharded,
+            address=lambda: local_address(self._pubsub),
+            progress=lambda: hub.messages,
+        )
         self.channels: set[bytes] = set()
         self._to_subscribe: set[bytes] = set()
         self._flusher: asyncio.Task[None] | None = None

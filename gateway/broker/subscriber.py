@@ -122,6 +122,11 @@ class RedisBroker:
         return max(await asyncio.gather(*(c.flush() if shared else c.round_trip()
                                           for c in canaries)))
 
+    async def backlog_bytes(self) -> int | None:
+        """Largest pub/sub backlog Redis holds for this process (bytes); None if unknown."""
+        sizes = await asyncio.gather(*(link.canary.backlog() for link in self._links.values()))
+        return None if not sizes or None in sizes else max(s or 0 for s in sizes)
+
     # -- merchants ---------------------------------------------------------
 
     async def acquire(self, merchant_id: str) -> None:

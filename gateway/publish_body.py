@@ -1,0 +1,128 @@
+"""The publish API's request body: headers checked, bytes read in time, strict JSON parsed.
+
+Only `Content-Type: application/json` (a `charset` parameter, if any, utf-8),
+no `Content-Encoding` but `identity` (the body is never decompressed), at most
+`MAX_BODY_BYTES`, complete within `server.body_timeout` of the request head,
+UTF-8 JSON (no BOM, no UTF-16/32), no duplicate key in any object, no
+NaN/Infinity; then one `{"merchantId", "event", "data"}` object or an array
+of 1 to `MAX_ITEMS` of them. Every refusal is a `Refusal` naming the fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .durable import InvalidData, encode_data, valid_merchant_id
+
+__all__ = ["MAX_BODY_BYTES", "MAX_ITEMS", "Item", "Refusal", "check_headers", "parse", "read"]
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ITEMS = 1000
+_KEYS = frozenset(("merchantId", "event", "data"))
+
+Item = tuple[str, str, bytes]
+
+
+class Refusal(Exception):
+    """A request the API refuses: HTTP status, error code, message."""
+
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.close = close  # close the connection after answering (an unread body)
+
+
+def check_headers(request: web.Request) -> None:
+    """415 for an encoding or media type the API does not take; 413 for a declared size."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Refusal(415, "unsupported_encoding",
+                      "Content-Encoding is not accepted: send the body uncompressed")
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
+        raise Refusal(415, "unsupported_media_type",
+                      "Content-Type must be application/json (charset utf-8)")
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes", close=True)
+
+
+async def read(request: web.Request, timeout_s: float) -> bytes:
+    """The raw body; 413 past MAX_BODY_BYTES, 408 when not complete within `timeout_s`."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.read(64 * 1024):
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes",
+                                  close=True)
+    except TimeoutError:
+        raise Refusal(408, "timeout", f"request body not complete within {timeout_s:g} s",
+                      close=True) from None
+    return bytes(body)
+
+
+def _bad(message: str) -> Refusal:
+    return Refusal(400, "invalid_request", message)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey("an object has a duplicate key")  # which one is not quoted
+    return obj
+
+
+def _item(value: Any, where: str, events: tuple[str, ...]) -> Item:
+    if not isinstance(value, dict):
+        raise _bad(f"{where}: must be an object with merchantId, event and data")
+    if value.keys() != _KEYS:
+        missing = sorted(_KEYS - value.keys())
+        extra = sorted(value.keys() - _KEYS)
+        detail = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"
+        raise _bad(f"{where}: must have exactly merchantId, event and data ({detail})")
+    if not valid_merchant_id(value["merchantId"]):
+        raise _bad(f"{where}.merchantId: must match ^[A-Za-z0-9_-]{{1,128}}$")
+    if not isinstance(value["event"], str) or value["event"] not in events:
+        raise _bad(f"{where}.event: must be one of {', '.join(events)}")
+    try:
+        payload = encode_data(value["data"])
+    except InvalidData as exc:
+        raise _bad(f"{where}.data: {exc}") from None
+    return value["merchantId"], value["event"], payload
+
+
+def parse(body: bytes, events: tuple[str, ...]) -> tuple[list[Item], bool]:
+    """(items, is_batch) of a publish body; `Refusal` 400 naming the first fault."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("body must be UTF-8 JSON") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise _bad(f"body must be UTF-8 JSON ({exc})") from None
+    except ValueError:
+        raise _bad("body must be UTF-8 JSON") from None
+    except RecursionError:
+        raise _bad("body must be UTF-8 JSON (nested too deeply)") from None
+    if isinstance(doc, dict):
+        return [_item(doc, "body", events)], False
+    if not isinstance(doc, list):
+        raise _bad("body must be an object or an array of objects")
+    if not 1 <= len(doc) <= MAX_ITEMS:
+        raise _bad(f"array must hold 1 to {MAX_ITEMS} items, got {len(doc)}")
+    return [_item(v, f"[{i}]", events) for i, v in enumerate(doc)], True
