@@ -1,0 +1,264 @@
+# ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
+"""End to end: durable publishing under overload and Redis refusals.
+
+* a flood of 4 loops x 1,000 x 950 B arrays for 12 s: no stream of the process gets
+  `resync` (Redis never cuts the subscriber), every acknowledged event reaches
+  every stream of its merchant, what is refused is refused with 503 first;
+* Redis over maxmemory: 503 `redis_oom` for every publish, nothing written, /health
+  says why;
+* keys of the wrong type and a SCRIPT FLUSH storm: never 500, no offset consumed
+  without an entry, every 200 lists exactly what was published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from ops_support import get_metrics, metric
+from support import http_json, unique_merchant
+
+from gateway.durable import history_keys
+
+pytestmark = pytest.mark.timeout(120)
+
+KEY = "overload-publish-key-7f6e5d4c3b2a"
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+_ID = re.compile(rb"\nid: ([0-9a-z]+:[0-9]+)\n")
+
+
+class RawStream:
+    """An SSE stream read raw and fast: the durable ids it got and whether it got resync."""
+
+    def __init__(self, port: int, target: str) -> None:
+        self.port = port
+        self.target = target
+        self.ids: set[str] = set()
+        self.resyncs = 0
+        self.closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def open(self) -> RawStream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
+        writer.write(f"GET {self.target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"event: connected"), 10)
+        assert b" 200 " in head.split(b"\r\n", 1)[0], head[:200]
+        self._task = asyncio.create_task(self._read(reader, writer))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tail = b""
+        try:
+            while chunk := await reader.read(1 << 20):
+                text = tail + chunk
+                cut = text.rfind(b"\n\n") + 1
+                block, tail = text[:cut], text[cut:]
+                self.ids.update(m.decode() for m in _ID.findall(b"\n" + block))
+                self.resyncs += block.count(b"event: resync")
+                self._changed.set()
+        finally:
+            self.closed = True
+            self._changed.set()
+            writer.close()
+
+    async def wait_for(self, event_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while event_id not in self.ids and not self.closed:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(0.01, deadline - time.monotonic()))
+            if time.monotonic() >= deadline:
+                break
+        assert event_id in self.ids, f"{event_id} never arrived ({len(self.ids)} ids)"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, Any]:
+    async with session.post(url, data=body, headers=AUTH) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def _array(mid: str, loop: int, n: int, size: int = 950) -> bytes:
+    pad = "x" * (size - 40)
+    items = ",".join(
+        f'{{"merchantId":"{mid}","event":"stage","data":"{loop}-{i}-{pad}"}}' for i in range(n)
+    )
+    return f"[{items}]".encode()
+
+
+async def test_publish_flood_never_gets_the_subscriber_cut(
+    gateway_factory: Any, postgres_server: Any
+) -> None:
+    merchants = [unique_merchant("fl") for _ in range(3)]  # the last one is a bystander
+    for mid, shop in merchants:
+        postgres_server.add_merchant(mid, shop)
+    gw = await gateway_factory.astart(config={
+        "auth": {"publish_key": KEY},
+        "sse": {"max_queue": 1_000_000, "max_queue_bytes": 2 << 30, "history": 100},
+    })
+    streams = [await RawStream(gw.port, gw.stream_url(shop)[len(gw.base_url):]).open()
+               for _, shop in merchants for _ in range(2)]
+    acked: dict[str, set[str]] = {mid: set() for mid, _ in merchants}
+    statuses: dict[int, int] = {}
+    url = gw.url(f"{gw.path}/publish")
+    deadline = time.monotonic() + 12
+
+    async def loop(n: int) -> None:
+        mid = merchants[n % 2][0]
+        body = _array(mid, n, 1000)
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                status, reply = await _post(session, url, body)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    acked[mid].update(reply["ids"])
+                else:
+                    assert status == 503 and reply["error"] == "unavailable", (status, reply)
+                    assert "ids" not in reply, reply  # refused before anything was recorded
+                    await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.gather(*(loop(n) for n in range(4)))
+        async with aiohttp.ClientSession() as session:
+            markers = {}
+            for mid, _ in merchants:
+                body = f'{{"merchantId":"{mid}","event":"completion","data":"end"}}'.encode()
+                status, reply = (503, None)
+                while status != 200:
+                    status, reply = await _post(session, url, body)
+                markers[mid] = reply["id"]
+        for (mid, _), pair in zip(merchants, (streams[0:2], streams[2:4], streams[4:6]),
+                                  strict=True):
+            for stream in pair:
+                await stream.wait_for(markers[mid], timeout=60)
+        total = sum(len(ids) for ids in acked.values())
+        print(f"\nflood: {total} events acknowledged in 12 s, answers {statuses}")
+        for (mid, _), pair in zip(merchants, (streams[0:2], streams[2:4], streams[4:6]),
+                                  strict=True):
+            for stream in pair:
+                assert stream.resyncs == 0, f"a stream of {mid} got resync"
+                missing = acked[mid] - stream.ids
+                assert not missing, f"{len(missing)} acknowledged events of {mid} not delivered"
+        assert total >= 10_000, f"only {total} events acknowledged: {statuses}"
+        samples = await get_metrics(gw)
+        assert metric(samples, "gateway_redis_reconnects_total") == 0
+        print(f"publishes held back by the backlog: "
+              f"{metric(samples, 'gateway_publish_paused_total')}")
+        assert 500 not in statuses
+    finally:
+        for stream in streams:
+            await stream.close()
+
+
+async def test_over_maxmemory_every_publish_is_refused_and_nothing_grows(
+    gateway_factory: Any, redis_factory: Any
+) -> None:
+    redis = redis_factory()
+    gw = await gateway_factory.astart(redis=redis, config={"auth": {"publish_key": KEY}})
+    url = gw.url(f"{gw.path}/publish")
+    old, _ = unique_merchant("oom")
+    status, _, reply = await http_json(url, "POST", AUTH, json_body={
+        "merchantId": old, "event": "stage", "data": "before"})
+    assert status == 200, reply
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        await client.set("ballast", b"b" * (4 << 20))
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", str(used - (1 << 20)))
+        await client.config_set("maxmemory-policy", "noeviction")
+        before = (await client.dbsize(), await client.hgetall(history_keys(old)[1]))
+        fresh = [unique_merchant("oom")[0] for _ in range(20)]
+        bodies: list[Any] = [{"merchantId": m, "event": "stage", "data": "x" * 500} for m in fresh]
+        bodies += [{"merchantId": old, "event": "stage", "data": "after"}]
+        bodies += [[{"merchantId": m, "event": "stage", "data": "y"} for m in (old, *fresh)]]
+        answers = [await http_json(url, "POST", AUTH, json_body=b) for b in bodies]
+        for status, headers, reply in answers:
+            assert (status, reply["error"]) == (503, "redis_oom"), (status, reply)
+            assert int(headers["Retry-After"]) >= 1
+        assert answers[-1][2]["ids"] == [None] * 21
+        after = (await client.dbsize(), await client.hgetall(history_keys(old)[1]))
+        assert after == before, "a refused publish wrote something"
+        grown = int((await client.info("memory"))["used_memory"]) - used
+        assert grown < 256 * 1024, f"Redis memory grew by {grown} bytes"
+        status, _, health = await http_json(gw.url("/health"))
+        assert health["publish"]["status"] == "fail", health
+        assert health["publish"]["error"] == "redis_oom", health
+        await client.config_set("maxmemory", "0")
+        status, _, reply = await http_json(url, "POST", AUTH, json_body=bodies[0])
+        assert status == 200, reply
+        _, _, health = await http_json(gw.url("/health"))
+        assert health["publish"] == {"status": "ok"}, health
+    finally:
+        await client.aclose()
+
+
+async def test_redis_error_replies_never_500_nor_half_written(
+    gateway_factory: Any, redis_server: Any, postgres_server: Any
+) -> None:
+    mid, shop = unique_merchant("rt")
+    postgres_server.add_merchant(mid, shop)
+    gw = await gateway_factory.astart(config={
+        "auth": {"publish_key": KEY}, "sse": {"history": 100_000, "max_queue": 1_000_000,
+                                               "max_queue_bytes": 1 << 30}})
+    url = gw.url(f"{gw.path}/publish")
+    client = aioredis.Redis.from_url(redis_server.url)
+    stream = await RawStream(gw.port, gw.stream_url(shop)[len(gw.base_url):]).open()
+    try:
+        one = {"merchantId": mid, "event": "stage", "data": "x"}
+        for _ in range(3):
+            assert (await http_json(url, "POST", AUTH, json_body=one))[0] == 200
+        wrong, _ = unique_merchant("rt")  # keys of the wrong type: refused, nothing consumed
+        await client.set(history_keys(wrong)[0], "not a stream")
+        await client.hset(history_keys(wrong)[1], mapping={"epoch": "abc", "offset": 3})
+        meta_before = await client.hgetall(history_keys(wrong)[1])
+        for body in ({**one, "merchantId": wrong}, [one, {**one, "merchantId": wrong}, one]):
+            status, _, reply = await http_json(url, "POST", AUTH, json_body=body)
+            assert (status, reply["error"]) == (503, "redis_error"), reply
+        assert reply["ids"][1] is None and None not in (reply["ids"][0], reply["ids"][2]), reply
+        assert await client.hgetall(history_keys(wrong)[1]) == meta_before
+
+        acked = set(i for i in reply["ids"] if i)
+        stop = asyncio.Event()
+
+        async def flush_storm() -> None:
+            while not stop.is_set():
+                await client.script_flush()
+                await asyncio.sleep(0.005)
+
+        storm = asyncio.create_task(flush_storm())
+        statuses: dict[int, int] = {}
+        async with aiohttp.ClientSession() as session:
+            for n in range(30):
+                status, reply = await _post(session, url, _array(mid, n, 200, size=100))
+                statuses[status] = statuses.get(status, 0) + 1
+                assert status in (200, 503), (status, reply)
+                if status == 200:
+                    assert len(reply["ids"]) == 200 and None not in reply["ids"]
+                acked.update(i for i in (reply.get("ids") or []) if i)
+        stop.set()
+        await storm
+        print(f"\nSCRIPT FLUSH storm: answers {statuses}")
+        meta = await client.hgetall(history_keys(mid)[1])
+        entries = await client.xlen(history_keys(mid)[0])
+        offset = int(meta[b"offset"])
+        assert offset == entries == 3 + len(acked), (offset, entries, len(acked))
+        newest = f"{meta[b'epoch'].decode()}:{offset}"
+        await stream.wait_for(newest, timeout=30)
+        assert stream.ids - acked == {i for i in stream.ids if int(i.split(":")[1]) <= 3}
+        assert acked <= stream.ids
+        assert 500 not in statuses
+    finally:
+        await stream.close()
+        await client.aclose()
