@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config, ConfigError, load_config, redacted_dict
+from .config_checks import REDIS_NEEDS
 from .logs import setup_logging
 from .redaction import redact_url
 from .workers import WORKER_ENV, supervise
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_publish(cfg, *args.arguments)
     if args.command == "check-config":
         yaml.safe_dump(redacted_dict(cfg), sys.stdout, sort_keys=False)
+        for need in REDIS_NEEDS:
+            print(f"# redis needs: {need}")
         print(f"# redis source: {cfg.redis_source}")
         return 0
     setup_logging(cfg.logging.level, cfg.logging.format)

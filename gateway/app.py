@@ -12,8 +12,8 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
-from .broker.envelopes import EnvelopeCheck
 from .broker.connection import make_client, make_cluster_client
+from .broker.envelopes import EnvelopeCheck
 from .broker.history import DurableHistory
 from .config import Config
 from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view

@@ -22,13 +22,28 @@ from .redaction import redact_url
 if TYPE_CHECKING:
     from .config import Config, RedisConfig
 
-__all__ = ["CLUSTER_CHANNEL", "DEFAULT_REDIS_URL", "legacy_redis_url", "resolve_redis", "validate"]
+__all__ = [
+    "CLUSTER_CHANNEL",
+    "DEFAULT_REDIS_URL",
+    "REDIS_NEEDS",
+    "legacy_redis_url",
+    "resolve_redis",
+    "validate",
+]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # -> merchant:{m1}:progress
 _SHOP_FIELD = "%(shop)s"
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 _RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked"}
+# what the gateway needs of the Redis server's own settings (check-config prints it)
+REDIS_NEEDS = (
+    "client-output-buffer-limit pubsub with hard and soft limits of 8mb or more "
+    "(0 = none; Redis's default 32mb 8mb 60 is fine): the gateway holds its own "
+    "subscriber's backlog under 4 MiB",
+    "CLIENT LIST allowed to the gateway's user, to measure that backlog "
+    "(else publishing waits for delivery round trips instead)",
+)
 
 
 def _error(key: str, message: str) -> Exception:
