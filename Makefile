@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 MODE       ?= compare
 BENCH_ARGS ?=
 
-.PHONY: venv deps deps-run test lint run image bench bench-cluster clean distclean
+.PHONY: venv deps deps-run test lint run image bench bench-cluster chaos clean distclean
 
 # The venv is (re)installed only when setup.cfg/pyproject.toml change.
 venv: $(STAMP)
@@ -74,6 +74,15 @@ bench: deps venv
 # Redis Cluster: where SPUBLISH/PUBLISH land, gateway CPU per delivery (docs/bench/cluster.md)
 bench-cluster: deps venv
 	$(PY) -m bench.cluster $(BENCH_ARGS)
+
+# Seeded fault injection (tools/chaos): make chaos DURATION=1800 SEED=7 PROFILE=single|cluster
+DURATION ?= 600
+SEED     ?= $(shell echo $$RANDOM)
+PROFILE  ?= single
+CLIENTS  ?= 100
+chaos: deps venv
+	$(PY) -m tools.chaos --seed $(SEED) --duration $(DURATION) --profile $(PROFILE) \
+	  --clients $(CLIENTS)
 
 clean:
 	-@test ! -d .run/podman || $(PYTHON) tools/image.py clean

@@ -1,0 +1,134 @@
+"""Publishers at varying rates: the HTTP publish API (objects and arrays), the Python
+helper (``gateway.publisher.AsyncPublisher``, the Lua script) and plain
+``PUBLISH`` (``SPUBLISH`` on a cluster). Each records every event it sends
+(:class:`~tools.chaos.records.Published`), with the durable id it was
+acknowledged with, if any.
+
+Payloads are JSON objects ``{"jobId", "pub", "seq", ...}``: ``seq`` counts the
+publisher's events, a job sends ``progress``/``stage`` and ends with
+``completion`` or ``error``; some carry padding so slow tabs fill their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from gateway.publisher import AsyncPublisher
+
+from .records import Published
+from .schedule import PublisherPlan
+
+__all__ = ["Publisher", "redis_client"]
+
+_FAULTS = (RedisError, OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError)
+CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"
+CHANNEL = "merchant:{merchant_id}:{event}"
+
+
+def redis_client(url: str, cluster: bool) -> Any:
+    """A bytes client with short timeouts (a frozen Redis must not hang a publisher)."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=3, socket_connect_timeout=2)
+    return aioredis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
+
+
+class Publisher:
+    """One publisher; :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, plan: PublisherPlan, log: list[Published], http: aiohttp.ClientSession,
+                 publish_urls: list[str], path: str, key: str, redis: Any, cluster: bool,
+                 history: int) -> None:
+        self.plan = plan
+        self.log = log
+        self.http = http
+        self.urls = publish_urls
+        self.path = path
+        self.key = key
+        self.redis = redis
+        self.cluster = cluster
+        self.channel = CLUSTER_CHANNEL if cluster else CHANNEL
+        self.helper = AsyncPublisher(redis, channel=self.channel, history=history, ttl_s=600,
+                                     sharded=cluster)
+        self.rng = random.Random(plan.seed)
+        self.seq = 0
+        self.jobs: dict[str, int] = dict.fromkeys(plan.merchants, 1)
+
+    def _event(self, merchant: str) -> tuple[str, str, dict[str, Any]]:
+        """The next (merchant, event, data) of a job of ``merchant``."""
+        self.seq += 1
+        roll = self.rng.random()
+        event = ("progress" if roll < 0.65 else "stage" if roll < 0.8 else
+                 "completion" if roll < 0.95 else "error")
+        job = f"{self.plan.name}-{merchant}-{self.jobs[merchant]}"
+        if event in ("completion", "error"):
+            self.jobs[merchant] += 1
+        data: dict[str, Any] = {"jobId": job, "pub": self.plan.name, "seq": self.seq}
+        if self.rng.random() < 0.1:
+            data["pad"] = "x" * self.rng.randint(500, 4000)
+        return merchant, event, data
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rate, change = 5.0, 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= change:  # a new rate every few seconds: calm, busy, bursty
+                rate, change = self.rng.choice((1.0, 4.0, 10.0, 20.0)), now + self.rng.uniform(2, 5)
+            batch = [self._event(self.rng.choice(self.plan.merchants))
+                     for _ in range(self.rng.randint(2, 6) if self.rng.random() < 0.3 else 1)]
+            await self._send(batch)
+            try:
+                await asyncio.wait_for(stop.wait(), self.rng.expovariate(rate))
+            except TimeoutError:
+                pass
+
+    async def _send(self, batch: list[tuple[str, str, dict[str, Any]]]) -> None:
+        sent = time.monotonic()
+        records = [Published(self.plan.name, d["seq"], m, e, d["jobId"],
+                             self.plan.kind != "plain", sent) for m, e, d in batch]
+        self.log.extend(records)
+        try:
+            if self.plan.kind == "http":
+                ids = await self._http(batch)
+                acked = time.monotonic()
+                for record, event_id in zip(records, ids, strict=True):
+                    record.acked, record.id = acked, event_id
+                return
+            for record, (m, e, d) in zip(records, batch, strict=True):
+                record.sent = time.monotonic()
+                record.id = await self._one(m, e, d)
+                record.acked = time.monotonic()
+        except _FAULTS:
+            return  # not acknowledged: it may have happened all the same
+
+    async def _one(self, merchant: str, event: str, data: dict[str, Any]) -> str | None:
+        if self.plan.kind == "lua":
+            return await self.helper.publish(merchant, event, data)
+        channel = self.channel.format(merchant_id=merchant, event=event)
+        payload = json.dumps(data, separators=(",", ":"))
+        if self.cluster:
+            await self.redis.spublish(channel, payload)
+        else:
+            await self.redis.publish(channel, payload)
+        return None
+
+    async def _http(self, batch: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+        items = [{"merchantId": m, "event": e, "data": d} for m, e, d in batch]
+        body: Any = items if len(items) > 1 or self.rng.random() < 0.3 else items[0]
+        url = f"{self.rng.choice(self.urls)}{self.path}/publish"
+        headers = {"Authorization": f"Bearer {self.key}"}
+        timeout = aiohttp.ClientTimeout(total=8)
+        async with self.http.post(url, json=body, headers=headers, timeout=timeout) as resp:
+            reply = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise aiohttp.ClientError(f"publish answered {resp.status}: {reply}")
+        ids = reply["ids"] if isinstance(body, list) else [reply["id"]]
+        return [str(i) for i in ids]

@@ -1,0 +1,87 @@
+"""The summary line and the JSON report of a run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checker import Anomaly, faults_near
+from .records import ClientLog, Fault, Published
+
+__all__ = ["Result", "summary", "write_report"]
+
+
+@dataclass(slots=True)
+class Result:
+    seed: int
+    profile: str
+    duration: float
+    clients: list[ClientLog]
+    published: list[Published]
+    faults: list[Fault]
+    anomalies: list[Anomaly]
+    t0: float
+    wall_s: float = 0.0
+    converged: bool = True
+
+    @property
+    def events(self) -> int:
+        return len(self.published)
+
+
+def summary(r: Result) -> str:
+    return (f"chaos: seed {r.seed}, {r.events} events, {len(r.clients)} clients, "
+            f"{len(r.faults)} faults, {len(r.anomalies)} anomalies")
+
+
+def _rel(value: float, t0: float) -> float:
+    return round(value - t0, 3)
+
+
+def _shift(obj: dict[str, Any], t0: float, *keys: str) -> dict[str, Any]:
+    return {k: (_rel(v, t0) if k in keys and isinstance(v, float) else v) for k, v in obj.items()}
+
+
+def write_report(r: Result, path: Path, limit: int = 50) -> None:
+    """The JSON report: times in seconds since the load started; each anomaly (at most
+    ``limit``) with its client's frames around it, its sessions, the faults near it."""
+    by_name = {c.name: c for c in r.clients}
+    anomalies = []
+    for a in r.anomalies[:limit]:
+        c = by_name[a.client]
+        sessions = [_shift(s.to_json(), r.t0, "started", "ended")
+                    for s in c.sessions[max(0, a.session - 5): a.session + 2]]
+        frames = [[_rel(f[0], r.t0), *f[1:]] for f in a.frames]
+        anomalies.append({**a.to_json(), "t": _rel(a.t, r.t0), "frames": frames,
+                          "sessions": sessions, "seed": r.seed,
+                          "faults": [_shift(f.to_json(), r.t0, "start", "end")
+                                     for f in faults_near(r.faults, a.t)]})
+    ends = Counter(s.end.split(":")[0] for c in r.clients for s in c.sessions)
+    doc = {
+        "summary": summary(r),
+        "seed": r.seed,
+        "profile": r.profile,
+        "duration_s": r.duration,
+        "wall_s": round(r.wall_s, 1),
+        "replay": f"python -m tools.chaos --seed {r.seed} --duration {r.duration:g} "
+                  f"--profile {r.profile} --clients {len(r.clients)}",
+        "converged": r.converged,
+        "events": {"published": r.events,
+                   "durable_acked": sum(1 for p in r.published if p.id),
+                   "plain": sum(1 for p in r.published if not p.durable),
+                   "unacknowledged": sum(1 for p in r.published if p.durable and not p.id),
+                   "received": sum(len(s.frames) for c in r.clients for s in c.sessions)},
+        "sessions": dict(ends),
+        "frames": dict(Counter(
+            f.event if f.event != "resync" else f"resync:{f.payload().get('reason')}"
+            for c in r.clients for s in c.sessions for f in s.frames
+            if f.event not in ("progress", "stage", "completion", "error"))),
+        "faults": [_shift(f.to_json(), r.t0, "start", "end") for f in r.faults],
+        "anomaly_kinds": dict(Counter(a.kind for a in r.anomalies)),
+        "anomalies": anomalies,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))

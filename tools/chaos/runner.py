@@ -1,0 +1,143 @@
+"""One chaos run: start the processes, run clients, publishers and faults for the
+duration, let the run go quiet, check, stop everything by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.durable import history_keys
+from gateway.publisher import AsyncPublisher
+
+from .checker import Settings, check, job_of
+from .clients import BrowserClient
+from .faults import FaultRunner
+from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, redis_client
+from .records import Fault, Published, durable_id
+from .report import Result
+from .schedule import Plan, make_plan
+from .topology import HISTORY, Topology
+
+__all__ = ["run"]
+
+Offset = tuple[str, int]
+Kind = tuple[str, str | None]
+_QUIET_S = 20.0  # at most this long for every client to hold its merchant's last event
+
+
+def _small_socket(addr: Any) -> socket.socket:
+    """Client sockets with a small receive buffer: a tab that stops reading soon fills
+    the gateway's queue (coalescing, slow-client cuts) as a slow link would."""
+    family, kind, proto = addr[0], addr[1], addr[2]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    return sock
+
+
+async def run(seed: int, duration: float, profile: str, clients: int, run_dir: Path) -> Result:
+    plan = make_plan(seed, duration, profile, clients)
+    topo = Topology(profile, plan.merchants, run_dir)
+    started = time.monotonic()
+    await asyncio.to_thread(topo.start)
+    try:
+        result = await _load(plan, topo)
+    finally:
+        await asyncio.to_thread(topo.stop)
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+async def _load(plan: Plan, topo: Topology) -> Result:
+    cluster = plan.profile == "cluster"
+    connector = aiohttp.TCPConnector(limit=0, force_close=True, socket_factory=_small_socket)
+    http = aiohttp.ClientSession(connector=connector, read_bufsize=16384, auto_decompress=False)
+    redis = redis_client(topo.redis_url, cluster)
+    final, done, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    published: list[Published] = []
+    faults: list[Fault] = []
+    try:
+        tabs = [BrowserClient(c, http, topo.entries, topo.path, final, done) for c in plan.clients]
+        tab_tasks = [asyncio.create_task(t.run()) for t in tabs]
+        t0 = time.monotonic()
+        pubs = [Publisher(p, published, http, topo.publish_urls, topo.path, topo.key, redis,
+                          cluster, HISTORY) for p in plan.publishers]
+        tasks = [asyncio.create_task(p.run(stop)) for p in pubs]
+        tasks.append(asyncio.create_task(FaultRunner(topo, plan.faults, t0, faults).run(stop)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), plan.duration)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 180)  # a fault in progress completes
+        final.set()
+        heads = await _markers(plan, redis, cluster, published)
+        converged = await _quiet(tabs, heads)
+        done.set()
+        logs = await asyncio.wait_for(asyncio.gather(*tab_tasks), 30)
+        history = await _history(plan, redis)
+    finally:
+        done.set()
+        await http.close()
+        await redis.aclose()
+    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY), history)
+    return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
+                  t0, converged=converged)
+
+
+async def _markers(plan: Plan, redis: Any, cluster: bool,
+                   published: list[Published]) -> dict[str, Offset | None]:
+    """One last durable event per merchant, once all is quiet: every open tab must get it."""
+    channel = CLUSTER_CHANNEL if cluster else CHANNEL
+    helper = AsyncPublisher(redis, channel=channel, history=HISTORY, ttl_s=600, sharded=cluster)
+    heads: dict[str, Offset | None] = {}
+    for n, merchant in enumerate(plan.merchants):
+        record = Published("marker", n, merchant, "stage", None, True, time.monotonic())
+        published.append(record)
+        deadline = time.monotonic() + 30
+        while record.id is None:
+            try:
+                record.id = await helper.publish(merchant, "stage", {"marker": True, "seq": n})
+            except Exception:  # Redis still coming back (a cluster re-electing): retry
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        record.acked = time.monotonic()
+        heads[merchant] = durable_id(record.id)
+    return heads
+
+
+async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None]) -> bool:
+    """Wait (bounded) until every tab's last durable id is its merchant's head."""
+    want = {m: f"{h[0]}:{h[1]}" for m, h in heads.items() if h is not None}
+    deadline = time.monotonic() + _QUIET_S
+    while time.monotonic() < deadline:
+        if all(t.last_durable == want.get(t.plan.merchant) for t in tabs):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _history(plan: Plan, redis: Any) -> dict[str, dict[Offset, Kind]]:
+    """What Redis' durable history still holds: (event, job) by offset, per merchant."""
+    out: dict[str, dict[Offset, Kind]] = {}
+    for merchant in plan.merchants:
+        stream, meta = history_keys(merchant)
+        epoch = await redis.hget(meta, "epoch")
+        if epoch is None:
+            continue
+        epoch = epoch.decode()
+        entries = {}
+        for raw_id, fields in await redis.xrange(stream, "-", "+"):
+            offset = int(raw_id.decode().partition("-")[2])
+            try:
+                data = json.loads(fields.get(b"d", b""))
+            except ValueError:
+                data = None
+            entries[(epoch, offset)] = (fields.get(b"e", b"").decode(), job_of(data))
+        out[merchant] = entries
+    return out

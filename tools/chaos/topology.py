@@ -1,0 +1,133 @@
+"""The processes of a chaos run: Redis (or a 3+3 Redis Cluster), PostgreSQL, three
+gateways and nginx, all on 127.0.0.1, all started here and stopped by PID.
+
+``workers`` is one gateway process with ``server.workers: 2`` reached directly;
+``gw-1`` and ``gw-2`` are separate processes behind nginx, whose config is the
+shipped ``config/nginx.conf`` (``hash $arg_shop consistent``) with its
+placeholders replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tools.cluster import RedisCluster
+from tools.gateway import REPO_ROOT, GatewayServer, child_env
+from tools.services import (
+    NginxServer,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    nginx_main_conf,
+)
+
+from .schedule import GATEWAYS, shop_of
+
+__all__ = ["HISTORY", "Topology"]
+
+HISTORY = 100  # sse.history of every gateway (the checker's trimmed-history rule uses it)
+_ISOLATED = ("REDIS_URL", "DATABASE_URL", "GATEWAY_CONFIG", "REDIS_HOST", "REDIS_PORT",
+             "REDIS_PASSWORD", "REDIS_DB")
+
+
+def gateway_config(port: int, workers: int, cluster: bool, key: str) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "workers": workers,
+                   "shutdown_timeout": 3, "max_new_streams_per_s": 0},
+        "redis": {"cluster": cluster, "history_ttl": 600},
+        "postgres": {"cache_ttl": 5, "negative_cache_ttl": 1, "recheck": 10},
+        # a short linger drops idle rings, so reconnects often replay from Redis
+        "sse": {"heartbeat": 5, "retry_ms": 1000, "history": HISTORY, "linger": 2,
+                "max_queue": 64, "max_queue_bytes": 65536},
+        "auth": {"publish_key": key},
+        "logging": {"level": "INFO"},
+    }
+
+
+def nginx_conf(port: int, upstream_ports: list[int]) -> str:
+    text = (REPO_ROOT / "config" / "nginx.conf").read_text()
+    servers = "".join(f"    server 127.0.0.1:{p};\n" for p in upstream_ports)
+    text = text.replace("    server 127.0.0.1:8080;\n", servers)
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    text = text.replace("/var/log/nginx/gateway_access.log", "@PREFIX@/logs/gateway_access.log")
+    return nginx_main_conf(text)
+
+
+class Topology:
+    """Start with :meth:`start`, stop with :meth:`stop` (idempotent)."""
+
+    def __init__(self, profile: str, merchants: tuple[str, ...], run_dir: Path) -> None:
+        self.profile = profile
+        self.merchants = merchants
+        self.run_dir = run_dir
+        self.key = secrets.token_hex(16)
+        self.redis: RedisServer | None = None
+        self.cluster: RedisCluster | None = None
+        self.postgres = PostgresServer()
+        self.gateways: dict[str, GatewayServer] = {}
+        self.nginx: NginxServer | None = None
+        self.path = "/api/realtime/events"
+
+    @property
+    def redis_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.redis is not None
+        return self.redis.url
+
+    @property
+    def entries(self) -> dict[str, str]:
+        """Where clients open streams: nginx (gw-1, gw-2) and the workers gateway."""
+        assert self.nginx is not None and self.nginx.port is not None
+        return {"nginx": f"http://127.0.0.1:{self.nginx.port}",
+                "workers": self.gateways["workers"].base_url}
+
+    @property
+    def publish_urls(self) -> list[str]:
+        return [*self.entries.values(), *(g.base_url for n, g in self.gateways.items()
+                                          if n != "workers")]
+
+    def start(self) -> Topology:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.profile == "cluster":
+                self.cluster = RedisCluster().start()
+            else:  # AOF on: a restart keeps the history (a lossy restart wipes the dir)
+                self.redis = RedisServer(extra_args=["--appendonly", "yes",
+                                                     "--appendfsync", "everysec"]).start()
+            self.postgres.start()
+            self.postgres.apply_schema(REPO_ROOT / "config" / "schema.sql")
+            for merchant in self.merchants:
+                self.postgres.add_merchant(merchant, shop_of(merchant))
+            env = child_env({**dict.fromkeys(_ISOLATED), "REDIS_URL": self.redis_url,
+                             "DATABASE_URL": self.postgres.dsn})
+            for name in GATEWAYS:
+                cfg = gateway_config(free_port(), 2 if name == "workers" else 1,
+                                     self.cluster is not None, self.key)
+                self.gateways[name] = GatewayServer(
+                    cfg, env, config_path=self.run_dir / f"{name}.yaml",
+                    log_path=self.run_dir / f"{name}.log")
+            with ThreadPoolExecutor(len(self.gateways)) as pool:
+                list(pool.map(lambda g: g.start(60), self.gateways.values()))
+            port = free_port()
+            upstream = [self.gateways[n].port for n in GATEWAYS if n != "workers"]
+            self.nginx = NginxServer(nginx_conf(port, upstream), port=port).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Everything, by PID, in reverse order; the gateway logs stay in ``run_dir``."""
+        services: list[Any] = [self.nginx, *self.gateways.values(), self.postgres,
+                               self.redis, self.cluster]
+        for service in services:
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    if hasattr(service, "thaw"):
+                        service.thaw()
+                    service.stop()
