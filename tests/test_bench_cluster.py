@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from bench.cluster_report import cmdstat, kv_info, stats_delta, tables
 
 RAW_COMMANDSTATS = (
@@ -99,7 +95,6 @@ def test_cluster_costs_are_merged_into_a_unit_costs_file_and_say_so(tmp_path) ->
     assert "2.00" in cluster_table(_raw(), ("publish",))
 
 
-@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed")
 def test_measure_cluster_small_run_delivers_every_message() -> None:
     from bench.redis_cluster_costs import KINDS, measure_cluster
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,14 +40,13 @@ from cluster_support import (
     until,
 )
 from ops_support import get_health, poll
-from support import ISOLATED_ENV, open_stream
+from support import ISOLATED_ENV, open_stream, wait_for
 
 from tools.cluster import RedisCluster
 from tools.services import HOST
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed"),
 ]
 
 PASSWORD = "cl-auth-s3cret-5e1f0b"
@@ -126,7 +124,8 @@ async def test_primary_failover_resyncs_only_its_merchants(
         assert health_nodes(healthy) == dict.fromkeys(before, "ok"), healthy
         task = asyncio.create_task(publisher())
         try:
-            await asyncio.sleep(0.3)
+            await wait_for(lambda: all(len(seqs) >= 5 for seqs in sent.values()), 10,
+                           message="(the publisher under way before the kill)")
             await asyncio.to_thread(cluster.kill_primary, victim)
             (_, down, _), _ = await poll(lambda: get_health(gw), victim_failing, 10, 0.02,
                                          "/health 503 naming the killed primary")
@@ -144,7 +143,9 @@ async def test_primary_failover_resyncs_only_its_merchants(
             for mid, _ in hit:
                 assert await spublish(cluster, channel(mid, "stage"), {"m": mid, "n": 0}) == 1
                 assert summary([await streams[mid].next_event(5)]) == [("stage", mid)]
-            await asyncio.sleep(0.3)
+            published = {mid: len(seqs) for mid, seqs in sent.items()}
+            await wait_for(lambda: all(len(sent[m]) >= n + 5 for m, n in published.items()), 10,
+                           message="(the publisher still under way after the failover)")
         finally:
             stop.set()
             await task

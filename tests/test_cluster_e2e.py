@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -48,7 +47,6 @@ from tools.cluster import RedisCluster, slot_of
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed"),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -510,8 +509,6 @@ def test_a_yaml_escape_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, Path]:
     """A real certificate and key, another key, an encrypted key, garbage; by name."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is absent (needed to make a throwaway certificate)")
     cert, key = self_signed_cert(tmp_path / "a")
     _, other_key = self_signed_cert(tmp_path / "b")
     encrypted = tmp_path / "encrypted.pem"

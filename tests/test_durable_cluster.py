@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +31,6 @@ async def read_after(
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli not installed"),
 ]
 
 CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # the hash tag that keeps a merchant in one slot

@@ -28,10 +28,12 @@ def fast_policy(monkeypatch: pytest.MonkeyPatch):
 async def test_survivors_are_frozen_and_frozen_cycles_are_collected(fast_policy: None) -> None:
     task = asyncio.create_task(gc_policy.run_gc_policy())
     try:
+        await wait_for(lambda: gc.get_freeze_count() > 0, interval=0.01)
         node = Node()
         ref = weakref.ref(node)
-        await wait_for(lambda: gc.get_freeze_count() > 0, interval=0.01)
-        await asyncio.sleep(0.05)  # at least one freeze after `node` was created
+        frozen = gc.get_freeze_count()
+        # a freeze after `node` was created takes it (and what it made) in
+        await wait_for(lambda: gc.get_freeze_count() > frozen, interval=0.01)
         del node
         gc.collect()  # an ordinary collection does not look at the frozen generation
         assert ref() is not None

@@ -24,9 +24,11 @@ class FakeHistory:
         self.head = head
         self.gate = asyncio.Event()
         self.gate.set()
+        self.reading = asyncio.Event()  # a read was sent
 
     async def read_all(self, merchant_id: str) -> HistorySnapshot:
         self.reads += 1
+        self.reading.set()
         head = self.head
         await self.gate.wait()
         events = tuple(
@@ -68,7 +70,7 @@ async def test_replays_arriving_during_a_read_share_the_next_one() -> None:
     replay = _replay(history)
     history.gate.clear()
     first = asyncio.ensure_future(replay.after("m", DurableId("ep", 1)))
-    await asyncio.sleep(0.01)  # the first read is sent and waiting on Redis
+    await history.reading.wait()  # the first read is sent and waiting on Redis
     assert history.reads == 1
     history.head = 5  # events published meanwhile: only a read sent later sees them
     late = [asyncio.ensure_future(replay.after("m", DurableId("ep", 2))) for _ in range(20)]
@@ -129,8 +131,9 @@ class LaggingSubscriber:
         self.lagging = lagging
 
     async def flush(self) -> float:
-        for n in self.lagging:
+        for n in self.lagging:  # each message reaches the hub once
             self.hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
+        self.lagging = range(0)
         return 0.0
 
 
@@ -168,7 +171,7 @@ async def test_a_reconnect_joining_a_read_in_flight_gets_nothing_it_already_has(
     history = FakeHistory(head=10)
     hub = Hub(history=100)
     hub.attach("m", Recorder(), None)
-    for n in range(1, 6):
+    for n in range(3, 6):  # the ring starts at ep:3: ep:2 needs a read
         hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
     subscriber = LaggingSubscriber(hub, range(6, 11))
     replay = DurableReplay(history, subscriber.flush, hub, Metrics())  # type: ignore[arg-type]
@@ -176,7 +179,7 @@ async def test_a_reconnect_joining_a_read_in_flight_gets_nothing_it_already_has(
     first = _stream()
     held, gap = hub.attach("m", first, "ep:2")
     first_resume = asyncio.ensure_future(replay.resume(first, "ep:2", held, gap))
-    await asyncio.sleep(0.01)  # its read is in flight
+    await history.reading.wait()  # its read is in flight
     second = _stream()
     held, gap = hub.attach("m", second, "ep:8")
     second_resume = asyncio.ensure_future(replay.resume(second, "ep:8", held, gap))
