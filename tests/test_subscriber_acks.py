@@ -1,0 +1,51 @@
+"""A merchant released and acquired again before Redis acknowledged its first
+SUBSCRIBE: only the acknowledgement of the new SUBSCRIBE proves the channels live
+(pure unit: the broker over a fake link whose acknowledgements the test sends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from support import wait_for
+
+from gateway.broker.subscriber import RedisBroker
+from gateway.config import RedisConfig
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+
+
+class FakeLink:
+    healthy = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, frozenset[bytes]]] = []
+
+    def subscribe(self, channels: Iterable[bytes]) -> None:
+        self.sent.append(("SUBSCRIBE", frozenset(channels)))
+
+    def unsubscribe(self, channels: Iterable[bytes]) -> None:
+        self.sent.append(("UNSUBSCRIBE", frozenset(channels)))
+
+
+async def test_an_old_subscribe_ack_does_not_make_a_new_subscription_ready() -> None:
+    broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
+                         linger_s=0, on_resync=lambda merchants: None)
+    link = FakeLink()
+    broker._links["fake"] = link  # type: ignore[assignment]
+    first = asyncio.ensure_future(broker.acquire("m1"))
+    await wait_for(lambda: link.sent, 1, 0.001)
+    first.cancel()  # the client left before Redis answered: released, and gone at once
+    await asyncio.gather(first, return_exceptions=True)
+    await wait_for(lambda: "m1" not in broker._subs, 1, 0.001)
+    second = asyncio.ensure_future(broker.acquire("m1"))
+    await wait_for(lambda: len(link.sent) == 3, 1, 0.001)
+    assert [verb for verb, _ in link.sent] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
+    channels = link.sent[0][1]
+    for channel in channels:  # the first SUBSCRIBE's acks, arriving now
+        broker._subscribed(channel)
+    ready = broker._subs["m1"].ready
+    assert not ready.done(), "ready on the acknowledgement of a SUBSCRIBE that was undone"
+    for channel in channels:  # the second SUBSCRIBE's acks
+        broker._subscribed(channel)
+    await asyncio.wait_for(second, 1)
