@@ -34,7 +34,10 @@ class Refusal(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-        self.close = close  # close the connection after answering (an unread body)
+        # close the connection right after answering: the body stalled. Otherwise
+        # the unread rest is discarded (raw, at most http_server.LINGER_S) first,
+        # so that a client still sending gets the answer, not a reset
+        self.close = close
 
 
 def check_headers(request: web.Request) -> None:
@@ -48,7 +51,7 @@ def check_headers(request: web.Request) -> None:
         raise Refusal(415, "unsupported_media_type",
                       "Content-Type must be application/json (charset utf-8)")
     if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes", close=True)
+        raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
 
 
 async def read(request: web.Request, timeout_s: float) -> bytes:
@@ -59,8 +62,7 @@ async def read(request: web.Request, timeout_s: float) -> bytes:
             while chunk := await request.content.read(64 * 1024):
                 body += chunk
                 if len(body) > MAX_BODY_BYTES:
-                    raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes",
-                                  close=True)
+                    raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
     except TimeoutError:
         raise Refusal(408, "timeout", f"request body not complete within {timeout_s:g} s",
                       close=True) from None

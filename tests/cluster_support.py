@@ -55,7 +55,7 @@ __all__ = [
 
 CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # the cluster default (README)
 KEY = "cluster-e2e-publish-key-3b8d1e"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 CONFIG = {"redis": {"cluster": True, "history_ttl": 600}, "auth": {"publish_key": KEY}}
 
 

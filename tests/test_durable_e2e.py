@@ -30,7 +30,7 @@ from tools.services import RedisServer
 pytestmark = pytest.mark.timeout(90)
 
 KEY = "e2e-publish-key-7f3a9c"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 DURABLE = {"auth": {"publish_key": KEY}, "sse": {"history": 1000}, "redis": {"history_ttl": 600}}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
