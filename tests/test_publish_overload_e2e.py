@@ -262,3 +262,30 @@ async def test_redis_error_replies_never_500_nor_half_written(
     finally:
         await stream.close()
         await client.aclose()
+
+
+async def test_200_concurrent_large_arrays_are_queued_or_refused_as_busy(
+    gateway_factory: Any,
+) -> None:
+    gw = await gateway_factory.astart(config={"auth": {"publish_key": KEY}})
+    url = gw.url(f"{gw.path}/publish")
+    mid, _ = unique_merchant("big")
+    body = _array(mid, 0, 1000, size=1000)
+    assert 900_000 < len(body) <= 1024 * 1024
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        answers = await asyncio.gather(*(_post(session, url, body) for _ in range(200)))
+    statuses: dict[int, int] = {}
+    for status, reply in answers:
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status in (200, 503), (status, reply)
+        if status == 503:  # the budget said no: not a Redis outage
+            assert reply["error"] == "unavailable", reply
+            assert "Redis is unavailable" not in reply["message"], reply
+    print(f"\n200 concurrent 1 MiB arrays: {statuses}")
+    assert statuses.get(200, 0) >= 32, statuses
+    client = aioredis.Redis.from_url(gw.env["REDIS_URL"])
+    try:
+        offset = int((await client.hget(history_keys(mid)[1], "offset")) or 0)
+    finally:
+        await client.aclose()
+    assert offset == 1000 * statuses[200], "a refused array was recorded"

@@ -1,0 +1,94 @@
+"""PublishGate in-process: the queue bound, backpressure on a measured backlog, and the
+round-trip fallback where the backlog cannot be measured."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway import publish_gate
+from gateway.metrics import Metrics
+from gateway.publish_gate import BACKLOG_LIMIT, QUEUE, Busy, PublishGate
+
+MiB = 1024 * 1024
+
+
+async def test_the_queue_is_bounded() -> None:
+    async def backlog() -> int:
+        return 0
+
+    async def flush() -> float:
+        return 0.0
+
+    gate = PublishGate(backlog, flush, Metrics())
+    held = [gate.admit() for _ in range(QUEUE)]
+    for place in held:
+        await place.__aenter__()
+    with pytest.raises(Busy, match="queue full"):
+        async with gate.admit():
+            pass
+    await held[0].__aexit__(None, None, None)
+    async with gate.admit():
+        pass
+
+
+async def test_a_backlog_holds_publishing_back_until_it_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(publish_gate, "WAIT_S", 0.3)
+    level = [BACKLOG_LIMIT + 1]
+
+    async def backlog() -> int:
+        return level[0]
+
+    async def flush() -> float:
+        raise AssertionError("the backlog is measured: no round trip needed")
+
+    metrics = Metrics()
+    gate = PublishGate(backlog, flush, metrics)
+    with pytest.raises(Busy, match="backlog"):
+        async with gate.turn(1000, 1):
+            raise AssertionError("published over the backlog limit")
+    assert metrics.publish_paused == 1
+    asyncio.get_running_loop().call_later(0.1, level.__setitem__, 0, 0)
+    async with gate.turn(1000, 1):
+        pass  # went ahead once the backlog drained
+    assert metrics.publish_paused == 2
+
+
+async def test_without_a_measure_a_round_trip_confirms_every_few_mib() -> None:
+    flushes = []
+
+    async def backlog() -> None:
+        return None
+
+    async def flush() -> float:
+        flushes.append(1)
+        return 0.0
+
+    gate = PublishGate(backlog, flush, Metrics())
+    for _ in range(10):
+        async with gate.turn(MiB, 1000):
+            pass
+    assert 2 <= len(flushes) <= 3, flushes  # ~10 MiB published, one per 4 MiB
+
+
+async def test_a_round_trip_that_fails_refuses_the_publish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(publish_gate, "WAIT_S", 0.2)
+
+    async def backlog() -> None:
+        return None
+
+    async def flush() -> float:
+        await asyncio.sleep(10)
+        return 0.0
+
+    gate = PublishGate(backlog, flush, Metrics())
+    async with gate.turn(BACKLOG_LIMIT, 1):
+        pass
+    with pytest.raises(Busy, match="caught up"):
+        async with gate.turn(1, 1):
+            pass
