@@ -43,9 +43,9 @@ async def test_an_old_subscribe_ack_does_not_make_a_new_subscription_ready() -> 
     assert [verb for verb, _ in link.sent] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
     channels = link.sent[0][1]
     for channel in channels:  # the first SUBSCRIBE's acks, arriving now
-        broker._subscribed(channel)
+        broker._subscribed(link, channel)  # type: ignore[arg-type]
     ready = broker._subs["m1"].ready
     assert not ready.done(), "ready on the acknowledgement of a SUBSCRIBE that was undone"
     for channel in channels:  # the second SUBSCRIBE's acks
-        broker._subscribed(channel)
+        broker._subscribed(link, channel)  # type: ignore[arg-type]
     await asyncio.wait_for(second, 1)

@@ -54,7 +54,7 @@ class SubscriberLink:
         *,
         control: bytes,
         sharded: bool,
-        on_subscribed: Callable[[bytes], None],
+        on_subscribed: Callable[[SubscriberLink, bytes], None],
         on_reconnect: Callable[[SubscriberLink], None],
         on_dropped: Callable[[SubscriberLink, bytes], None],
     ) -> None:
@@ -248,7 +248,7 @@ class SubscriberLink:
             if self._control_ready is not None and not self._control_ready.done():
                 self._control_ready.set_result(None)
         elif channel in self.channels:
-            self._on_subscribed(channel)
+            self._on_subscribed(self, channel)
 
     def _unsubscribed(self, channel: bytes) -> None:
         """An unsubscribe we did not ask for: the cluster moved the channel's slot."""

@@ -68,10 +68,10 @@ class RedisBroker:
         self._control_prefix = f"gateway:control:{hub.epoch}:{os.getpid()}"
         self._subs: dict[str, _Subscription] = {}
         self._routes: dict[bytes, tuple[str, str]] = {}
-        # SUBSCRIBE acknowledgements still to come for subscriptions already gone: a
-        # merchant released and acquired again before its ack must not take the old
+        # SUBSCRIBE acknowledgements still due on a link to subscriptions already gone:
+        # a merchant released and acquired again before its ack must not take the old
         # one as proof that its new SUBSCRIBE is live (its replay would read too early)
-        self._stale_acks: Counter[bytes] = Counter()
+        self._stale_acks: Counter[tuple[SubscriberLink, bytes]] = Counter()
         self._links: dict[str, SubscriberLink] = {}
         self._cluster = ClusterTopology(cfg.url) if cfg.cluster else None
         self._topology_changed = asyncio.Event()
@@ -189,20 +189,21 @@ class RedisBroker:
         if sub is None or sub.refs > 0:
             return
         del self._subs[merchant_id]
-        self._stale_acks.update(sub.pending)
+        if sub.link is not None:
+            self._stale_acks.update((sub.link, channel) for channel in sub.pending)
         for channel in sub.channels:
             self._routes.pop(channel, None)
         self._hub.drop(merchant_id)
         if sub.link is not None:
             sub.link.unsubscribe(sub.channels)
 
-    def _subscribed(self, channel: bytes) -> None:
-        if self._stale_acks[channel] > 0:  # the ack of an earlier SUBSCRIBE, in order
-            self._stale_acks[channel] -= 1
+    def _subscribed(self, link: SubscriberLink, channel: bytes) -> None:
+        if self._stale_acks[link, channel] > 0:  # the ack of an earlier SUBSCRIBE, in order
+            self._stale_acks[link, channel] -= 1
             return
         target = self._routes.get(channel)
         sub = self._subs.get(target[0]) if target else None
-        if sub is None:
+        if sub is None or sub.link is not link:  # acks from a link it moved away from
             return
         sub.pending.discard(channel)
         if sub.pending:
@@ -242,7 +243,8 @@ class RedisBroker:
         merchants = [m for m, sub in self._subs.items() if sub.link is link]
         # the lost connection's acks never come; every channel of the link is live now
         # (the link subscribed them all before its control channel, whose ack it awaited)
-        self._stale_acks.clear()
+        for key in [key for key in self._stale_acks if key[0] is link]:
+            del self._stale_acks[key]
         for merchant_id in merchants:
             sub = self._subs[merchant_id]
             sub.pending.clear()
@@ -313,7 +315,6 @@ class RedisBroker:
         sub = self._subs[merchant_id]
         if sub.link is not None:
             sub.link.unsubscribe(sub.channels)
-            self._stale_acks.update(sub.pending)
         link = self._link_for(sub.channels[0])
         sub.link = link
         sub.pending = set(sub.channels)
