@@ -293,6 +293,16 @@ class Hub:
         ring.extendleft(reversed(older))
         return len(older)
 
+    def learn_head(self, merchant_id: str, head: DurableId, gap_mark: int) -> None:
+        """A history read (flushed: every message published before it is here) ended
+        at `head`: the merchant's next durable event continues it, without a check."""
+        topic = self._topics.get(merchant_id)
+        if topic is None or topic.mark != gap_mark or topic.pending is not None:
+            return
+        known = topic.durable_head
+        if known is None or (known.epoch == head.epoch and known.offset < head.offset):
+            _advance(topic, str(head))
+
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
         for merchant_id in merchant_ids:

@@ -169,6 +169,8 @@ class DurableReplay:
             asyncio.ensure_future(self._read_and_flush(merchant_id)), _READ_TIMEOUT_S)
         fetched = _Fetched(snapshot, self._hub)
         self._hub.backfill(merchant_id, fetched.entries, gap_mark)
+        if snapshot.epoch is not None and snapshot.head > 0:
+            self._hub.learn_head(merchant_id, DurableId(snapshot.epoch, snapshot.head), gap_mark)
         return fetched
 
     async def _read_and_flush(self, merchant_id: str) -> HistorySnapshot:

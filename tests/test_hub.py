@@ -380,3 +380,16 @@ def test_a_gap_makes_the_next_envelope_checked_again() -> None:
     hub.mark_gap(["m"])
     hub.publish("m", "stage", b"2", "ep:2")
     assert [a[0] for a in checks.asked] == ["ep:1", "ep:2"]
+
+
+def test_a_flushed_history_read_makes_the_next_envelope_need_no_check() -> None:
+    checks = Checks()
+    hub = Hub(history=10, epoch="local", verify=checks)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.learn_head("m", DurableId("ep", 4), hub.gap_mark("m"))
+    hub.publish("m", "stage", b"5", "ep:5")
+    assert checks.asked == [] and ids(sink.got) == ["ep:5"]
+    hub.learn_head("m", DurableId("ep", 3), hub.gap_mark("m"))  # an older read: no step back
+    hub.publish("m", "stage", b"6", "ep:6")
+    assert checks.asked == [] and ids(sink.got) == ["ep:5", "ep:6"]
