@@ -1,0 +1,130 @@
+"""Helpers for tests/test_rolling_deploy_e2e.py: EventSource-like followers and nginx.
+
+A `Follower` behaves as a browser's EventSource does: it reconnects when a
+stream ends (after the last `retry:` it was sent), sends `Last-Event-ID`, and
+records every event it receives. A non-200 answer would make a browser give up;
+here it is recorded (the test asserts there are none) and the follower retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from tools.services import NginxServer, nginx_main_conf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SNIPPET = REPO_ROOT / "config" / "nginx.conf"
+MAX_CONNECTS = 60  # per follower: a rollout of 3 costs at most a few
+
+
+@dataclass
+class Follower:
+    """One EventSource on `url`, following `event` frames of its merchant."""
+
+    url: str
+    merchant: str
+    event: str
+    ids: list[str] = field(default_factory=list)
+    last_id: str | None = None
+    retry_ms: int = 3000
+    bad_statuses: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    resyncs: int = 0
+    shutdowns: list[float] = field(default_factory=list)  # when `event: shutdown` came
+    opened: list[float] = field(default_factory=list)  # when each 200 came
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        """Connect, read, reconnect after `retry`; bounded by MAX_CONNECTS."""
+        for _ in range(MAX_CONNECTS):
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                async with session.get(self.url, headers=headers) as resp:
+                    if resp.status != 200:
+                        self.bad_statuses.append(resp.status)
+                    else:
+                        self.opened.append(time.monotonic())
+                        await self._read(resp.content)
+            except (aiohttp.ClientError, OSError) as e:
+                self.errors.append(f"{time.monotonic():.3f} {e!r}")
+            await asyncio.sleep(self.retry_ms / 1000)  # EventSource's reconnection time
+
+    async def _read(self, content: aiohttp.StreamReader) -> None:
+        block: dict[str, str] = {}
+        data: list[str] = []
+        async for raw in content:
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "retry" and value.isdigit():
+                    self.retry_ms = int(value)
+                elif name in ("id", "event"):
+                    block[name] = value
+                continue
+            if "id" in block:
+                self.last_id = block["id"]
+            self._dispatch(block.get("event", "message"), block.get("id"))
+            block, data = {}, []
+
+    def _dispatch(self, event: str, event_id: str | None) -> None:
+        if event == "connected":
+            self.connected.set()
+        elif event == self.event and event_id is not None:
+            self.ids.append(event_id)
+        elif event == "resync":
+            self.resyncs += 1
+        elif event == "shutdown":
+            self.shutdowns.append(time.monotonic())
+
+
+def upstream_conf(nginx_port: int, gateway_ports: list[int]) -> str:
+    """config/nginx.conf, its upstream holding `gateway_ports`, inside a complete nginx.conf."""
+    text = SNIPPET.read_text()
+    line = "    server 127.0.0.1:8080;\n"
+    assert text.count(line) == 1, "config/nginx.conf lost its upstream placeholder"
+    text = text.replace(line, "".join(f"    server 127.0.0.1:{p};\n" for p in gateway_ports))
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
+    text = text.replace("/var/log/nginx/gateway_access.log", "@PREFIX@/logs/gateway_access.log")
+    return nginx_main_conf(text)
+
+
+async def reload_upstream(nginx: NginxServer, gateway_ports: list[int]) -> None:
+    """Rewrite the upstream and reload; return once the new workers have started."""
+    assert nginx.port is not None
+    log = nginx.prefix / "logs" / "error.log"
+
+    def workers_started() -> int:
+        with contextlib.suppress(OSError):
+            return log.read_text(errors="replace").count("start worker process")
+        return 0
+
+    before = workers_started()
+    nginx.conf_text = upstream_conf(nginx.port, gateway_ports)
+    nginx.reload()
+    deadline = time.monotonic() + 10
+    while workers_started() <= before:
+        assert time.monotonic() < deadline, f"nginx did not reload:\n{nginx.error_log_text()}"
+        await asyncio.sleep(0.02)
+
+
+def histogram(offsets: list[float], bucket: float = 0.5) -> str:
+    """Text histogram of seconds after SIGTERM, one line per `bucket`."""
+    if not offsets:
+        return "    (none)"
+    counts: dict[int, int] = {}
+    for x in offsets:
+        counts[int(x // bucket)] = counts.get(int(x // bucket), 0) + 1
+    top = max(counts.values())
+    return "\n".join(
+        f"    {b * bucket:4.1f}-{(b + 1) * bucket:4.1f}s {counts.get(b, 0):4d} "
+        + "#" * round(40 * counts.get(b, 0) / top)
+        for b in range(min(counts), max(counts) + 1))
