@@ -40,9 +40,12 @@ WORKDIR /app
 COPY config/ ./config/
 USER 10001:10001
 EXPOSE 8080
-# slim has no curl: probe liveness with the standard library.
+# slim has no curl: probe liveness with the standard library, on the host and
+# port of the config the gateway reads (GATEWAY_CONFIG, ${VAR} expanded), so a
+# mounted config with another server.port stays healthy (tools/healthcheck.py).
+COPY tools/healthcheck.py /app/healthcheck.py
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/health/live', timeout=2).status == 200 else 1)"]
+  CMD ["python", "/app/healthcheck.py"]
 # SIGTERM drains streams (event: shutdown) within server.shutdown_timeout;
 # give `docker stop -t` more than that.
 STOPSIGNAL SIGTERM

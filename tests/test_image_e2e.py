@@ -142,7 +142,33 @@ def test_image_metadata(image: tuple[Podman, str]) -> None:
     assert "8080/tcp" in cfg.get("ExposedPorts", {})
     # --format oci would silently drop it
     check = info.get("Healthcheck") or {}
-    assert "/health/live" in " ".join(check.get("Test", [])), info.get("Healthcheck")
+    assert "/app/healthcheck.py" in check.get("Test", []), info.get("Healthcheck")
+
+
+def test_healthcheck_follows_the_configured_port(
+    container_factory: Any, redis_server: RedisServer, postgres_server: PostgresServer,
+    tmp_path: Path,
+) -> None:
+    """A mounted config listening on 9090: the image's HEALTHCHECK probes 9090, not 8080."""
+    config = tmp_path / "gateway.yaml"
+    text = (REPO_ROOT / "config" / "gateway.yaml").read_text()
+    assert "  port: 8080 " in text
+    config.write_text(text.replace("  port: 8080 ", "  port: ${GW_PORT:-9090} ", 1))
+    config.chmod(0o644)
+    c: Container = container_factory({
+        "REDIS_URL": _from_container(redis_server.url),
+        "DATABASE_URL": _from_container(postgres_server.dsn),
+    }, "-v", f"{config}:/app/config/gateway.yaml:ro")
+
+    def healthy() -> bool:
+        state = c.inspect().get("State", {})
+        assert state.get("Running"), f"container not running: {state}\n{c.logs()}"
+        return c.podman_("healthcheck", "run", c.name).returncode == 0
+
+    wait_until(healthy, 60, 0.5, f"for the HEALTHCHECK on 9090\n{c.logs()}")
+    assert "9090" in c.logs()  # it does listen there, not on 8080
+    live = c.exec("python", "/app/healthcheck.py")
+    assert live.returncode == 0, live
 
 
 async def test_image_runs_read_only_as_non_root_and_drains_on_sigterm(
