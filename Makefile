@@ -53,6 +53,8 @@ lint: venv
 	$(VENV)/bin/ruff check gateway tests tools bench
 	$(VENV)/bin/mypy
 
+# the banner also says how long make run took in all (installs included)
+run: export MAKE_RUN_STARTED := $(shell date +%s.%N)
 run: deps-run $(RUN_STAMP)
 	$(PY) tools/run_local.py
 

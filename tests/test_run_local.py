@@ -120,7 +120,9 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
         text = out.read_text()
         assert "Gateway is up" in text, text
         assert _status(f"http://127.0.0.1:{port}/demo/") == 200
-        assert f"http://127.0.0.1:{port}/demo/" in text
+        # its own DATABASE_URL: not seeded, so no demo shop is advertised (it would 403)
+        assert "was not seeded" in text and "demo.myshopify.com" not in text
+        assert "NOT READY" not in text
         pid = int(text.split("Gateway is up (pid ", 1)[1].split(")", 1)[0])
         assert served_by_tree(port, pid) is True
         proc.send_signal(signal.SIGINT)
@@ -202,3 +204,60 @@ def test_cluster_switch_turns_redis_cluster_on(tmp_path: Path) -> None:
     assert cluster.cluster
     assert cluster.channel.format(merchant_id="m1", event="progress") == "merchant:{m1}:progress"
     assert run_config(cluster.raw, 8080)["redis"]["cluster"] is True
+
+
+def test_banner_says_not_ready_when_redis_does_not_answer(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A wrong REDIS_URL: the gateway is live, but the banner must not call it ready."""
+    port, nothing = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env.update(REDIS_URL=f"redis://127.0.0.1:{nothing}/0", DATABASE_URL=postgres_server.dsn,
+               PORT=str(port), MAKE_RUN_STARTED=str(time.time() - 30))
+    out = tmp_path / "run.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(RUN_LOCAL)], env=env, cwd=str(tmp_path),
+                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "Press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out.read_text()
+            time.sleep(0.1)
+        text = out.read_text()
+        assert "but NOT READY: /health answers 503" in text and "redis" in text, text
+        assert "since `make run` began, installs included" in text, text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 130, out.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_ctrl_c_while_services_start_stops_quietly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group) while PostgreSQL starts: one line,
+    exit 130 within seconds, every service stopped; no "initdb failed" dump."""
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env["PORT"] = str(free_port())
+    out = tmp_path / "run.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, str(RUN_LOCAL)], env=env, cwd=str(tmp_path),
+                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its group plays the terminal's
+    try:
+        deadline = time.monotonic() + 20
+        while "starting a local PostgreSQL" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=15) == 130, out.read_text()
+        assert time.monotonic() - t0 < 10
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    text = out.read_text()
+    assert "interrupted while starting" in text and "initdb failed" not in text, text
+    assert "Traceback" not in text and "Gateway is up" not in text, text
+    assert text.count("\n") < 10, text

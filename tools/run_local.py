@@ -32,19 +32,12 @@ from gateway.redaction import redact_url  # noqa: E402
 from tools.edge import start_tls_edge  # noqa: E402
 from tools.gateway import GatewayServer  # noqa: E402
 from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402
-from tools.run_config import (  # noqa: E402
-    RunSettings,
-    fail,
-    load_run_settings,
-    redis_cli_command,
-    run_config,
-)
+from tools.run_banner import DEMO_MERCHANT, DEMO_SHOP, elapsed_text, not_ready, usage  # noqa: E402
+from tools.run_config import fail, load_run_settings, run_config  # noqa: E402
 from tools.services import PostgresServer, RedisServer, ServiceError  # noqa: E402
 
 CONFIG = Path(os.environ.get("GATEWAY_CONFIG") or REPO_ROOT / "config" / "gateway.yaml")
 SCHEMA = REPO_ROOT / "config" / "schema.sql"
-DEMO_MERCHANT = "demo-merchant"
-DEMO_SHOP = "demo.myshopify.com"
 
 
 class _Service(Protocol):
@@ -130,7 +123,17 @@ def check_port(host: str, port: int) -> None:
         )
 
 
-def start_services(env: dict[str, str], services: list[_Service], cluster: bool) -> bool:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the services were starting."""
+
+
+def _check(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise Interrupted
+
+
+def start_services(env: dict[str, str], services: list[_Service], cluster: bool,
+                   stop: threading.Event) -> bool:
     """Throwaway Redis / PostgreSQL for whichever of REDIS_URL / DATABASE_URL is unset.
 
     With ``redis.cluster: true`` the Redis is a local 3+3 cluster. True if the
@@ -146,12 +149,14 @@ def start_services(env: dict[str, str], services: list[_Service], cluster: bool)
         services.append(nodes)
         nodes.start()
         env["REDIS_URL"] = nodes.url
+        _check(stop)
     else:
         print("run: starting a local Redis ...", flush=True)
         redis = RedisServer()
         services.append(redis)
         redis.start()
         env["REDIS_URL"] = redis.url
+        _check(stop)
     if env.get("DATABASE_URL"):
         print(f"run: using DATABASE_URL={redact_url(env['DATABASE_URL'])} (not seeded)")
         return False
@@ -159,32 +164,12 @@ def start_services(env: dict[str, str], services: list[_Service], cluster: bool)
     pg = PostgresServer()
     services.append(pg)
     pg.start()
+    _check(stop)
     pg.apply_schema(SCHEMA)
     pg.add_merchant(DEMO_MERCHANT, DEMO_SHOP)
     env["DATABASE_URL"] = pg.dsn
     print(f"run: seeded merchant {DEMO_MERCHANT} for {DEMO_SHOP}")
     return True
-
-
-def usage(pid: int, base: str, settings: RunSettings, env: dict[str, str], seeded: bool,
-          seconds: float) -> str:
-    stream = f"{base}{settings.path}?shop={DEMO_SHOP}"
-    channel = settings.channel.format(merchant_id=DEMO_MERCHANT, event="progress")
-    publish = "SPUBLISH" if settings.cluster else "PUBLISH"
-    cli = redis_cli_command(env["REDIS_URL"], settings.cluster)
-    payload = """'{"jobId":"job-1","percent":42}'"""
-    sql = "INSERT INTO merchants (id, shop_domain) VALUES ('m-2', 'shop2.myshopify.com')"
-    merchant = f"  Add a merchant:\n    psql '{env['DATABASE_URL']}' -c \"{sql}\"\n\n"
-    return (
-        "\n"
-        f"Gateway is up (pid {pid}) in {seconds:.1f}s.\n\n"
-        f"  Demo page (progress bar for {DEMO_SHOP}):\n    {base}/demo/\n\n"
-        f"  Open the stream:\n    curl -N '{stream}'\n\n"
-        f"  Publish an event:\n    {cli} {publish} '{channel}' {payload}\n\n"
-        f"{merchant if seeded else ''}"
-        f"  Health: {base}/health   Metrics: {base}/metrics\n\n"
-        "Press Ctrl-C to stop the gateway and the services started for it.\n"
-    )
 
 
 def main() -> int:
@@ -209,9 +194,9 @@ def main() -> int:
     env = dict(os.environ)
     rc = 0
     try:
-        seeded = start_services(env, services, settings.cluster)
+        seeded = start_services(env, services, settings.cluster, stop)
         if stop.is_set():
-            return 130
+            raise Interrupted
         check_port(host, port)  # again: the services took a moment
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.pop("GATEWAY_CONFIG", None)  # --config names the run's copy
@@ -223,12 +208,13 @@ def main() -> int:
         problem = wait_live(gateway.proc, host, port, stop)
         if problem is not None:
             if stop.is_set():
-                return 130
+                raise Interrupted
             print(f"run: the gateway did not start: {problem}", file=sys.stderr)
             return 1
         base = f"http://{_url_host(host)}:{port}"
-        elapsed = time.monotonic() - t0
-        print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed), flush=True)
+        elapsed = elapsed_text(time.monotonic() - t0, os.environ, time.time())
+        problem = not_ready(base)
+        print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed, problem), flush=True)
         if os.environ.get("TLS") == "1":  # make run TLS=1: the shipped TLS + HTTP/2 edge
             edge = start_tls_edge(port)
             services.append(edge)
@@ -244,9 +230,14 @@ def main() -> int:
                 rc = code or 1
                 break
             stop.wait(0.5)
+    except Interrupted:
+        print("\nrun: interrupted while starting", file=sys.stderr, flush=True)
     except ServiceError as e:
-        print(f"run: {e}", file=sys.stderr)
-        rc = 1
+        if stop.is_set():  # a service that a Ctrl-C cut short: no traceback of it
+            print("\nrun: interrupted while starting", file=sys.stderr, flush=True)
+        else:
+            print(f"run: {e}", file=sys.stderr)
+            rc = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -449,7 +449,9 @@ def _pg_template() -> Path:
                 "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync",
                 "--no-instructions",
             ],
-            cwd=str(root), env=_clean_env(), capture_output=True, text=True, **kw,
+            cwd=str(root), env=_clean_env(), capture_output=True, text=True,
+            start_new_session=True,  # a terminal Ctrl-C reaches only our parent
+            **kw,
         )
         if out.returncode != 0:
             shutil.rmtree(root, ignore_errors=True)
@@ -468,7 +470,8 @@ def _pg_template() -> Path:
             [str(bindir / "postgres"), "--single", "-D", str(data), "-c", "fsync=off",
              "postgres"],
             input="CREATE DATABASE gateway;\n",
-            cwd=str(root), env=_clean_env(), capture_output=True, text=True, **kw,
+            cwd=str(root), env=_clean_env(), capture_output=True, text=True,
+            start_new_session=True, **kw,
         )
         if out.returncode != 0:
             shutil.rmtree(root, ignore_errors=True)
