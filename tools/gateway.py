@@ -2,7 +2,7 @@
 
 Tests (tests/conftest.py), the benchmark (bench/) and `make run` (tools/run_local.py)
 start the gateway through this class, on the same process handling as the
-Redis/PostgreSQL/nginx services (tools/services.py `_Service`): own session,
+Redis/PostgreSQL/nginx services (tools/services/base.py `Service`): own session,
 log file, stop by PID (SIGTERM, then SIGKILL), stopped at exit if forgotten.
 Readiness is GET /health/live answering while OUR child is alive, so another
 process on the port can never pass for it.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,14 +22,14 @@ from typing import Any
 
 import yaml
 
-from tools.services import HOST, _Service
+from tools.services.base import HOST, Service
 
 __all__ = ["REPO_ROOT", "GatewayServer", "child_env"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class GatewayServer(_Service):
+class GatewayServer(Service):
     """A gateway process with `config` (a dict written as YAML) and `env`."""
 
     name = "gateway"
@@ -89,14 +89,13 @@ class GatewayServer(_Service):
     def wait(self, timeout: float = 10) -> int:
         """Wait for exit; the return code (TimeoutError if still running)."""
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while (rc := self.proc.poll()) is None:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"gateway pid {self.pid} still running after {timeout}s; "
-                    f"log tail:\n{self.log_text()[-3000:]}"
-                )
-            time.sleep(0.02)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"gateway pid {self.pid} still running after {timeout}s; "
+                f"log tail:\n{self.log_text()[-3000:]}"
+            ) from None
         self._close_log()
         return rc
 
@@ -108,23 +107,12 @@ class GatewayServer(_Service):
             return False
 
     def wait_ready(self, timeout: float = 30) -> GatewayServer:
-        """Poll GET /health/live until 200; fail fast if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.returncode
-            if rc is not None:
-                raise RuntimeError(
-                    f"gateway exited with {rc} before becoming live; log:\n"
-                    f"{self.log_text()[-4000:]}"
-                )
-            if self.live(0.5):
-                return self
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"gateway not live on {self.base_url} after {timeout}s; log:\n"
-                    f"{self.log_text()[-4000:]}"
-                )
-            time.sleep(0.05)
+        """Poll GET /health/live until 200; fail fast if the process exits.
+
+        ServiceError (a RuntimeError) on exit, NotReadyError (a TimeoutError) on time.
+        """
+        self.await_ready(lambda: self.live(0.5), timeout, interval=0.05)
+        return self
 
     def stop(self, timeout: float | None = None) -> int | None:  # type: ignore[override]
         """SIGTERM by PID, wait (shutdown_timeout + 5 s), then SIGKILL."""
