@@ -19,24 +19,17 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.report import ok, table
+from bench.systems import make_tmp, parse_system, use_gateway_src
+from bench.trial import run_trial
 
-from bench.report import ok, table  # noqa: E402
-from bench.systems import make_tmp, parse_system, use_gateway_src  # noqa: E402
-from bench.trial import run_trial  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_SYSTEMS = "gateway1,gateway1-durable,gateway2,nchan-memory,nchan-redis,naive"
 DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
 STREAMS_PER_CLIENT = 12_500  # well under the 20,000 open files one process may hold
-SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS merchants (
-  id          text PRIMARY KEY,
-  shop_domain text NOT NULL UNIQUE,
-  active      boolean NOT NULL DEFAULT true
-);"""
 
 
 def raise_nofile() -> int:
@@ -52,11 +45,7 @@ def start_postgres(m: int):
 
     pg = PostgresServer()
     pg.start()
-    schema = ROOT / "config" / "schema.sql"
-    if schema.exists():
-        pg.apply_schema(str(schema))
-    else:
-        pg.execute(SCHEMA_SQL)
+    pg.apply_schema()
     pg.execute(
         "INSERT INTO merchants (id, shop_domain) SELECT 'm' || g, 'm' || g || "
         "'.myshopify.com' FROM generate_series(0, %s) AS g ON CONFLICT DO NOTHING",

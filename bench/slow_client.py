@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 from tools.gateway import GatewayServer, child_env
 from tools.services import PostgresServer, RedisServer, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOP = "m1.myshopify.com"
 PER_TICK = 50
 TICK_S = 0.05
@@ -127,7 +126,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     with RedisServer() as redis_server, PostgresServer() as postgres:
-        postgres.apply_schema(str(ROOT / "config" / "schema.sql"))
+        postgres.apply_schema()
         postgres.add_merchant("m1", SHOP)
         config = {
             "server": {"host": "127.0.0.1", "port": free_port()},

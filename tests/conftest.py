@@ -10,49 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ISOLATED_ENV, unique_merchant
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
-
-from support import ISOLATED_ENV, unique_merchant  # noqa: E402
-
-from tools.gateway import (  # noqa: E402
-    GatewayServer,
-    child_env,
-)
-from tools.services import (  # noqa: E402
-    NginxServer,
-    PostgresServer,
-    RedisServer,
-    free_port,
-)
-
-SCHEMA_PATH = REPO_ROOT / "config" / "schema.sql"
-
-# The documented default schema; config/schema.sql ships the same text.
-SCHEMA_SQL = """CREATE TABLE IF NOT EXISTS merchants (
-  id          text PRIMARY KEY,
-  shop_domain text NOT NULL UNIQUE,
-  active      boolean NOT NULL DEFAULT true
-);
-"""
-
-
-def schema_path() -> Path:
-    if not SCHEMA_PATH.exists():
-        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
-        SCHEMA_PATH.write_text(SCHEMA_SQL)
-    return SCHEMA_PATH
+from tools.gateway import GatewayServer, child_env
+from tools.services import NginxServer, PostgresServer, RedisServer, free_port
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
@@ -111,7 +77,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     Shared: use fresh shops (``merchant`` fixture / ``unique_merchant()``).
     """
     with PostgresServer() as p:
-        p.apply_schema(schema_path())
+        p.apply_schema()
         yield p
 
 
@@ -126,7 +92,7 @@ def postgres_factory() -> Iterator[Callable[..., PostgresServer]]:
         if start:
             p.start()
             if schema:
-                p.apply_schema(schema_path())
+                p.apply_schema()
         return p
 
     yield make

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from ops_support import Timeline, get_health, get_metrics, metric, poll
 from support import http_json, open_stream, publish, unique_merchant
 
 HEARTBEAT = 0.3
-SCHEMA = Path(__file__).resolve().parent.parent / "config" / "schema.sql"
 
 
 def _channel(merchant_id: str, event: str = "progress") -> str:
@@ -324,7 +322,7 @@ async def test_postgres_stopped(redis_server, postgres_factory, gateway_factory)
         started = time.monotonic()
         await asyncio.to_thread(pg.start)
         tl.add("pg start itself", time.monotonic() - started)
-        await asyncio.to_thread(pg.apply_schema, SCHEMA)
+        await asyncio.to_thread(pg.apply_schema)
         for mid, shop in merchants:
             await asyncio.to_thread(pg.add_merchant, mid, shop)
 

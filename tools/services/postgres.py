@@ -13,7 +13,10 @@ from typing import Any
 from .base import HOST, Service, clean_env, free_port, port_open
 from .postgres_template import chown_tree, os_user, pg_bindir, pg_template, run_as
 
-__all__ = ["PostgresServer", "pg_bindir"]
+__all__ = ["SCHEMA", "PostgresServer", "pg_bindir"]
+
+SCHEMA = Path(__file__).resolve().parents[2] / "config" / "schema.sql"
+"""The shipped schema: the one every test, run and bench applies; never written."""
 
 
 class PostgresServer(Service):
@@ -111,7 +114,8 @@ class PostgresServer(Service):
         finally:
             conn.close()
 
-    def apply_schema(self, path: str | os.PathLike[str]) -> None:
+    def apply_schema(self, path: str | os.PathLike[str] = SCHEMA) -> None:
+        """Run a schema file (by default the shipped config/schema.sql)."""
         self.execute(Path(path).read_text())
 
     def add_merchant(self, id: str, shop_domain: str, active: bool = True) -> None:
