@@ -28,20 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import redis.asyncio as aioredis
 
-import redis.asyncio as aioredis  # noqa: E402
-
-from bench import procstat  # noqa: E402
-from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
-from bench.cluster_report import cmdstat, kv_info, markdown, stats_delta, tables  # noqa: E402
-from bench.pool import ClientPool, merge_results  # noqa: E402
-from bench.publishers import payload, publish_loop  # noqa: E402
-from bench.systems import Gateway, make_tmp  # noqa: E402
-from tools.cluster import RedisCluster, slot_of  # noqa: E402
-from tools.services import HOST  # noqa: E402
+from bench import procstat
+from bench.__main__ import raise_nofile, start_postgres
+from bench.cluster_report import cmdstat, kv_info, markdown, stats_delta, tables
+from bench.pool import ClientPool, merge_results
+from bench.publishers import payload, publish_loop
+from bench.systems import ROOT, Gateway, make_tmp
+from tools.cluster import RedisCluster, slot_of
+from tools.services import HOST
 
 __all__ = ["ClusterGateway", "Publisher", "main", "node_stats"]
 

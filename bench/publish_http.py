@@ -22,15 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import procstat  # noqa: E402
-from bench.__main__ import start_postgres  # noqa: E402
-from bench.publishers import PipelinedHttp  # noqa: E402
-from bench.redis_costs import command_calls  # noqa: E402
-from bench.systems import Gateway, Nchan, System, make_tmp  # noqa: E402
+from bench import procstat
+from bench.__main__ import start_postgres
+from bench.publishers import PipelinedHttp
+from bench.redis_costs import command_calls
+from bench.systems import Gateway, Nchan, System, make_tmp
 
 __all__ = ["main"]
 

@@ -3,16 +3,13 @@
 
     status, body, elapsed = await get_health(gw)
     m = await get_metrics(gw);  metric(m, "gateway_refusals_total", code="unavailable")
-    raw = await RawStream.open("127.0.0.1", port, "/api/realtime/events?shop=...")
+    (status, body, elapsed), accepted_at = await poll(lambda: get_health(gw), ok, 10)
 
-``RawStream`` is a lean asyncio socket reader for the many-streams tests: it
-keeps the bytes it received and can wait for a marker or for EOF.
+Streams are read with ``support.SSEStream``; ``poll`` is ``support.wait_for``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import time
@@ -20,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from support import wait_for
 
 __all__ = [
-    "RawStream",
     "Timeline",
     "get_health",
     "get_metrics",
@@ -97,22 +94,20 @@ async def poll(
     interval: float = 0.05,
     what: str = "",
 ) -> tuple[Any, float]:
-    """Call ``probe`` until ``accept(result)``; (result, monotonic time accepted).
+    """``support.wait_for`` over ``probe`` until ``accept(result)``; (result, when accepted).
 
-    Probe errors count as "not yet"; the last result/error is in the TimeoutError.
+    The last result is named in the TimeoutError.
     """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await probe()
-            if accept(last):
-                return last, time.monotonic()
-        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not reached within {timeout}s; last: {last!r}")
-        await asyncio.sleep(interval)
+    last: list[Any] = [None]
+
+    async def accepted() -> tuple[Any, float] | None:
+        last[0] = result = await probe()
+        return (result, time.monotonic()) if accept(result) else None
+
+    try:
+        return await wait_for(accepted, timeout, interval, what)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last result: {last[0]!r}") from None
 
 
 class Timeline:
@@ -130,68 +125,3 @@ class Timeline:
         print(f"\n== {self.title} ==")
         for name, seconds in self.rows:
             print(f"   {name:<44} {seconds:7.3f} s")
-
-
-class RawStream:
-    """One SSE response read from a plain socket (HTTP/1.1, Connection: close)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.buf = bytearray()
-        self.eof = False
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._pump())
-
-    @classmethod
-    async def open(cls, host: str, port: int, target: str, timeout: float = 20) -> RawStream:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=1 << 16)
-        writer.write(
-            f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            "Accept: text/event-stream\r\nConnection: close\r\n\r\n".encode()
-        )
-        return cls(reader, writer)
-
-    async def _pump(self) -> None:
-        try:
-            while True:
-                chunk = await self.reader.read(65536)
-                if not chunk:
-                    break
-                self.buf += chunk
-                self._changed.set()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.eof = True
-            self._changed.set()
-
-    @property
-    def status(self) -> int | None:
-        head = bytes(self.buf[:64])
-        if not head.startswith(b"HTTP/1.1 ") or len(head) < 12:
-            return None
-        return int(head[9:12])
-
-    async def wait_for(self, marker: bytes, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while marker not in self.buf:
-                if self.eof:
-                    raise EOFError(f"closed before {marker!r}: {bytes(self.buf[-500:])!r}")
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def wait_eof(self, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while not self.eof:
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await self.writer.wait_closed()

@@ -40,6 +40,7 @@ __all__ = [
     "http_json",
     "open_stream",
     "publish",
+    "stream_session",
     "unique_merchant",
     "wait_for",
     "wait_until",
@@ -274,6 +275,12 @@ class SSEStream:
         if not seen():
             raise EOFError(f"stream closed; received: {bytes(self.raw)[-2000:]!r}")
 
+    async def wait_raw(self, marker: bytes, timeout: float = 5) -> None:
+        """Wait until ``marker`` is among the bytes received (no cursor moves)."""
+        await self._wait(lambda: marker in self.raw, timeout, f"raw bytes {marker!r}")
+        if marker not in self.raw:
+            raise EOFError(f"closed before {marker!r}; received: {bytes(self.raw)[-500:]!r}")
+
     async def wait_closed(self, timeout: float = 5) -> None:
         """Wait until the server ends the response body."""
         await self._wait(lambda: self.closed, timeout, "the stream to close")
@@ -288,6 +295,15 @@ class SSEStream:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         self.resp.close()
+
+
+def stream_session(connect_timeout: float = 10) -> aiohttp.ClientSession:
+    """A session for many streams: no read timeout, no connection limit or reuse."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=connect_timeout),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        auto_decompress=False,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -307,11 +323,7 @@ async def open_stream(
     hdrs.update(headers or {})
     own = session is None
     if session is None:
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None, connect=connect_timeout),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            auto_decompress=False,
-        )
+        session = stream_session(connect_timeout)
     stream: SSEStream | None = None
     try:
         resp = await session.get(url, headers=hdrs)
@@ -337,6 +349,28 @@ async def publish(redis_url: str, channel: str, payload: Any) -> int:
         await client.aclose()
 
 
+# What a probe may raise while the condition is "not yet": the last one is reported.
+_NOT_YET = (AssertionError, OSError, aiohttp.ClientError, ValueError, KeyError)
+
+
+class _Deadline:
+    """The clock and the last "not yet" error of one :func:`wait_for` / :func:`wait_until`."""
+
+    def __init__(self, timeout: float, message: str) -> None:
+        self.timeout = timeout
+        self.message = message
+        self.end = time.monotonic() + timeout
+        self.last: BaseException | None = None
+
+    def check(self) -> None:
+        """TimeoutError once the deadline has passed."""
+        if time.monotonic() >= self.end:
+            raise TimeoutError(
+                f"condition not met within {self.timeout}s {self.message}"
+                + (f" (last error: {self.last!r})" if self.last else "")
+            )
+
+
 async def wait_for(
     predicate: Callable[[], T | Awaitable[T]],
     timeout: float = 5,
@@ -345,11 +379,12 @@ async def wait_for(
 ) -> T:
     """Poll ``predicate`` (sync or async) until truthy; return its value.
 
-    Raises TimeoutError after ``timeout`` seconds.  Exceptions raised by the
-    predicate count as "not yet" and the last one is reported.
+    The tests' one poller (:func:`wait_until` is its synchronous twin), for
+    state outside the test's reach (a process, a metric, a log). Raises
+    TimeoutError after ``timeout`` seconds; the errors in ``_NOT_YET`` raised
+    by the predicate count as "not yet" and the last one is reported.
     """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
+    clock = _Deadline(timeout, message)
     while True:
         try:
             value = predicate()
@@ -357,13 +392,9 @@ async def wait_for(
                 value = await value
             if value:
                 return value  # type: ignore[return-value]
-        except (AssertionError, OSError, aiohttp.ClientError, ValueError, KeyError) as e:
-            last_exc = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"condition not met within {timeout}s {message}"
-                + (f" (last error: {last_exc!r})" if last_exc else "")
-            )
+        except _NOT_YET as e:
+            clock.last = e
+        clock.check()
         await asyncio.sleep(interval)
 
 
@@ -371,20 +402,15 @@ def wait_until(
     predicate: Callable[[], T], timeout: float = 5, interval: float = 0.05, message: str = ""
 ) -> T:
     """Synchronous :func:`wait_for`."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
+    clock = _Deadline(timeout, message)
     while True:
         try:
             value = predicate()
             if value:
                 return value
-        except (AssertionError, OSError, ValueError, KeyError) as e:
-            last_exc = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"condition not met within {timeout}s {message}"
-                + (f" (last error: {last_exc!r})" if last_exc else "")
-            )
+        except _NOT_YET as e:
+            clock.last = e
+        clock.check()
         time.sleep(interval)
 
 

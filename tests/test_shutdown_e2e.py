@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from ops_support import RawStream, get_health, poll
-from support import open_stream, unique_merchant
+from ops_support import get_health, poll
+from support import SSEStream, open_stream, stream_session, unique_merchant
 
 SHUTDOWN_EVENT = b'event: shutdown\ndata: {"reason":"shutdown"}\n\n'
 _RETRY_BEFORE_SHUTDOWN = re.compile(rb"retry: (\d+)\nevent: shutdown\ndata: ")
@@ -170,16 +170,18 @@ async def test_sigterm_with_1000_streams(postgres_server, gateway_factory):
             "sse": {"max_connections_per_merchant": n_streams, "heartbeat": 15},
         }
     )
-    targets = [f"{gw.path}?shop={merchants[i % n_merchants][1]}" for i in range(n_streams)]
-    streams: list[RawStream] = []
-    try:
+    urls = [gw.stream_url(merchants[i % n_merchants][1]) for i in range(n_streams)]
+    streams: list[SSEStream] = []
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(stream_session())
         opened = time.monotonic()
         for start in range(0, n_streams, 100):
             batch = await asyncio.gather(
-                *(RawStream.open(gw.host, gw.port, t) for t in targets[start : start + 100])
+                *(stack.enter_async_context(open_stream(u, session=session))
+                  for u in urls[start : start + 100])
             )
             streams.extend(batch)
-            await asyncio.gather(*(s.wait_for(b"event: connected", 30) for s in batch))
+            await asyncio.gather(*(s.wait_raw(b"event: connected", 30) for s in batch))
         assert all(s.status == 200 for s in streams)
         open_s = time.monotonic() - opened
         status, body, _ = await get_health(gw)
@@ -190,21 +192,19 @@ async def test_sigterm_with_1000_streams(postgres_server, gateway_factory):
         gw.send_signal(signal.SIGTERM)
         exit_task = asyncio.create_task(_wait_exit(gw, shutdown_timeout + 10))
         results = await asyncio.gather(
-            *(s.wait_for(SHUTDOWN_EVENT, shutdown_timeout + 5) for s in streams),
+            *(s.wait_raw(SHUTDOWN_EVENT, shutdown_timeout + 5) for s in streams),
             return_exceptions=True,
         )
         got_all_at = time.monotonic() - signalled
         missing = [r for r in results if r is not None]
         assert not missing, f"{len(missing)} streams without shutdown: {missing[:3]!r}"
-        await asyncio.gather(*(s.wait_eof(shutdown_timeout + 5) for s in streams))
+        await asyncio.gather(*(s.wait_closed(shutdown_timeout + 5) for s in streams))
         rc, _ = await exit_task
         took = time.monotonic() - signalled
-    finally:
-        await asyncio.gather(*(s.close() for s in streams))
     retries = []
     for s in streams:
-        m = _RETRY_BEFORE_SHUTDOWN.search(bytes(s.buf))
-        assert m, bytes(s.buf[-300:])
+        m = _RETRY_BEFORE_SHUTDOWN.search(bytes(s.raw))
+        assert m, bytes(s.raw[-300:])
         retries.append(int(m.group(1)))
     print(
         f"\nSIGTERM, {n_streams} streams over {n_merchants} merchants (opened in {open_s:.2f}s): "
