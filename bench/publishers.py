@@ -118,7 +118,7 @@ class Publisher:
             self._r = aioredis.Redis.from_url(self.redis_url)
             await self._r.ping()
             if self.kind == "durable":
-                from gateway.publisher import SCRIPT, AsyncPublisher
+                from gateway.durable.publisher import SCRIPT, AsyncPublisher
 
                 await self._r.script_load(SCRIPT)
                 self._durable = AsyncPublisher(self._r)

@@ -106,7 +106,7 @@ class _Target:
         import redis.asyncio as aioredis
         from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-        from gateway.publisher import AsyncPublisher
+        from gateway.durable.publisher import AsyncPublisher
 
         loop = asyncio.get_running_loop()
         by_port: dict[int, list[str]] = {}

@@ -95,8 +95,8 @@ async def _publish_cost(r, pid: int, merchants: int, count: int, subscribers: in
 
 async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
                          rounds: int = 10) -> dict:
-    from gateway.broker.history import DurableHistory
-    from gateway.durable import DurableId
+    from gateway.durable.history import DurableHistory
+    from gateway.durable.ids import DurableId
 
     hist = DurableHistory(r, channel="merchant:{merchant_id}:{event}", history=100, ttl_s=600)
     ids = [f"d{i}" for i in range(merchants)]

@@ -96,7 +96,7 @@ def publish_round(redis_url: str, merchants: int, rounds: int) -> float:
     """``rounds`` durable events per merchant through publish.lua; seconds taken."""
     import redis.asyncio as aioredis
 
-    from gateway.publisher import AsyncPublisher
+    from gateway.durable.publisher import AsyncPublisher
 
     async def go() -> float:
         client = aioredis.Redis.from_url(redis_url)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import Config, ConfigError, load_config, redacted_dict
-from .config_checks import REDIS_NEEDS
-from .logs import setup_logging
-from .redaction import redact_url
+from .config import Config, load_config, redacted_dict
+from .config.checks import REDIS_NEEDS
+from .errors import ConfigError
+from .logs import redact_url, setup_logging
 from .workers import WORKER_ENV, supervise
 
 __all__ = ["main"]
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "publish":
-        from .publish_cli import run_publish
+        from .durable.cli import run_publish
 
         return run_publish(cfg, *args.arguments)
     if args.command == "check-config":

@@ -1,8 +1,20 @@
-"""The domain errors; `handlers.py` alone maps them to HTTP refusals."""
+"""The gateway's errors: `ConfigError` stops start-up (exit code 2); the domain errors
+(`GatewayError` and below) become HTTP refusals in `handlers.py` alone."""
 
 from __future__ import annotations
 
-__all__ = ["GatewayError", "InvalidTokenError", "UnavailableError", "UnknownMerchantError"]
+__all__ = [
+    "ConfigError",
+    "GatewayError", "InvalidTokenError", "UnavailableError", "UnknownMerchantError",
+]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; `key` is dotted (`server.port`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
 
 
 class GatewayError(Exception):

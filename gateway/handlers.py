@@ -15,9 +15,9 @@ from .frames import control_frame
 from .hub import Control
 from .logs import sampled
 from .merchants import Merchant
-from .sse_response import SharedHeartbeatResponse
 from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
+from .web.sse import SharedHeartbeatResponse
 
 __all__ = ["client_address", "close_all_streams", "stream_view", "ticket_preflight", "ticket_view"]
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import __version__
-from .publish_gate import PUBLISHING, PublishGate
+from .durable.gate import PUBLISHING, PublishGate
 from .state import GATEWAY
 
 __all__ = ["health_view", "live_view", "metrics_view"]

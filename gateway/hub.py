@@ -17,16 +17,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from .durable import DurableId
+from .durable.ids import DurableId
 from .frames import Wire, control_frame, event_frame, wire
 
-__all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "new_epoch"]
+__all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "process_epoch"]
 
 _UNPARSED = object()
 _MAX_ID_CHARS = 64  # longer Last-Event-IDs are never ours: resync without a lookup
 
 
-def new_epoch() -> str:
+def process_epoch() -> str:
     """A per-process prefix: ids from another process or an earlier run are foreign."""
     return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
 
@@ -129,7 +129,7 @@ class Hub:
     ) -> None:
         """`verify(merchant_id, id, event, payload, done)` checks, later, that the
         durable history holds that event; without it every envelope is trusted."""
-        self.epoch = epoch or new_epoch()
+        self.epoch = epoch or process_epoch()
         self._verify = verify
         self._history = history
         self._coalesce = coalesce

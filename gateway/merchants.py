@@ -17,9 +17,9 @@ from typing import Any
 import aiopg
 import psycopg2
 
-from . import patience
 from .config import PostgresConfig
 from .errors import UnavailableError, UnknownMerchantError
+from .runtime import deadlines
 
 __all__ = ["Merchant", "MerchantDirectory"]
 
@@ -144,14 +144,14 @@ class MerchantDirectory:
         try:  # the time a congested loop loses is not blamed on PostgreSQL either
             waiting = asyncio.ensure_future(connected.wait())
             try:
-                await patience.wait(
+                await deadlines.wait(
                     asyncio.ensure_future(asyncio.wait({task, waiting}, return_when=_FIRST)),
                     timeout * (1 if self._failing else _POOL_WAITS),
                 )
             finally:
                 waiting.cancel()
-            rows = await patience.wait(task, timeout)
-        except patience.Late:
+            rows = await deadlines.wait(task, timeout)
+        except deadlines.Late:
             task.cancel()
             # slow or saturated, not necessarily down: keep the pool and its connections
             self._mark_unavailable("TimeoutError")
@@ -212,7 +212,7 @@ class MerchantDirectory:
                     self._cfg.dsn,
                     minsize=self._cfg.pool_min,
                     maxsize=self._cfg.pool_max,
-                    # aiopg's own deadline (wall clock) must not preempt patience.wait's
+                    # aiopg's own deadline (wall clock) must not preempt deadlines.wait's
                     timeout=self._cfg.query_timeout * _POOL_WAITS,
                     pool_recycle=300,
                 )

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
-from .http_server import GatewayRunner
 from .state import GATEWAY
+from .web.server import GatewayRunner
 
 __all__ = ["EXIT_CANNOT_START", "serve"]
 

@@ -11,12 +11,12 @@ from aiohttp import web
 from .admission import Admission
 from .auth import Authenticator
 from .broker import RedisBroker
-from .broker.history import DurableHistory
 from .config import Config
+from .durable.history import DurableHistory
+from .durable.replay import DurableReplay
 from .hub import Hub
 from .merchants import MerchantDirectory
 from .metrics import Dependencies, Metrics
-from .replay import DurableReplay
 from .stream import QueuePolicy
 
 __all__ = ["GATEWAY", "Gateway"]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .durable import DurableId
+from .durable.ids import DurableId
 from .frames import PING
 from .frames import wire as framed
 from .hub import Control, Entry

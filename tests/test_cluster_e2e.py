@@ -42,7 +42,7 @@ from cluster_support import (
 from ops_support import get_health
 from support import ISOLATED_ENV, open_stream
 
-from gateway.durable import DurableId
+from gateway.durable.ids import DurableId
 from tools.cluster import RedisCluster, slot_of
 
 pytestmark = [

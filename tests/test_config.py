@@ -12,7 +12,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from gateway.config import ConfigError, load_config
+from gateway.config import load_config
+from gateway.errors import ConfigError
 from tests.support import ISOLATED_ENV
 from tools.services import self_signed_cert
 
@@ -420,7 +421,7 @@ def test_legacy_ipv6_host_is_bracketed(tmp_path: Path) -> None:
 
 
 def test_unix_url_keeps_its_form_when_redacted(tmp_path: Path) -> None:
-    from gateway.redaction import redact_url
+    from gateway.logs import redact_url
 
     assert redact_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
 

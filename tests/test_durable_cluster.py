@@ -15,11 +15,11 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from support import unique_merchant, wait_until
 
-from gateway.broker.history import DurableHistory
 from gateway.config import load_config
-from gateway.durable import DurableEvent, DurableId, encode_envelope, history_keys
-from gateway.publish_cli import run_publish
-from gateway.publisher import SCRIPT_SHA, Publisher
+from gateway.durable.cli import run_publish
+from gateway.durable.history import DurableHistory
+from gateway.durable.ids import DurableEvent, DurableId, encode_envelope, history_keys
+from gateway.durable.publisher import SCRIPT_SHA, Publisher
 from tools.services import RedisServer, free_port, port_open
 
 

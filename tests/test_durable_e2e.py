@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
 from support import Event, SSEStream, http_json, open_stream, publish, wait_for
 
-from gateway.durable import DurableId, history_keys
-from gateway.publisher import AsyncPublisher
+from gateway.durable.ids import DurableId, history_keys
+from gateway.durable.publisher import AsyncPublisher
 from tools.services import RedisServer
 
 pytestmark = pytest.mark.timeout(90)

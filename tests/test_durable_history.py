@@ -1,4 +1,4 @@
-"""gateway/broker/publish.lua and DurableHistory against a real Redis."""
+"""gateway/durable/publish.lua and DurableHistory against a real Redis."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 import redis.asyncio as aioredis
 from support import unique_merchant, wait_for
 
-from gateway.broker.history import DurableHistory
-from gateway.durable import (
+from gateway.durable.history import DurableHistory
+from gateway.durable.ids import (
     DurableEvent,
     DurableId,
     encode_envelope,
     history_keys,
     parse_envelope,
 )
-from gateway.publisher import SCRIPT_SHA
+from gateway.durable.publisher import SCRIPT_SHA
 from tools.services import RedisServer
 
 

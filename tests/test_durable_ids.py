@@ -1,4 +1,4 @@
-"""gateway/durable.py: ids, envelope, keys, data encoding and replay bridging (pure)."""
+"""gateway/durable/ids.py: ids, envelope, keys, data encoding and replay bridging (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.durable import (
+from gateway.durable.ids import (
     ENVELOPE_PREFIX,
     DurableEvent,
     DurableId,
@@ -17,8 +17,8 @@ from gateway.durable import (
     bridge,
     encode_data,
     encode_envelope,
+    epoch_candidate,
     history_keys,
-    new_epoch,
     parse_envelope,
     script_args,
     valid_merchant_id,
@@ -110,7 +110,7 @@ def test_merchant_id_pattern() -> None:
 
 
 def test_new_epoch_is_a_valid_epoch_and_random() -> None:
-    epochs = {new_epoch() for _ in range(20)}
+    epochs = {epoch_candidate() for _ in range(20)}
     assert len(epochs) == 20
     assert all(DurableId.parse(f"{e}:1") == DurableId(e, 1) for e in epochs)
 

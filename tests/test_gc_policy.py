@@ -1,4 +1,4 @@
-"""gateway.gc_policy: survivors are frozen, frozen cyclic garbage is still reclaimed."""
+"""gateway.runtime.gc_policy: survivors are frozen, frozen cyclic garbage is still reclaimed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from gateway import gc_policy
+from gateway.runtime import gc_policy
 from tests.support import wait_for
 
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.durable import DurableId
-from gateway.hub import Control, Entry, Hub, new_epoch
+from gateway.durable.ids import DurableId
+from gateway.hub import Control, Entry, Hub, process_epoch
 
 
 class Sink:
@@ -51,7 +51,7 @@ def test_epoch_is_per_process_and_default() -> None:
     hub = Hub(history=1)
     assert hub.epoch
     assert "-" not in hub.epoch  # the id's last '-' separates epoch and seq
-    assert isinstance(new_epoch(), str)
+    assert isinstance(process_epoch(), str)
 
 
 def test_history_is_bounded() -> None:

@@ -3,7 +3,7 @@
 - redis-py: the subscriber reads its connection's StreamReader directly
   (gateway/broker/connection.py: socket_reader);
 - aiohttp-sse: the per-stream ping task is replaced by one shared timer
-  (gateway/sse_response.py overrides EventSourceResponse._ping).
+  (gateway/web/sse.py overrides EventSourceResponse._ping).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
-from gateway.sse_response import SharedHeartbeatResponse
+from gateway.web.sse import SharedHeartbeatResponse
 from tools.services import RedisServer
 
 

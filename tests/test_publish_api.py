@@ -14,12 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from support import unique_merchant
 
-from gateway.broker.history import DurableHistory
-from gateway.durable import DurableId, history_keys
+from gateway.durable.api import publish_view
+from gateway.durable.body import MAX_BODY_BYTES
+from gateway.durable.gate import PUBLISHING, PublishGate
+from gateway.durable.history import DurableHistory
+from gateway.durable.ids import DurableId, history_keys
 from gateway.metrics import Metrics
-from gateway.publish_api import publish_view
-from gateway.publish_body import MAX_BODY_BYTES
-from gateway.publish_gate import PUBLISHING, PublishGate
 from gateway.state import GATEWAY
 from tools.services import RedisServer, free_port
 

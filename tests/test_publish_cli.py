@@ -1,4 +1,4 @@
-"""gateway/publish_cli.py in-process: arguments, DATA parsing, exit codes, redaction."""
+"""gateway/durable/cli.py in-process: arguments, DATA parsing, exit codes, redaction."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import redis
 from support import unique_merchant
 
 from gateway.config import Config, load_config
-from gateway.durable import DurableId, history_keys
-from gateway.publish_cli import run_publish
+from gateway.durable.cli import run_publish
+from gateway.durable.ids import DurableId, history_keys
 from tools.services import RedisServer, free_port
 
 

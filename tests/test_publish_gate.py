@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from gateway import publish_gate
+from gateway.durable import gate as gate_module
+from gateway.durable.gate import BACKLOG_LIMIT, QUEUE, Busy, PublishGate
 from gateway.metrics import Metrics
-from gateway.publish_gate import BACKLOG_LIMIT, QUEUE, Busy, PublishGate
 
 MiB = 1024 * 1024
 
@@ -36,7 +36,7 @@ async def test_the_queue_is_bounded() -> None:
 async def test_a_backlog_holds_publishing_back_until_it_drains(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(publish_gate, "WAIT_S", 0.3)
+    monkeypatch.setattr(gate_module, "WAIT_S", 0.3)
     level = [BACKLOG_LIMIT + 1]
 
     async def backlog() -> int:
@@ -77,7 +77,7 @@ async def test_without_a_measure_a_round_trip_confirms_every_few_mib() -> None:
 async def test_a_round_trip_that_fails_refuses_the_publish(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(publish_gate, "WAIT_S", 0.2)
+    monkeypatch.setattr(gate_module, "WAIT_S", 0.2)
 
     async def backlog() -> None:
         return None

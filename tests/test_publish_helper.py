@@ -1,4 +1,4 @@
-"""gateway/publisher.py: the sync and asyncio helpers write and publish the same format,
+"""gateway/durable/publisher.py: the sync and asyncio helpers write and publish the same format,
 and a running gateway delivers and replays what the sync helper publishes."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import redis
 import redis.asyncio as aioredis
 from support import open_stream, unique_merchant
 
-from gateway.durable import DurableId, encode_envelope, history_keys
-from gateway.publisher import SCRIPT_SHA, AsyncPublisher, Publisher
+from gateway.durable.ids import DurableId, encode_envelope, history_keys
+from gateway.durable.publisher import SCRIPT_SHA, AsyncPublisher, Publisher
 from tools.services import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -119,11 +119,12 @@ def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
 
 
 def test_the_helper_loads_without_the_rest_of_the_gateway() -> None:
-    """docs/publishing.md: backends may copy publisher.py, durable.py and publish.lua alone."""
+    """docs/publishing.md: backends may copy durable/publisher.py, ids.py and publish.lua alone."""
+    alone = "('gateway.durable', 'gateway.durable.publisher', 'gateway.durable.ids')"
     probe = (
-        "import sys, gateway.publisher; "
+        "import sys, gateway.durable.publisher; "
         "extra = sorted(m for m in sys.modules if m.startswith(('gateway.', 'aiohttp')) "
-        "and m not in ('gateway.publisher', 'gateway.durable')); print(extra)"
+        f"and m not in {alone}); print(extra)"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,

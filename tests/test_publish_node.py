@@ -19,8 +19,8 @@ from pathlib import Path
 import redis
 from support import open_stream
 
-from gateway.durable import DurableId, history_keys
-from gateway.publisher import SCRIPT_PATH, Publisher
+from gateway.durable.ids import DurableId, history_keys
+from gateway.durable.publisher import SCRIPT_PATH, Publisher
 from tools.services import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
 from support import http_json, unique_merchant
 
-from gateway.durable import history_keys
+from gateway.durable.ids import history_keys
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ import jwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.redaction import redact_text, redact_url
+from gateway.logs import redact_text, redact_url
 
 JWT = jwt.encode(
     {"dest": "https://a.myshopify.com", "exp": 4102444800}, "k" * 32, algorithm="HS256"

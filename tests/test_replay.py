@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.durable import DurableEvent, DurableId, HistorySnapshot
+from gateway.durable.ids import DurableEvent, DurableId, HistorySnapshot
+from gateway.durable.replay import DurableReplay
 from gateway.hub import Entry, Hub
 from gateway.metrics import Metrics
-from gateway.replay import DurableReplay
 from gateway.stream import QueuePolicy, Stream
 
 

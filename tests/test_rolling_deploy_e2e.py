@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 from rolling_support import Follower, histogram, reload_upstream, upstream_conf
 from support import http_json, unique_merchant, wait_for
 
-from gateway.publisher import AsyncPublisher
+from gateway.durable.publisher import AsyncPublisher
 from tools.gateway import GatewayServer
 from tools.services import free_port
 

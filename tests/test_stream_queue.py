@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.durable import DurableId
+from gateway.durable.ids import DurableId
 from gateway.hub import Control, Entry
 from gateway.metrics import Metrics
 from gateway.stream import CloseReason, QueuePolicy, Stream
@@ -449,7 +449,8 @@ async def test_large_queue_is_written_in_bounded_batches() -> None:
 
 @pytest.mark.parametrize("event", ["completion", "error"])
 def test_config_refuses_to_coalesce_completion_or_error(tmp_path, event: str) -> None:  # type: ignore[no-untyped-def]
-    from gateway.config import ConfigError, load_config
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
 
     path = tmp_path / "gw.yaml"
     path.write_text(f"sse:\n  coalesce: [progress, {event}]\n")

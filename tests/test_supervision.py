@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from gateway import supervision
-from gateway.supervision import stop_tasks, supervised
+from gateway.runtime import supervision
+from gateway.runtime.supervision import stop_tasks, supervised
 
 
 async def test_a_loop_that_raises_once_is_logged_and_running_again(
@@ -75,8 +75,8 @@ def test_the_gateway_jobs_run_supervised() -> None:
     """Every periodic job goes through supervised(): none can die silently."""
     import inspect
 
-    from gateway import jobs
+    from gateway import app
 
-    source = inspect.getsource(jobs.start_jobs)
+    source = inspect.getsource(app.start_jobs)
     listed = source.split("return [", 1)[1].rsplit("]", 1)[0].strip().splitlines()
     assert len(listed) == 6 and all(line.strip().startswith("supervised(") for line in listed)

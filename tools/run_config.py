@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-from gateway.config import ConfigError, load_config
+from gateway.config import load_config
+from gateway.errors import ConfigError
 
 __all__ = ["RunSettings", "fail", "load_run_settings", "redis_cli_command", "run_config"]
 

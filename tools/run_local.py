@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from gateway.redaction import redact_url  # noqa: E402
+from gateway.logs import redact_url  # noqa: E402
 from tools.edge import start_tls_edge  # noqa: E402
 from tools.gateway import GatewayServer  # noqa: E402
 from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402

@@ -1,9 +1,13 @@
-"""Everything that speaks to Redis.
+"""Everything that speaks pub/sub to Redis: the live path Redis -> broker -> hub.
 
     connection.py  URL -> client (TLS, AUTH, db), faults, the redis-py reader adapter
+    link.py        one subscriber connection: subscribe batches, reconnect, resync
     reader.py      the hot loop: socket bytes -> hub.publish, one message at a time
+    cluster.py     Redis Cluster: which primary holds a merchant's sharded channel
     subscriber.py  RedisBroker: counted, batched, lingering subscriptions; supervision
     canary.py      the delivery round trip on a private control channel
+
+Durable history reads and publishes live in `durable/`, not here.
 """
 
 from .subscriber import RedisBroker

@@ -9,7 +9,7 @@ subscriber, `watch` waits for it (up to `_BACKLOG_CAP_S`) instead of cutting.
 
 `backlog()` reads how many bytes Redis holds for the subscriber connection
 (CLIENT LIST `omem`, found by the connection's local address): the publish
-API's backpressure (publish_gate.py) keeps it well under Redis's
+API's backpressure (durable/gate.py) keeps it well under Redis's
 `client-output-buffer-limit pubsub`, which would cut the connection.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from .. import patience
-from ..sharing import SharedRuns
+from ..runtime import deadlines
+from ..runtime.single_flight import SingleFlight
 from .connection import FAULTS
 
 __all__ = ["Canary"]
@@ -58,7 +58,7 @@ class Canary:
         self._ids = itertools.count()
         self.last_round_trip_s: float | None = None
         self.ok = False
-        self._flushes: SharedRuns[None, float] = SharedRuns(lambda _: self.round_trip())
+        self._flushes: SingleFlight[None, float] = SingleFlight(lambda _: self.round_trip())
 
     async def round_trip(self, *, patient: bool = False) -> float:
         """Publish a token on the control channel, await it on the subscriber; milliseconds.
@@ -76,8 +76,8 @@ class Canary:
 
         work = asyncio.ensure_future(publish_and_receive())
         try:  # a loop congested by a storm is not mistaken for a frozen Redis
-            await patience.wait(asyncio.shield(work), TIMEOUT_S)
-        except patience.Late:
+            await deadlines.wait(asyncio.shield(work), TIMEOUT_S)
+        except deadlines.Late:
             if not patient:
                 work.cancel()
                 raise
@@ -99,7 +99,7 @@ class Canary:
         return await self._flushes(None)
 
     async def _trail_backlog(self, work: asyncio.Future[None], started: float) -> None:
-        """Wait for `work` while the subscriber keeps reading; `patience.Late` once it stops."""
+        """Wait for `work` while the subscriber keeps reading; `deadlines.Late` once it stops."""
         try:
             while time.perf_counter() - started < _BACKLOG_CAP_S:
                 before = self._progress()
@@ -109,7 +109,7 @@ class Canary:
                     return
                 if self._progress() == before:
                     break  # nothing arrived meanwhile: not a backlog
-            raise patience.Late
+            raise deadlines.Late
         finally:
             work.cancel()
 

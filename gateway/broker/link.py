@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from ..hub import Hub
+from ..logs import redact_url
 from ..metrics import Metrics
-from ..redaction import redact_url
-from ..supervision import stop_tasks, supervised
+from ..runtime.supervision import stop_tasks, supervised
 from .canary import Canary
 from .connection import (
     CONNECT_TIMEOUT_S,

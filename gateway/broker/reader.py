@@ -4,7 +4,7 @@ redis-py sets the connection up (TLS, AUTH, SELECT, SUBSCRIBE); reading goes
 straight through hiredis, because redis-py's per-message read path costs more
 than the whole fan-out to ten streams. Each message is handed synchronously to
 the hub, which writes it to every stream before the next one is parsed. A
-durable message (durable.py's envelope) is unwrapped and keeps its global id.
+durable message (durable/ids.py's envelope) is unwrapped and keeps its global id.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ..durable import parse_envelope
+from ..durable.ids import parse_envelope
 from ..hub import Hub
 
 __all__ = ["ReaderHooks", "read_messages"]

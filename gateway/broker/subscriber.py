@@ -24,7 +24,7 @@ from ..config import RedisConfig
 from ..errors import UnavailableError
 from ..hub import Hub
 from ..metrics import Metrics
-from ..supervision import stop_tasks, supervised
+from ..runtime.supervision import stop_tasks, supervised
 from .cluster import ClusterTopology
 from .link import SubscriberLink
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from gateway.publisher import AsyncPublisher
+from gateway.durable.publisher import AsyncPublisher
 
 from .records import Published
 from .schedule import PublisherPlan

@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.durable import history_keys
-from gateway.publisher import AsyncPublisher
+from gateway.durable.ids import history_keys
+from gateway.durable.publisher import AsyncPublisher
 
 from .checker import Settings, check, job_of
 from .clients import BrowserClient

@@ -1,6 +1,6 @@
 """aiohttp-sse's response, without its ping task per stream.
 
-The gateway pings every stream from one timer (jobs.py): a sleeping task per
+The gateway pings every stream from one timer (app.py's heartbeat job): a sleeping task per
 stream costs about 1 KB each. aiohttp-sse starts `_ping()` in `prepare()`;
 this is the one place that relies on that private method. If an aiohttp-sse
 upgrade renames it, importing this module fails loudly (and so does
@@ -18,7 +18,7 @@ __all__ = ["SharedHeartbeatResponse"]
 
 if not inspect.iscoroutinefunction(getattr(EventSourceResponse, "_ping", None)):
     raise ImportError(
-        "aiohttp-sse no longer has EventSourceResponse._ping: update gateway/sse_response.py"
+        "aiohttp-sse no longer has EventSourceResponse._ping: update gateway/web/sse.py"
     )
 
 

@@ -16,9 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .durable import InvalidData, encode_data, valid_merchant_id
+from .ids import InvalidData, encode_data, valid_merchant_id
 
-__all__ = ["MAX_BODY_BYTES", "MAX_ITEMS", "Item", "Refusal", "check_headers", "parse", "read"]
+__all__ = [
+    "MAX_BODY_BYTES", "MAX_ITEMS", "Item", "Refusal", "check_headers", "parse_items", "read_body",
+]
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ITEMS = 1000
@@ -35,7 +37,7 @@ class Refusal(Exception):
         self.status = status
         self.code = code
         # close the connection right after answering: the body stalled. Otherwise
-        # the unread rest is discarded (raw, at most http_server.LINGER_S) first,
+        # the unread rest is discarded (raw, at most web/server.py's LINGER_S) first,
         # so that a client still sending gets the answer, not a reset
         self.close = close
 
@@ -54,7 +56,7 @@ def check_headers(request: web.Request) -> None:
         raise Refusal(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
 
 
-async def read(request: web.Request, timeout_s: float) -> bytes:
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
     """The raw body; 413 past MAX_BODY_BYTES, 408 when not complete within `timeout_s`."""
     body = bytearray()
     try:
@@ -107,7 +109,7 @@ def _item(value: Any, where: str, events: tuple[str, ...]) -> Item:
     return value["merchantId"], value["event"], payload
 
 
-def parse(body: bytes, events: tuple[str, ...]) -> tuple[list[Item], bool]:
+def parse_items(body: bytes, events: tuple[str, ...]) -> tuple[list[Item], bool]:
     """(items, is_batch) of a publish body; `Refusal` 400 naming the first fault."""
     try:
         text = body.decode("utf-8")

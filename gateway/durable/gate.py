@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from .metrics import Metrics
+from ..metrics import Metrics
 
 __all__ = ["BACKLOG_LIMIT", "CONCURRENCY", "PUBLISHING", "QUEUE", "WAIT_S", "Busy", "PublishGate"]
 

@@ -2,7 +2,7 @@
 
 A caller needs work that *starts after its call* (a history read that sees what
 was published before it, a canary round trip behind every earlier message), but
-a storm of callers must not cost one run each. `SharedRuns` gives each key at
+a storm of callers must not cost one run each. `SingleFlight` gives each key at
 most one run in flight plus one gathering callers: arrivals join the gathering
 run, which starts when the one in flight ends (or on the next loop turn). Used
 for replay's history reads (per merchant) and the canary's flushes.
@@ -14,13 +14,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["SharedRuns"]
+__all__ = ["SingleFlight"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-class SharedRuns(Generic[K, T]):
+class SingleFlight(Generic[K, T]):
     def __init__(self, run: Callable[[K], Awaitable[T]]) -> None:
         self._run = run
         self._gathering: dict[K, asyncio.Task[T]] = {}

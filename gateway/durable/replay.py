@@ -15,7 +15,7 @@ until the first event that also queued live, and the queue follows in live
 order (stream.replay_before_live). Queued events the client already has (it
 came from a process whose subscriber was ahead of ours) are dropped there.
 
-Concurrent replays of one merchant share one read (`sharing.SharedRuns`): a read
+Concurrent replays of one merchant share one read (`runtime.single_flight.SingleFlight`): a read
 gathers every replay that arrives before it starts, and at most one read per
 merchant is in flight.
 What a read returns is also put in front of the merchant's ring (`Hub.backfill`),
@@ -31,14 +31,14 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from . import patience
-from .broker.history import DurableHistory
-from .durable import DurableId, HistorySnapshot
-from .hub import Entry, Hub
-from .metrics import Metrics
-from .sharing import SharedRuns
-from .stream import Stream
-from .supervision import stop_tasks
+from ..hub import Entry, Hub
+from ..metrics import Metrics
+from ..runtime import deadlines
+from ..runtime.single_flight import SingleFlight
+from ..runtime.supervision import stop_tasks
+from ..stream import Stream
+from .history import DurableHistory
+from .ids import DurableId, HistorySnapshot
 
 __all__ = ["DurableReplay"]
 
@@ -77,7 +77,7 @@ class DurableReplay:
         self._hub = hub
         self._flush = flush
         self._metrics = metrics
-        self._reads: SharedRuns[str, _Fetched] = SharedRuns(self._read)
+        self._reads: SingleFlight[str, _Fetched] = SingleFlight(self._read)
         self._checks: dict[str, asyncio.Future[DurableId | None]] = {}
 
     async def resume(
@@ -118,7 +118,7 @@ class DurableReplay:
             self._checks[merchant_id] = check
             check.add_done_callback(lambda _: self._checks.pop(merchant_id, None))
         # shielded: the check is shared by the merchant's concurrent reconnects
-        return await patience.wait(asyncio.ensure_future(asyncio.shield(check)), _READ_TIMEOUT_S)
+        return await deadlines.wait(asyncio.ensure_future(asyncio.shield(check)), _READ_TIMEOUT_S)
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
         """Queue the durable events after `last` ahead of live ones; how many, or None
@@ -165,7 +165,7 @@ class DurableReplay:
         """One history read, flushed, framed, and put in front of the merchant's ring."""
         self._metrics.history_reads += 1
         gap_mark = self._hub.gap_mark(merchant_id)
-        snapshot = await patience.wait(
+        snapshot = await deadlines.wait(
             asyncio.ensure_future(self._read_and_flush(merchant_id)), _READ_TIMEOUT_S)
         fetched = _Fetched(snapshot, self._hub)
         self._hub.backfill(merchant_id, fetched.entries, gap_mark)

@@ -20,8 +20,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from ..durable import DurableEvent, DurableId, HistorySnapshot, history_keys
-from ..publisher import AsyncPublisher
+from .ids import DurableEvent, DurableId, HistorySnapshot, history_keys
+from .publisher import AsyncPublisher
 
 __all__ = ["DurableHistory"]
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from .config_checks import CLUSTER_CHANNEL, resolve_redis, validate
-from .redaction import redact_url
+from ..errors import ConfigError
+from ..logs import redact_url
+from .checks import CLUSTER_CHANNEL, resolve_redis, validate
 
 __all__ = [
     "AuthConfig",
     "Config",
-    "ConfigError",
     "CorsConfig",
     "LoggingConfig",
     "PostgresConfig",
@@ -35,15 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-
-class ConfigError(Exception):
-    """A configuration value is missing or invalid; `key` is dotted (`server.port`)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def _num(default: float, lo: float, hi: float | None = None, *, integer: bool = False) -> Any:

@@ -1,10 +1,10 @@
-"""gateway.sharing.SharedRuns: callers share a run that starts after their call (pure unit)."""
+"""gateway.runtime.single_flight.SingleFlight: callers share a run that starts after their call (pure unit)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gateway.sharing import SharedRuns
+from gateway.runtime.single_flight import SingleFlight
 
 
 async def test_callers_share_runs_that_start_after_them() -> None:
@@ -17,7 +17,7 @@ async def test_callers_share_runs_that_start_after_them() -> None:
         await gate.wait()
         return number
 
-    runs: SharedRuns[str, int] = SharedRuns(run)
+    runs: SingleFlight[str, int] = SingleFlight(run)
     first = [asyncio.ensure_future(runs("a")) for _ in range(50)]  # one turn: one run
     await asyncio.sleep(0.01)
     assert started == ["a"] and runs.in_flight("a") is not None
@@ -40,7 +40,7 @@ async def test_a_caller_leaving_does_not_cancel_the_shared_run() -> None:
         done.set()
         return "ok"
 
-    runs: SharedRuns[None, str] = SharedRuns(run)
+    runs: SingleFlight[None, str] = SingleFlight(run)
     leaving = asyncio.ensure_future(runs(None))
     staying = asyncio.ensure_future(runs(None))
     await asyncio.sleep(0)

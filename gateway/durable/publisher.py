@@ -1,13 +1,13 @@
 """Durable publishing for Python backends, on redis-py (see docs/publishing.md).
 
     from redis import Redis
-    from gateway.publisher import Publisher
+    from gateway.durable.publisher import Publisher
 
     publisher = Publisher(Redis.from_url("redis://localhost:6379/0"))
     event_id = publisher.publish("m1", "progress", {"jobId": "po-42", "percent": 40})
 
 `AsyncPublisher` does the same on `redis.asyncio.Redis`. Both run the script
-the gateway ships, `gateway/broker/publish.lua`, with EVALSHA (EVAL when the
+the gateway ships, `gateway/durable/publish.lua`, with EVALSHA (EVAL when the
 server does not hold it yet). Pass the gateway's `redis.channel`,
 `sse.history`, `redis.history_ttl` and `redis.cluster` when they differ from
 the defaults.
@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .durable import encode_data, script_args
+from .ids import encode_data, script_args
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -39,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCRIPT_PATH = Path(__file__).resolve().parent / "broker" / "publish.lua"
+SCRIPT_PATH = Path(__file__).resolve().parent / "publish.lua"
 SCRIPT = SCRIPT_PATH.read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 

@@ -1,10 +1,10 @@
 """`POST {server.path}/publish`: durable publishing over HTTP for key holders.
 
 Enabled by `auth.publish_key` (404 while it is empty); the caller presents the
-key as a Bearer token. The body (publish_body.py) is one `{"merchantId",
+key as a Bearer token. The body (body.py) is one `{"merchantId",
 "event", "data"}` object or an array of up to 1000, at most 1 MiB; every item
 is checked before anything is published, and the per-process publish budget
-(publish_gate.py) admits it. No PostgreSQL lookup: the key holder is trusted.
+(gate.py) admits it. No PostgreSQL lookup: the key holder is trusted.
 Every Redis refusal is a 503 with its own code, never a 500. See
 docs/publishing.md for every status.
 """
@@ -22,11 +22,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import publish_body
-from .publish_body import Refusal
-from .publish_gate import PUBLISHING, Busy
+from ..state import GATEWAY, Gateway
+from .body import Item, Refusal, check_headers, parse_items, read_body
+from .gate import PUBLISHING, Busy
 from .publisher import PartialPublish
-from .state import GATEWAY, Gateway
 
 __all__ = ["publish_view"]
 
@@ -94,10 +93,10 @@ async def publish_view(request: web.Request) -> web.Response:
             raise Refusal(404, "not_found", "publishing is disabled (auth.publish_key)")
         if not _authorized(request, key):
             raise Refusal(401, "invalid_token", "missing or wrong publish key")
-        publish_body.check_headers(request)
+        check_headers(request)
         async with gate.admit():
-            body = await publish_body.read(request, gw.cfg.server.body_timeout)
-            items, batch = publish_body.parse(body, gw.cfg.redis.events)
+            body = await read_body(request, gw.cfg.server.body_timeout)
+            items, batch = parse_items(body, gw.cfg.redis.events)
             return await _publish(gw, request, items, batch)
     except Refusal as refusal:
         response = _respond(gw, refusal.status, {"error": refusal.code, "message": str(refusal)})
@@ -108,7 +107,7 @@ async def publish_view(request: web.Request) -> web.Response:
 
 
 async def _publish(
-    gw: Gateway, request: web.Request, items: list[publish_body.Item], batch: bool
+    gw: Gateway, request: web.Request, items: list[Item], batch: bool
 ) -> web.Response:
     gate = request.app[PUBLISHING]
     size = sum(len(payload) for _, _, payload in items)

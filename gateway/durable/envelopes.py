@@ -18,9 +18,9 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from .. import patience
-from ..durable import DurableId
+from ..runtime import deadlines
 from .history import holds
+from .ids import DurableId
 
 __all__ = ["EnvelopeCheck"]
 
@@ -64,7 +64,7 @@ class EnvelopeCheck:
             async with self._slots:
                 work = asyncio.ensure_future(
                     holds(self._client, merchant_id, durable, event, payload))
-                genuine = await patience.wait(work, _CHECK_TIMEOUT_S)
+                genuine = await deadlines.wait(work, _CHECK_TIMEOUT_S)
         except _FAULTS as exc:
             # Redis cannot answer: trusted as it comes. A forgery during an outage is
             # far less likely than a real event losing its id (the link resyncs anyway)

@@ -14,10 +14,10 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from .config import Config
-from .durable import InvalidData, encode_data, valid_merchant_id
+from ..config import Config
+from ..logs import redact_text, redact_url
+from .ids import InvalidData, encode_data, valid_merchant_id
 from .publisher import Publisher
-from .redaction import redact_text, redact_url
 
 __all__ = ["parse_data", "run_publish"]
 

@@ -10,7 +10,7 @@ A plain PUBLISH payload never starts with NUL, so the two never mix up. The id
 the same one. `epoch` names one life of the merchant's history (a new one when
 the history was lost); `offset` counts durable publishes within it.
 
-No I/O here: `gateway/broker/history.py` and `gateway/publisher.py` build on it.
+No I/O here: `history.py` and `publisher.py` beside it build on it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ __all__ = [
     "bridge",
     "encode_data",
     "encode_envelope",
+    "epoch_candidate",
     "history_keys",
-    "new_epoch",
     "parse_envelope",
     "script_args",
     "valid_merchant_id",
@@ -108,7 +108,7 @@ def history_keys(merchant_id: str) -> tuple[str, str]:
     return f"gateway:history:{{{merchant_id}}}", f"gateway:meta:{{{merchant_id}}}"
 
 
-def new_epoch() -> str:
+def epoch_candidate() -> str:
     """A random epoch candidate; the script keeps it only when it starts a history."""
     return secrets.token_hex(6)
 
@@ -143,11 +143,11 @@ def script_args(
     sharded: bool,
     epoch: str | None = None,
 ) -> tuple[list[str], list[str | bytes | int]]:
-    """(KEYS, ARGV) of one run of `gateway/broker/publish.lua` (the only copy of them)."""
+    """(KEYS, ARGV) of one run of `gateway/durable/publish.lua` (the only copy of them)."""
     keys = list(history_keys(merchant_id))
     channel = channel_template.format(merchant_id=merchant_id, event=event)
     command = "SPUBLISH" if sharded else "PUBLISH"
-    return keys, [channel, event, payload, history, ttl_s, epoch or new_epoch(), command]
+    return keys, [channel, event, payload, history, ttl_s, epoch or epoch_candidate(), command]
 
 
 @dataclass(frozen=True, slots=True)

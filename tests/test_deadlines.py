@@ -1,4 +1,4 @@
-"""gateway.patience: deadlines that a congested event loop does not use up (pure unit)."""
+"""gateway.runtime.deadlines: deadlines that a congested event loop does not use up (pure unit)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from gateway import patience
+from gateway.runtime import deadlines
 
 
 @pytest.fixture(autouse=True)
 async def lag_tracked():
     """The gateway runs `track_lag` for the whole process; so do these tests."""
-    task = asyncio.ensure_future(patience.track_lag())
+    task = asyncio.ensure_future(deadlines.track_lag())
     await asyncio.sleep(0)
     yield
     task.cancel()
@@ -22,9 +22,9 @@ async def lag_tracked():
 async def test_work_that_never_answers_is_late_soon_after_its_deadline() -> None:
     work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     started = time.monotonic()
-    with pytest.raises(patience.Late):
-        await patience.wait(work, 0.1)
-    assert time.monotonic() - started < 0.1 + 4 * patience.TICK_S
+    with pytest.raises(deadlines.Late):
+        await deadlines.wait(work, 0.1)
+    assert time.monotonic() - started < 0.1 + 4 * deadlines.TICK_S
     assert work.cancelled()
 
 
@@ -55,7 +55,7 @@ async def test_a_plain_timeout_blames_the_dependency_for_the_loops_delay() -> No
 
 async def test_a_congested_loop_does_not_use_up_the_deadline() -> None:
     work = _answer_late_behind_a_blocked_loop(0.4)
-    assert await patience.wait(work, 0.2) == "reply"
+    assert await deadlines.wait(work, 0.2) == "reply"
 
 
 async def test_the_cap_bounds_a_wait_on_a_loop_that_never_catches_up() -> None:
@@ -71,8 +71,8 @@ async def test_the_cap_bounds_a_wait_on_a_loop_that_never_catches_up() -> None:
     loop.call_soon(congest)
     started = time.monotonic()
     try:
-        with pytest.raises(patience.Late):
-            await patience.wait(work, 0.1, cap=0.5)
+        with pytest.raises(deadlines.Late):
+            await deadlines.wait(work, 0.1, cap=0.5)
     finally:
         blocking = False
     assert 0.5 <= time.monotonic() - started < 0.5 + 0.5
@@ -80,7 +80,7 @@ async def test_the_cap_bounds_a_wait_on_a_loop_that_never_catches_up() -> None:
 
 async def test_a_cancelled_caller_cancels_the_work() -> None:
     work: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiter = asyncio.ensure_future(patience.wait(work, 10))
+    waiter = asyncio.ensure_future(deadlines.wait(work, 10))
     await asyncio.sleep(0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):

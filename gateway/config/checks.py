@@ -17,10 +17,11 @@ from urllib.parse import quote, urlsplit
 
 from redis.connection import parse_url as parse_redis_url
 
-from .redaction import redact_url
+from ..errors import ConfigError
+from ..logs import redact_url
 
 if TYPE_CHECKING:
-    from .config import Config, RedisConfig
+    from .settings import Config, RedisConfig
 
 __all__ = [
     "CLUSTER_CHANNEL",
@@ -46,12 +47,6 @@ REDIS_NEEDS = (
 )
 
 
-def _error(key: str, message: str) -> Exception:
-    from .config import ConfigError
-
-    return ConfigError(key, message)
-
-
 def _check_hash_tag(channel: str) -> None:
     """In a cluster a merchant's channels and history must share one slot: the hash tag."""
     probe = "\x00"
@@ -61,7 +56,7 @@ def _check_hash_tag(channel: str) -> None:
         return  # reported by validate() with its own message
     first = formatted.find("{")
     if first < 0 or not formatted.startswith("{" + probe + "}", first):
-        raise _error(
+        raise ConfigError(
             "redis.channel",
             "with redis.cluster the merchant id must be the hash tag, e.g. "
             "merchant:{{{merchant_id}}}:{event}",
@@ -75,14 +70,14 @@ def legacy_redis_url(environ: Mapping[str, str]) -> str | None:
     port = environ.get("REDIS_PORT") or "6379"
     db = environ.get("REDIS_DB") or "0"
     if not port.isdigit():
-        raise _error("REDIS_PORT", "must be a port number")
+        raise ConfigError("REDIS_PORT", "must be a port number")
     if not db.isdigit():
-        raise _error("REDIS_DB", "must be a database number")
+        raise ConfigError("REDIS_DB", "must be a database number")
     password = environ.get("REDIS_PASSWORD")
     try:
         auth = f":{quote(password, safe='')}@" if password else ""
     except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
-        raise _error("REDIS_PASSWORD", "must be UTF-8 text") from None
+        raise ConfigError("REDIS_PASSWORD", "must be UTF-8 text") from None
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 literal
     return f"redis://{auth}{host}:{port}/{db}"
@@ -101,11 +96,11 @@ def resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, st
     try:
         scheme = urlsplit(url).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise _error(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
+            raise ConfigError(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
         options = parse_redis_url(url)  # the parser the client will use: host, port, db
     except ValueError:
         # the parser's message may quote part of the URL, password included
-        raise _error(key, "not a valid Redis URL (check host, port and db)") from None
+        raise ConfigError(key, "not a valid Redis URL (check host, port and db)") from None
     _check_tls_files(key, options)
     return url, source
 
@@ -119,30 +114,31 @@ def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
     paths = {o: v for o in _TLS_FILES if isinstance(v := options.get(o), str) and v}
     ca_path = paths.pop("ssl_ca_path", None)
     if ca_path is not None and not (os.path.isdir(ca_path) and os.access(ca_path, os.R_OK)):
-        raise _error(key, f"ssl_ca_path: {ca_path} is not a readable directory")
+        raise ConfigError(key, f"ssl_ca_path: {ca_path} is not a readable directory")
     for option, path in paths.items():
         try:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise _error(key, f"{option}: cannot read {path}: {exc.strerror}") from None
+            raise ConfigError(key, f"{option}: cannot read {path}: {exc.strerror}") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for option in ("ssl_ca_certs", "ssl_certfile"):
         if option in paths:
             try:  # the certfile too: its certificate must parse before it can pair with a key
                 ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(paths[option])
             except ssl.SSLError:
-                raise _error(key, f"{option}: {paths[option]} holds no PEM certificate") from None
+                message = f"{option}: {paths[option]} holds no PEM certificate"
+                raise ConfigError(key, message) from None
     cert, keyfile = paths.get("ssl_certfile"), paths.get("ssl_keyfile")
     if keyfile is not None and cert is None:
-        raise _error(key, "ssl_keyfile: needs ssl_certfile")
+        raise ConfigError(key, "ssl_keyfile: needs ssl_certfile")
     if cert is not None:
         password = options.get("ssl_password")
         try:  # a callable, so an encrypted key without ssl_password never prompts on a tty
             context.load_cert_chain(cert, keyfile, password=lambda: str(password or "").encode())
         except ssl.SSLError:
             option = "ssl_keyfile" if keyfile else "ssl_certfile"
-            raise _error(
+            raise ConfigError(
                 key, f"{option}: {keyfile or cert} holds no PEM private key for {cert} "
                 "(or it is encrypted and ssl_password does not open it)"
             ) from None
@@ -151,40 +147,40 @@ def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
 def validate(cfg: Config) -> None:
     server = cfg.server
     if not server.path.startswith("/") or server.path.endswith("/"):
-        raise _error("server.path", "must start with '/' and not end with '/'")
+        raise ConfigError("server.path", "must start with '/' and not end with '/'")
     for i, proxy in enumerate(server.trusted_proxies):
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
-            raise _error(
+            raise ConfigError(
                 f"server.trusted_proxies[{i}]", f"not an IP or CIDR: {proxy!r}"
             ) from None
     if "{merchant_id}" not in cfg.redis.channel or "{event}" not in cfg.redis.channel:
-        raise _error("redis.channel", "must contain {merchant_id} and {event}")
+        raise ConfigError("redis.channel", "must contain {merchant_id} and {event}")
     try:
         cfg.redis.channel.format(merchant_id="m", event="e")
     except (KeyError, IndexError, ValueError):
-        raise _error(
+        raise ConfigError(
             "redis.channel", "only {merchant_id} and {event} may appear in braces"
         ) from None
     if cfg.redis.cluster:
         _check_hash_tag(cfg.redis.channel)
     if not cfg.redis.events:
-        raise _error("redis.events", "must name at least one event")
+        raise ConfigError("redis.events", "must name at least one event")
     for i, event in enumerate(cfg.redis.events):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", event) or event in _RESERVED_EVENTS:
-            raise _error(f"redis.events[{i}]", f"invalid or reserved event name {event!r}")
+            raise ConfigError(f"redis.events[{i}]", f"invalid or reserved event name {event!r}")
     for i, event in enumerate(cfg.sse.coalesce):
         if event not in cfg.redis.events or event in ("completion", "error"):
-            raise _error(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
+            raise ConfigError(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
     if not cfg.postgres.dsn:
-        raise _error("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
+        raise ConfigError("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
     if urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
-        raise _error("postgres.dsn", "must be a postgresql:// URL")
+        raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
     if _SHOP_FIELD not in cfg.postgres.merchant_query:
-        raise _error("postgres.merchant_query", f"must use {_SHOP_FIELD}")
+        raise ConfigError("postgres.merchant_query", f"must use {_SHOP_FIELD}")
     if cfg.postgres.pool_min > cfg.postgres.pool_max:
-        raise _error("postgres.pool_min", "must not exceed postgres.pool_max")
+        raise ConfigError("postgres.pool_min", "must not exceed postgres.pool_max")
     for i, origin in enumerate(cfg.cors.allow_origins):
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise _error(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")
+            raise ConfigError(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")

@@ -1,0 +1,7 @@
+"""The gateway's seams into aiohttp and aiohttp-sse, each held to the library by a
+tripwire test (tests/test_library_adapters.py).
+
+- `server.py`  `GatewayRunner`: aiohttp's server reading raw bodies only, lingering
+               briefly, answering malformed requests with pages that quote nothing;
+- `sse.py`     `SharedHeartbeatResponse`: aiohttp-sse without a ping task per stream.
+"""
