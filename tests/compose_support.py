@@ -206,7 +206,7 @@ class Compose:
     def force_clean(self) -> None:
         """Remove what this project left: its containers, volumes and pods (by name)."""
         for c in self.containers():
-            self.podman.run("rm", "--force", "--time", "0", c["Id"], check=False)
+            self.podman.run("rm", "--force", "--depend", "--time", "0", c["Id"], check=False)
         for kind in ("volume", "pod"):
             out = self.podman.run(kind, "ls", "--format", "{{.Name}}", check=False)
             for name in out.stdout.split():

@@ -65,6 +65,10 @@ def compose_factory(images: Podman, tmp_path: Path) -> Iterator[Factory]:
     yield make
     for c in made:
         c.force_clean()
+        volumes = c.podman.run("volume", "ls", "--format", "{{.Name}}").stdout.split()
+        left = [x["Names"][0] for x in c.containers()] + [
+            v for v in volumes if v.startswith(c.project)]
+        assert not left, f"left behind: {left}"
 
 
 def _get(url: str) -> tuple[int | None, bytes]:
