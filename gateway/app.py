@@ -25,7 +25,7 @@ from .auth import Authenticator
 from .broker import RedisBroker
 from .broker.connection import make_client, make_cluster_client
 from .config import Config
-from .durable.api import publish_view
+from .durable.api import PUBLISH_API, PublishApi, publish_view
 from .durable.envelopes import EnvelopeCheck
 from .durable.gate import PUBLISHING, PublishGate
 from .durable.history import DurableHistory
@@ -97,6 +97,13 @@ def create_app(cfg: Config) -> web.Application:
         metrics=metrics,
         history=history,
         replay=DurableReplay(history, flush, hub, metrics),
+    )
+    app[PUBLISH_API] = PublishApi(
+        publish_key=cfg.auth.publish_key,
+        body_timeout_s=cfg.server.body_timeout,
+        events=cfg.redis.events,
+        history=history,
+        metrics=metrics,
     )
     app[PUBLISHING] = PublishGate(
         broker.backlog_bytes, lambda: broker.round_trip(shared=True), metrics

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,13 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from support import unique_merchant
 
-from gateway.durable.api import publish_view
+from gateway.durable.api import PUBLISH_API, PublishApi, publish_view
 from gateway.durable.body import MAX_BODY_BYTES
 from gateway.durable.gate import PUBLISHING, PublishGate
 from gateway.durable.history import DurableHistory
 from gateway.durable.ids import DurableId, history_keys
 from gateway.metrics import Metrics
-from gateway.state import GATEWAY
 from tools.services import RedisServer, free_port
 
 KEY = "pk-test-0123456789"
@@ -28,7 +26,7 @@ AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 EVENTS = ("progress", "stage", "completion", "error")
 
 Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[tuple[Client, SimpleNamespace]]]
+MakeClient = Callable[..., Awaitable[tuple[Client, PublishApi]]]
 
 
 async def _unmeasured() -> None:
@@ -48,23 +46,15 @@ async def make_client(redis_server: RedisServer) -> AsyncIterator[MakeClient]:
         history = DurableHistory(
             redis, channel="merchant:{merchant_id}:{event}", history=100, ttl_s=600
         )
-        gw = SimpleNamespace(
-            cfg=SimpleNamespace(
-                server=SimpleNamespace(body_timeout=10),
-                auth=SimpleNamespace(publish_key=publish_key),
-                redis=SimpleNamespace(events=EVENTS),
-            ),
-            history=history,
-            metrics=SimpleNamespace(publish_requests={}),
-        )
+        api = PublishApi(publish_key, 10, EVENTS, history, Metrics())
         app = web.Application()
-        app[GATEWAY] = gw  # type: ignore[misc]  # a stand-in with the fields the view reads
+        app[PUBLISH_API] = api
         app[PUBLISHING] = PublishGate(_unmeasured, _no_flush, Metrics())
         app.router.add_post("/api/realtime/events/publish", publish_view)
         client: Client = TestClient(TestServer(app))
         await client.start_server()
         made.append((client, redis))
-        return client, gw
+        return client, api
 
     yield make
     for client, redis in made:

@@ -1,15 +1,16 @@
 """Configuration: YAML file + environment -> frozen, validated dataclasses.
 
-- `settings.py`: the dataclasses (every key declared once, with its bounds) and
-  `load_config(path, environ)`;
-- `checks.py`: cross-key checks and the Redis source precedence, run by
-  `load_config` after every key parsed.
+- `model.py`: the frozen dataclasses, every key declared once with its bounds;
+- `loading.py`: `load_config(path, environ)`: YAML and `${VAR}` expansion into the
+  model, then the checks; `redacted_dict` for `check-config`;
+- `checks.py`: cross-key checks and the Redis source precedence.
 
 Both raise `errors.ConfigError` naming the dotted key; `__main__` turns it into
 exit code 2. Import the public names from here: `from gateway.config import Config`.
 """
 
-from .settings import (
+from .loading import load_config, redacted_dict
+from .model import (
     AuthConfig,
     Config,
     CorsConfig,
@@ -18,8 +19,6 @@ from .settings import (
     RedisConfig,
     ServerConfig,
     SSEConfig,
-    load_config,
-    redacted_dict,
 )
 
 __all__ = [

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..logs import redact_url
 
 if TYPE_CHECKING:
-    from .settings import Config, RedisConfig
+    from .model import Config, RedisConfig
 
 __all__ = [
     "CLUSTER_CHANNEL",

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -22,18 +23,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..state import GATEWAY, Gateway
+from ..metrics import Metrics
 from .body import Item, Refusal, check_headers, parse_items, read_body
 from .gate import PUBLISHING, Busy
+from .history import DurableHistory
 from .publisher import PartialPublish
 
-__all__ = ["publish_view"]
+__all__ = ["PUBLISH_API", "PublishApi", "publish_view"]
 
 log = logging.getLogger(__name__)
 
 _REDIS_TIMEOUT_S = 5.0
 # connection faults, and a primary that cannot take writes right now (failover)
 _FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError, ReadOnlyError)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishApi:
+    """What the view needs, handed in by app.py (`auth.publish_key`: "" disables it)."""
+
+    publish_key: str
+    body_timeout_s: float
+    events: tuple[str, ...]
+    history: DurableHistory
+    metrics: Metrics
+
+
+PUBLISH_API = web.AppKey("publish_api", PublishApi)
 
 
 def _authorized(request: web.Request, key: str) -> bool:
@@ -49,9 +65,9 @@ def _authorized(request: web.Request, key: str) -> bool:
 
 
 def _respond(
-    gw: Gateway, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    api: PublishApi, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> web.Response:
-    counts = gw.metrics.publish_requests
+    counts = api.metrics.publish_requests
     counts[status] = counts.get(status, 0) + 1
     return web.json_response(body, status=status, headers=headers)
 
@@ -67,12 +83,12 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     return response
 
 
-def _unavailable(gw: Gateway, code: str, message: str, ids: list[str | None] | None = None
+def _unavailable(api: PublishApi, code: str, message: str, ids: list[str | None] | None = None
                  ) -> web.Response:
     body: dict[str, Any] = {"error": code, "message": message}
     if ids is not None:
         body["ids"] = ids
-    return _respond(gw, 503, body, {"Retry-After": str(random.randint(1, 3))})
+    return _respond(api, 503, body, {"Retry-After": str(random.randint(1, 3))})
 
 
 def _redis_refusal(exc: Exception) -> tuple[str, str]:
@@ -85,9 +101,9 @@ def _redis_refusal(exc: Exception) -> tuple[str, str]:
 
 async def publish_view(request: web.Request) -> web.Response:
     """Validate everything, then publish every item durably, in order; the ids."""
-    gw = request.app[GATEWAY]
+    api = request.app[PUBLISH_API]
     gate = request.app[PUBLISHING]
-    key = gw.cfg.auth.publish_key
+    key = api.publish_key
     try:
         if not key:
             raise Refusal(404, "not_found", "publishing is disabled (auth.publish_key)")
@@ -95,37 +111,37 @@ async def publish_view(request: web.Request) -> web.Response:
             raise Refusal(401, "invalid_token", "missing or wrong publish key")
         check_headers(request)
         async with gate.admit():
-            body = await read_body(request, gw.cfg.server.body_timeout)
-            items, batch = parse_items(body, gw.cfg.redis.events)
-            return await _publish(gw, request, items, batch)
+            body = await read_body(request, api.body_timeout_s)
+            items, batch = parse_items(body, api.events)
+            return await _publish(api, request, items, batch)
     except Refusal as refusal:
-        response = _respond(gw, refusal.status, {"error": refusal.code, "message": str(refusal)})
+        response = _respond(api, refusal.status, {"error": refusal.code, "message": str(refusal)})
         return await _answer_and_close(request, response) if refusal.close else response
     except Busy as busy:
         log.warning("publish refused: %s", busy)
-        return _unavailable(gw, "unavailable", str(busy))
+        return _unavailable(api, "unavailable", str(busy))
 
 
 async def _publish(
-    gw: Gateway, request: web.Request, items: list[Item], batch: bool
+    api: PublishApi, request: web.Request, items: list[Item], batch: bool
 ) -> web.Response:
     gate = request.app[PUBLISHING]
     size = sum(len(payload) for _, _, payload in items)
     try:
         async with gate.turn(size, len(items)), asyncio.timeout(_REDIS_TIMEOUT_S):
             if batch:
-                ids = await gw.history.publish_many(items)
+                ids = await api.history.publish_many(items)
             else:
-                ids = [await gw.history.publish(*items[0])]
+                ids = [await api.history.publish(*items[0])]
     except _FAULTS as exc:
         log.warning("publish failed: Redis unavailable (%s)", type(exc).__name__)
-        return _unavailable(gw, "unavailable", "Redis is unavailable")
+        return _unavailable(api, "unavailable", "Redis is unavailable")
     except RedisError as exc:  # an error reply: nothing of the refused events was written
         code, message = _redis_refusal(exc)
         gate.outcome(code)
         log.warning("publish refused by Redis: %s (%s)", code, type(exc).__name__)
         partial = exc.ids if isinstance(exc, PartialPublish) and batch else None
-        return _unavailable(gw, code, message, partial)
+        return _unavailable(api, code, message, partial)
     gate.outcome(None)
     log.debug("published %d durable event(s), first merchant=%s", len(ids), items[0][0])
-    return _respond(gw, 200, {"ids": ids} if batch else {"id": ids[0]})
+    return _respond(api, 200, {"ids": ids} if batch else {"id": ids[0]})
