@@ -18,6 +18,7 @@ import resource
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.report import ok, table
 from bench.systems import make_tmp, parse_system, use_gateway_src
@@ -105,57 +106,68 @@ def print_durable_ratio(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    n, m = args.streams, args.merchants
     hard = raise_nofile()
-    if hard < n / args.procs + 1000:
-        print(f"warning: RLIMIT_NOFILE {hard} is low for {n} streams in {args.procs} "
+    if hard < args.streams / args.procs + 1000:
+        print(f"warning: RLIMIT_NOFILE {hard} is low for {args.streams} streams in {args.procs} "
               "client process(es); use --procs", file=sys.stderr)
     tmp = make_tmp()
     if args.gateway_src:
         print(f"gateway from {use_gateway_src(args.gateway_src, tmp)}", file=sys.stderr)
-    pg = None
-    rows: list[dict] = []
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    jf = args.json.open("w")
-
-    def record(new: list[dict]) -> None:
-        for row in new:
-            rows.append(row)
-            jf.write(json.dumps(row) + "\n")
-            jf.flush()
-            status = ("ERROR " + row["error"] if "error" in row else
-                      f"{row.get('delivered_pct')}% p99={row.get('p99_ms')}ms "
-                      f"srv={row.get('server_cpu_pct')}% cli={row.get('client_cpu_pct')}%")
-            print(f"  {row['system']:<14} N={row['streams']} R={row.get('rate', 0):g}: {status}",
-                  file=sys.stderr, flush=True)
-
-    best: dict[str, float | None] = {s: None for s in args.systems}
     try:
-        if any(parse_system(s)[0] == "gateway" for s in args.systems):
-            pg = start_postgres(m)
-        print(f"bench: N={n} M={m} D={args.duration:g}s rates={args.rates} procs={args.procs} "
-              f"systems={','.join(args.systems)} ({os.cpu_count()} cpus)",
-              file=sys.stderr, flush=True)
-        trial = 0
-        for rnd in range(args.rounds):
-            order = args.systems if rnd % 2 == 0 else args.systems[::-1]
-            for s in order:
-                trial += 1
-                new = run_trial(s, n, m, args.rates, args.duration, args.drain, tmp, pg,
-                                procs=args.procs, payload=args.payload, trial_no=trial,
-                                stop_on_fail=args.step)
-                record(new)
-                for row in new:
-                    if ok(row):
-                        best[s] = max(best[s] or 0, row["rate"])
+        rows, best = run_trials(args, tmp)
     finally:
-        if pg is not None:
-            pg.stop()
-        jf.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    report(args, rows, best)
+    return 0
 
-    print(f"\nN={n} streams over M={m} merchants, D={args.duration:g}s, client processes="
-          f"{args.procs}, {os.cpu_count()} cpus; us/ev = CPU microseconds per delivered event")
+
+def _record(jf: Any, row: dict) -> None:
+    """One row to the JSON lines file (flushed) and a one-line summary to stderr."""
+    jf.write(json.dumps(row) + "\n")
+    jf.flush()
+    status = ("ERROR " + row["error"] if "error" in row else
+              f"{row.get('delivered_pct')}% p99={row.get('p99_ms')}ms "
+              f"srv={row.get('server_cpu_pct')}% cli={row.get('client_cpu_pct')}%")
+    print(f"  {row['system']:<14} N={row['streams']} R={row.get('rate', 0):g}: {status}",
+          file=sys.stderr, flush=True)
+
+
+def run_trials(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], dict[str, float | None]]:
+    """Every system, every round (alternating order): the rows, and each system's best rate."""
+    n, m = args.streams, args.merchants
+    rows: list[dict] = []
+    best: dict[str, float | None] = {s: None for s in args.systems}
+    pg = None
+    with args.json.open("w") as jf:
+        try:
+            if any(parse_system(s)[0] == "gateway" for s in args.systems):
+                pg = start_postgres(m)
+            print(f"bench: N={n} M={m} D={args.duration:g}s rates={args.rates} "
+                  f"procs={args.procs} systems={','.join(args.systems)} "
+                  f"({os.cpu_count()} cpus)", file=sys.stderr, flush=True)
+            trial = 0
+            for rnd in range(args.rounds):
+                for s in args.systems if rnd % 2 == 0 else args.systems[::-1]:
+                    trial += 1
+                    for row in run_trial(s, n, m, args.rates, args.duration, args.drain, tmp, pg,
+                                         procs=args.procs, payload=args.payload,
+                                         trial_no=trial, stop_on_fail=args.step):
+                        rows.append(row)
+                        _record(jf, row)
+                        if ok(row):
+                            best[s] = max(best[s] or 0, row["rate"])
+        finally:
+            if pg is not None:
+                pg.stop()
+    return rows, best
+
+
+def report(args: argparse.Namespace, rows: list[dict], best: dict[str, float | None]) -> None:
+    """The table, the step results, error log tails, validation and charts."""
+    print(f"\nN={args.streams} streams over M={args.merchants} merchants, D={args.duration:g}s, "
+          f"client processes={args.procs}, {os.cpu_count()} cpus; "
+          "us/ev = CPU microseconds per delivered event")
     print(table(rows))
     print_durable_ratio(rows)
     if args.step:
@@ -177,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         for path in write_charts(rows, Path(args.charts), "scale-" if args.scale else "", costs):
             print(f"chart: {path}")
     print(f"\nJSON lines: {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = ["write_charts"]
 
@@ -62,27 +63,37 @@ def write_charts(rows: list[dict], outdir: Path, prefix: str = "",
          "CPU per delivered event"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-        for system, rs in groups.items():
-            pts = sorted((r["rate"], r[key]) for r in rs if r.get(key) is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system)
-            if name == "cpu-per-delivery" and system in model:
-                pts = sorted((m["rate"], m["us"]) for m in model[system])
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", marker="x",
-                        label=f"{system}, capacity model")
+        _plot_rates(ax, groups, key, model if name == "cpu-per-delivery" else {})
         ax.set_xlabel("published messages/s")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}\n{sub}", fontsize=10)
         if name == "p99":
             ax.set_yscale("log")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = outdir / f"{prefix}{name}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, ax, outdir / f"{prefix}{name}.png"))
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    _plot_memory(ax, groups, model)
+    ax.set_xlabel("open streams")
+    ax.set_ylabel("server memory, PSS (MiB)")
+    ax.set_title(f"Memory against open streams\n{sub}", fontsize=10)
+    paths.append(_save(plt, fig, ax, outdir / f"{prefix}memory.png"))
+    return paths
+
+
+def _plot_rates(ax: Any, groups: dict[str, list[dict]], key: str,
+                model: dict[str, list[dict]]) -> None:
+    """``key`` against the rate, one line per system (the model's dashed where given)."""
+    for system, rs in groups.items():
+        pts = sorted((r["rate"], r[key]) for r in rs if r.get(key) is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system)
+        if system in model:
+            pts = sorted((m["rate"], m["us"]) for m in model[system])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", marker="x",
+                    label=f"{system}, capacity model")
+
+
+def _plot_memory(ax: Any, groups: dict[str, list[dict]], model: dict[str, list[dict]]) -> None:
+    """Memory against open streams, one line per system (the model's dashed)."""
     for system, rs in groups.items():
         curve = rs[0].get("mem_curve") or []
         if curve:
@@ -91,14 +102,12 @@ def write_charts(rows: list[dict], outdir: Path, prefix: str = "",
             m = model[system][0]
             ax.plot([0, m["streams"]], [m["mem0"] / 1024, m["mem"]], "k--", marker="x",
                     label=f"{system}, capacity model")
-    ax.set_xlabel("open streams")
-    ax.set_ylabel("server memory, PSS (MiB)")
-    ax.set_title(f"Memory against open streams\n{sub}", fontsize=10)
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = outdir / f"{prefix}memory.png"
     fig.savefig(path)
     plt.close(fig)
-    paths.append(path)
-    return paths
+    return path

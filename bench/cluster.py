@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     raise_nofile()
     t_start, tmp = time.monotonic(), make_tmp()
-    cluster, pg, systems, pools = None, None, {}, {}
+    cluster, pg = None, None
+    systems: dict[str, Gateway] = {}
+    pools: dict[str, ClientPool] = {}
     out: dict = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "command": "python -m bench.cluster " + " ".join(argv or sys.argv[1:]),
                  "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()[0],
@@ -209,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                   for i in range(a.merchants)}
         out["merchants_per_primary"] = {str(p): list(owners.values()).count(p)
                                         for p in sorted(set(owners.values()))}
-        systems = {"single": Gateway("single", 1, tmp, pg.dsn, a.streams),
-                   "cluster": ClusterGateway(cluster, "cluster", 1, tmp, pg.dsn, a.streams)}
+        systems.update(single=Gateway("single", 1, tmp, pg.dsn, a.streams),
+                       cluster=ClusterGateway(cluster, "cluster", 1, tmp, pg.dsn, a.streams))
         for i, (name, gw) in enumerate(systems.items()):
             gw.start()
             pools[name] = ClientPool(gw.client_args(), a.streams, a.merchants, 1, a.drain,
@@ -219,32 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {ready['ready']} streams open in {ready['open_s']} s",
                   file=sys.stderr, flush=True)
             gw.pids = procstat.tree(gw.root_pid)
-        assert systems["single"].redis is not None
-        pubs = {"single": Publisher(a.merchants, single_url=systems["single"].redis.url),
-                "cluster": Publisher(a.merchants, owners=owners)}
-        redis_pids = {"single": [systems["single"].redis_pid() or 0],
-                      "cluster": [s.pid for s in cluster.servers.values() if s.pid]}
-        order = [n for r in range(a.rounds)
-                 for n in (("single", "cluster") if r % 2 == 0 else ("cluster", "single"))]
-        trials = []
-        for name in order:
-            first_cluster = name == "cluster" and "spublish" not in out
-            before = reset_stats(cluster) if first_cluster else None
-            row = measure(name, systems[name], pools[name], pubs[name], redis_pids[name], a)
-            if before is not None:
-                out["spublish"] = {"k": row["published"], "nodes": stats_delta(
-                    before, node_stats(cluster)), "sent_by_bench": {
-                    str(p): n for p, n in sorted(pubs["cluster"].sent_to.items())}}
-            trials.append(row)
-            print(f"  {name:<8} {row['delivered']}/{row['expected']} delivered, gateway "
-                  f"{row['us_per_delivery']:.2f} us/delivery", file=sys.stderr, flush=True)
-        out["publish"] = classic_publish(cluster, a.classic_k or int(a.rate * a.duration),
-                                         a.merchants)
-        med = {n: statistics.median(t["us_per_delivery"] for t in trials if t["system"] == n)
-               for n in ("single", "cluster")}
-        out["cpu"] = {"trials": trials, "median_us_per_delivery": med,
-                      "ratio": round(med["cluster"] / med["single"], 3) if med["single"] else None,
-                      "all_delivered": all(t["delivered"] == t["expected"] for t in trials)}
+        compare(a, out, cluster, systems, pools, owners)
     except BaseException:
         for log in sorted(tmp.glob("*.log")):  # why a gateway failed, before tmp goes
             print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-1500:]}",
@@ -261,6 +238,44 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     out["run_s"] = round(time.monotonic() - t_start, 1)
+    write_out(a, out)
+    return 0
+
+
+def compare(a: argparse.Namespace, out: dict, cluster: RedisCluster,
+            systems: dict[str, Gateway], pools: dict[str, ClientPool],
+            owners: dict[int, int]) -> None:
+    """The trials, alternating single and cluster, then classic PUBLISH: into ``out``."""
+    assert systems["single"].redis is not None
+    pubs = {"single": Publisher(a.merchants, single_url=systems["single"].redis.url),
+            "cluster": Publisher(a.merchants, owners=owners)}
+    redis_pids = {"single": [systems["single"].redis_pid() or 0],
+                  "cluster": [s.pid for s in cluster.servers.values() if s.pid]}
+    order = [n for r in range(a.rounds)
+             for n in (("single", "cluster") if r % 2 == 0 else ("cluster", "single"))]
+    trials = []
+    for name in order:
+        first_cluster = name == "cluster" and "spublish" not in out
+        before = reset_stats(cluster) if first_cluster else None
+        row = measure(name, systems[name], pools[name], pubs[name], redis_pids[name], a)
+        if before is not None:
+            out["spublish"] = {"k": row["published"], "nodes": stats_delta(
+                before, node_stats(cluster)), "sent_by_bench": {
+                str(p): n for p, n in sorted(pubs["cluster"].sent_to.items())}}
+        trials.append(row)
+        print(f"  {name:<8} {row['delivered']}/{row['expected']} delivered, gateway "
+              f"{row['us_per_delivery']:.2f} us/delivery", file=sys.stderr, flush=True)
+    out["publish"] = classic_publish(cluster, a.classic_k or int(a.rate * a.duration),
+                                     a.merchants)
+    med = {n: statistics.median(t["us_per_delivery"] for t in trials if t["system"] == n)
+           for n in ("single", "cluster")}
+    out["cpu"] = {"trials": trials, "median_us_per_delivery": med,
+                  "ratio": round(med["cluster"] / med["single"], 3) if med["single"] else None,
+                  "all_delivered": all(t["delivered"] == t["expected"] for t in trials)}
+
+
+def write_out(a: argparse.Namespace, out: dict) -> None:
+    """The tables to stdout, the JSON to ``--json`` and, unless ``--docs ''``, the docs."""
     text = tables(out)
     print(text)
     path = Path(a.json)
@@ -273,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         (docs / "cluster.json").write_text(json.dumps(out, indent=1) + "\n")
         (docs / "cluster.md").write_text(markdown(out, text))
         print(f"docs: {docs / 'cluster.json'}, {docs / 'cluster.md'}")
-    return 0
 
 
 if __name__ == "__main__":
