@@ -31,14 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import procstat
+from bench.report import cluster_table, merge_cluster_costs
+from tools.cluster import RedisCluster, slot_of
+from tools.services import HOST, RedisServer
 
-from bench import procstat  # noqa: E402
-from bench.report import cluster_table, merge_cluster_costs  # noqa: E402
-from tools.cluster import RedisCluster, slot_of  # noqa: E402
-from tools.services import HOST, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["COUNTS", "KINDS", "main", "measure_cluster"]
 

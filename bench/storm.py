@@ -26,16 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import hist, procstat
+from bench.__main__ import raise_nofile, start_postgres
+from bench.redis_costs import command_calls
+from bench.systems import Gateway, make_tmp
+from bench.trial import gateway_samples
+from tools.services import RedisServer
 
-from bench import hist, procstat  # noqa: E402
-from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
-from bench.redis_costs import command_calls  # noqa: E402
-from bench.systems import Gateway, make_tmp  # noqa: E402
-from bench.trial import gateway_samples  # noqa: E402
-from tools.services import RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["main", "run_storm"]
 

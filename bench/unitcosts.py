@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.__main__ import raise_nofile, start_postgres
+from bench.redis_costs import measure_redis
+from bench.report import cluster_costs
+from bench.systems import make_tmp, use_gateway_src
+from bench.trial import run_trial
 
-from bench.__main__ import raise_nofile, start_postgres  # noqa: E402
-from bench.redis_costs import measure_redis  # noqa: E402
-from bench.report import cluster_costs  # noqa: E402
-from bench.systems import make_tmp, use_gateway_src  # noqa: E402
-from bench.trial import run_trial  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["derive", "main", "mean_row", "solve2"]
 
