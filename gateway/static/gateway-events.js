@@ -7,8 +7,20 @@
 //     getSessionToken: () => shopify.idToken(),       // optional
 //     onEvent: ({ type, id, data }) => { ... },
 //     onStatus: (status, detail) => { ... },
+//     onJob: (job, change) => { ... },                // optional: the jobs view
 //   });
+//   stream.jobs();   // [{job, event, id, data, ended}, ...]: each job's latest event
 //   stream.close();
+//
+// The jobs view (docs/frontend.md, "Jobs"): job -> its latest event, built from
+// the gateway's `snapshot` frame (sent after `connected` when there is no
+// Last-Event-ID, and after every `resync`) and from live events whose JSON
+// payload has the job key (`jobKey`, default 'jobId', as the gateway's
+// sse.job_key). `completion` and `error` end a job. A `resync` empties the
+// view and the snapshot that follows rebuilds it. A job never moves backwards:
+// an event whose durable id (EPOCH:OFFSET) is not greater than the job's
+// current one of the same epoch leaves the view as it is (it still reaches
+// onEvent). Jobs are keyed by their text, so 7 and '7' are one job.
 
 /**
  * @typedef {Object} GatewayEvent
@@ -16,6 +28,21 @@
  * @property {string} id    Gateway event id ('' when the frame had none).
  * @property {*} data       Parsed JSON payload, or the raw string if not JSON.
  * @property {string} raw   The payload exactly as received.
+ */
+
+/**
+ * @typedef {Object} GatewayJob  One job of the jobs view (frozen).
+ * @property {string|number} job  The job value as published.
+ * @property {string} event  Its latest event's name ('progress', 'completion', ...).
+ * @property {string} id     That event's id.
+ * @property {*} data        That event's payload (a JSON object).
+ * @property {boolean} ended Whether that event is `completion` or `error`.
+ */
+
+/**
+ * Changes passed to `onJob(job, change)`: 'snapshot' (set by a snapshot frame),
+ * 'event' (set by a live or replayed event), 'removed' (dropped: a `resync`
+ * emptied the view, or a snapshot no longer lists it; `job` is its last state).
  */
 
 /**
@@ -35,6 +62,24 @@ function parse(raw) {
   try { return JSON.parse(raw); } catch (_) { return raw; }
 }
 
+const DURABLE_ID = /^([0-9a-z]{1,32}):([1-9][0-9]{0,18})$/;
+
+/** Whether id `a` is a durable id not greater than `b` of the same epoch (no precision loss). */
+function notAfter(a, b) {
+  const x = DURABLE_ID.exec(a);
+  const y = DURABLE_ID.exec(b || '');
+  if (!x || !y || x[1] !== y[1]) return false;
+  return x[2].length < y[2].length || (x[2].length === y[2].length && x[2] <= y[2]);
+}
+
+/** The view's key for a job value (a 1-128 character string or an integer), else null. */
+function jobKeyOf(value) {
+  if (typeof value === 'string') return value.length >= 1 && value.length <= 128 ? value : null;
+  return Number.isInteger(value) ? String(value) : null;
+}
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
 /**
  * Open the gateway's event stream for one shop, with tickets, reconnects and
  * replay handled. EventSource retries by itself after a dropped connection,
@@ -48,15 +93,25 @@ function parse(raw) {
  * @param {() => (string|Promise<string>)} [opts.getSessionToken] Returns a fresh
  *   session token (JWT). When given, a stream ticket is obtained with it from
  *   `POST {url}/ticket?shop=SHOP` and the token itself never goes in a URL.
- * @param {(ev: GatewayEvent) => void} [opts.onEvent] Called for each event and for 'resync'
- *   (refetch your state: events may have been missed).
+ * @param {(ev: GatewayEvent) => void} [opts.onEvent] Called for each event, for 'resync'
+ *   (refetch your state: events may have been missed; the jobs view is emptied
+ *   and rebuilt by the snapshot that follows) and for 'snapshot' (data: {jobs}).
  * @param {(status: string, detail?: *) => void} [opts.onStatus] Connection status changes.
  * @param {string[]} [opts.events] Event names to listen for.
- * @returns {{close: () => void}}
+ * @param {string} [opts.jobKey] Payload field naming the job (the gateway's sse.job_key).
+ * @param {(job: GatewayJob, change: string) => void} [opts.onJob] Called for each change
+ *   of the jobs view, after onEvent.
+ * @returns {{close: () => void, jobs: () => GatewayJob[],
+ *   job: (key: string|number) => (GatewayJob|undefined),
+ *   onJob: (fn: (job: GatewayJob, change: string) => void) => (() => void)}}
+ *   `jobs()` is the whole view, in the order jobs appeared (a snapshot's: by id);
+ *   the same array until the view changes. `onJob(fn)` adds a listener and
+ *   returns its remover.
  */
 export function openGatewayStream({
   url, shop, getSessionToken, onEvent = () => {}, onStatus = () => {},
   events = ['progress', 'stage', 'completion', 'error'],
+  jobKey = 'jobId', onJob,
 }) {
   const base = (globalThis.location && globalThis.location.href) || undefined;
   let es = null;             // current EventSource
@@ -69,18 +124,78 @@ export function openGatewayStream({
   let reopenTimer = null;
   let refreshTimer = null;
   const seen = new Set();    // recent ids: never hand the app the same event twice
+  const view = new Map();    // job key -> GatewayJob
+  let viewList = null;       // cached jobs() answer, null when the view changed
+  const jobListeners = new Set(onJob ? [onJob] : []);
+  const terminal = new Set(['completion', 'error']);
 
   const status = (s, detail) => { try { onStatus(s, detail); } catch (e) { console.error(e); } };
+  const notify = (changes) => {
+    for (const [job, change] of changes) {
+      for (const fn of [...jobListeners]) {
+        try { fn(job, change); } catch (e) { console.error(e); }
+      }
+    }
+  };
+  const entry = (job, event, id, data) =>
+    Object.freeze({ job, event, id, data, ended: terminal.has(event) });
+  const put = (key, job, changes, change) => {
+    view.delete(key); // (re)inserted last: a snapshot's jobs end up in its order
+    view.set(key, job);
+    viewList = null;
+    changes.push([job, change]);
+  };
+  const clear = (changes, keep = new Set()) => {
+    for (const [key, job] of [...view]) {
+      if (!keep.has(key)) { view.delete(key); viewList = null; changes.push([job, 'removed']); }
+    }
+  };
+
+  /** A live or replayed event: update its job unless that would move it backwards. */
+  function applyEvent(type, id, data, changes) {
+    if (!isObject(data)) return;
+    const key = jobKeyOf(data[jobKey]);
+    if (key === null) return;
+    const current = view.get(key);
+    if (current && notAfter(id, current.id)) return;
+    const job = entry(data[jobKey], type, id, data);
+    if (current) { view.set(key, job); viewList = null; changes.push([job, 'event']); }
+    else put(key, job, changes, 'event');
+  }
+
+  /** A snapshot frame: the whole view, replaced (jobs it does not list are removed). */
+  function applySnapshot(data, changes) {
+    const jobs = isObject(data) && Array.isArray(data.jobs) ? data.jobs : null;
+    if (!jobs) { console.warn('gateway snapshot without jobs:', data); return; }
+    const fresh = [];
+    for (const j of jobs) {
+      const key = isObject(j) ? jobKeyOf(j.job) : null;
+      if (key !== null && typeof j.event === 'string') {
+        fresh.push([key, entry(j.job, j.event, String(j.id ?? ''), j.data)]);
+      }
+    }
+    clear(changes, new Set(fresh.map(([key]) => key)));
+    for (const [key, job] of fresh) put(key, job, changes, 'snapshot');
+  }
+
   const emit = (type, ev) => {
-    // A frame without `id:` reports the previous id, so resync is never deduplicated.
-    if (ev.lastEventId && type !== 'resync') {
+    // A frame without `id:` reports the previous id, so resync is never deduplicated;
+    // a snapshot's id may be that of an event already seen.
+    const control = type === 'resync' || type === 'snapshot';
+    if (ev.lastEventId && !control) {
       if (seen.has(ev.lastEventId)) return;
       seen.add(ev.lastEventId);
       if (seen.size > 1000) seen.delete(seen.values().next().value);
-      lastEventId = ev.lastEventId;
     }
-    try { onEvent({ type, id: ev.lastEventId || '', data: parse(ev.data), raw: ev.data }); }
+    if (ev.lastEventId && type !== 'resync') lastEventId = ev.lastEventId;
+    const data = parse(ev.data);
+    const changes = [];
+    if (type === 'resync') clear(changes);
+    else if (type === 'snapshot') applySnapshot(data, changes);
+    else applyEvent(type, ev.lastEventId || '', data, changes);
+    try { onEvent({ type, id: ev.lastEventId || '', data, raw: ev.data }); }
     catch (e) { console.error(e); }
+    notify(changes);
   };
 
   /** Fetch a new ticket with a fresh session token; schedule its refresh at ~80% of its life. */
@@ -142,6 +257,7 @@ export function openGatewayStream({
       if (type !== 'error') source.addEventListener(type, (ev) => emit(type, ev));
     }
     source.addEventListener('resync', (ev) => emit('resync', ev));
+    source.addEventListener('snapshot', (ev) => emit('snapshot', ev));
     // The stream ends after `shutdown` (with a jittered retry:); EventSource
     // reconnects by itself, sending Last-Event-ID, so nothing to do but report.
     source.addEventListener('shutdown', () => status('connecting', { reason: 'shutdown' }));
@@ -181,5 +297,14 @@ export function openGatewayStream({
       if (es) { es.close(); es = null; }
       status('closed');
     },
+    /** The jobs view: each job's latest event, in the order the jobs appeared. */
+    jobs() {
+      if (viewList === null) viewList = Object.freeze([...view.values()]);
+      return viewList;
+    },
+    /** One job's latest event (7 and '7' are one job), or undefined. */
+    job(key) { const k = jobKeyOf(key); return k === null ? undefined : view.get(k); },
+    /** Call `fn(job, change)` on every change of the view; returns a function that stops it. */
+    onJob(fn) { jobListeners.add(fn); return () => { jobListeners.delete(fn); }; },
   };
 }
