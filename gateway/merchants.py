@@ -20,6 +20,7 @@ import psycopg2
 from .config import PostgresConfig
 from .errors import UnavailableError, UnknownMerchantError
 from .runtime import deadlines
+from .runtime.single_flight import SingleFlight
 
 __all__ = ["Merchant", "MerchantDirectory"]
 
@@ -51,7 +52,7 @@ class MerchantDirectory:
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         self._cache: dict[str, _Cached] = {}
-        self._inflight: dict[str, asyncio.Task[Merchant | None]] = {}
+        self._lookups: SingleFlight[str, Merchant | None] = SingleFlight(self._lookup)
         self._closing: set[asyncio.Future[None]] = set()
         self._running: set[asyncio.Task[Any]] = set()  # queries, awaited or abandoned
         self.healthy = False
@@ -74,7 +75,7 @@ class MerchantDirectory:
     def needs_query(self, shop: str) -> bool:
         """Whether answering `shop` would start a PostgreSQL query: it has no cache entry
         (fresh or stale) and no lookup of it is already in flight to join."""
-        return shop not in self._cache and shop not in self._inflight
+        return shop not in self._cache and self._lookups.in_flight(shop) is None
 
     async def recheck(self, shop: str) -> bool | None:
         """Fresh verification bypassing the cache; None when PostgreSQL cannot tell."""
@@ -90,7 +91,7 @@ class MerchantDirectory:
         return (time.perf_counter() - started) * 1000
 
     async def close(self) -> None:
-        for task in [*self._inflight.values(), *self._running]:
+        for task in [*self._lookups.tasks(), *self._running]:
             task.cancel()
         if self._pool is not None:
             self._pool.terminate()
@@ -103,13 +104,9 @@ class MerchantDirectory:
         return merchant
 
     async def _shared_lookup(self, shop: str) -> Merchant | None:
-        task = self._inflight.get(shop)
-        if task is None:
-            task = asyncio.create_task(self._lookup(shop))
-            self._inflight[shop] = task
-            task.add_done_callback(lambda _: self._inflight.pop(shop, None))
-        # shielded: a client leaving must not cancel a query (aiopg would drop the connection)
-        return await asyncio.shield(task)
+        # shared and shielded: a client leaving must not cancel a query (aiopg would
+        # drop the connection)
+        return await self._lookups.join(shop)
 
     async def _lookup(self, shop: str) -> Merchant | None:
         rows = await self._query(self._cfg.merchant_query, {"shop": shop})

@@ -1,4 +1,4 @@
-"""gateway.runtime.single_flight.SingleFlight: callers share a run that starts after their call (pure unit)."""
+"""gateway.runtime.single_flight: callers share one run per key (pure unit)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,25 @@ async def test_a_caller_leaving_does_not_cancel_the_shared_run() -> None:
     await asyncio.sleep(0)
     leaving.cancel()
     assert await staying == "ok" and done.is_set()
+
+
+async def test_join_shares_the_run_under_way_and_a_leaver_does_not_cancel_it() -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def run(key: str) -> int:
+        started.append(key)
+        await gate.wait()
+        return len(started)
+
+    flights: SingleFlight[str, int] = SingleFlight(run)
+    joined = [asyncio.ensure_future(flights.join("a")) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    assert started == ["a"] and flights.in_flight("a") is not None  # one run for all
+    joined[0].cancel()  # one caller leaves: the others' run goes on
+    late = asyncio.ensure_future(flights.join("a"))  # under way: joined, not a new run
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert set(await asyncio.gather(*joined[1:], late)) == {1}
+    assert started == ["a"] and flights.in_flight("a") is None and not flights.tasks()
+    assert await flights.join("a") == 2  # nothing under way: a new run

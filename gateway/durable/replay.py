@@ -15,7 +15,7 @@ until the first event that also queued live, and the queue follows in live
 order (stream.replay_before_live). Queued events the client already has (it
 came from a process whose subscriber was ahead of ours) are dropped there.
 
-Concurrent replays of one merchant share one read (`runtime.single_flight.SingleFlight`): a read
+Concurrent replays of one merchant share one read (`runtime.single_flight`): a read
 gathers every replay that arrives before it starts, and at most one read per
 merchant is in flight.
 What a read returns is also put in front of the merchant's ring (`Hub.backfill`),
@@ -78,7 +78,7 @@ class DurableReplay:
         self._flush = flush
         self._metrics = metrics
         self._reads: SingleFlight[str, _Fetched] = SingleFlight(self._read)
-        self._checks: dict[str, asyncio.Future[DurableId | None]] = {}
+        self._heads: SingleFlight[str, DurableId | None] = SingleFlight(self._read_head)
 
     async def resume(
         self, stream: Stream, last_id: str, held: list[Entry], gap: bool
@@ -112,13 +112,11 @@ class DurableReplay:
     async def _head(self, merchant_id: str) -> DurableId | None:
         """The merchant's newest durable id in Redis: one HMGET shared by its
         concurrent reconnects. Raises on a Redis fault."""
-        check = self._checks.get(merchant_id)
-        if check is None:
-            check = asyncio.ensure_future(self._history.read_head(merchant_id))
-            self._checks[merchant_id] = check
-            check.add_done_callback(lambda _: self._checks.pop(merchant_id, None))
-        # shielded: the check is shared by the merchant's concurrent reconnects
-        return await deadlines.wait(asyncio.ensure_future(asyncio.shield(check)), _READ_TIMEOUT_S)
+        head = asyncio.ensure_future(self._heads.join(merchant_id))
+        return await deadlines.wait(head, _READ_TIMEOUT_S)
+
+    async def _read_head(self, merchant_id: str) -> DurableId | None:
+        return await self._history.read_head(merchant_id)
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
         """Queue the durable events after `last` ahead of live ones; how many, or None
@@ -180,9 +178,7 @@ class DurableReplay:
         return snapshot
 
     async def close(self) -> None:
-        for check in list(self._checks.values()):
-            check.cancel()
-        await stop_tasks(self._reads.tasks())
+        await stop_tasks([*self._heads.tasks(), *self._reads.tasks()])
 
 
 def _bridgeable(head: DurableId | None, last: DurableId) -> bool:

@@ -1,11 +1,18 @@
-"""One run shared by every caller that arrives while the previous run is in flight.
+"""Single flight: one run of a keyed operation shared by the callers that need it at once.
 
-A caller needs work that *starts after its call* (a history read that sees what
-was published before it, a canary round trip behind every earlier message), but
-a storm of callers must not cost one run each. `SingleFlight` gives each key at
-most one run in flight plus one gathering callers: arrivals join the gathering
-run, which starts when the one in flight ends (or on the next loop turn). Used
-for replay's history reads (per merchant) and the canary's flushes.
+A storm of callers must not cost one run each. `SingleFlight(run)` keeps at most
+one run of `run(key)` in flight per key, and offers two ways to share it:
+
+- `join(key)`: the run under way, or one started now. For reads whose answer
+  may predate the call: a merchant lookup, a history's newest id.
+- `await flights(key)`: a run that *starts after the call*, for callers that
+  need to see everything before it (a history read that sees what was
+  published before it, a canary round trip behind every earlier message).
+  Arrivals join the run gathering callers, which starts when the one in flight
+  ends (or on the next loop turn).
+
+Either way a caller that leaves (cancelled, or past its own deadline) does not
+cancel the run the others wait for.
 """
 
 from __future__ import annotations
@@ -35,6 +42,16 @@ class SingleFlight(Generic[K, T]):
             self._gathering[key] = task
         return await asyncio.shield(task)  # a caller leaving does not cancel the others' run
 
+    async def join(self, key: K) -> T:
+        """The result of the run of `key` under way, or of one started now."""
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._run(key))
+            task.add_done_callback(_retrieve)
+            task.add_done_callback(lambda done: self._forget(key, done))
+            self._in_flight[key] = task
+        return await asyncio.shield(task)
+
     def in_flight(self, key: K) -> asyncio.Task[T] | None:
         """The run of `key` under way, if any (not the one still gathering callers)."""
         return self._in_flight.get(key)
@@ -53,8 +70,11 @@ class SingleFlight(Generic[K, T]):
         try:
             return await self._run(key)
         finally:
-            if self._in_flight.get(key) is me:
-                del self._in_flight[key]
+            self._forget(key, me)
+
+    def _forget(self, key: K, task: asyncio.Task[T]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
 
 
 def _retrieve(task: asyncio.Task[T]) -> None:
