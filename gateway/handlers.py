@@ -18,6 +18,7 @@ from .merchants import Merchant
 from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
 from .web.sse import SharedHeartbeatResponse
+from .web.writer import payload_writer
 
 __all__ = ["client_address", "close_all_streams", "stream_view", "ticket_preflight", "ticket_view"]
 
@@ -175,7 +176,8 @@ async def _serve(
             gw.metrics.replay_hits += 1
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
-        stream.bind(writer, chunked=bool(getattr(writer, "chunked", False)))
+        socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use
+        stream.bind(socket, chunked=socket.chunked)
         gw.metrics.streams_opened += 1
         log.info(
             "stream open merchant=%s shop=%s client=%s replayed=%d",

@@ -18,13 +18,13 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .durable.ids import DurableId
 from .frames import PING
 from .frames import wire as framed
 from .hub import Control, Entry
 from .metrics import Metrics
+from .web.writer import PayloadWriter, WriterProtocol
 
 __all__ = ["CloseReason", "QueuePolicy", "Stream"]
 
@@ -102,12 +102,12 @@ class Stream:
         self._replay_allowance = 0
         self._replay_allowance_bytes = 0
         self._wake: asyncio.Future[None] | None = None
-        self._transport: Any = None
-        self._protocol: Any = None
-        self._writer: Any = None
+        self._transport: asyncio.Transport | None = None
+        self._protocol: WriterProtocol | None = None
+        self._writer: PayloadWriter | None = None
         self._chunked = 0
 
-    def bind(self, writer: Any, chunked: bool) -> None:
+    def bind(self, writer: PayloadWriter, chunked: bool) -> None:
         """Start writing to `writer` (aiohttp's payload writer, headers already sent)."""
         self._writer = writer
         self._transport = writer.transport
@@ -121,9 +121,15 @@ class Stream:
 
     def deliver(self, entry: Entry | Control | _Ping) -> None:
         """Hand one event to this client without ever waiting for it."""
-        if self._queue is None and not self._protocol.writing_paused:
+        transport, protocol = self._transport, self._protocol
+        if (
+            self._queue is None
+            and transport is not None
+            and protocol is not None
+            and not protocol.writing_paused
+        ):
             try:
-                self._transport.write(entry.wire[self._chunked])
+                transport.write(entry.wire[self._chunked])
             except RuntimeError:  # uvloop: the client left; its handler is being cancelled
                 self.close(CloseReason.CLIENT_GONE)
             return
@@ -251,8 +257,9 @@ class Stream:
                 if self._transport.is_closing():
                     self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
                     return self.close_reason
-                if self._protocol.writing_paused:
-                    await self._writer.drain()
+                protocol, writer = self._protocol, self._writer
+                if protocol is not None and writer is not None and protocol.writing_paused:
+                    await writer.drain()
                     continue
                 try:
                     self._transport.write(self._take_batch(queue))

@@ -1,9 +1,12 @@
-"""The two places that rely on library internals fail here, loudly, after an upgrade.
+"""The three places that rely on library internals fail here, loudly, after an upgrade.
 
 - redis-py: the subscriber reads its connection's StreamReader directly
   (gateway/broker/connection.py: socket_reader);
 - aiohttp-sse: the per-stream ping task is replaced by one shared timer
-  (gateway/web/sse.py overrides EventSourceResponse._ping).
+  (gateway/web/sse.py overrides EventSourceResponse._ping);
+- aiohttp: a stream writes to the payload writer's transport, honours
+  `protocol.writing_paused`, awaits `drain()` and frames by `chunked`
+  (gateway/web/writer.py: payload_writer).
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 
+import pytest
 import redis.asyncio as aioredis
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
 from gateway.web.sse import SharedHeartbeatResponse
+from gateway.web.writer import payload_writer
 from tools.services import RedisServer
 
 
@@ -38,3 +45,35 @@ def test_aiohttp_sse_still_starts_its_ping_from_prepare() -> None:
     assert inspect.iscoroutinefunction(EventSourceResponse._ping)
     assert "self._ping()" in inspect.getsource(EventSourceResponse.prepare)
     assert SharedHeartbeatResponse._ping is not EventSourceResponse._ping
+
+
+async def test_aiohttp_payload_writer_has_what_a_stream_uses() -> None:
+    """aiohttp's own StreamWriter passes the check, and `chunked` follows enable_chunking()."""
+    loop = asyncio.get_running_loop()
+    writer = StreamWriter(BaseProtocol(loop), loop)
+    checked = payload_writer(writer)
+    assert checked is writer and checked.chunked is False
+    assert checked.transport is None and checked.protocol.writing_paused is False
+    assert inspect.iscoroutinefunction(checked.drain)
+    writer.enable_chunking()
+    assert checked.chunked is True  # the attribute the framing is picked by is still live
+
+
+@pytest.mark.parametrize("attribute", ["chunked", "transport", "protocol", "drain"])
+async def test_the_writer_tripwire_fires_when_aiohttp_loses_an_attribute(
+    monkeypatch: pytest.MonkeyPatch, attribute: str
+) -> None:
+    """As after an upgrade that renamed it: refused loudly, never written around."""
+    loop = asyncio.get_running_loop()
+    monkeypatch.delattr(StreamWriter, attribute)
+    with pytest.raises(RuntimeError, match=f"payload writer has no {attribute}"):
+        payload_writer(StreamWriter(BaseProtocol(loop), loop))
+
+
+async def test_the_writer_tripwire_fires_without_flow_control(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    monkeypatch.delattr(BaseProtocol, "writing_paused")
+    with pytest.raises(RuntimeError, match=r"protocol\.writing_paused"):
+        payload_writer(StreamWriter(BaseProtocol(loop), loop))
