@@ -110,8 +110,9 @@ async def _durable_costs(r, pid: int, merchants: int, count: int, replay: int,
     for a in range(0, count, BATCH):
         items = [(ids[k % merchants], "progress", b'{"jobId":"j%d","seq":%d}' % (k, k))
                  for k in range(a, min(count, a + BATCH))]
-        for (mid, _, _), eid in zip(items, await hist.publish_many(items), strict=True):
-            last[mid] = eid
+        for (mid, _, _), done in zip(items, await hist.publish_many(items), strict=True):
+            if done.id is not None:
+                last[mid] = done.id
     pub = (procstat.cpu_seconds([pid]) - c0) * 1e6 / count
     starts = []
     for mid, eid in last.items():

@@ -39,6 +39,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("arguments", nargs="*", help="publish: MERCHANT_ID EVENT DATA")
     parser.add_argument("--config", help="YAML config file (default: $GATEWAY_CONFIG)")
+    parser.add_argument("--key", help="publish: idempotency key (a repeat publishes nothing)")
+    parser.add_argument("--seq", help="publish: the event's seq in its job (an integer >= 0)")
     args = parser.parse_args(argv)
     expected = 3 if args.command == "publish" else 0
     if len(args.arguments) != expected:
@@ -68,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
     try:
-        cfg = load_config(_config_path(args.config))
+        cfg = load_config(_config_path(args.config), needs_postgres=args.command != "publish")
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "publish":
         from .durable.cli import run_publish
 
-        return run_publish(cfg, *args.arguments)
+        return run_publish(cfg, *args.arguments, key=args.key, seq=args.seq)
     if args.command == "check-config":
         yaml.safe_dump(redacted_dict(cfg), sys.stdout, sort_keys=False)
         for need in REDIS_NEEDS:

@@ -31,7 +31,7 @@ from .durable.gate import PUBLISHING, PublishGate
 from .durable.history import DurableHistory
 from .durable.replay import DurableReplay
 from .errors import UnavailableError
-from .handlers import close_all_streams, stream_view, ticket_preflight, ticket_view
+from .handlers import stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
 from .hub import Control, Hub
 from .logs import flush_suppressed
@@ -86,6 +86,9 @@ def create_app(cfg: Config) -> web.Application:
         history=cfg.sse.history,
         ttl_s=cfg.redis.history_ttl,
         sharded=cfg.redis.cluster,
+        job_key=cfg.sse.job_key,
+        jobs_kept=cfg.sse.snapshot_jobs,
+        idempotency_ttl_s=cfg.redis.idempotency_ttl,
     )
     app[GATEWAY] = Gateway(
         cfg=cfg,
@@ -104,6 +107,7 @@ def create_app(cfg: Config) -> web.Application:
         events=cfg.redis.events,
         history=history,
         metrics=metrics,
+        job_key=cfg.sse.job_key,
     )
     app[PUBLISHING] = PublishGate(
         broker.backlog_bytes, lambda: broker.round_trip(shared=True), metrics
@@ -157,9 +161,9 @@ async def _summarise_logs() -> None:
 async def _on_shutdown(app: web.Application) -> None:
     """Tell every stream to go; cut those that cannot hear it in time."""
     gw = app[GATEWAY]
-    gw.draining = True
-    count = len(gw.admission)
-    close_all_streams(gw)
+    gw.draining = True  # the only place: readiness 503, new streams refused
+    log.info("draining: readiness is now 503")
+    count = gw.admission.close_all()
     log.info("shutdown: %d streams told to reconnect elsewhere", count)
     budget = max(0.5, gw.cfg.server.shutdown_timeout - _RELEASE_RESERVE_S)
     try:

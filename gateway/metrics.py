@@ -53,6 +53,15 @@ _COUNTERS = {
         "gateway_publish_paused",
         "Durable publishes held back by the subscriber's backlog in Redis (backpressure)",
     ),
+    "publish_stale": (
+        "gateway_publish_stale",
+        "Durable publishes dropped as stale (their job ended, or seq not above the job's)",
+    ),
+    "publish_duplicates": (
+        "gateway_publish_duplicates",
+        "Durable publishes answered with an earlier publish's id (same idempotency key)",
+    ),
+    "snapshots": ("gateway_snapshots", "Job-state snapshot frames sent to streams"),
 }
 CLOSE_REASONS = ("client_gone", "slow_client", "shutdown", "revoked", "drain_timeout")
 REPLAY_SOURCES = ("memory", "redis")
@@ -82,6 +91,9 @@ class Metrics:
         self.streams_opened = 0
         self.history_reads = 0
         self.publish_paused = 0
+        self.publish_stale = 0
+        self.publish_duplicates = 0
+        self.snapshots = 0
         self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_CODES, 0)
         self.closes: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
         self.replayed: dict[str, int] = dict.fromkeys(REPLAY_SOURCES, 0)

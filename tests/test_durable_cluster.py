@@ -120,7 +120,7 @@ async def test_sharded_publish_and_replay_on_a_cluster(client: AsyncRedisCluster
     await client.script_flush()
     assert await client.script_exists(SCRIPT_SHA) == [False]  # on every primary
     batch = [(mid, "stage", b"b") for mid in mids for _ in range(2)]
-    batch_ids = await history.publish_many(batch)
+    batch_ids = [o.id for o in await history.publish_many(batch)]
     offsets = [DurableId.parse(i).offset for i in batch_ids]  # type: ignore[union-attr]
     assert offsets[:2] == [6, 7] and offsets[2:] == [1, 2] * 5
 

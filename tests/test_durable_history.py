@@ -111,7 +111,8 @@ async def test_noscript_falls_back_to_eval(client: aioredis.Redis) -> None:
     one = await history.publish(mid, "progress", b"1")
     assert await client.script_exists(SCRIPT_SHA) == [True]  # EVAL cached it
     await client.script_flush()
-    many = await history.publish_many([(mid, "progress", b"2"), (mid, "stage", b"3")])
+    outcomes = await history.publish_many([(mid, "progress", b"2"), (mid, "stage", b"3")])
+    many = [o.id for o in outcomes]
     ids = [DurableId.parse(i) for i in (one, *many)]
     assert [i.offset for i in ids if i] == [1, 2, 3]
 
@@ -121,7 +122,7 @@ async def test_publish_many_keeps_order_across_merchants(client: aioredis.Redis)
     m2, _ = unique_merchant("dh")
     history = make_history(client, history=10)
     items = [(m1 if i % 2 else m2, "progress", b"%d" % i) for i in range(10)]
-    ids = await history.publish_many(items)
+    ids = [o.id for o in await history.publish_many(items)]
     offsets = {m1: [], m2: []}  # type: dict[str, list[int]]
     for (mid, _, _), text in zip(items, ids, strict=True):
         parsed = DurableId.parse(text)

@@ -144,8 +144,16 @@ def test_script_args_single_source_of_keys_and_argv() -> None:
         "merchant:{merchant_id}:{event}", "m1", "progress", b"p",
         history=100, ttl_s=60, sharded=False, epoch="abc",
     )
-    assert keys == ["gateway:history:{m1}", "gateway:meta:{m1}"]
-    assert argv == ["merchant:m1:progress", "progress", b"p", 100, 60, "abc", "PUBLISH"]
+    assert keys == ["gateway:history:{m1}", "gateway:meta:{m1}", "gateway:jobs:{m1}",
+                    "gateway:jobids:{m1}"]
+    assert argv == ["merchant:m1:progress", "progress", b"p", 100, 60, "abc", "PUBLISH",
+                    "", "", 100, 600]
+    keys, argv = script_args(
+        "merchant:{merchant_id}:{event}", "m1", "progress", b"p", history=100, ttl_s=60,
+        sharded=False, job="po-42", seq=7, key="k.1", jobs_kept=5, idempotency_ttl_s=30,
+    )
+    assert keys[4:] == ["gateway:idem:{m1}:k.1"]  # every key in KEYS, one hash tag
+    assert argv[7:] == ["po-42", 7, 5, 30]
     _, argv = script_args(
         "merchant:{{{merchant_id}}}:{event}", "m1", "stage", b"", history=0, ttl_s=1, sharded=True
     )

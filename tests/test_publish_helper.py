@@ -119,8 +119,10 @@ def test_bad_settings_are_refused(kwargs: dict[str, int]) -> None:
 
 
 def test_the_helper_loads_without_the_rest_of_the_gateway() -> None:
-    """docs/publishing.md: backends may copy durable/publisher.py, ids.py and publish.lua alone."""
-    alone = "('gateway.durable', 'gateway.durable.publisher', 'gateway.durable.ids')"
+    """docs/publishing.md: backends may copy durable/publisher.py, ids.py, jobs.py and
+    publish.lua alone."""
+    alone = ("('gateway.durable', 'gateway.durable.publisher', 'gateway.durable.ids', "
+             "'gateway.durable.jobs')")
     probe = (
         "import sys, gateway.durable.publisher; "
         "extra = sorted(m for m in sys.modules if m.startswith(('gateway.', 'aiohttp')) "

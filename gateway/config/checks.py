@@ -144,7 +144,7 @@ def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
             ) from None
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, *, needs_postgres: bool = True) -> None:
     server = cfg.server
     if not server.path.startswith("/") or server.path.endswith("/"):
         raise ConfigError("server.path", "must start with '/' and not end with '/'")
@@ -173,9 +173,9 @@ def validate(cfg: Config) -> None:
     for i, event in enumerate(cfg.sse.coalesce):
         if event not in cfg.redis.events or event in ("completion", "error"):
             raise ConfigError(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
-    if not cfg.postgres.dsn:
+    if not cfg.postgres.dsn and needs_postgres:
         raise ConfigError("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
-    if urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
+    if cfg.postgres.dsn and urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
         raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
     if _SHOP_FIELD not in cfg.postgres.merchant_query:
         raise ConfigError("postgres.merchant_query", f"must use {_SHOP_FIELD}")

@@ -121,7 +121,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | None, environ: Mapping[str, str] | None = None, *, needs_postgres: bool = True
+) -> Config:
     """Read, expand and validate the YAML at `path` (None: built-in defaults)."""
     environ = os.environ if environ is None else environ
     raw: Any = {}
@@ -162,7 +164,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
     cfg = dataclasses.replace(
         cfg, redis=dataclasses.replace(cfg.redis, url=url), redis_source=source
     )
-    validate(cfg)
+    validate(cfg, needs_postgres=needs_postgres)  # publishing alone never uses it
     return cfg
 
 

@@ -52,6 +52,7 @@ class RedisConfig:
     events: tuple[str, ...] = _strings("progress", "stage", "completion", "error")
     cluster: bool = False
     history_ttl: int = _num(86400, 1, 365 * 86400, integer=True)
+    idempotency_ttl: int = _num(600, 1, 30 * 86400, integer=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,8 @@ class SSEConfig:
     max_queue_bytes: int = _num(262144, 1024, 1 << 34, integer=True)
     coalesce: tuple[str, ...] = _strings("progress")
     job_key: str = "jobId"
+    snapshot: bool = True
+    snapshot_jobs: int = _num(100, 1, 10_000, integer=True)
     max_connections: int = _num(20000, 1, 1_000_000, integer=True)
     max_connections_per_merchant: int = _num(200, 1, 1_000_000, integer=True)
 

@@ -27,7 +27,7 @@ from ..metrics import Metrics
 from .body import Item, Refusal, check_headers, parse_items, read_body
 from .gate import PUBLISHING, Busy
 from .history import DurableHistory
-from .publisher import PartialPublish
+from .publisher import Outcome, PartialPublish
 
 __all__ = ["PUBLISH_API", "PublishApi", "publish_view"]
 
@@ -47,6 +47,7 @@ class PublishApi:
     events: tuple[str, ...]
     history: DurableHistory
     metrics: Metrics
+    job_key: str = "jobId"
 
 
 PUBLISH_API = web.AppKey("publish_api", PublishApi)
@@ -112,7 +113,7 @@ async def publish_view(request: web.Request) -> web.Response:
         check_headers(request)
         async with gate.admit():
             body = await read_body(request, api.body_timeout_s)
-            items, batch = parse_items(body, api.events)
+            items, batch = parse_items(body, api.events, api.job_key)
             return await _publish(api, request, items, batch)
     except Refusal as refusal:
         response = _respond(api, refusal.status, {"error": refusal.code, "message": str(refusal)})
@@ -126,13 +127,10 @@ async def _publish(
     api: PublishApi, request: web.Request, items: list[Item], batch: bool
 ) -> web.Response:
     gate = request.app[PUBLISHING]
-    size = sum(len(payload) for _, _, payload in items)
+    size = sum(len(item.payload) for item in items)
     try:
         async with gate.turn(size, len(items)), asyncio.timeout(_REDIS_TIMEOUT_S):
-            if batch:
-                ids = await api.history.publish_many(items)
-            else:
-                ids = [await api.history.publish(*items[0])]
+            outcomes = await api.history.publish_many(items)
     except _FAULTS as exc:
         log.warning("publish failed: Redis unavailable (%s)", type(exc).__name__)
         return _unavailable(api, "unavailable", "Redis is unavailable")
@@ -143,5 +141,27 @@ async def _publish(
         partial = exc.ids if isinstance(exc, PartialPublish) and batch else None
         return _unavailable(api, code, message, partial)
     gate.outcome(None)
-    log.debug("published %d durable event(s), first merchant=%s", len(ids), items[0][0])
-    return _respond(api, 200, {"ids": ids} if batch else {"id": ids[0]})
+    api.metrics.publish_stale += sum(o.stale for o in outcomes)
+    api.metrics.publish_duplicates += sum(o.duplicate for o in outcomes)
+    log.debug("published %d durable event(s), first merchant=%s", len(outcomes),
+              items[0].merchant_id)
+    return _respond(api, 200, answer(outcomes, batch))
+
+
+def answer(outcomes: list[Outcome], batch: bool) -> dict[str, Any]:
+    """The 200 body: `id` (or `ids`), with `stale` and `duplicate` where they apply."""
+    if not batch:
+        body: dict[str, Any] = {"id": outcomes[0].id}
+        if outcomes[0].stale:
+            body["stale"] = True
+        if outcomes[0].duplicate:
+            body["duplicate"] = True
+        return body
+    body = {"ids": [o.id for o in outcomes]}
+    stale = [i for i, o in enumerate(outcomes) if o.stale]
+    duplicate = [i for i, o in enumerate(outcomes) if o.duplicate]
+    if stale:
+        body["stale"] = stale
+    if duplicate:
+        body["duplicate"] = duplicate
+    return body

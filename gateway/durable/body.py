@@ -4,8 +4,9 @@ Only `Content-Type: application/json` (a `charset` parameter, if any, utf-8),
 no `Content-Encoding` but `identity` (the body is never decompressed), at most
 `MAX_BODY_BYTES`, complete within `server.body_timeout` of the request head,
 UTF-8 JSON (no BOM, no UTF-16/32), no duplicate key in any object, no
-NaN/Infinity; then one `{"merchantId", "event", "data"}` object or an array
-of 1 to `MAX_ITEMS` of them. Every refusal is a `Refusal` naming the fault.
+NaN/Infinity; then one `{"merchantId", "event", "data"}` object (optionally
+with `seq`, an integer >= 0, and `key`, an idempotency key) or an array of 1
+to `MAX_ITEMS` of them. Every refusal is a `Refusal` naming the fault.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from .ids import InvalidData, encode_data, valid_merchant_id
+from .jobs import KEY_PATTERN, job_of
+from .publisher import Publication
 
 __all__ = [
     "MAX_BODY_BYTES", "MAX_ITEMS", "Item", "Refusal", "check_headers", "parse_items", "read_body",
@@ -25,8 +28,10 @@ __all__ = [
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ITEMS = 1000
 _KEYS = frozenset(("merchantId", "event", "data"))
+_OPTIONAL = frozenset(("seq", "key"))
+_SEQ_MAX = 10**15 - 1  # the publish script takes up to 15 digits
 
-Item = tuple[str, str, bytes]
+Item = Publication
 
 
 class Refusal(Exception):
@@ -90,26 +95,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _item(value: Any, where: str, events: tuple[str, ...]) -> Item:
+def _item(value: Any, where: str, events: tuple[str, ...], job_key: str) -> Item:
     if not isinstance(value, dict):
         raise _bad(f"{where}: must be an object with merchantId, event and data")
-    if value.keys() != _KEYS:
+    if not _KEYS <= value.keys() <= _KEYS | _OPTIONAL:
         missing = sorted(_KEYS - value.keys())
-        extra = sorted(value.keys() - _KEYS)
+        extra = sorted(value.keys() - _KEYS - _OPTIONAL)
         detail = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"
-        raise _bad(f"{where}: must have exactly merchantId, event and data ({detail})")
+        raise _bad(f"{where}: must have merchantId, event and data, and may have seq and key "
+                   f"({detail})")
     if not valid_merchant_id(value["merchantId"]):
         raise _bad(f"{where}.merchantId: must match ^[A-Za-z0-9_-]{{1,128}}$")
     if not isinstance(value["event"], str) or value["event"] not in events:
         raise _bad(f"{where}.event: must be one of {', '.join(events)}")
+    seq, key = value.get("seq"), value.get("key")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)
+                            or not 0 <= seq <= _SEQ_MAX):
+        raise _bad(f"{where}.seq: must be an integer from 0 to {_SEQ_MAX}")
+    if key is not None and (not isinstance(key, str) or not KEY_PATTERN.fullmatch(key)):
+        raise _bad(f"{where}.key: must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     try:
         payload = encode_data(value["data"])
     except InvalidData as exc:
         raise _bad(f"{where}.data: {exc}") from None
-    return value["merchantId"], value["event"], payload
+    job = job_of(value["data"], job_key)
+    return Publication(value["merchantId"], value["event"], payload, job, seq, key)
 
 
-def parse_items(body: bytes, events: tuple[str, ...]) -> tuple[list[Item], bool]:
+def parse_items(
+    body: bytes, events: tuple[str, ...], job_key: str = "jobId"
+) -> tuple[list[Item], bool]:
     """(items, is_batch) of a publish body; `Refusal` 400 naming the first fault."""
     try:
         text = body.decode("utf-8")
@@ -124,9 +139,9 @@ def parse_items(body: bytes, events: tuple[str, ...]) -> tuple[list[Item], bool]
     except RecursionError:
         raise _bad("body must be UTF-8 JSON (nested too deeply)") from None
     if isinstance(doc, dict):
-        return [_item(doc, "body", events)], False
+        return [_item(doc, "body", events, job_key)], False
     if not isinstance(doc, list):
         raise _bad("body must be an object or an array of objects")
     if not 1 <= len(doc) <= MAX_ITEMS:
         raise _bad(f"array must hold 1 to {MAX_ITEMS} items, got {len(doc)}")
-    return [_item(v, f"[{i}]", events) for i, v in enumerate(doc)], True
+    return [_item(v, f"[{i}]", events, job_key) for i, v in enumerate(doc)], True

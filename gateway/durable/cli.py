@@ -1,8 +1,10 @@
-"""`python -m gateway publish MERCHANT_ID EVENT DATA [--config PATH]`: one durable publish.
+"""`python -m gateway publish MERCHANT_ID EVENT DATA [--key K] [--seq N] [--config PATH]`.
 
-DATA is parsed as JSON when it parses (then published as text for a string,
-compact JSON otherwise), else published as the text given. Prints the event
-id. Exit codes: 0 published, 2 bad arguments, 1 Redis failed.
+One durable publish. DATA is parsed as JSON when it parses (then published as
+text for a string, compact JSON otherwise), else published as the text given.
+Prints the event id; for a repeated `--key`, the first publish's id; `stale`
+when the event is stale (its job ended, or `--seq` is not above the job's).
+Exit codes: 0 in those three cases, 2 bad arguments, 1 Redis failed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from redis.exceptions import RedisError
 from ..config import Config
 from ..logs import redact_text, redact_url
 from .ids import InvalidData, encode_data, valid_merchant_id
-from .publisher import Publisher
+from .jobs import KEY_PATTERN, job_of
+from .publisher import Publication, Publisher
 
 __all__ = ["parse_data", "run_publish"]
 
@@ -50,7 +53,17 @@ def _failed(cfg: Config, reason: str) -> int:
     return 1
 
 
-def run_publish(cfg: Config, merchant_id: str, event: str, data: str) -> int:
+def _seq(text: str | None) -> int | None:
+    """--seq as an integer >= 0; ValueError otherwise."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 15:
+        raise ValueError(text)
+    return int(text)
+
+
+def run_publish(cfg: Config, merchant_id: str, event: str, data: str, *,
+                key: str | None = None, seq: str | None = None) -> int:
     """Publish DATA durably for the merchant; print its id. The process exit code."""
     if not valid_merchant_id(merchant_id):
         print("publish: MERCHANT_ID must match ^[A-Za-z0-9_-]{1,128}$", file=sys.stderr)
@@ -58,8 +71,17 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str) -> int:
     if event not in cfg.redis.events:
         print(f"publish: EVENT must be one of {', '.join(cfg.redis.events)}", file=sys.stderr)
         return 2
+    if key is not None and not KEY_PATTERN.fullmatch(key):
+        print("publish: --key must be 1-128 characters of A-Z a-z 0-9 _ . : -", file=sys.stderr)
+        return 2
     try:
-        payload = encode_data(parse_data(data))
+        number = _seq(seq)
+    except ValueError:
+        print("publish: --seq must be an integer >= 0", file=sys.stderr)
+        return 2
+    value = parse_data(data)
+    try:
+        payload = encode_data(value)
     except InvalidData as exc:
         print(f"publish: DATA: {exc}", file=sys.stderr)
         return 2
@@ -73,12 +95,16 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str) -> int:
         history=cfg.sse.history,
         ttl_s=cfg.redis.history_ttl,
         sharded=cfg.redis.cluster,
+        job_key=cfg.sse.job_key,
+        jobs_kept=cfg.sse.snapshot_jobs,
+        idempotency_ttl_s=cfg.redis.idempotency_ttl,
     )
+    job = job_of(value, cfg.sse.job_key)
     try:
-        event_id = publisher.publish_payload(merchant_id, event, payload)
+        done = publisher.send(Publication(merchant_id, event, payload, job, number, key))
     except (RedisError, OSError) as exc:
         return _failed(cfg, redact_text(str(exc)) or type(exc).__name__)
     finally:
         client.close()
-    print(event_id)
+    print("stale" if done.stale else done.id)
     return 0

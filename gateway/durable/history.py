@@ -1,9 +1,10 @@
 """Durable history in Redis: publish through `publish.lua`, read for replay.
 
-Per merchant, two keys in one cluster slot (the merchant id is their hash
-tag): the stream `gateway:history:{ID}` (entries `0-OFFSET` with fields `e`
-event and `d` payload, capped at `sse.history`) and the hash
-`gateway:meta:{ID}` (`epoch`, `offset`). Both expire `redis.history_ttl`
+Per merchant, keys in one cluster slot (the merchant id is their hash tag):
+the stream `gateway:history:{ID}` (entries `0-OFFSET` with fields `e` event
+and `d` payload, capped at `sse.history`), the hash `gateway:meta:{ID}`
+(`epoch`, `offset`), and the job state (jobs.py): the hash `gateway:jobs:{ID}`
+and the sorted set `gateway:jobids:{ID}`. All expire `redis.history_ttl`
 seconds after the merchant's last durable publish.
 
 Reads take the meta hash and the stream in one MULTI/EXEC, so an entry and
@@ -20,8 +21,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from .ids import DurableEvent, DurableId, HistorySnapshot, history_keys
-from .publisher import AsyncPublisher
+from .ids import DurableEvent, DurableId, HistorySnapshot, history_keys, job_state_keys
+from .jobs import JobRecord
+from .publisher import (
+    DEFAULT_IDEMPOTENCY_TTL_S,
+    DEFAULT_JOB_KEY,
+    DEFAULT_JOBS_KEPT,
+    AsyncPublisher,
+    Item,
+    Outcome,
+)
 
 __all__ = ["DurableHistory"]
 
@@ -40,10 +49,14 @@ class DurableHistory:
         history: int,
         ttl_s: int,
         sharded: bool = False,
+        job_key: str = DEFAULT_JOB_KEY,
+        jobs_kept: int = DEFAULT_JOBS_KEPT,
+        idempotency_ttl_s: int = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> None:
         self._client = client
         self._publisher = AsyncPublisher(
-            client, channel=channel, history=history, ttl_s=ttl_s, sharded=sharded
+            client, channel=channel, history=history, ttl_s=ttl_s, sharded=sharded,
+            job_key=job_key, jobs_kept=jobs_kept, idempotency_ttl_s=idempotency_ttl_s,
         )
 
     async def close(self) -> None:
@@ -52,13 +65,25 @@ class DurableHistory:
         else:
             await self._client.aclose(close_connection_pool=True)
 
-    async def publish(self, merchant_id: str, event: str, payload: bytes) -> str:
-        """Record and publish one event; its durable id."""
-        return await self._publisher.publish_payload(merchant_id, event, payload)
+    async def publish(self, merchant_id: str, event: str, payload: bytes) -> str | None:
+        """Record and publish one event; its durable id (None when stale)."""
+        return (await self._publisher.send((merchant_id, event, payload))).id
 
-    async def publish_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[str]:
-        """Record and publish (merchant_id, event, payload) items in order; their ids."""
+    async def publish_many(self, items: Sequence[Item]) -> list[Outcome]:
+        """Record and publish items in order; what each did (`AsyncPublisher.publish_many`)."""
         return await self._publisher.publish_many(items)
+
+    async def read_jobs(self, merchant_id: str) -> tuple[DurableId | None, list[JobRecord]]:
+        """The merchant's newest durable id and job state, read atomically."""
+        meta = history_keys(merchant_id)[1]
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "epoch", "offset")
+            pipe.hgetall(job_state_keys(merchant_id)[0])
+            (epoch, head), state = await pipe.execute()
+        if epoch is None or head is None:
+            return None, []
+        records = (JobRecord.parse(job, raw) for job, raw in state.items())
+        return DurableId(_text(epoch), int(head)), [r for r in records if r is not None]
 
     async def read_head(self, merchant_id: str) -> DurableId | None:
         """The id of the merchant's newest durable event, None when it has no history."""

@@ -34,6 +34,8 @@ __all__ = [
     "encode_envelope",
     "epoch_candidate",
     "history_keys",
+    "idempotency_key",
+    "job_state_keys",
     "parse_envelope",
     "script_args",
     "valid_merchant_id",
@@ -103,6 +105,16 @@ def valid_merchant_id(merchant_id: object) -> bool:
     return isinstance(merchant_id, str) and MERCHANT_ID_PATTERN.fullmatch(merchant_id) is not None
 
 
+def job_state_keys(merchant_id: str) -> tuple[str, str]:
+    """(job state hash, job index sorted set); the merchant id is their hash tag."""
+    return f"gateway:jobs:{{{merchant_id}}}", f"gateway:jobids:{{{merchant_id}}}"
+
+
+def idempotency_key(merchant_id: str, key: str) -> str:
+    """The string key that remembers a durable publish's idempotency key."""
+    return f"gateway:idem:{{{merchant_id}}}:{key}"
+
+
 def history_keys(merchant_id: str) -> tuple[str, str]:
     """(history stream, meta hash): braces make the merchant id a cluster hash tag."""
     return f"gateway:history:{{{merchant_id}}}", f"gateway:meta:{{{merchant_id}}}"
@@ -141,13 +153,23 @@ def script_args(
     history: int,
     ttl_s: int,
     sharded: bool,
+    job: str | None = None,
+    seq: int | None = None,
+    key: str | None = None,
+    jobs_kept: int = 100,
+    idempotency_ttl_s: int = 600,
     epoch: str | None = None,
 ) -> tuple[list[str], list[str | bytes | int]]:
     """(KEYS, ARGV) of one run of `gateway/durable/publish.lua` (the only copy of them)."""
-    keys = list(history_keys(merchant_id))
+    keys = [*history_keys(merchant_id), *job_state_keys(merchant_id)]
+    if key is not None:
+        keys.append(idempotency_key(merchant_id, key))
     channel = channel_template.format(merchant_id=merchant_id, event=event)
     command = "SPUBLISH" if sharded else "PUBLISH"
-    return keys, [channel, event, payload, history, ttl_s, epoch or epoch_candidate(), command]
+    return keys, [
+        channel, event, payload, history, ttl_s, epoch or epoch_candidate(), command,
+        job or "", "" if seq is None else seq, jobs_kept, idempotency_ttl_s,
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,34 @@
--- Durable publish: record the event in the merchant's history, then publish it,
--- in one atomic step. Every durable publisher runs this file (the gateway's HTTP
--- API and CLI, gateway/publisher.py, the Node snippet in docs/publishing.md).
+-- Durable publish: record the event in the merchant's history (and, for a job
+-- event, its job state), then publish it, in one atomic step. Every durable
+-- publisher runs this file (the gateway's HTTP API and CLI, the Python helper
+-- gateway.durable.publisher, the Node snippet in docs/publishing.md).
 --
--- KEYS[1]  history stream  gateway:history:{MERCHANT_ID}
--- KEYS[2]  meta hash       gateway:meta:{MERCHANT_ID}   (fields epoch, offset)
+-- KEYS[1]  history stream   gateway:history:{MERCHANT_ID}
+-- KEYS[2]  meta hash        gateway:meta:{MERCHANT_ID}    (fields epoch, offset)
+-- KEYS[3]  job state hash   gateway:jobs:{MERCHANT_ID}    (job -> its latest event)
+-- KEYS[4]  job index zset   gateway:jobids:{MERCHANT_ID}  (job -> offset of that event)
+-- KEYS[5]  (optional) idempotency key  gateway:idem:{MERCHANT_ID}:KEY
 -- ARGV[1]  channel         e.g. merchant:MERCHANT_ID:progress
 -- ARGV[2]  event name
 -- ARGV[3]  payload
 -- ARGV[4]  history length  (sse.history; 0 keeps no history)
--- ARGV[5]  ttl seconds     (redis.history_ttl)
+-- ARGV[5]  ttl seconds     (redis.history_ttl; also the job state's)
 -- ARGV[6]  epoch candidate (random, [0-9a-z]{1,32}; kept only when a history starts)
 -- ARGV[7]  PUBLISH or SPUBLISH
--- Returns the event id "EPOCH:OFFSET" and publishes NUL "gw1:" ID NUL PAYLOAD.
+-- ARGV[8]  job             (the payload's job key as text; '' for none)
+-- ARGV[9]  seq             (decimal >= 0; '' for none)
+-- ARGV[10] jobs kept       (sse.snapshot_jobs)
+-- ARGV[11] idempotency ttl seconds (redis.idempotency_ttl)
+-- Returns the event id "EPOCH:OFFSET" and publishes NUL "gw1:" ID NUL PAYLOAD;
+-- "!stale" for a stale job event (nothing recorded or published); "!dup:" and the
+-- first answer (an id or "!stale") when KEYS[5] was already used.
 -- Refused (an error reply, nothing written or published): over maxmemory (OOM),
 -- a key of another type (WRONGTYPE), a meta hash or stream not written by it (ERR).
 -- Deterministic (no TIME, no random): fit for replication and managed Redis.
 
-local history, meta = KEYS[1], KEYS[2]
+local history, meta, jobs, jobids, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, command = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[7]
+local job, seq, kept, idem_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 if command ~= 'PUBLISH' and command ~= 'SPUBLISH' then
   return redis.error_reply('ERR publish.lua: ARGV[7] must be PUBLISH or SPUBLISH')
 end
@@ -27,11 +38,15 @@ end
 if not string.match(ARGV[6], '^[0-9a-z]+$') or #ARGV[6] > 32 then
   return redis.error_reply('ERR publish.lua: bad epoch candidate')
 end
+if #job > 128 or (seq ~= '' and (not string.match(seq, '^[0-9]+$') or #seq > 15))
+    or not kept or kept < 1 or not idem_ttl or idem_ttl < 1 then
+  return redis.error_reply('ERR publish.lua: bad job, seq, jobs kept or idempotency ttl')
+end
 
 -- Every check that can fail comes before the first write, so a refused publish
 -- changes nothing: key types, the meta hash's fields, the stream's last id. And
--- the first write is a command Redis checks against maxmemory (HSET or XADD,
--- never DEL): Redis checks a flagless script for OOM only until its first
+-- the first write is a command Redis checks against maxmemory (HSET, XADD or
+-- SET, never DEL): Redis checks a flagless script for OOM only until its first
 -- write, so over maxmemory the script is refused before it writes anything.
 local function wrongtype(key, want)
   local kind = redis.call('TYPE', key)['ok']
@@ -40,7 +55,13 @@ local function wrongtype(key, want)
   end
 end
 local refused = wrongtype(meta, 'hash') or wrongtype(history, 'stream')
+  or wrongtype(jobs, 'hash') or wrongtype(jobids, 'zset') or (idem and wrongtype(idem, 'string'))
 if refused then return refused end
+
+if idem then
+  local first = redis.call('GET', idem)
+  if first then return '!dup:' .. first end
+end
 
 local epoch, offset = unpack(redis.call('HMGET', meta, 'epoch', 'offset'))
 local fresh = not epoch
@@ -57,9 +78,25 @@ else
 end
 local entry = '0-' .. offset
 
+-- A job's record: "ID\nSEQ\nENDED\nEVENT\nPAYLOAD" (SEQ '' when never given).
+local recorded_seq = ''
+if job ~= '' and not fresh then
+  local record = redis.call('HGET', jobs, job)
+  if record then
+    local _, rseq, ended = string.match(record, '^([^\n]*)\n([^\n]*)\n([01])\n')
+    recorded_seq = rseq or ''
+    if ended == '1' or (seq ~= '' and recorded_seq ~= ''
+        and tonumber(recorded_seq) >= tonumber(seq)) then
+      if idem then redis.call('SET', idem, '!stale', 'EX', idem_ttl) end  -- OOM-checked
+      return '!stale'
+    end
+  end
+end
+
 if fresh or maxlen == 0 then
   redis.call('HSET', meta, 'epoch', epoch, 'offset', offset)  -- first write: OOM-checked
   redis.call('DEL', history)
+  if fresh then redis.call('DEL', jobs, jobids) end
   if maxlen > 0 then
     redis.call('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
   end
@@ -75,5 +112,21 @@ if maxlen > 0 then
 end
 
 local id = epoch .. ':' .. offset
+if job ~= '' then
+  local ended = (ARGV[2] == 'completion' or ARGV[2] == 'error') and '1' or '0'
+  local new_seq = seq ~= '' and seq or recorded_seq
+  redis.call('HSET', jobs, job, id .. '\n' .. new_seq .. '\n' .. ended .. '\n' .. ARGV[2] .. '\n' .. ARGV[3])
+  redis.call('ZADD', jobids, tonumber(offset), job)
+  local over = redis.call('ZCARD', jobids) - kept
+  if over > 0 then  -- keep the most recently updated jobs
+    local gone = redis.call('ZRANGE', jobids, 0, over - 1)
+    redis.call('HDEL', jobs, unpack(gone))
+    redis.call('ZREMRANGEBYRANK', jobids, 0, over - 1)
+  end
+end
+redis.call('EXPIRE', jobs, ttl)
+redis.call('EXPIRE', jobids, ttl)
+if idem then redis.call('SET', idem, id, 'EX', idem_ttl) end
+
 redis.call(command, ARGV[1], '\0gw1:' .. id .. '\0' .. ARGV[3])
 return id

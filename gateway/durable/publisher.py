@@ -5,25 +5,31 @@
 
     publisher = Publisher(Redis.from_url("redis://localhost:6379/0"))
     event_id = publisher.publish("m1", "progress", {"jobId": "po-42", "percent": 40})
+    publisher.publish("m1", "progress", {"jobId": "po-42", "percent": 50}, seq=5, key="po-42:50")
 
+`publish` returns the event id; with `key`, a repeat returns the first publish's
+id; None when the event is stale (its job ended, or `seq` is not above the job's).
 `AsyncPublisher` does the same on `redis.asyncio.Redis`. Both run the script
 the gateway ships, `gateway/durable/publish.lua`, with EVALSHA (EVAL when the
 server does not hold it yet). Pass the gateway's `redis.channel`,
-`sse.history`, `redis.history_ttl` and `redis.cluster` when they differ from
-the defaults.
+`sse.history`, `redis.history_ttl`, `redis.cluster`, `sse.job_key`,
+`sse.snapshot_jobs` and `redis.idempotency_ttl` when they differ from the
+defaults.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from .ids import encode_data, script_args
+from .jobs import job_of
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -33,7 +39,9 @@ __all__ = [
     "SCRIPT_PATH",
     "SCRIPT_SHA",
     "AsyncPublisher",
+    "Outcome",
     "PartialPublish",
+    "Publication",
     "Publisher",
 ]
 
@@ -46,29 +54,83 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 DEFAULT_CHANNEL = "merchant:{merchant_id}:{event}"
 DEFAULT_HISTORY = 100
 DEFAULT_TTL_S = 86400
+DEFAULT_JOB_KEY = "jobId"
+DEFAULT_JOBS_KEPT = 100
+DEFAULT_IDEMPOTENCY_TTL_S = 600
 
-Item = tuple[str, str, bytes]
+
+class Publication(NamedTuple):
+    """One durable publish: the event, and optionally its job, `seq` and idempotency
+    `key` (the job is read from a JSON-object payload when not given)."""
+
+    merchant_id: str
+    event: str
+    payload: bytes
+    job: str | None = None
+    seq: int | None = None
+    key: str | None = None
+
+
+class Outcome(NamedTuple):
+    """What a publish did: its id (for a duplicate, the first publish's; None when
+    stale), and whether it was stale or a duplicate of an earlier `key`."""
+
+    id: str | None
+    stale: bool = False
+    duplicate: bool = False
+
+
+Item = Publication | tuple[str, str, bytes]
 
 
 class _Settings:
     """What every publish passes besides the event: the gateway's config values."""
 
-    def __init__(self, channel: str, history: int, ttl_s: int, sharded: bool) -> None:
-        if history < 0 or ttl_s < 1:
-            raise ValueError("history must be >= 0 and ttl_s >= 1")
+    def __init__(self, channel: str, history: int, ttl_s: int, sharded: bool, job_key: str,
+                 jobs_kept: int, idempotency_ttl_s: int) -> None:
+        if history < 0 or ttl_s < 1 or jobs_kept < 1 or idempotency_ttl_s < 1:
+            raise ValueError("history must be >= 0; ttl_s, jobs_kept and "
+                             "idempotency_ttl_s >= 1")
         self.channel = channel
         self.history = history
         self.ttl_s = ttl_s
         self.sharded = sharded
+        self.job_key = job_key
+        self.jobs_kept = jobs_kept
+        self.idempotency_ttl_s = idempotency_ttl_s
 
     def call(self, item: Item) -> list[Any]:
         """[numkeys, *KEYS, *ARGV] of one script run."""
-        merchant_id, event, payload = item
+        pub = item if isinstance(item, Publication) else Publication(*item)
+        job = pub.job if pub.job is not None else _job_in(pub.payload, self.job_key)
         keys, argv = script_args(
-            self.channel, merchant_id, event, payload,
-            history=self.history, ttl_s=self.ttl_s, sharded=self.sharded,
+            self.channel, pub.merchant_id, pub.event, pub.payload,
+            history=self.history, ttl_s=self.ttl_s, sharded=self.sharded, job=job,
+            seq=pub.seq, key=pub.key, jobs_kept=self.jobs_kept,
+            idempotency_ttl_s=self.idempotency_ttl_s,
         )
         return [len(keys), *keys, *argv]
+
+
+def _job_in(payload: bytes, job_key: str) -> str | None:
+    """The job a payload names, when it is a JSON object."""
+    if not payload.startswith(b"{"):
+        return None
+    try:
+        return job_of(json.loads(payload), job_key)
+    except (ValueError, RecursionError):
+        return None
+
+
+def outcome(reply: Any) -> Outcome:
+    """The script's answer: an id, "!stale", or "!dup:" + the first answer."""
+    text = _text(reply)
+    duplicate = text.startswith("!dup:")
+    if duplicate:
+        text = text[len("!dup:"):]
+    if text == "!stale":
+        return Outcome(None, stale=True)  # a repeat of a stale publish is stale again
+    return Outcome(text, duplicate=duplicate)
 
 
 class PartialPublish(ResponseError):
@@ -100,46 +162,57 @@ class _Publisher:
         history: int = DEFAULT_HISTORY,
         ttl_s: int = DEFAULT_TTL_S,
         sharded: bool = False,
+        job_key: str = DEFAULT_JOB_KEY,
+        jobs_kept: int = DEFAULT_JOBS_KEPT,
+        idempotency_ttl_s: int = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> None:
         self._client = client
-        self._settings = _Settings(channel, history, ttl_s, sharded)
+        self._settings = _Settings(channel, history, ttl_s, sharded, job_key, jobs_kept,
+                                   idempotency_ttl_s)
 
 
 class Publisher(_Publisher):
     """Durable publish over a synchronous `redis.Redis` (or `RedisCluster`) client."""
 
-    def publish(self, merchant_id: str, event: str, data: Any) -> str:
-        """Record and publish `data` (a string as text, else compact JSON); its id."""
-        return self.publish_payload(merchant_id, event, encode_data(data))
+    def publish(self, merchant_id: str, event: str, data: Any, *,
+                seq: int | None = None, key: str | None = None) -> str | None:
+        """Record and publish `data` (a string as text, else compact JSON); its id
+        (see the module docstring for `seq`, `key` and None)."""
+        job = job_of(data, self._settings.job_key)
+        return self.send(Publication(merchant_id, event, encode_data(data), job, seq, key)).id
 
-    def publish_payload(self, merchant_id: str, event: str, payload: bytes) -> str:
-        """Like `publish` with the payload bytes given as they are."""
-        call = self._settings.call((merchant_id, event, payload))
+    def send(self, publication: Item) -> Outcome:
+        """One publish with its payload bytes as given; what it did."""
+        call = self._settings.call(publication)
         try:
             reply = self._client.evalsha(SCRIPT_SHA, *call)
         except NoScriptError:
             reply = self._client.eval(SCRIPT, *call)
-        return _text(reply)
+        return outcome(reply)
 
 
 class AsyncPublisher(_Publisher):
     """Durable publish over `redis.asyncio.Redis`; also the gateway's own publisher."""
 
-    async def publish(self, merchant_id: str, event: str, data: Any) -> str:
-        """Record and publish `data` (a string as text, else compact JSON); its id."""
-        return await self.publish_payload(merchant_id, event, encode_data(data))
+    async def publish(self, merchant_id: str, event: str, data: Any, *,
+                      seq: int | None = None, key: str | None = None) -> str | None:
+        """Record and publish `data` (a string as text, else compact JSON); its id
+        (see the module docstring for `seq`, `key` and None)."""
+        job = job_of(data, self._settings.job_key)
+        publication = Publication(merchant_id, event, encode_data(data), job, seq, key)
+        return (await self.send(publication)).id
 
-    async def publish_payload(self, merchant_id: str, event: str, payload: bytes) -> str:
-        """Like `publish` with the payload bytes given as they are."""
-        call = self._settings.call((merchant_id, event, payload))
+    async def send(self, publication: Item) -> Outcome:
+        """One publish with its payload bytes as given; what it did."""
+        call = self._settings.call(publication)
         try:
             reply = await self._client.evalsha(SCRIPT_SHA, *call)
         except NoScriptError:
             reply = await self._client.eval(SCRIPT, *call)
-        return _text(reply)
+        return outcome(reply)
 
-    async def publish_many(self, items: Sequence[Item]) -> list[str]:
-        """Publish (merchant_id, event, payload) items in order over one pipeline.
+    async def publish_many(self, items: Sequence[Item]) -> list[Outcome]:
+        """Publish items in order over one pipeline; what each did.
 
         Not a transaction: when Redis refuses some items (an error reply: out of
         memory, a key of the wrong type) the others are still published, and
@@ -157,11 +230,12 @@ class AsyncPublisher(_Publisher):
         for reply in replies:
             if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
                 raise reply  # a connection fault: the outcome of every item is unknown
-        ids = [None if isinstance(r, Exception) else _text(r) for r in replies]
+        outcomes = [None if isinstance(r, Exception) else outcome(r) for r in replies]
         errors = [r for r in replies if isinstance(r, ResponseError)]
         if errors:
+            ids = [o.id if o is not None and not o.duplicate else None for o in outcomes]
             raise PartialPublish(ids, errors[0])
-        return [i for i in ids if i is not None]
+        return [o for o in outcomes if o is not None]
 
     async def _pipeline(
         self, calls: list[list[Any]], indexes: Sequence[int], command: str

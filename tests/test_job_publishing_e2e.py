@@ -1,0 +1,157 @@
+"""Job state at publish time: stale events dropped, idempotent publishing
+(README "Job state"), through the HTTP API, the CLI and the Python helper,
+against a real Redis and a running gateway."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from ops_support import get_metrics, metric
+from support import open_stream, unique_merchant
+from test_durable_e2e import AUTH, DURABLE, REPO_ROOT, connected
+from test_durable_e2e import post as post_as
+
+from gateway.durable.ids import history_keys
+from gateway.durable.publisher import AsyncPublisher, Publisher
+from tools.services import RedisServer
+
+pytestmark = pytest.mark.timeout(90)
+
+JSON = {**AUTH, "Content-Type": "application/json"}
+
+
+async def post(gw: Any, body: Any) -> tuple[int, Any, Any]:
+    return await post_as(gw, body, JSON)
+
+
+def event(mid: str, name: str, data: Any, **extra: Any) -> dict[str, Any]:
+    return {"merchantId": mid, "event": name, "data": data, **extra}
+
+
+async def test_stale_and_duplicate_publishes_reach_no_stream_and_no_replay(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    async with open_stream(gw.stream_url(shop)) as s:
+        await connected(s)
+        answers = [await post(gw, body) for body in (
+            event(mid, "progress", {"jobId": "a", "percent": 10}, seq=5),
+            event(mid, "progress", {"jobId": "a", "percent": 5}, seq=5),  # not above 5
+            event(mid, "progress", {"jobId": "a", "percent": 4}, seq=4),
+            event(mid, "progress", {"jobId": "a", "percent": 20}, seq=6),
+            event(mid, "progress", {"jobId": "a", "percent": 30}),  # no seq: keeps 6
+            event(mid, "progress", {"jobId": "a", "percent": 1}, seq=6),
+            event(mid, "completion", {"jobId": "a"}, key="done-a"),
+            event(mid, "completion", {"jobId": "a"}, key="done-a"),  # the worker retried
+            event(mid, "progress", {"jobId": "a", "percent": 99}),  # late: the job ended
+            event(mid, "error", {"jobId": "a"}),  # even a terminal one
+            event(mid, "stage", {"jobId": 7, "stage": "x"}, key="late", seq=1),
+            event(mid, "stage", {"jobId": "7", "stage": "y"}, seq=1),  # 7 and "7": one job
+        )]
+        assert all(status == 200 for status, _, _ in answers), answers
+        replies = [reply for _, _, reply in answers]
+        published = [r["id"] for r in replies if r["id"] and "duplicate" not in r]
+        assert [bool(r.get("stale")) for r in replies] == [
+            False, True, True, False, False, True, False, False, True, True, False, True]
+        assert replies[7] == {"id": replies[6]["id"], "duplicate": True}
+        assert replies[1] == {"id": None, "stale": True}
+        got = await s.events(len(published), 10)
+        assert [e.id for e in got] == published
+        status, _, marker = await post(gw, event(mid, "stage", "marker"))
+        assert status == 200 and (await s.next_event(10)).id == marker["id"]  # nothing else
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        history = client.xrange(history_keys(mid)[0])
+        assert len(history) == len(published) + 1  # stale ones took no place
+    finally:
+        client.close()
+    samples = await get_metrics(gw)
+    assert metric(samples, "gateway_publish_stale_total") == 6
+    assert metric(samples, "gateway_publish_duplicates_total") == 1
+
+
+async def test_an_array_answers_stale_and_duplicate_by_index(
+    gateway_factory: Any, merchant: Any
+) -> None:
+    mid, _ = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    status, _, reply = await post(gw, [
+        event(mid, "completion", {"jobId": "b"}, key="k1"),
+        event(mid, "completion", {"jobId": "b"}, key="k1"),
+        event(mid, "progress", {"jobId": "b"}, key="k2"),  # stale; its key is remembered
+        event(mid, "progress", {"jobId": "b"}, key="k2"),  # a repeat answers stale again
+        event(mid, "stage", "plain text, no job", key="k3"),
+    ])
+    assert status == 200, reply
+    ids = reply["ids"]
+    assert ids[1] == ids[0] and ids[2] is None and ids[3] is None and ids[4]
+    assert reply["stale"] == [2, 3] and reply["duplicate"] == [1]
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"seq": -1}, "seq"), ({"seq": 1.5}, "seq"), ({"seq": True}, "seq"), ({"seq": "3"}, "seq"),
+    ({"key": ""}, "key"), ({"key": "a b"}, "key"), ({"key": "x" * 129}, "key"),
+    ({"key": 7}, "key"),
+])
+async def test_a_bad_seq_or_key_is_refused_and_publishes_nothing(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer, extra: dict[str, Any],
+    field: str,
+) -> None:
+    mid, _ = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    items = [event(mid, "stage", "ok"), event(mid, "stage", "x", **extra)]
+    status, _, reply = await post(gw, items)
+    assert (status, reply["error"]) == (400, "invalid_request"), reply
+    assert f"[1].{field}" in reply["message"]
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.exists(history_keys(mid)[0]) == 0
+    finally:
+        client.close()
+
+
+def test_the_cli_prints_the_id_the_first_id_or_stale(redis_server: RedisServer) -> None:
+    mid, _ = unique_merchant("jobcli")
+    env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+
+    def publish(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "publish", mid, *args], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True, timeout=30,
+        )
+        assert done.returncode == 0, done.stderr  # and no DATABASE_URL needed to publish
+        return done.stdout.strip()
+
+    first = publish("progress", '{"jobId": "c", "percent": 10}', "--seq", "3", "--key", "c-10")
+    assert publish("progress", '{"jobId": "c", "percent": 10}', "--seq", "3", "--key",
+                   "c-10") == first
+    assert publish("progress", '{"jobId": "c", "percent": 9}', "--seq", "2") == "stale"
+    assert publish("progress", '{"jobId": "c", "percent": 20}', "--seq", "4") not in (
+        "stale", first)
+    bad = subprocess.run([sys.executable, "-m", "gateway", "publish", mid, "stage", "x", "--seq",
+                          "-1"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 2 and "--seq" in bad.stderr
+
+
+async def test_the_python_helper_takes_seq_and_key(redis_server: RedisServer) -> None:
+    mid, _ = unique_merchant("jobpy")
+    sync_client = redis.Redis.from_url(redis_server.url)
+    async_client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        publisher, apublisher = Publisher(sync_client), AsyncPublisher(async_client)
+        first = publisher.publish(mid, "progress", {"jobId": 9, "percent": 1}, seq=1, key="p1")
+        assert first is not None
+        assert await apublisher.publish(mid, "progress", {"jobId": 9}, seq=1, key="p1") == first
+        assert await apublisher.publish(mid, "progress", {"jobId": "9"}, seq=1) is None  # stale
+        assert publisher.publish(mid, "completion", {"jobId": 9}, seq=2) not in (None, first)
+        assert publisher.publish(mid, "progress", {"jobId": 9}, seq=3) is None  # ended
+    finally:
+        sync_client.close()
+        await async_client.aclose()
