@@ -6,12 +6,14 @@ Also the registry of open streams, which shutdown and revocation walk.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 
 from .config import Config
-from .stream import Stream
+from .hub import Control
+from .stream import CloseReason, Stream
 
 __all__ = ["Admission", "TokenBucket"]
 
@@ -38,6 +40,8 @@ class TokenBucket:
 
 class Admission:
     def __init__(self, cfg: Config) -> None:
+        self._retry_ms = cfg.sse.retry_ms
+        self._drain_window_ms = int(cfg.server.shutdown_timeout * 1000)
         self._max_total = cfg.sse.max_connections
         self._max_per_merchant = cfg.sse.max_connections_per_merchant
         self._per_merchant: dict[str, set[Stream]] = defaultdict(set)
@@ -77,3 +81,14 @@ class Admission:
 
     def merchant_streams(self, merchant_id: str) -> list[Stream]:
         return list(self._per_merchant.get(merchant_id, ()))
+
+    def close_all(self) -> int:
+        """Shutdown: every stream gets `shutdown` with a retry spread over the drain
+        window (so the clients do not all come back at once); how many."""
+        window_ms = self._drain_window_ms
+        low = min(self._retry_ms, window_ms)
+        streams = list(self.streams())
+        for stream in streams:
+            final = Control("shutdown", {"reason": "shutdown"}, random.randint(low, window_ms))
+            stream.close(CloseReason.SHUTDOWN, final)
+        return len(streams)

@@ -30,8 +30,6 @@ class InvalidTokenError(GatewayError):
 
 
 class UnavailableError(GatewayError):
-    """A dependency (Redis, PostgreSQL) or a capacity limit refuses service for now."""
+    """A dependency (Redis, PostgreSQL) or a capacity limit refuses service for now.
 
-    def __init__(self, message: str, retry_after_s: int = 2) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+    `handlers.py` answers it 503 and picks the `Retry-After`."""

@@ -7,6 +7,8 @@ import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -20,11 +22,14 @@ from .stream import CloseReason, Stream
 from .web.sse import SharedHeartbeatResponse
 from .web.writer import payload_writer
 
-__all__ = ["client_address", "close_all_streams", "stream_view", "ticket_preflight", "ticket_view"]
+__all__ = ["client_address", "stream_view", "ticket_preflight", "ticket_view"]
 
 log = logging.getLogger(__name__)
 
 SHOP_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,61}\.myshopify\.com")
+_RETRY_AFTER_MERCHANT_FULL_S = 5
+_RETRY_AFTER_UNAVAILABLE_S = (1, 5)  # a random second in this range
+_RETRY_AFTER_SUBSCRIBE_S = 2  # Redis did not take the merchant's subscription
 
 
 class Refusal(Exception):
@@ -84,48 +89,110 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _authenticate(request: web.Request, gw: Gateway, shop: str) -> None:
+@dataclass(slots=True)
+class _Admitting:
+    """A stream request on its way down the refusal table."""
+
+    request: web.Request
+    gw: Gateway
+    cors: dict[str, str] | None
+    shop: str = ""
+    merchant: Merchant | None = None
+    unavailable: str | None = None  # a 503 found early, answered in its own (last) row
+
+
+async def _valid_shop(a: _Admitting) -> None:
+    """400 invalid_shop."""
+    a.shop = _shop(a.request)
+
+
+async def _valid_token(a: _Admitting) -> None:
+    """401 invalid_token: a ticket, or a session token (query or Bearer), when auth is on."""
+    gw = a.gw
     if not gw.auth.enabled:
         return
     try:
-        ticket = request.query.get("ticket")
+        ticket = a.request.query.get("ticket")
         if ticket:
-            gw.auth.check_ticket(ticket, shop)
+            gw.auth.check_ticket(ticket, a.shop)
         else:
-            gw.auth.check_session_token(request.query.get("token") or _bearer(request), shop)
+            token = a.request.query.get("token") or _bearer(a.request)
+            gw.auth.check_session_token(token, a.shop)
     except InvalidTokenError as exc:
         raise Refusal(401, "invalid_token", str(exc)) from None
 
 
-async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None) -> Merchant:
-    """Run the refusal table (README.md, "The stream") in order; the first row that applies wins."""
-    shop = _shop(request)
-    _authenticate(request, gw, shop)
-    merchant: Merchant | None = None
-    unavailable: str | None = None
-    if gw.directory.needs_query(shop) and not gw.admission.rate.take():
-        unavailable = "too many new streams; retry shortly"
-    else:
-        try:
-            merchant = await gw.directory.verify(shop)
-        except UnknownMerchantError as exc:
-            raise Refusal(403, "unknown_merchant", str(exc)) from None
-        except UnavailableError as exc:
-            unavailable = str(exc)
-    if cors is None:
+async def _known_merchant(a: _Admitting) -> None:
+    """403 unknown_merchant. A lookup PostgreSQL cannot answer, or one the new-stream
+    rate has no token for (README: the one exception to "first row wins"), is a 503."""
+    gw = a.gw
+    if gw.directory.needs_query(a.shop) and not gw.admission.rate.take():
+        a.unavailable = "too many new streams; retry shortly"
+        return
+    try:
+        a.merchant = await gw.directory.verify(a.shop)
+    except UnknownMerchantError as exc:
+        raise Refusal(403, "unknown_merchant", str(exc)) from None
+    except UnavailableError as exc:
+        a.unavailable = str(exc)
+
+
+async def _allowed_origin(a: _Admitting) -> None:
+    """403 origin_not_allowed."""
+    if a.cors is None:
         raise Refusal(403, "origin_not_allowed", "origin not allowed")
-    if merchant is not None and gw.admission.merchant_full(merchant.id):
-        raise Refusal(429, "too_many_connections", "too many streams for this merchant", 5)
-    if unavailable is None:
+
+
+async def _merchant_has_room(a: _Admitting) -> None:
+    """429 too_many_connections: the merchant is at `sse.max_connections_per_merchant`."""
+    if a.merchant is not None and a.gw.admission.merchant_full(a.merchant.id):
+        raise Refusal(
+            429, "too_many_connections", "too many streams for this merchant",
+            _RETRY_AFTER_MERCHANT_FULL_S,
+        )
+
+
+async def _available(a: _Admitting) -> None:
+    """503 unavailable: a lookup that could not be made, shutting down, the process at
+    `sse.max_connections`, or Redis down."""
+    gw = a.gw
+    reason = a.unavailable
+    if reason is None:
         if gw.draining:
-            unavailable = "shutting down"
+            reason = "shutting down"
         elif gw.admission.process_full():
-            unavailable = "connection limit reached"
+            reason = "connection limit reached"
         elif not gw.broker.healthy:
-            unavailable = "Redis is unavailable"
-    if unavailable is not None or merchant is None:
-        raise Refusal(503, "unavailable", unavailable or "unavailable", random.randint(1, 5))
+            reason = "Redis is unavailable"
+    if reason is not None or a.merchant is None:
+        raise Refusal(503, "unavailable", reason or "unavailable", _spread_retry_after())
+
+
+# README.md, "The stream": the refusal table, row by row; the first row that applies wins
+_REFUSAL_TABLE: tuple[Callable[[_Admitting], Awaitable[None]], ...] = (
+    _valid_shop,
+    _valid_token,
+    _known_merchant,
+    _allowed_origin,
+    _merchant_has_room,
+    _available,
+)
+
+
+async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None) -> Merchant:
+    """The merchant of an admitted stream; `Refusal` of the first row that applies."""
+    admitting = _Admitting(request, gw, cors)
+    for check in _REFUSAL_TABLE:
+        await check(admitting)
+    merchant = admitting.merchant
+    if merchant is None:  # _available refuses it; kept for the type checker
+        raise Refusal(503, "unavailable", "unavailable", _spread_retry_after())
     return merchant
+
+
+def _spread_retry_after() -> int:
+    """Retry-After of a 503: spread, so refused clients do not all come back at once."""
+    return random.randint(*_RETRY_AFTER_UNAVAILABLE_S)
 
 
 async def stream_view(request: web.Request) -> web.StreamResponse:
@@ -142,7 +209,8 @@ async def stream_view(request: web.Request) -> web.StreamResponse:
         try:
             await gw.broker.acquire(merchant.id)
         except UnavailableError as exc:
-            return _refuse(gw, Refusal(503, "unavailable", str(exc), 2), cors or {})
+            refused = Refusal(503, "unavailable", str(exc), _RETRY_AFTER_SUBSCRIBE_S)
+            return _refuse(gw, refused, cors or {})
         try:
             return await _serve(request, gw, stream, cors or {})
         finally:
@@ -198,15 +266,6 @@ async def _serve(
             time.monotonic() - started, extra=sampled(f"merchant={stream.merchant_id}"),
         )
     return response
-
-
-def close_all_streams(gw: Gateway) -> None:
-    """Shutdown: every stream gets `shutdown` with a retry spread over the drain window."""
-    window_ms = int(gw.cfg.server.shutdown_timeout * 1000)
-    low = min(gw.cfg.sse.retry_ms, window_ms)
-    for stream in gw.admission.streams():
-        final = Control("shutdown", {"reason": "shutdown"}, retry_ms=random.randint(low, window_ms))
-        stream.close(CloseReason.SHUTDOWN, final)
 
 
 async def ticket_view(request: web.Request) -> web.Response:

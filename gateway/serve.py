@@ -13,7 +13,6 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Config
-from .state import GATEWAY
 from .web.server import GatewayRunner
 
 __all__ = ["EXIT_CANNOT_START", "serve"]
@@ -82,9 +81,7 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining: readiness is now 503")
-    app[GATEWAY].draining = True
-    await runner.cleanup()
+    await runner.cleanup()  # app.py's on_shutdown drains
     log.info("stopped")
     return 0
 

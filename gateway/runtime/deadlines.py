@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TypeVar
 
-__all__ = ["Late", "lost_seconds", "track_lag", "wait"]
+__all__ = ["Late", "track_lag", "wait"]
 
 T = TypeVar("T")
 
@@ -28,11 +28,6 @@ _lost = 0.0  # seconds the loop ran late, summed since start (one loop per proce
 
 class Late(TimeoutError):
     """The deadline passed in on-time loop seconds (not `work`'s own TimeoutError)."""
-
-
-def lost_seconds() -> float:
-    """Seconds the loop has run late since `track_lag` started."""
-    return _lost
 
 
 async def track_lag() -> None:

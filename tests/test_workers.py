@@ -1,0 +1,83 @@
+"""gateway.workers: a dead worker is respawned after a capped exponential backoff (unit)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from gateway import workers
+from gateway.serve import EXIT_CANNOT_START
+
+
+class _Crashing:
+    """A worker process that has already exited with `code`."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], code: int = 1) -> None:
+        self.code = code
+        self.signals: list[int] = []
+
+    def poll(self) -> int:
+        return self.code
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+
+def test_the_backoff_doubles_from_one_second_up_to_thirty() -> None:
+    assert [workers.respawn_delay_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_a_crash_loop_is_respawned_ever_more_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    spawned: list[float] = []
+
+    def popen(argv: list[str], env: dict[str, str]) -> Any:
+        spawned.append(now[0])
+        return _Crashing(argv, env)
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
+    monkeypatch.setattr(workers.time, "monotonic", lambda: now[0])
+    pool = workers._Workers([], "/nonexistent")
+    pool.spawn(0)
+    while now[0] < 100:
+        pool.check()
+        now[0] += 0.2
+    gaps = [b - a for a, b in itertools.pairwise(spawned)]
+    for gap, delay in zip(gaps, [1, 2, 4, 8, 16, 30, 30], strict=False):
+        assert delay <= gap <= delay + 0.5  # plus the ticks that notice the exit
+    assert len(spawned) < 10  # 100 s of a crash loop: a handful of starts, not 500
+
+
+def test_a_worker_that_ran_a_while_starts_the_backoff_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]
+    procs: list[_Crashing] = []
+
+    def popen(argv: list[str], env: dict[str, str]) -> Any:
+        procs.append(_Crashing(argv, env, code=None))  # type: ignore[arg-type]
+        return procs[-1]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
+    monkeypatch.setattr(workers.time, "monotonic", lambda: now[0])
+    pool = workers._Workers([], "/nonexistent")
+    pool.spawn(0)
+    pool._crashes[0] = 5  # it crash-looped before this run
+    now[0] = 120.0
+    procs[-1].code = 1
+    pool.check()
+    assert pool._respawn_at[0] == pytest.approx(121.0)
+
+
+def test_a_worker_that_cannot_start_stops_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    codes = iter([None, EXIT_CANNOT_START])
+    monkeypatch.setattr(
+        workers.subprocess, "Popen", lambda argv, env: _Crashing(argv, env, next(codes))
+    )
+    pool = workers._Workers([], "/nonexistent")
+    pool.spawn(0)
+    pool.spawn(1)
+    pool.check()
+    assert pool.stopping and pool.procs[0].signals  # type: ignore[attr-defined]
