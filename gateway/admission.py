@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from .config import Config
-from .hub import Control
+from .frames import Control
 from .stream import CloseReason, Stream
 
 __all__ = ["Admission", "TokenBucket"]

@@ -31,9 +31,10 @@ from .durable.gate import PUBLISHING, PublishGate
 from .durable.history import DurableHistory
 from .durable.replay import DurableReplay
 from .errors import UnavailableError
+from .frames import Control
 from .handlers import stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
-from .hub import Control, Hub
+from .hub import Hub
 from .logs import flush_suppressed
 from .merchants import MerchantDirectory
 from .metrics import Metrics

@@ -3,15 +3,18 @@
 A frame is encoded once per message and the same bytes are handed to every
 stream. Streams on HTTP/1.1 need chunked transfer framing; `chunk()` adds it
 once per frame too, so no per-stream work remains but the socket write.
+`Entry` (a published event) and `Control` (a gateway frame) are those encoded
+frames as the hub's history and the streams' queues hold them.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any, TypeAlias
 
-__all__ = ["PING", "Wire", "chunk", "control_frame", "event_frame", "wire"]
+__all__ = ["PING", "Control", "Entry", "Wire", "chunk", "control_frame", "event_frame", "wire"]
 
 PING = b": ping\n\n"
 
@@ -61,3 +64,63 @@ def wire(frame: bytes) -> Wire:
     chunked = chunk(frame)
     start = chunked.index(b"\r\n") + 2
     return memoryview(chunked)[start:-2], chunked
+
+
+_UNPARSED = object()
+
+
+class Entry:
+    """One published event, shared by the history and every stream queue.
+
+    The payload is kept only where a lagging stream may need its job id
+    (`coalesce` types); otherwise the framed bytes are the only copy.
+    """
+
+    __slots__ = ("_job", "event", "id", "payload", "seq", "wire")
+
+    def __init__(
+        self, seq: int, event_id: str, event: str, payload: bytes, *, keep_payload: bool = True
+    ) -> None:
+        self.seq = seq
+        self.id = event_id
+        self.event = event
+        self.payload = payload if keep_payload else b""
+        self.wire: Wire = wire(event_frame(event_id, event, payload))
+        self._job: object = _UNPARSED if keep_payload else None
+
+    @property
+    def size(self) -> int:
+        """Bytes this event holds in a stream's queue."""
+        return len(self.wire[1])
+
+    def job(self, job_key: str) -> str | None:
+        """The payload's job id, parsed on first need (only lagging streams ask)."""
+        if self._job is _UNPARSED:
+            job = None
+            try:
+                doc = json.loads(self.payload)
+            except (ValueError, RecursionError):  # not JSON, or nested too deep to bother
+                doc = None
+            if isinstance(doc, dict):
+                value = doc.get(job_key)
+                if isinstance(value, str | int) and not isinstance(value, bool):
+                    job = str(value)
+            self._job = job
+            self.payload = b""  # parsed once; the frame holds the bytes the stream needs
+        return self._job  # type: ignore[return-value]
+
+
+class Control:
+    """A gateway-originated frame (resync, shutdown, revoked): never coalesced."""
+
+    __slots__ = ("event", "seq", "wire")
+    _keys = itertools.count(-1, -1)
+
+    def __init__(self, event: str, data: dict[str, object], retry_ms: int | None = None) -> None:
+        self.event = event
+        self.seq = next(self._keys)
+        self.wire: Wire = wire(control_frame(event, data, retry_ms=retry_ms))
+
+    @property
+    def size(self) -> int:
+        return len(self.wire[1])

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
-from .frames import control_frame
-from .hub import Control
+from .frames import Control, control_frame
 from .logs import sampled
 from .merchants import Merchant
 from .state import GATEWAY, Gateway

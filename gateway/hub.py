@@ -1,8 +1,8 @@
 """Per-merchant fan-out: event ids, a bounded history ring, the set of open streams.
 
 Pure code: no aiohttp, redis or aiopg. The broker calls `Hub.publish` for each
-Redis message; the frame is encoded once and the same `Entry` (same bytes) is
-offered to every stream of that merchant. `attach` registers a stream and
+Redis message; the frame is encoded once and the same `Entry` (frames.py: same
+bytes) is offered to every stream of that merchant. `attach` registers a stream and
 returns its replay in one synchronous step, so nothing published meanwhile can
 fall between replay and live delivery or arrive twice.
 """
@@ -10,7 +10,6 @@ fall between replay and live delivery or arrive twice.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from collections import deque
@@ -18,74 +17,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from .durable.ids import DurableId
-from .frames import Wire, control_frame, event_frame, wire
+from .frames import Control, Entry
 
-__all__ = ["Control", "Entry", "Hub", "Subscriber", "Topic", "process_epoch"]
+__all__ = ["Hub", "Subscriber", "Topic", "process_epoch"]
 
-_UNPARSED = object()
 _MAX_ID_CHARS = 64  # longer Last-Event-IDs are never ours: resync without a lookup
 
 
 def process_epoch() -> str:
     """A per-process prefix: ids from another process or an earlier run are foreign."""
     return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
-
-
-class Entry:
-    """One published event, shared by the history and every stream queue.
-
-    The payload is kept only where a lagging stream may need its job id
-    (`coalesce` types); otherwise the framed bytes are the only copy.
-    """
-
-    __slots__ = ("_job", "event", "id", "payload", "seq", "wire")
-
-    def __init__(
-        self, seq: int, event_id: str, event: str, payload: bytes, *, keep_payload: bool = True
-    ) -> None:
-        self.seq = seq
-        self.id = event_id
-        self.event = event
-        self.payload = payload if keep_payload else b""
-        self.wire: Wire = wire(event_frame(event_id, event, payload))
-        self._job: object = _UNPARSED if keep_payload else None
-
-    @property
-    def size(self) -> int:
-        """Bytes this event holds in a stream's queue."""
-        return len(self.wire[1])
-
-    def job(self, job_key: str) -> str | None:
-        """The payload's job id, parsed on first need (only lagging streams ask)."""
-        if self._job is _UNPARSED:
-            job = None
-            try:
-                doc = json.loads(self.payload)
-            except (ValueError, RecursionError):  # not JSON, or nested too deep to bother
-                doc = None
-            if isinstance(doc, dict):
-                value = doc.get(job_key)
-                if isinstance(value, str | int) and not isinstance(value, bool):
-                    job = str(value)
-            self._job = job
-            self.payload = b""  # parsed once; the frame holds the bytes the stream needs
-        return self._job  # type: ignore[return-value]
-
-
-class Control:
-    """A gateway-originated frame (resync, shutdown, revoked): never coalesced."""
-
-    __slots__ = ("event", "seq", "wire")
-    _keys = itertools.count(-1, -1)
-
-    def __init__(self, event: str, data: dict[str, object], retry_ms: int | None = None) -> None:
-        self.event = event
-        self.seq = next(self._keys)
-        self.wire: Wire = wire(control_frame(event, data, retry_ms=retry_ms))
-
-    @property
-    def size(self) -> int:
-        return len(self.wire[1])
 
 
 class Subscriber(Protocol):

@@ -20,9 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .durable.ids import DurableId
-from .frames import PING
+from .frames import PING, Control, Entry
 from .frames import wire as framed
-from .hub import Control, Entry
 from .metrics import Metrics
 from .web.writer import PayloadWriter, WriterProtocol
 

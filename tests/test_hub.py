@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from gateway.durable.ids import DurableId
-from gateway.hub import Control, Entry, Hub, process_epoch
+from gateway.frames import Control, Entry
+from gateway.hub import Hub, process_epoch
 
 
 class Sink:

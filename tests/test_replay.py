@@ -10,7 +10,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.durable.ids import DurableEvent, DurableId, HistorySnapshot
 from gateway.durable.replay import DurableReplay
-from gateway.hub import Entry, Hub
+from gateway.frames import Entry
+from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.stream import QueuePolicy, Stream
 

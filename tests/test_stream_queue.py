@@ -15,7 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from gateway.durable.ids import DurableId
-from gateway.hub import Control, Entry
+from gateway.frames import Control, Entry
 from gateway.metrics import Metrics
 from gateway.stream import CloseReason, QueuePolicy, Stream
 

@@ -31,7 +31,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..hub import Entry, Hub
+from ..frames import Entry
+from ..hub import Hub
 from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
