@@ -14,7 +14,6 @@ healthy primaries see nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections import Counter
@@ -27,30 +26,16 @@ from ..metrics import Metrics
 from ..runtime.supervision import stop_tasks, supervised
 from .cluster import ClusterTopology
 from .link import SubscriberLink
+from .placement import ClusterPlacement, Subscription
 
 __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
 
 _SUBSCRIBE_WAIT_S = 5.0
-_TOPOLOGY_EVERY_S = 5.0
-_TOPOLOGY_RETRY_S = 0.5
 
 
-class _Subscription:
-    __slots__ = ("channels", "linger", "link", "pending", "ready", "refs", "resync_when_ready")
-
-    def __init__(self, channels: list[bytes]) -> None:
-        self.channels = channels
-        self.pending = set(channels)
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.refs = 0
-        self.linger: asyncio.TimerHandle | None = None
-        self.link: SubscriberLink | None = None
-        self.resync_when_ready = False
-
-
-class RedisBroker:
+class RedisBroker(ClusterPlacement):
     def __init__(
         self,
         cfg: RedisConfig,
@@ -66,7 +51,7 @@ class RedisBroker:
         self._linger_s = linger_s
         self._on_resync = on_resync
         self._control_prefix = f"gateway:control:{hub.epoch}:{os.getpid()}"
-        self._subs: dict[str, _Subscription] = {}
+        self._subs: dict[str, Subscription] = {}
         self._routes: dict[bytes, tuple[str, str]] = {}
         # SUBSCRIBE acknowledgements still due on a link to subscriptions already gone:
         # a merchant released and acquired again before its ack must not take the old
@@ -74,7 +59,7 @@ class RedisBroker:
         self._stale_acks: Counter[tuple[SubscriberLink, bytes]] = Counter()
         self._links: dict[str, SubscriberLink] = {}
         self._cluster = ClusterTopology(cfg.url) if cfg.cluster else None
-        self._topology_changed = asyncio.Event()
+        self._topology_changed = asyncio.Event()  # ask placement.py to re-read it
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ---------------------------------------------------------
@@ -174,11 +159,11 @@ class RedisBroker:
             for event in self._cfg.events
         ]
 
-    def _subscribe(self, merchant_id: str, link: SubscriberLink) -> _Subscription:
+    def _subscribe(self, merchant_id: str, link: SubscriberLink) -> Subscription:
         channels = self._channels_of(merchant_id)
         for channel, event in zip(channels, self._cfg.events, strict=True):
             self._routes[channel] = (merchant_id, event)
-        sub = self._subs[merchant_id] = _Subscription(channels)
+        sub = self._subs[merchant_id] = Subscription(channels)
         sub.link = link
         self._hub.open(merchant_id)
         link.subscribe(channels)
@@ -257,68 +242,3 @@ class RedisBroker:
     def _channel_dropped(self, link: SubscriberLink, channel: bytes) -> None:
         log.info("redis cluster: %s dropped a channel (slot moved)", link.address)
         self._topology_changed.set()
-
-    # -- cluster -----------------------------------------------------------
-
-    async def _follow_cluster(self) -> None:
-        """Keep one link per primary and every merchant on its slot's primary."""
-        assert self._cluster is not None
-        while True:
-            self._topology_changed.clear()  # news arriving during the read asks for another
-            try:
-                changed = await self._cluster.refresh()
-            except ConnectionError as exc:
-                log.warning("redis cluster: %s", exc)
-                await asyncio.sleep(_TOPOLOGY_RETRY_S)
-                continue
-            if changed or not self._links:
-                await self._apply_topology()
-            unhealthy = any(not link.healthy for link in self._links.values())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_TOPOLOGY_RETRY_S if unhealthy else _TOPOLOGY_EVERY_S):
-                    await self._topology_changed.wait()
-
-    async def _apply_topology(self) -> None:
-        cluster = self._cluster
-        assert cluster is not None
-        wanted = {cluster.url(address): address for address in cluster.primaries if address}
-        for url, address in wanted.items():
-            link = self._links.get(url)
-            if link is None or cluster.owner(link.canary.channel) != address:
-                await self._replace_link(url, address)
-        moved = [m for m, sub in self._subs.items() if not self._on_owner(sub)]
-        for merchant_id in moved:
-            self._move(merchant_id)
-        for url in [url for url in self._links if url not in wanted]:
-            link = self._links.pop(url)
-            log.info("redis cluster: %s is no longer a primary", link.address)
-            await link.close()
-        if moved:
-            log.info("redis cluster: %d merchants moved to another primary", len(moved))
-
-    async def _replace_link(self, url: str, address: str) -> None:
-        assert self._cluster is not None
-        old = self._links.pop(url, None)
-        link = self._link(url, self._cluster.channel_on(address, self._control_prefix))
-        await link.start()
-        log.info("redis cluster: subscriber link to primary %s", link.address)
-        if old is not None:
-            for sub in self._subs.values():
-                if sub.link is old:
-                    sub.link = None  # moved below
-            await old.close()
-
-    def _on_owner(self, sub: _Subscription) -> bool:
-        return sub.link is not None and sub.link is self._link_for(sub.channels[0])
-
-    def _move(self, merchant_id: str) -> None:
-        sub = self._subs[merchant_id]
-        if sub.link is not None:
-            sub.link.unsubscribe(sub.channels)
-        link = self._link_for(sub.channels[0])
-        sub.link = link
-        sub.pending = set(sub.channels)
-        sub.resync_when_ready = True
-        if link is not None:
-            link.subscribe(sub.channels)
-
