@@ -113,18 +113,7 @@ def create_app(cfg: Config) -> web.Application:
     app[PUBLISHING] = PublishGate(
         broker.backlog_bytes, lambda: broker.round_trip(shared=True), metrics
     )
-    path = cfg.server.path
-    app.router.add_get(path, stream_view, allow_head=False)
-    app.router.add_post(f"{path}/ticket", ticket_view)
-    app.router.add_route("OPTIONS", f"{path}/ticket", ticket_preflight)
-    app.router.add_post(f"{path}/publish", publish_view)
-    app.router.add_get("/health", health_view)
-    app.router.add_get("/health/live", live_view)
-    app.router.add_get("/metrics", metrics_view)
-    if cfg.server.demo:
-        app.router.add_get("/demo", _demo_redirect)
-        app.router.add_get("/demo/", _demo_index)
-        app.router.add_static("/demo/", STATIC_DIR)
+    _add_routes(app.router, cfg)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -135,6 +124,21 @@ async def _demo_redirect(request: web.Request) -> web.StreamResponse:
 
 
 async def _demo_index(request: web.Request) -> web.StreamResponse:
+def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:
+    path = cfg.server.path
+    router.add_get(path, stream_view, allow_head=False)
+    router.add_post(f"{path}/ticket", ticket_view)
+    router.add_route("OPTIONS", f"{path}/ticket", ticket_preflight)
+    router.add_post(f"{path}/publish", publish_view)
+    router.add_get("/health", health_view)
+    router.add_get("/health/live", live_view)
+    router.add_get("/metrics", metrics_view)
+    if cfg.server.demo:
+        router.add_get("/demo", _demo_redirect)
+        router.add_get("/demo/", _demo_index)
+        router.add_static("/demo/", STATIC_DIR)
+
+
     return web.FileResponse(STATIC_DIR / "demo.html")
 
 
