@@ -115,8 +115,7 @@ async def _valid_token(a: _Admitting) -> None:
         if ticket:
             gw.auth.check_ticket(ticket, a.shop)
         else:
-            token = a.request.query.get("token") or _bearer(a.request)
-            gw.auth.check_session_token(token, a.shop)
+            gw.auth.check_session_token(a.request.query.get("token") or _bearer(a.request), a.shop)
     except InvalidTokenError as exc:
         raise Refusal(401, "invalid_token", str(exc)) from None
 
@@ -145,10 +144,8 @@ async def _allowed_origin(a: _Admitting) -> None:
 async def _merchant_has_room(a: _Admitting) -> None:
     """429 too_many_connections: the merchant is at `sse.max_connections_per_merchant`."""
     if a.merchant is not None and a.gw.admission.merchant_full(a.merchant.id):
-        raise Refusal(
-            429, "too_many_connections", "too many streams for this merchant",
-            _RETRY_AFTER_MERCHANT_FULL_S,
-        )
+        message = "too many streams for this merchant"
+        raise Refusal(429, "too_many_connections", message, _RETRY_AFTER_MERCHANT_FULL_S)
 
 
 async def _available(a: _Admitting) -> None:
