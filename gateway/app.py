@@ -119,11 +119,6 @@ def create_app(cfg: Config) -> web.Application:
     return app
 
 
-async def _demo_redirect(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/demo/")
-
-
-async def _demo_index(request: web.Request) -> web.StreamResponse:
 def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:
     path = cfg.server.path
     router.add_get(path, stream_view, allow_head=False)
@@ -139,6 +134,11 @@ def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:
         router.add_static("/demo/", STATIC_DIR)
 
 
+async def _demo_redirect(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/demo/")
+
+
+async def _demo_index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "demo.html")
 
 
