@@ -30,6 +30,7 @@ from .durable.envelopes import EnvelopeCheck
 from .durable.gate import PUBLISHING, PublishGate
 from .durable.history import DurableHistory
 from .durable.replay import DurableReplay
+from .durable.snapshots import Snapshots
 from .errors import UnavailableError
 from .frames import Control
 from .handlers import stream_view, ticket_preflight, ticket_view
@@ -70,6 +71,8 @@ def create_app(cfg: Config) -> web.Application:
         """Messages of these merchants may have been lost (Redis reconnected or moved)."""
         hub.mark_gap(merchant_ids)
         hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
+        if cfg.sse.snapshot:
+            snapshots.after_resync(merchant_ids)
 
     async def flush() -> float:
         """Every message published before this call has reached the hub, checked."""
@@ -91,6 +94,7 @@ def create_app(cfg: Config) -> web.Application:
         jobs_kept=cfg.sse.snapshot_jobs,
         idempotency_ttl_s=cfg.redis.idempotency_ttl,
     )
+    snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
     app[GATEWAY] = Gateway(
         cfg=cfg,
         hub=hub,
@@ -101,6 +105,7 @@ def create_app(cfg: Config) -> web.Application:
         metrics=metrics,
         history=history,
         replay=DurableReplay(history, flush, hub, metrics),
+        snapshots=snapshots,
     )
     app[PUBLISH_API] = PublishApi(
         publish_key=cfg.auth.publish_key,
@@ -150,6 +155,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await stop_tasks(tasks)
     flush_suppressed(final=True)
     await gw.replay.close()
+    await gw.snapshots.close()
     await gw.history.close()
     await gw.broker.close()
     await gw.directory.close()

@@ -233,11 +233,16 @@ async def _serve(
         if last_id:
             resumed = await gw.replay.resume(stream, last_id, held, gap)
             gap, replayed = resumed is None, resumed or 0
+        first = [Control("resync", {"reason": "history_gap"})] if gap else []
         if gap:
             gw.metrics.replay_misses += 1
-            stream.deliver(Control("resync", {"reason": "history_gap"}))
         elif last_id:
             gw.metrics.replay_hits += 1
+        # no Last-Event-ID, or one that cannot be replayed: the job state comes first
+        wants_snapshot = sse.snapshot and (gap or not last_id)
+        if not (wants_snapshot and await gw.snapshots.open(stream, first)):
+            for frame in first:
+                stream.deliver(frame)
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
         socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use

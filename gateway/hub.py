@@ -253,6 +253,11 @@ class Hub:
                 topic.mark = next(_marks)
                 topic.next_durable = None  # what follows may not continue the proven head
 
+    def subscribers(self, merchant_id: str) -> list[Subscriber]:
+        """The merchant's open streams (a copy)."""
+        topic = self._topics.get(merchant_id)
+        return list(topic.subscribers) if topic is not None else []
+
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
         for merchant_id in merchant_ids:
             topic = self._topics.get(merchant_id)

@@ -14,6 +14,7 @@ from .broker import RedisBroker
 from .config import Config
 from .durable.history import DurableHistory
 from .durable.replay import DurableReplay
+from .durable.snapshots import Snapshots
 from .hub import Hub
 from .merchants import MerchantDirectory
 from .metrics import Dependencies, Metrics
@@ -33,6 +34,7 @@ class Gateway:
     metrics: Metrics
     history: DurableHistory
     replay: DurableReplay
+    snapshots: Snapshots
     started_at: float = field(default_factory=time.monotonic)
     draining: bool = False
     queue_policy: QueuePolicy = field(init=False)

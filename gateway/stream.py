@@ -16,7 +16,7 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .durable.ids import DurableId
@@ -69,6 +69,7 @@ class QueuePolicy:
 class Stream:
     __slots__ = (
         "_chunked",
+        "_held",
         "_jobs",
         "_policy",
         "_protocol",
@@ -105,6 +106,9 @@ class Stream:
         self._protocol: WriterProtocol | None = None
         self._writer: PayloadWriter | None = None
         self._chunked = 0
+        # while a snapshot is read after a resync: the keys queued before it, and
+        # the hold's number (a later resync's hold replaces an earlier one)
+        self._held: tuple[int, list[int]] | None = None
 
     def bind(self, writer: PayloadWriter, chunked: bool) -> None:
         """Start writing to `writer` (aiohttp's payload writer, headers already sent)."""
@@ -158,14 +162,45 @@ class Stream:
         events up to `last` are dropped: the client came from a process that
         delivered them before this one's subscriber had read them.
         """
-        queued = [entry for entry in (self._queue or {}).values() if not _seen(entry, last)]
+        queued = self._unseen(self._queue or {}, last)
         live_ids = {entry.id for entry in queued if isinstance(entry, Entry)}
         used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
+        self._requeue([*entries[:used], *queued])
+        return used
+
+    def put_first(self, frames: Sequence[Entry | Control], after: DurableId) -> None:
+        """Put `frames` (a resync, a snapshot read at `after`) before what queued live
+        (nothing written yet); queued durable events up to `after` are in the snapshot."""
+        self._requeue([*frames, *self._unseen(self._queue or {}, after)])
+
+    def hold(self, number: int) -> None:
+        """Write nothing from now until `release(number)`: a snapshot is being read."""
+        if self._queue is None:
+            self._queue = OrderedDict()
+        self._held = (number, list(self._queue))
+
+    def release(self, number: int, frames: Sequence[Entry], after: DurableId | None) -> None:
+        """End hold `number`: `frames` go after what was queued before it, then what
+        queued meanwhile (durable events up to `after` dropped: the snapshot has them)."""
+        if self._held is None or self._held[0] != number or self.close_reason is not None:
+            return
+        queue, before = self._queue or OrderedDict(), set(self._held[1])
+        self._held = None
+        earlier = [entry for key, entry in queue.items() if key in before]
+        later = {key: entry for key, entry in queue.items() if key not in before}
+        rest = self._unseen(later, after) if after else list(later.values())
+        self._requeue([*earlier, *frames, *rest])
+
+    def _unseen(self, queue: Mapping[int, Entry | Control | _Ping], last: DurableId
+                ) -> list[Entry | Control | _Ping]:
+        return [entry for entry in queue.values() if not _seen(entry, last)]
+
+    def _requeue(self, entries: list[Entry | Control | _Ping]) -> None:
         self._queue = OrderedDict()
         self._queued_bytes = 0
         self._jobs.clear()
-        self.replay([*entries[:used], *queued])
-        return used
+        self.replay(entries)
+        self._wakeup()
 
     def close(self, reason: CloseReason, final: Control | None = None) -> None:
         """End the stream; a `final` frame is written after what is already queued.
@@ -175,6 +210,7 @@ class Stream:
         if self.close_reason is not None and reason not in _ABORTING:
             return
         self.close_reason = reason
+        self._held = None  # a final frame is not held back for a snapshot
         if reason in _ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._queued_bytes = 0
@@ -240,10 +276,10 @@ class Stream:
         try:
             while True:
                 queue = self._queue
-                if not queue or self._transport is None:
+                if not queue or self._transport is None or self._held is not None:
                     if self.close_reason is not None:
                         return self.close_reason
-                    if queue is not None and self._transport is not None:
+                    if queue is not None and self._transport is not None and not self._held:
                         self._queue = None  # caught up: back to direct writes
                         self._queued_bytes = 0
                         self._jobs.clear()

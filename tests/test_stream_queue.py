@@ -491,3 +491,31 @@ async def test_a_replay_gives_way_to_what_queued_live_meanwhile() -> None:
         assert ids_in(writer.transport.data) == ["ep:3", "ep:4", plain.id, "ep:5", "ep:6"]
     finally:
         await finish(task)
+
+
+async def test_a_held_stream_writes_nothing_until_its_snapshot_then_only_newer_events() -> None:
+    def durable(n: int) -> Entry:
+        return Entry(2000 + n, f"ep:{n}", "stage", b"%d" % n)
+
+    stream, _ = make_stream()
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        resync = Control("resync", {"reason": "redis_reconnected"})
+        stream.deliver(resync)  # written at once: the hold begins after it
+        stream.hold(1)
+        plain = entry("stage", "plain")
+        for live in (durable(4), plain, durable(5)):  # arrive while the state is read
+            stream.deliver(live)
+        await asyncio.sleep(0)
+        assert b"ep:4" not in writer.transport.data  # held
+        stream.release(0, [], None)  # an earlier hold's answer: ignored
+        snapshot = Entry(3000, "ep:4", "snapshot", b'{"jobs":[]}')
+        stream.release(1, [snapshot], DurableId("ep", 4))
+        await poll(lambda: b"ep:5" in writer.transport.data, what="released")
+        data = writer.transport.data
+        assert data.index(b"resync") < data.index(b"snapshot")
+        assert ids_in(data) == ["ep:4", plain.id, "ep:5"]  # the snapshot's id, then newer
+        assert data.count(b"event: stage\ndata: 4") == 0  # ep:4 is in the snapshot
+    finally:
+        await finish(task)

@@ -1,0 +1,186 @@
+"""The `snapshot` frame (README "Job state"): on connect, after resync, under a
+concurrent publisher, and the same from every process, against real Redis,
+PostgreSQL, gateways and nginx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from ops_support import get_metrics, metric
+from rolling_support import upstream_conf
+from support import Event, open_stream
+from test_durable_e2e import AUTH, DURABLE, connected
+from test_durable_e2e import post as post_as
+
+from gateway.durable.ids import DurableId
+from gateway.durable.publisher import AsyncPublisher
+from tools.services import RedisServer, free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+JSON = {**AUTH, "Content-Type": "application/json"}
+STREAM_PATH = "/api/realtime/events"
+
+
+async def publish(gw: Any, mid: str, event: str, data: Any) -> str:
+    status, _, reply = await post_as(gw, {"merchantId": mid, "event": event, "data": data}, JSON)
+    assert status == 200, reply
+    return str(reply["id"])
+
+
+def offset(event_id: str) -> int:
+    parsed = DurableId.parse(event_id)
+    assert parsed is not None, event_id
+    return parsed.offset
+
+
+async def snapshot_after_connected(s: Any) -> Event:
+    await connected(s)
+    frame = await s.next_event(10)
+    assert frame.event == "snapshot", frame
+    return frame
+
+
+async def test_a_stream_opened_mid_job_gets_the_state_then_only_newer_events(
+    gateway_factory: Any, merchant: Any
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    async with open_stream(gw.stream_url(shop)) as s:  # no job state yet: no frame
+        await connected(s)
+        plain = await publish(gw, mid, "stage", "no job here")
+        assert (await s.next_event(10)).id == plain
+    a1 = await publish(gw, mid, "progress", {"jobId": "A", "percent": 10})
+    b1 = await publish(gw, mid, "progress", {"jobId": 7, "percent": 50})
+    a2 = await publish(gw, mid, "progress", {"jobId": "A", "percent": 40})
+    b2 = await publish(gw, mid, "completion", {"jobId": "7"})  # 7 and "7": one job
+    head = await publish(gw, mid, "stage", "still no job")
+    async with open_stream(gw.stream_url(shop)) as s:
+        frame = await snapshot_after_connected(s)
+        assert frame.id == head and a1 < a2
+        assert frame.json() == {"jobs": [
+            {"job": "A", "event": "progress", "id": a2, "data": {"jobId": "A", "percent": 40}},
+            {"job": "7", "event": "completion", "id": b2, "data": {"jobId": "7"}},
+        ]}, b1
+        later = await publish(gw, mid, "progress", {"jobId": "A", "percent": 60})
+        assert (await s.next_event(10)).id == later
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": a1}) as s:
+        await connected(s)  # a replay brings the client up to date: no snapshot
+        # (a2 is skipped by coalescing: `later`, a newer progress of job A, is in the replay)
+        assert [e.id for e in await s.events(4, 10)] == [b1, b2, head, later]
+    foreign = f"{'0' if head[0] != '0' else '1'}{head[1:]}"
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": foreign}) as s:
+        await connected(s)
+        resync, frame = await s.events(2, 10)
+        assert (resync.event, resync.json()) == ("resync", {"reason": "history_gap"})
+        assert frame.event == "snapshot" and frame.id == later
+        assert [j["id"] for j in frame.json()["jobs"]] == [b2, later]
+    assert metric(await get_metrics(gw), "gateway_snapshots_total") == 2
+
+
+async def test_after_a_redis_restart_the_resync_is_followed_by_the_state(
+    gateway_factory: Any, merchant: Any, redis_factory: Any
+) -> None:
+    mid, shop = merchant
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]
+    server: RedisServer = redis_factory(extra_args=aof)
+    gw = gateway_factory.start(config=DURABLE, redis=server.url)
+    job = await publish(gw, mid, "progress", {"jobId": "J", "percent": 30})
+    async with open_stream(gw.stream_url(shop)) as s:
+        assert (await snapshot_after_connected(s)).id == job
+        await asyncio.to_thread(server.restart)  # AOF: the state survives
+        resync, frame = await s.events(2, 30)
+        assert (resync.event, resync.json()) == ("resync", {"reason": "redis_reconnected"})
+        assert frame.event == "snapshot" and frame.id == job, frame
+        assert frame.json()["jobs"][0]["data"] == {"jobId": "J", "percent": 30}
+        status, _, reply = await post_as(
+            gw, {"merchantId": mid, "event": "progress", "data": {"jobId": "J"}}, JSON)
+        while status == 503:  # the publish budget may still wait for the link
+            await asyncio.sleep(0.2)
+            status, _, reply = await post_as(
+                gw, {"merchantId": mid, "event": "progress", "data": {"jobId": "J"}}, JSON)
+        assert (await s.next_event(10)).id == reply["id"]
+
+
+async def test_streams_opening_under_a_publisher_see_state_then_every_later_event_once(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    client = aioredis.Redis.from_url(redis_server.url)
+    publisher = AsyncPublisher(client, history=1000, ttl_s=600)
+    total, jobs = 400, 12
+    published: list[tuple[str, str, dict[str, Any]]] = []  # (id, event, data) in order
+    rng = random.Random(19)
+
+    async def publish_all() -> None:
+        for n in range(1, total + 1):
+            data = {"jobId": f"j{n % jobs}", "n": n}
+            event = "completion" if n > total - jobs else "progress"
+            event_id = await publisher.publish(mid, event, data)
+            assert event_id is not None
+            published.append((event_id, event, data))
+
+    opened: list[asyncio.Event] = []
+
+    async def follow() -> tuple[Event, list[Event]]:
+        here = asyncio.Event()
+        opened.append(here)
+        await asyncio.sleep(rng.uniform(0, 1.5))  # open at a random moment of the run
+        async with open_stream(gw.stream_url(shop)) as s:
+            await connected(s)
+            here.set()
+            frame = await s.next_event(15)
+            events: list[Event] = []
+            while not events or events[-1].data != "end":
+                events.append(await s.next_event(15))
+            return frame, events[:-1]
+
+    try:
+        await publish(gw, mid, "progress", {"jobId": "j0", "n": 0})  # state exists from the start
+        followers = [asyncio.create_task(follow()) for _ in range(24)]
+        await publish_all()
+        await asyncio.wait_for(asyncio.gather(*(here.wait() for here in opened)), 30)
+        await publisher.publish(mid, "stage", "end")
+        results = await asyncio.gather(*followers)
+    finally:
+        await client.aclose()
+    by_id = {event_id: (event, data) for event_id, event, data in published}
+    for frame, events in results:
+        assert frame.event == "snapshot", frame
+        seen = offset(frame.id)
+        expected: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        for event_id, event, data in published:
+            if offset(event_id) <= seen:
+                expected[data["jobId"]] = (event_id, event, data)
+        got = {j["job"]: (j["id"], j["event"], j["data"]) for j in frame.json()["jobs"]}
+        if seen > offset(published[0][0]):
+            assert got == {job: v for job, v in expected.items()}, frame.id
+        later = [e for e in published if offset(e[0]) > seen]
+        assert [e.id for e in events] == [event_id for event_id, _, _ in later], frame.id
+        assert all(by_id[e.id][1] == e.event for e in events)
+
+
+async def test_every_process_serves_the_same_snapshot(
+    gateway_factory: Any, nginx_factory: Any, merchant: Any
+) -> None:
+    mid, shop = merchant
+    pair = gateway_factory.start(config={**DURABLE, "server": {"workers": 2}})
+    other = gateway_factory.start(config=DURABLE)
+    for n in range(5):
+        await publish(pair, mid, "progress", {"jobId": f"j{n % 3}", "percent": n * 10})
+    port = free_port()
+    nginx = nginx_factory(upstream_conf(port, [pair.port, other.port]), port=port)
+    urls = [pair.stream_url(shop), other.stream_url(shop),
+            f"http://127.0.0.1:{nginx.port}{STREAM_PATH}?shop={shop}"]
+    frames = []
+    for url in urls:
+        for _ in range(4):  # workers: 2 shares one port; several connects reach both
+            async with open_stream(url) as s:
+                frames.append(await snapshot_after_connected(s))
+    assert len({(f.id, json.dumps(f.json(), sort_keys=True)) for f in frames}) == 1, frames
