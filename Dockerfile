@@ -20,7 +20,8 @@ COPY gateway/__init__.py ./gateway/
 RUN touch README.md && pip wheel --wheel-dir /wheels . && rm /wheels/event_gateway-*.whl
 COPY README.md ./
 COPY gateway/ ./gateway/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && cd /wheels && sha256sum -- *.whl > /wheels.sha256
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -30,12 +31,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_CONFIG=/app/config/gateway.yaml
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /app --no-create-home --shell /usr/sbin/nologin gateway
-# The wheels are mounted, not copied: no layer keeps them.
+# The wheels are mounted, not copied: no layer keeps them. Their checksums
+# are copied (a few hundred bytes): podman/buildah reuse a cached RUN whatever
+# a --mount from another stage holds, so without this file a changed wheel
+# would not be installed; a changed checksum invalidates the install layer.
+COPY --from=build /wheels.sha256 /tmp/wheels.sha256
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index /wheels/*.whl
+    cd /wheels && sha256sum --check --quiet /tmp/wheels.sha256 \
+ && pip install --no-index /wheels/*.whl && rm /tmp/wheels.sha256
 # Fail the build, not the first request, if the wheel lost a data file
 # (setup.cfg [options.package_data]).
-RUN python -c "import pathlib, gateway; root = pathlib.Path(gateway.__file__).parent; missing = [f for f in ('static/demo.html', 'static/gateway-events.js', 'broker/publish.lua') if not (root / f).is_file()]; assert not missing, f'not in the wheel: {missing}'"
+RUN python -c "import pathlib, gateway; root = pathlib.Path(gateway.__file__).parent; missing = [f for f in ('static/demo.html', 'static/gateway-events.js', 'durable/publish.lua') if not (root / f).is_file()]; assert not missing, f'not in the wheel: {missing}'"
 WORKDIR /app
 COPY config/ ./config/
 USER 10001:10001
