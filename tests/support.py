@@ -55,6 +55,7 @@ ISOLATED_ENV = (
     "REDIS_PORT",
     "REDIS_PASSWORD",
     "REDIS_DB",
+    "GATEWAY_PUBLISH_KEY",
 )
 
 

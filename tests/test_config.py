@@ -25,7 +25,8 @@ REDIS_PW = "r3disS3cretPw"
 PG_PW = "pgS3cretPw"
 TOKEN_SECRET = "sessi0nTokenS3cret"
 API_KEY = "apiK3yS3cret"
-SECRETS = (REDIS_PW, PG_PW, TOKEN_SECRET, API_KEY)
+PUBLISH_KEY = "publishK3yS3cret"
+SECRETS = (REDIS_PW, PG_PW, TOKEN_SECRET, API_KEY, PUBLISH_KEY)
 
 
 def write(tmp_path: Path, data: Any, name: str = "gateway.yaml") -> str:
@@ -81,6 +82,14 @@ def test_empty_file_and_no_file_give_the_same_defaults(tmp_path: Path) -> None:
 def test_shipped_config_file_is_valid_and_matches_defaults() -> None:
     shipped = load_config(str(REPO_ROOT / "config" / "gateway.yaml"), BASE_ENV)
     assert shipped == load_config(None, BASE_ENV)
+
+
+def test_shipped_config_takes_the_publish_key_from_gateway_publish_key() -> None:
+    """README and docs/publishing.md name GATEWAY_PUBLISH_KEY: the shipped file reads it."""
+    shipped = str(REPO_ROOT / "config" / "gateway.yaml")
+    assert load_config(shipped, BASE_ENV).auth.publish_key == ""
+    cfg = load_config(shipped, {**BASE_ENV, "GATEWAY_PUBLISH_KEY": PUBLISH_KEY})
+    assert cfg.auth.publish_key == PUBLISH_KEY
 
 
 def test_postgres_dsn_is_required(tmp_path: Path) -> None:
@@ -316,6 +325,16 @@ def test_check_config_prints_effective_config_without_secrets(tmp_path: Path) ->
     dsn = urlsplit(printed["postgres"]["dsn"])
     assert (dsn.hostname, dsn.port, dsn.username, dsn.path) == ("127.0.0.1", 5432, "gw", "/gateway")
     assert printed["auth"]["session_token_secret"] not in ("", None)
+
+
+def test_check_config_of_the_shipped_file_masks_the_publish_key() -> None:
+    """The shipped config/gateway.yaml with every secret in the environment: none printed."""
+    env = {**secret_env(), "GATEWAY_PUBLISH_KEY": PUBLISH_KEY}
+    res = run_cli(["check-config", "--config", str(REPO_ROOT / "config" / "gateway.yaml")], env)
+    assert res.returncode == 0, res.stderr
+    for secret in SECRETS:
+        assert secret not in res.stdout + res.stderr
+    assert yaml.safe_load(res.stdout)["auth"]["publish_key"] == "***"
 
 
 def test_check_config_redacts_legacy_redis_password(tmp_path: Path) -> None:
