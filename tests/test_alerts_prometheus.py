@@ -240,17 +240,49 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return out
 
 
-def test_dashboard_uses_the_datasource_variable_and_every_metric() -> None:
+def datasource_refs(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(where, value) of every "datasource" key anywhere in the dashboard JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield where, value
+            yield from datasource_refs(value, f"{where}/{node.get('title', key)}")
+    elif isinstance(node, list):
+        for item in node:
+            yield from datasource_refs(item, where)
+
+
+def test_dashboard_asks_for_its_data_source_on_import_and_uses_every_metric() -> None:
+    """Exported-for-sharing form: Grafana's import dialog asks for DS_PROMETHEUS
+    (the `__inputs`) and puts the chosen uid wherever `${DS_PROMETHEUS}` stands:
+    every panel, every query and the instance variable use it, nothing else."""
     dash = json.loads(DASHBOARD.read_text())
-    variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource"
-    assert variables["datasource"]["query"] == "prometheus"
-    for panel in dash["panels"]:
-        if panel["type"] == "row":
-            continue
-        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    [asked] = dash["__inputs"]
+    assert {k: v for k, v in asked.items() if k != "description"} == {
+        "name": "DS_PROMETHEUS", "label": "Prometheus",
+        "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus",
+    }
+    required = {(r["type"], r["id"]) for r in dash["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert {("panel", p["type"]) for p in panels} <= required
+    ds = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+    for panel in panels:
+        assert panel["datasource"] == ds, panel["title"]
+        assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert target["datasource"] == ds, panel["title"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["instance"]["datasource"] == ds
+    refs = list(datasource_refs(dash))
+    assert len(refs) == len(panels) + sum(len(p["targets"]) for p in panels) + 1
+    assert all(value == ds for _, value in refs), [r for r in refs if r[1] != ds]
+    # what the import does (a ${NAME} of __inputs replaced in every string): no
+    # ${...} is left but Grafana's own $instance / $__rate_interval
+    imported = DASHBOARD.read_text().replace("${DS_PROMETHEUS}", "prom-uid-1")
+    assert "${" not in imported
+    assert all(v == {"type": "prometheus", "uid": "prom-uid-1"}
+               for _, v in datasource_refs(json.loads(imported)))
     text = " ".join(expr for _, expr in dashboard_exprs())
     for name in (
         "gateway_connections",
