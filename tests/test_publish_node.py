@@ -1,4 +1,6 @@
-"""The Node (ioredis) snippet of docs/publishing.md, run for real against a running gateway.
+"""The Node (ioredis) snippets of docs/publishing.md and the README, run for real
+against a running gateway: they deliver, and each script exits on its own
+(it quits its Redis connection) well within a bound.
 
 `make test` installs Debian's nodejs and npm when absent and ioredis into
 .run/node (tools/bootstrap.sh), so this test fails, rather than skips, when
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import redis
@@ -25,6 +28,10 @@ from tools.services import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "publishing.md"
+README = ROOT / "README.md"
+# Seconds a snippet may take from start to exit: node starts, connects and
+# publishes in well under a second here; an open connection never exits.
+EXIT_BOUND = 15.0
 NODE = shutil.which("node")
 # make test (tools/bootstrap.sh) installs nodejs and npm, then ioredis there
 NODE_ENV = {
@@ -63,11 +70,41 @@ const { publishDurable } = require('./gateway-publish');
 """
 
 
+def js_blocks(doc: Path) -> list[str]:
+    return re.findall(r"```js\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+
+
 def snippet() -> str:
-    blocks = re.findall(r"```js\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    module = [b for b in blocks if "module.exports" in b]
+    module = [b for b in js_blocks(DOC) if "module.exports" in b]
     assert len(module) == 1, "docs/publishing.md: one js block exports publishDurable"
     return module[0]
+
+
+def usage_snippet(doc: Path, marker: str, mid: str) -> str:
+    """The one js block of ``doc`` containing ``marker``, its example merchant
+    id m-1001 replaced by ``mid`` (the only change)."""
+    found = [b for b in js_blocks(doc) if marker in b and "module.exports" not in b]
+    assert len(found) == 1, f"{doc.name}: one js block with {marker!r}"
+    assert "'m-1001'" in found[0] or "merchant:m-1001:" in found[0], found[0]
+    return found[0].replace("m-1001", mid)
+
+
+def run_to_exit(node: str, script: str, cwd: Path, redis_url: str) -> str:
+    """Run ``script`` with node; it must exit 0 by itself within EXIT_BOUND s."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [node, script], cwd=cwd, capture_output=True, text=True,
+            timeout=EXIT_BOUND, check=False, env={**NODE_ENV, "REDIS_URL": redis_url},
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"{script} still running after {EXIT_BOUND} s: its Redis connection keeps "
+            f"Node alive (stdout {exc.stdout!r})"
+        ) from None
+    print(f"\n{script}: exited {done.returncode} after {time.monotonic() - started:.2f} s")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def test_node_snippet_through_a_running_gateway(
@@ -115,3 +152,38 @@ async def test_node_snippet_through_a_running_gateway(
         {b"e": b"stage", b"d": b"packing"},
         {b"e": b"error", b"d": b'{"jobId":"po-42"}'},
     ]
+
+
+async def test_publishing_md_usage_snippet_delivers_and_exits(
+    gateway_factory, redis_server: RedisServer, merchant: tuple[str, str], tmp_path: Path
+) -> None:
+    """The usage block under publishDurable, run as written: the stream gets its
+    event with the id it printed, and node exits 0 on its own (redis.quit())."""
+    node = require_node_with_ioredis()
+    mid, shop = merchant
+    (tmp_path / "gateway-publish.js").write_text(snippet())
+    shutil.copy(SCRIPT_PATH, tmp_path / "publish.lua")
+    (tmp_path / "main.js").write_text(usage_snippet(DOC, "require('./gateway-publish')", mid))
+    gw = await gateway_factory.astart()
+    async with open_stream(gw.stream_url(shop)) as s:
+        assert (await s.next_event_of("connected", timeout=10)).json()["merchantId"] == mid
+        out = await asyncio.to_thread(run_to_exit, node, "main.js", tmp_path, redis_server.url)
+        got = await s.next_event_of("progress", timeout=5)
+    printed = re.fullmatch(r"published (\S+)\n", out)
+    assert printed, out
+    assert (got.id, got.data) == (printed.group(1), '{"jobId":"po-42","percent":40}')
+
+
+async def test_readme_plain_publish_snippet_delivers_and_exits(
+    gateway_factory, redis_server: RedisServer, merchant: tuple[str, str], tmp_path: Path
+) -> None:
+    """The README's plain ioredis PUBLISH: delivered, and node exits on its own."""
+    node = require_node_with_ioredis()
+    mid, shop = merchant
+    (tmp_path / "plain.js").write_text(usage_snippet(README, "redis.publish(", mid))
+    gw = await gateway_factory.astart()
+    async with open_stream(gw.stream_url(shop)) as s:
+        assert (await s.next_event_of("connected", timeout=10)).json()["merchantId"] == mid
+        await asyncio.to_thread(run_to_exit, node, "plain.js", tmp_path, redis_server.url)
+        got = await s.next_event_of("progress", timeout=5)
+    assert got.data == '{"jobId":"po-42","percent":40}'
