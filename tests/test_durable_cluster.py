@@ -18,8 +18,15 @@ from support import unique_merchant, wait_until
 from gateway.config import load_config
 from gateway.durable.cli import run_publish
 from gateway.durable.history import DurableHistory
-from gateway.durable.ids import DurableEvent, DurableId, encode_envelope, history_keys
-from gateway.durable.publisher import SCRIPT_SHA, Publisher
+from gateway.durable.ids import (
+    DurableEvent,
+    DurableId,
+    encode_envelope,
+    history_keys,
+    idempotency_key,
+    job_state_keys,
+)
+from gateway.durable.publisher import SCRIPT_SHA, Outcome, Publication, Publisher
 from tools.services import RedisServer, free_port, port_open
 
 
@@ -161,3 +168,22 @@ def test_cli_publishes_sharded_on_a_cluster(
         ]
     finally:
         client.close()
+
+
+async def test_job_state_stale_and_idempotency_on_a_cluster(client: AsyncRedisCluster) -> None:
+    """Every key of a merchant (history, meta, job state, idempotency) in its slot."""
+    history = DurableHistory(client, channel=CHANNEL, history=10, ttl_s=60, sharded=True)
+    for mid in spread_merchants(client, 3):  # one per primary
+        slots = {client.keyslot(k) for k in (*history_keys(mid), *job_state_keys(mid),
+                                               idempotency_key(mid, "k"))}
+        assert len(slots) == 1
+        first, repeat, stale, done = await history.publish_many([
+            Publication(mid, "progress", b'{"jobId":"j","p":1}', key="k", seq=3),
+            Publication(mid, "progress", b'{"jobId":"j","p":1}', key="k", seq=3),
+            Publication(mid, "progress", b'{"jobId":"j","p":0}', seq=2),
+            Publication(mid, "completion", b'{"jobId":"j"}'),
+        ])
+        assert repeat == Outcome(first.id, duplicate=True) and stale == Outcome(None, stale=True)
+        head, records = await history.read_jobs(mid)
+        assert head is not None and str(head) == done.id
+        assert [(r.job, str(r.id), r.ended) for r in records] == [("j", done.id, True)]

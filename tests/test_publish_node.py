@@ -187,3 +187,48 @@ async def test_readme_plain_publish_snippet_delivers_and_exits(
         await asyncio.to_thread(run_to_exit, node, "plain.js", tmp_path, redis_server.url)
         got = await s.next_event_of("progress", timeout=5)
     assert got.data == '{"jobId":"po-42","percent":40}'
+
+
+JOBS_RUN = """
+const Redis = require('ioredis');
+const { publishDurable } = require('./gateway-publish');
+(async () => {
+  const redis = new Redis(process.env.REDIS_URL);
+  const mid = process.argv[2];
+  const tenth = { jobId: 'n1', percent: 10 };
+  const answers = [
+    await publishDurable(redis, mid, 'progress', tenth, { seq: 2, key: 'a' }),
+    await publishDurable(redis, mid, 'progress', tenth, { seq: 2, key: 'a' }),
+    await publishDurable(redis, mid, 'progress', { jobId: 'n1', percent: 5 }, { seq: 1 }),
+    await publishDurable(redis, mid, 'completion', { jobId: 'n1' }, { seq: 3 }),
+    await publishDurable(redis, mid, 'progress', { jobId: 'n1', percent: 99 }),
+  ];
+  console.log(JSON.stringify(answers));
+  await redis.quit();
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+async def test_node_snippet_takes_seq_and_key(
+    redis_server: RedisServer, merchant: tuple[str, str], tmp_path: Path
+) -> None:
+    """A repeated key answers the first id; a lower seq and an event after the job's
+    completion answer null (stale): the same answers as the API and the Python helper."""
+    node = require_node_with_ioredis()
+    (tmp_path / "gateway-publish.js").write_text(snippet())
+    shutil.copy(SCRIPT_PATH, tmp_path / "publish.lua")
+    (tmp_path / "jobs.js").write_text(JOBS_RUN)
+    mid, _ = merchant
+    done = await asyncio.to_thread(
+        subprocess.run, [node, "jobs.js", mid], cwd=tmp_path, capture_output=True, text=True,
+        timeout=30, check=False, env={**NODE_ENV, "REDIS_URL": redis_server.url},
+    )
+    assert done.returncode == 0, done.stderr
+    first, repeat, lower, completion, late = json.loads(done.stdout)
+    assert first and repeat == first and lower is None and late is None
+    assert completion not in (None, first)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert len(client.xrange(history_keys(mid)[0])) == 2  # nothing else was recorded
+    finally:
+        client.close()
