@@ -10,8 +10,10 @@ RUN_STAMP := $(VENV)/.run-stamp
 PYTEST_ARGS ?=
 # make bench                 gateway (plain and durable) vs nginx+nchan vs naive, charts in
 #                            docs/bench/, then MODE=durable's two benches (~6 min)
-# make bench MODE=durable    reconnect storm after a restart (bench.storm) and HTTP publish
-#                            into Redis beside nchan (bench.publish_http) (~3 min)
+# make bench MODE=durable    reconnect storm after a restart (bench.storm), job-state snapshot
+#                            storm (bench.snapshot_storm), HTTP publish into Redis with and
+#                            without key+seq, beside nchan (bench.publish_http) (~4 min);
+#                            rows to docs/bench/jobs.jsonl
 # make bench MODE=scale      50,000 streams, several client processes, gateway workers: 3,
 #                            set beside the capacity model's prediction (~5 min)
 # make bench MODE=units      unit costs for the capacity model (.run/bench/unit-costs.json)
@@ -66,8 +68,9 @@ image:
 bench: deps venv
 	@case "$(MODE)" in \
 	  compare) $(PY) -m bench $(BENCH_ARGS) && $(PY) -m bench.storm && \
+	           $(PY) -m bench.snapshot_storm && $(PY) -m bench.publish_http ;; \
+	  durable) $(PY) -m bench.storm && $(PY) -m bench.snapshot_storm && \
 	           $(PY) -m bench.publish_http ;; \
-	  durable) $(PY) -m bench.storm && $(PY) -m bench.publish_http ;; \
 	  scale)   $(PY) -m bench --scale $(BENCH_ARGS) ;; \
 	  units)   $(PY) -m bench.unitcosts $(BENCH_ARGS) ;; \
 	  *) echo "MODE must be compare, durable, scale or units" >&2; exit 2 ;; \

@@ -77,3 +77,17 @@ def memory_kb(pids: list[int]) -> int:
             pass
         total += rss_kb([pid])
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (/proc/stat: all
+    but idle and iowait), so a window's difference shows what else ran."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+def load_average() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]

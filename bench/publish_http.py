@@ -10,6 +10,15 @@ A closed loop per connection: ``--conns`` keep-alive connections each keep
 events acknowledged with 2xx, the server's and Redis's CPU per event, and
 Redis's own count of script runs (``INFO commandstats``), which shows the events
 were recorded, not only answered. Stops by itself; loopback only.
+
+Job state (issue 19): every gateway event names a job (``c{conn}j{x}``: event
+``e`` of a connection goes to job ``x = e % M`` of merchant ``m{x}``), and each
+shape (arrays, single objects) is run twice per round: without and with
+``seq`` (``e // M``, rising per job) and an idempotency ``key`` (unique per event)
+on every event, ``--rounds`` rounds in reversed order each round. Every request
+is new (no key repeats, no seq goes back), so none answers ``stale`` or
+``duplicate`` (the gateway's counters, checked). Rows go to the committed record
+``docs/bench/jobs.jsonl`` (``--record``).
 """
 
 from __future__ import annotations
@@ -17,16 +26,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import procstat
+from bench import jobs_record, procstat
 from bench.__main__ import start_postgres
+from bench.jobs_record import KEYED
 from bench.publishers import PipelinedHttp
 from bench.redis_costs import command_calls
 from bench.systems import Gateway, Nchan, System, make_tmp
+from bench.trial import gateway_samples
 
 __all__ = ["main"]
 
@@ -41,11 +53,12 @@ class PublishingGateway(Gateway):
 
 
 class ClosedLoop(PipelinedHttp):
-    """Keeps ``depth`` pipelined requests outstanding until ``stop_at``."""
+    """Keeps ``depth`` pipelined requests outstanding until ``stop_at``; ``request(n)``
+    is the connection's request number n."""
 
-    def __init__(self, requests: list[bytes], depth: int, stop_at: float) -> None:
+    def __init__(self, request: Callable[[int], bytes], depth: int, stop_at: float) -> None:
         super().__init__()
-        self.requests = requests
+        self.request = request
         self.depth = depth
         self.stop_at = stop_at
         self.sent = 0
@@ -71,21 +84,36 @@ class ClosedLoop(PipelinedHttp):
             return
         n = self.depth - (self.sent - self.responses)
         if n > 0 and self.transport is not None:
-            reqs = self.requests
-            self.transport.write(b"".join(reqs[(self.sent + i) % len(reqs)] for i in range(n)))
+            self.transport.write(b"".join(self.request(self.sent + i) for i in range(n)))
             self.sent += n
 
 
-def gateway_requests(port: int, batch: int, merchants: int, variants: int = 64) -> list[bytes]:
-    head = (f"POST /api/realtime/events/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n")
-    out = []
-    for v in range(variants):
-        items = [{"merchantId": f"m{(v * batch + j) % merchants}", "event": "progress",
-                  "data": {"jobId": f"j{v}-{j}", "percent": j % 100}} for j in range(batch)]
-        body = json.dumps(items[0] if batch == 1 else items, separators=(",", ":")).encode()
-        out.append(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-    return out
+def cycled(requests: list[bytes]) -> Callable[[int], bytes]:
+    return lambda n: requests[n % len(requests)]
+
+
+class JobRequests:
+    """Request n of connection ``conn``: ``batch`` job events, new each time, with or
+    without ``seq`` and ``key`` (the only difference between the two)."""
+
+    def __init__(self, port: int, batch: int, merchants: int, conn: int, keyed: bool) -> None:
+        self.head = (f"POST /api/realtime/events/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}"
+                     f"\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                     ).encode()
+        self.batch, self.merchants, self.conn, self.keyed = batch, merchants, conn, keyed
+
+    def item(self, e: int) -> bytes:
+        x, c = e % self.merchants, self.conn
+        head = b'{"merchantId":"m%d","event":"progress","data":{"jobId":"c%dj%d","percent":%d}' % (
+            x, c, x, e % 100)
+        if self.keyed:
+            return head + b',"seq":%d,"key":"c%d-%d"}' % (e // self.merchants, c, e)
+        return head + b"}"
+
+    def __call__(self, n: int) -> bytes:
+        items = [self.item(n * self.batch + j) for j in range(self.batch)]
+        body = items[0] if self.batch == 1 else b"[" + b",".join(items) + b"]"
+        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
 def nchan_requests(port: int, merchants: int, variants: int = 64) -> list[bytes]:
@@ -98,15 +126,18 @@ def nchan_requests(port: int, merchants: int, variants: int = 64) -> list[bytes]
     return out
 
 
-async def drive(port: int, requests: list[bytes], conns: int, depth: int,
+Requests = Callable[[int], Callable[[int], bytes]]  # connection number -> its requests
+
+
+async def drive(port: int, requests: Requests, conns: int, depth: int,
                 duration: float) -> tuple[int, int, float]:
     """(2xx responses, other responses, seconds) of a closed loop on ``conns`` connections."""
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + duration
     protos = []
-    for _ in range(conns):
+    for c in range(conns):
         _, proto = await loop.create_connection(
-            lambda: ClosedLoop(requests, depth, stop_at), "127.0.0.1", port)
+            lambda c=c: ClosedLoop(requests(c), depth, stop_at), "127.0.0.1", port)  # type: ignore[misc]
         protos.append(proto)
     t0 = loop.time()
     await asyncio.wait([p.finished for p in protos], timeout=duration + 30)
@@ -124,20 +155,50 @@ def script_runs(system: System) -> int:
     return command_calls(system.redis.url, "evalsha", "eval")
 
 
-def measure(system: System, requests: list[bytes], per_request: int,
-            a: argparse.Namespace) -> dict:
+Trial = tuple[str, Callable[[], System], Callable[[int], Requests], int]
+
+
+def measure(system: System, requests: Requests, per_request: int, a: argparse.Namespace) -> dict:
     pids = procstat.tree(system.root_pid)
     rpid = system.redis_pid()
     rp = [rpid] if rpid else []
     runs0 = script_runs(system)
     c0, r0 = procstat.cpu_seconds(pids), procstat.cpu_seconds(rp)
+    busy0, self0 = procstat.machine_busy_seconds(), procstat.cpu_seconds([os.getpid()])
     ok, bad, wall = asyncio.run(drive(system.port, requests, a.conns, a.depth, a.duration))
     cpu, rcpu = procstat.cpu_seconds(pids) - c0, procstat.cpu_seconds(rp) - r0
+    ours = cpu + rcpu + procstat.cpu_seconds([os.getpid()]) - self0
+    other = max(procstat.machine_busy_seconds() - busy0 - ours, 0.0) / wall
     events = ok * per_request
-    return {"events": events, "events_per_s": round(events / wall), "requests_per_s":
-            round(ok / wall), "refused": bad, "server_us_per_event": round(cpu * 1e6 /
-            max(events, 1), 1), "redis_us_per_event": round(rcpu * 1e6 / max(events, 1), 1),
-            "script_runs": script_runs(system) - runs0}
+    row = {"events": events, "events_per_s": round(events / wall), "requests_per_s":
+           round(ok / wall), "refused": bad, "server_us_per_event": round(cpu * 1e6 /
+           max(events, 1), 1), "redis_us_per_event": round(rcpu * 1e6 / max(events, 1), 1),
+           "script_runs": script_runs(system) - runs0, "other_cores": round(other, 2)}
+    if isinstance(system, Gateway):  # answered stale or duplicate: not new events
+        samples = gateway_samples(system.port)
+        row["stale"] = samples.get("gateway_publish_stale_total", 0)
+        row["duplicates"] = samples.get("gateway_publish_duplicates_total", 0)
+    return row
+
+
+def trials(a: argparse.Namespace, tmp: Path, dsn: str) -> list[Trial]:
+    """Each shape without and with key+seq, per round; odd rounds in reverse order."""
+    def gateway() -> System:
+        return PublishingGateway("gateway1", 1, tmp, dsn, 100)
+
+    def jobs(batch: int, keyed: bool) -> Callable[[int], Requests]:
+        return lambda port: lambda c: JobRequests(port, batch, a.merchants, c, keyed)
+
+    one = [(f"gateway1 POST /publish, {shape}{KEYED if keyed else ''}", gateway,
+            jobs(batch, keyed), batch)
+           for shape, batch in (("arrays", a.batch), ("single", 1)) for keyed in (False, True)]
+    out: list[Trial] = []
+    for rnd in range(a.rounds):
+        out += one if rnd % 2 == 0 else one[::-1]
+    if a.nchan:
+        out.append(("nchan-redis POST /pub", lambda: Nchan("nchan-redis", 1, tmp, use_redis=True),
+                    lambda p: lambda c: cycled(nchan_requests(p, a.merchants)), 1))
+    return out
 
 
 def run(a: argparse.Namespace) -> list[dict]:
@@ -145,22 +206,12 @@ def run(a: argparse.Namespace) -> list[dict]:
     rows: list[dict] = []
     pg = start_postgres(a.merchants)
     try:
-        trials: list[tuple[str, Callable[[], System], Callable[[int], list[bytes]], int]] = [
-            ("gateway1 POST /publish, arrays", lambda: PublishingGateway(
-                "gateway1", 1, tmp, pg.dsn, 100), lambda p: gateway_requests(
-                p, a.batch, a.merchants), a.batch),
-            ("gateway1 POST /publish, single", lambda: PublishingGateway(
-                "gateway1", 1, tmp, pg.dsn, 100), lambda p: gateway_requests(
-                p, 1, a.merchants), 1),
-            ("nchan-redis POST /pub", lambda: Nchan("nchan-redis", 1, tmp, use_redis=True),
-             lambda p: nchan_requests(p, a.merchants), 1),
-        ]
-        for label, make, requests, per_request in trials:
+        for label, make, requests, per_request in trials(a, tmp, pg.dsn):
             system = make()
             try:
                 system.start()
-                time.sleep(0.5)
-                row = {"system": label, "per_request": per_request,
+                time.sleep(0.5)  # settle after start (not a synchronisation: it already answers)
+                row = {"system": label, "per_request": per_request, "rounds": a.rounds,
                        **measure(system, requests(system.port), per_request, a)}
             except Exception as e:
                 row = {"system": label, "error": f"{type(e).__name__}: {e}"}
@@ -176,23 +227,43 @@ def run(a: argparse.Namespace) -> list[dict]:
 
 def report(rows: list[dict], a: argparse.Namespace) -> str:
     lines = [f"HTTP publish into Redis: {a.conns} connections x {a.depth} pipelined requests, "
-             f"{a.duration:g} s each, {a.merchants} merchants",
-             f"{'system':<34} {'per req':>7} {'events/s':>9} {'req/s':>7} {'srv us/ev':>9} "
-             f"{'redis us/ev':>11} {'scripts':>8} {'refused':>7}"]
+             f"{a.duration:g} s each, {a.merchants} merchants, {a.rounds} round(s)",
+             f"{'system':<42} {'per req':>7} {'events/s':>9} {'req/s':>7} {'srv us/ev':>9} "
+             f"{'redis us/ev':>11} {'scripts':>8} {'refused':>7} {'other':>5}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['system']:<34} ERROR {r['error']}")
+            lines.append(f"{r['system']:<42} ERROR {r['error']}")
             continue
-        lines.append(f"{r['system']:<34} {r['per_request']:>7} {r['events_per_s']:>9,} "
+        lines.append(f"{r['system']:<42} {r['per_request']:>7} {r['events_per_s']:>9,} "
                      f"{r['requests_per_s']:>7,} {r['server_us_per_event']:>9} "
-                     f"{r['redis_us_per_event']:>11} {r['script_runs']:>8,} {r['refused']:>7}")
-    rate = {r["system"]: r["events_per_s"] for r in rows if "error" not in r}
-    nchan = rate.get("nchan-redis POST /pub")
+                     f"{r['redis_us_per_event']:>11} {r['script_runs']:>8,} {r['refused']:>7} "
+                     f"{r['other_cores']:>5}")
+    ok = [r for r in rows if "error" not in r]
+    nchan = next((r["events_per_s"] for r in ok if r["system"] == "nchan-redis POST /pub"), None)
     for label in ("arrays", "single"):
-        gateway = rate.get(f"gateway1 POST /publish, {label}")
+        name = f"gateway1 POST /publish, {label}"
+        gateway = [r["events_per_s"] for r in ok if r["system"] == name]
         if gateway and nchan:
-            lines.append(f"gateway {label} / nchan: {gateway / nchan:.2f}x events/s")
-    return "\n".join(lines)
+            lines.append(f"gateway {label} / nchan: {sum(gateway) / len(gateway) / nchan:.2f}x "
+                         "events/s")
+    return "\n".join(lines + keyed_lines(ok))
+
+
+def keyed_lines(rows: list[dict]) -> list[str]:
+    """key+seq against the same publish without them (same run, rounds averaged)."""
+    lines = []
+    for shape, q in jobs_record.ratios(rows).items():
+        within = q["events_per_s"] >= 0.9 and q["cpu_per_event"] <= 1.1
+        lines.append(f"key+seq / without, {shape}: {q['events_per_s']:.3f}x events/s "
+                     f"({q['keyed_events_per_s']:,.0f} vs {q['base_events_per_s']:,.0f}), "
+                     f"{q['cpu_per_event']:.3f}x gateway+Redis CPU per event "
+                     f"({q['keyed_us']:.1f} vs {q['base_us']:.1f} us): "
+                     + ("within 10 %" if within else "NOT within 10 %"))
+    busy = max((r.get("other_cores", 0) for r in rows), default=0)
+    if busy >= 0.3:
+        lines.append(f"machine busy: up to {busy} cores of other work during a trial; "
+                     "figures are noisier than on a quiet machine")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,12 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=8, help="pipelined requests per connection")
     p.add_argument("--batch", type=int, default=100, help="events per array")
     p.add_argument("--merchants", type=int, default=1000)
-    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the gateway trials [2]")
+    p.add_argument("--no-nchan", dest="nchan", action="store_false", help="skip nchan")
+    p.add_argument("--record", default=str(jobs_record.RECORD),
+                   help="bench record to write the rows to ('' = none)")
     a = p.parse_args(argv)
     rows = run(a)
     print(report(rows, a))
-    if a.json:
-        Path(a.json).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if a.record:
+        command = " ".join(["python -m bench.publish_http", *(sys.argv[1:] if argv is None
+                                                              else argv)])
+        print(f"record: {jobs_record.write('publish_http', rows, Path(a.record), command)}")
     return 1 if any("error" in r for r in rows) else 0
 
 

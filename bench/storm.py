@@ -63,15 +63,24 @@ class SharedRedisGateway(Gateway):
 class ClientProc:
     """The storm client process, driven one command line at a time."""
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.storm_client", *args],
+    def __init__(self, args: list[str], module: str = "bench.storm_client") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args],
                                      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
 
     def ask(self, line: str) -> dict:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.send(line)
+        return self.receive(line)
+
+    def send(self, line: str) -> None:
+        """One command, not waiting for its answer (so several clients run it at once)."""
+        assert self.proc.stdin is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+    def receive(self, line: str) -> dict:
+        """The answer to the command ``line`` sent last (the client bounds every wait)."""
+        assert self.proc.stdout is not None
         answer = self.proc.stdout.readline()
         if not answer:
             raise RuntimeError(f"storm client exited ({self.proc.poll()}) after {line!r}")

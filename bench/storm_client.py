@@ -150,7 +150,8 @@ class StormClient:
             s.first_frame = loop.create_future()
             try:
                 async with sem or contextlib.nullcontext():
-                    await loop.create_connection(lambda: s, "127.0.0.1", self.args.port)
+                    await loop.create_connection(lambda: s, "127.0.0.1", self.args.port,
+                                                 local_addr=self.local_addr())
                     outcome = await asyncio.wait_for(asyncio.shield(s.first_frame), 30)
             except (OSError, TimeoutError):
                 self.count("connect_failed")
@@ -165,6 +166,15 @@ class StormClient:
             s.retry_after = 0.0
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         self.count("gave_up")
+
+    def local_addr(self) -> tuple[str, int] | None:
+        """The source address to bind (``--source-ip``: one per client process)."""
+        ip = getattr(self.args, "source_ip", "")
+        return (ip, 0) if ip else None
+
+    async def command(self, parts: list[str]) -> dict:
+        """A command this client does not know (a subclass adds its own)."""
+        return {"phase": "error", "error": f"unknown command {parts[0]!r}"}
 
     async def cmd_open(self) -> dict:
         a = self.args
@@ -215,7 +225,7 @@ class StormClient:
             elif parts[0] == "reconnect":
                 emit(self.cmd_reconnect(int(parts[1])))
             else:
-                emit({"phase": "error", "error": f"unknown command {parts[0]!r}"})
+                emit(await self.command(parts))
         for s in self.streams:
             if s.transport is not None:
                 s.transport.close()

@@ -1,12 +1,14 @@
 """``make bench``'s durable benchmarks, run small so they cannot rot unnoticed:
-the reconnect storm (``bench.storm``) and HTTP publish (``bench.publish_http``).
+the reconnect storm (``bench.storm``), the job-state snapshot storm
+(``bench.snapshot_storm``) and HTTP publish with and without ``key``/``seq``
+(``bench.publish_http``).
 Speed is measured by ``make bench``; these assert only what a run must show."""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import publish_http, storm
+from bench import jobs_record, publish_http, snapshot_storm, storm
 
 
 def test_a_small_reconnect_storm_replays_every_stream_exactly() -> None:
@@ -21,13 +23,45 @@ def test_a_small_reconnect_storm_replays_every_stream_exactly() -> None:
     assert "OK:" in storm.report(result)
 
 
+def test_a_small_snapshot_storm_gives_every_stream_its_jobs() -> None:
+    result = snapshot_storm.run_snapshot_storm(argparse.Namespace(
+        streams=200, merchants=20, jobs=5, workers=1, procs=2, query_timeout=0))
+    assert "error" not in result, result
+    assert result["snapshots"] == 200 and result["missing"] == 0, result
+    assert result["wrong_jobs"] == 0 and result["resyncs"] == 0, result
+    assert result["snapshots_gateway"] == 200, result
+    # one state read is shared only by the streams of a merchant that open while it
+    # runs: 20 on a quiet machine; a busy one spreads the arrivals (40 seen), so
+    # the bound proves sharing (10 streams a merchant), not one read per merchant
+    assert 20 <= result["state_reads_redis"] <= 200 // 3, result
+    assert result["multi_redis"] >= result["state_reads_redis"], result
+    assert "OK:" in snapshot_storm.report(result)
+
+
 def test_http_publish_lands_in_redis_for_gateway_and_nchan() -> None:
-    args = argparse.Namespace(duration=0.5, conns=2, depth=4, batch=10, merchants=50)
+    args = argparse.Namespace(duration=0.5, conns=2, depth=4, batch=10, merchants=50, rounds=1,
+                              nchan=True)
     rows = {row["system"]: row for row in publish_http.run(args)}
     assert all("error" not in row for row in rows.values()), rows
+    assert len(rows) == 5, rows
     for row in rows.values():
         assert row["events"] > 0 and row["refused"] == 0, row
         assert row["script_runs"] >= row["events"], row  # recorded in Redis, not only answered
+    for label in ("arrays", "single"):
+        for keyed in ("", jobs_record.KEYED):  # with key+seq: every event new, none dropped
+            row = rows[f"gateway1 POST /publish, {label}{keyed}"]
+            assert row["stale"] == 0 and row["duplicates"] == 0, row
     arrays = rows["gateway1 POST /publish, arrays"]
     assert arrays["per_request"] == 10 and arrays["events"] % 10 == 0, arrays
-    assert "x events/s" in publish_http.report(list(rows.values()), args)
+    text = publish_http.report(list(rows.values()), args)
+    assert "x events/s" in text and "key+seq / without, arrays:" in text, text
+
+
+def test_the_readme_text_comes_from_the_record_rows() -> None:
+    rows = [{"bench": "publish_http", "command": "c", "ts": "2026-12-01T00:00:00Z",
+             "commit": "abc", "system": f"gateway1 POST /publish, arrays{keyed}",
+             "events_per_s": rate, "server_us_per_event": 30.0, "redis_us_per_event": us}
+            for keyed, rate, us in (("", 30000, 14.0), (jobs_record.KEYED, 27000, 20.0))]
+    q = jobs_record.ratios(rows)["arrays"]
+    assert round(q["events_per_s"], 2) == 0.9 and round(q["cpu_per_event"], 3) == 1.136
+    assert "0.90x events/s (27,000 vs 30,000)" in jobs_record.markdown(rows)
