@@ -8,8 +8,8 @@ kinds, the same counts on both, alternating single/cluster each round:
 
 - ``publish``: PUBLISH / SPUBLISH, one per round trip from 32 connections;
 - ``publish_pipelined``: the same in pipelines of 500 (split per owning primary);
-- ``durable`` / ``durable_pipelined``: ``gateway/broker/publish.lua`` through
-  ``gateway.publisher.AsyncPublisher`` (``publish_payload`` from 32 tasks /
+- ``durable`` / ``durable_pipelined``: ``gateway/durable/publish.lua`` through
+  ``gateway.durable.publisher.AsyncPublisher`` (``send`` from 32 tasks /
   ``publish_many`` of 500), ``sharded=True`` with a ``RedisCluster`` client and
   hash-tagged keys and channels on the cluster.
 
@@ -178,7 +178,7 @@ class _Target:
 
         async def one(j: int) -> None:
             for item in items[j::CONCURRENCY]:
-                await self.publisher.publish_payload(*item)
+                await self.publisher.send(item)
 
         await asyncio.gather(*(one(j) for j in range(CONCURRENCY)))
 
