@@ -6,11 +6,12 @@ import json
 import signal
 import socket
 import time
+import urllib.request
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests.support import http_json, open_stream, publish, wait_for
+from tests.support import http_json, open_stream, publish, wait_for, wait_until
 
 
 async def test_replay_across_a_redis_reconnect_is_a_gap(
@@ -56,6 +57,13 @@ def _stalled_stream(gw: Any, shop: str) -> socket.socket:
     return sock
 
 
+def _messages_received(gw: Any) -> float:
+    with urllib.request.urlopen(gw.url("/metrics"), timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("gateway_redis_messages_total"))
+
+
 async def _health_ok(gw: Any) -> bool:
     status, _, _ = await http_json(gw.url("/health"))
     return status == 200
@@ -91,7 +99,9 @@ def test_shutdown_cuts_a_stream_that_cannot_drain(
     """A client that stopped reading must not hold the process past shutdown_timeout."""
     import redis
 
-    gw = gateway_factory.start(config={"server": {"shutdown_timeout": 3}})
+    # the stalled stream queues everything (never cut as slow): only the drain can end it
+    sse = {"max_queue": 100_000, "max_queue_bytes": 64 << 20}
+    gw = gateway_factory.start(config={"server": {"shutdown_timeout": 3}, "sse": sse})
     merchant_id, shop = merchant
     stuck = _stalled_stream(gw, shop)
     try:
@@ -99,6 +109,9 @@ def test_shutdown_cuts_a_stream_that_cannot_drain(
         for _ in range(300):
             client.publish(f"merchant:{merchant_id}:stage", "x" * 10_000)
         client.close()
+        # every message reached the stream's queue before the signal (not a race with it)
+        wait_until(lambda: _messages_received(gw) >= 300, timeout=20,
+                   message="(300 messages in the gateway)")
         started = time.monotonic()
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(timeout=10) == 0
