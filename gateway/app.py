@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -84,16 +85,7 @@ def create_app(cfg: Config) -> web.Application:
     broker = RedisBroker(
         cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync
     )
-    history = DurableHistory(
-        redis_client,
-        channel=cfg.redis.channel,
-        history=cfg.sse.history,
-        ttl_s=cfg.redis.history_ttl,
-        sharded=cfg.redis.cluster,
-        job_key=cfg.sse.job_key,
-        jobs_kept=cfg.sse.snapshot_jobs,
-        idempotency_ttl_s=cfg.redis.idempotency_ttl,
-    )
+    history = _durable_history(cfg, redis_client)
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
     app[GATEWAY] = Gateway(
         cfg=cfg,
@@ -107,14 +99,8 @@ def create_app(cfg: Config) -> web.Application:
         replay=DurableReplay(history, flush, hub, metrics),
         snapshots=snapshots,
     )
-    app[PUBLISH_API] = PublishApi(
-        publish_key=cfg.auth.publish_key,
-        body_timeout_s=cfg.server.body_timeout,
-        events=cfg.redis.events,
-        history=history,
-        metrics=metrics,
-        job_key=cfg.sse.job_key,
-    )
+    app[PUBLISH_API] = PublishApi(cfg.auth.publish_key, cfg.server.body_timeout,
+                                  cfg.redis.events, history, metrics, cfg.sse.job_key)
     app[PUBLISHING] = PublishGate(
         broker.backlog_bytes, lambda: broker.round_trip(shared=True), metrics
     )
@@ -122,6 +108,20 @@ def create_app(cfg: Config) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     return app
+
+
+def _durable_history(cfg: Config, client: Any) -> DurableHistory:
+    """Durable publishing and history reads with the config's values."""
+    return DurableHistory(
+        client,
+        channel=cfg.redis.channel,
+        history=cfg.sse.history,
+        ttl_s=cfg.redis.history_ttl,
+        sharded=cfg.redis.cluster,
+        job_key=cfg.sse.job_key,
+        jobs_kept=cfg.sse.snapshot_jobs,
+        idempotency_ttl_s=cfg.redis.idempotency_ttl,
+    )
 
 
 def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:

@@ -12,9 +12,26 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterable
 from typing import Any, TypeAlias
 
-__all__ = ["PING", "Control", "Entry", "Wire", "chunk", "control_frame", "event_frame", "wire"]
+from .durable.ids import DurableId
+
+__all__ = [
+    "HEARTBEAT",
+    "PING",
+    "Control",
+    "Deliverable",
+    "Entry",
+    "Heartbeat",
+    "Wire",
+    "at_or_before",
+    "chunk",
+    "control_frame",
+    "event_frame",
+    "newer",
+    "wire",
+]
 
 PING = b": ping\n\n"
 
@@ -124,3 +141,32 @@ class Control:
     @property
     def size(self) -> int:
         return len(self.wire[1])
+
+
+class Heartbeat:
+    """The `: ping` comment, deliverable like an event (seq 0: no event has it)."""
+
+    __slots__ = ()
+    event = "ping"
+    seq = 0
+    wire: Wire = wire(PING)
+    size = len(wire[1])
+
+
+HEARTBEAT = Heartbeat()
+
+Deliverable: TypeAlias = "Entry | Control | Heartbeat"
+"""What a stream writes: an event, a gateway frame, or the heartbeat."""
+
+
+def at_or_before(frame: Deliverable, last: DurableId) -> bool:
+    """Whether `frame` is a durable event at or before `last` (of the same history)."""
+    if not isinstance(frame, Entry):
+        return False
+    durable = DurableId.parse(frame.id)
+    return durable is not None and durable.epoch == last.epoch and durable.offset <= last.offset
+
+
+def newer(frames: Iterable[Deliverable], last: DurableId) -> list[Deliverable]:
+    """`frames` without the durable events at or before `last`."""
+    return [frame for frame in frames if not at_or_before(frame, last)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 import re
@@ -18,10 +17,11 @@ from .logs import sampled
 from .merchants import Merchant
 from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
+from .web.forwarded import client_address
 from .web.sse import SharedHeartbeatResponse
 from .web.writer import payload_writer
 
-__all__ = ["client_address", "stream_view", "ticket_preflight", "ticket_view"]
+__all__ = ["stream_view", "ticket_preflight", "ticket_view"]
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,6 @@ def _refuse(gw: Gateway, refusal: Refusal, cors: dict[str, str]) -> web.Response
         headers["Retry-After"] = str(refusal.retry_after_s)
     body = {"error": refusal.code, "message": str(refusal)}
     return web.json_response(body, status=refusal.status, headers=headers)
-
-
-def client_address(request: web.Request, gw: Gateway) -> str:
-    """The peer, or the nearest untrusted X-Forwarded-For hop when the peer is a proxy."""
-    peer = request.remote or "-"
-    trusted = gw.trusted_networks
-    forwarded = request.headers.get("X-Forwarded-For", "").split(",")
-    hops = [peer] + [h.strip() for h in reversed(forwarded) if h.strip()]
-    for hop in hops:
-        try:
-            address = ipaddress.ip_address(hop)
-        except ValueError:
-            return "invalid"  # not an address: never log what the client wrote there
-        if not any(address in net for net in trusted):
-            return hop
-    return hops[-1]
 
 
 def _cors_headers(request: web.Request, gw: Gateway) -> dict[str, str] | None:
@@ -198,7 +182,7 @@ async def stream_view(request: web.Request) -> web.StreamResponse:
         merchant = await _admit(request, gw, cors)
     except Refusal as refusal:
         return _refuse(gw, refusal, cors or {})
-    client = client_address(request, gw)
+    client = client_address(request, gw.trusted_networks)
     stream = Stream(merchant.id, merchant.shop, client, gw.queue_policy, gw.metrics)
     gw.admission.enter(stream)
     try:

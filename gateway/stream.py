@@ -5,9 +5,10 @@ event: it writes the shared, pre-framed bytes straight to the transport. Only
 when the transport is paused (the kernel buffer is full) does the stream queue;
 a queued `coalesce` event with the same job replaces the older one, and a queue
 that still grows past `max_queue` events or `max_queue_bytes` bytes cuts the
-client (`slow_client`). `run` is the
-stream's single loop: it flushes the queue as the socket drains and ends on
-close, whatever the reason.
+client (`slow_client`). `run` is the stream's single loop: it flushes the queue
+as the socket drains and ends on close, whatever the reason. A replay or a
+snapshot meets live events in the queue (`replay_before_live`, `put_first`,
+`hold`/`release`) before anything is written.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import asyncio
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .durable.ids import DurableId
-from .frames import PING, Control, Entry
-from .frames import wire as framed
+from .frames import HEARTBEAT, Control, Deliverable, Entry, newer
 from .metrics import Metrics
 from .web.writer import PayloadWriter, WriterProtocol
 
@@ -30,19 +30,6 @@ __all__ = ["CloseReason", "QueuePolicy", "Stream"]
 log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
-
-
-class _Ping:
-    """The heartbeat comment, deliverable like an event (seq 0: no event has it)."""
-
-    __slots__ = ()
-    event = "ping"
-    seq = 0
-    wire = framed(PING)
-    size = len(wire[1])
-
-
-_PING = _Ping()
 
 
 class CloseReason(enum.StrEnum):
@@ -68,23 +55,9 @@ class QueuePolicy:
 
 class Stream:
     __slots__ = (
-        "_chunked",
-        "_held",
-        "_jobs",
-        "_policy",
-        "_protocol",
-        "_queue",
-        "_queued_bytes",
-        "_replay_allowance",
-        "_replay_allowance_bytes",
-        "_transport",
-        "_wake",
-        "_writer",
-        "client",
-        "close_reason",
-        "merchant_id",
-        "metrics",
-        "shop",
+        "_chunked", "_held", "_jobs", "_policy", "_protocol", "_queue", "_queued_bytes",
+        "_replay_allowance", "_replay_allowance_bytes", "_transport", "_wake", "_writer",
+        "client", "close_reason", "merchant_id", "metrics", "shop",
     )
 
     def __init__(
@@ -96,7 +69,7 @@ class Stream:
         self.metrics = metrics
         self.close_reason: CloseReason | None = None
         self._policy = policy
-        self._queue: OrderedDict[int, Entry | Control | _Ping] | None = OrderedDict()
+        self._queue: OrderedDict[int, Deliverable] | None = OrderedDict()
         self._queued_bytes = 0
         self._jobs: dict[tuple[str, str], int] = {}
         self._replay_allowance = 0
@@ -122,7 +95,7 @@ class Stream:
     def bound(self) -> bool:
         return self._transport is not None
 
-    def deliver(self, entry: Entry | Control | _Ping) -> None:
+    def deliver(self, entry: Deliverable) -> None:
         """Hand one event to this client without ever waiting for it."""
         transport, protocol = self._transport, self._protocol
         if (
@@ -142,9 +115,9 @@ class Stream:
     def ping(self) -> None:
         """Heartbeat comment, skipped while events are queued (the socket is busy anyway)."""
         if self._queue is None:
-            self.deliver(_PING)
+            self.deliver(HEARTBEAT)
 
-    def replay(self, entries: Sequence[Entry | Control | _Ping]) -> None:
+    def replay(self, entries: Sequence[Deliverable]) -> None:
         """Queue a reconnect's replay; it may exceed `max_queue` until the stream catches up."""
         self._replay_allowance = len(entries)
         self._replay_allowance_bytes = sum(entry.size for entry in entries)
@@ -162,7 +135,7 @@ class Stream:
         events up to `last` are dropped: the client came from a process that
         delivered them before this one's subscriber had read them.
         """
-        queued = self._unseen(self._queue or {}, last)
+        queued = newer((self._queue or {}).values(), last)
         live_ids = {entry.id for entry in queued if isinstance(entry, Entry)}
         used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
         self._requeue([*entries[:used], *queued])
@@ -171,7 +144,7 @@ class Stream:
     def put_first(self, frames: Sequence[Entry | Control], after: DurableId) -> None:
         """Put `frames` (a resync, a snapshot read at `after`) before what queued live
         (nothing written yet); queued durable events up to `after` are in the snapshot."""
-        self._requeue([*frames, *self._unseen(self._queue or {}, after)])
+        self._requeue([*frames, *newer((self._queue or {}).values(), after)])
 
     def hold(self, number: int) -> None:
         """Write nothing from now until `release(number)`: a snapshot is being read."""
@@ -187,15 +160,11 @@ class Stream:
         queue, before = self._queue or OrderedDict(), set(self._held[1])
         self._held = None
         earlier = [entry for key, entry in queue.items() if key in before]
-        later = {key: entry for key, entry in queue.items() if key not in before}
-        rest = self._unseen(later, after) if after else list(later.values())
+        later = [entry for key, entry in queue.items() if key not in before]
+        rest = newer(later, after) if after else later
         self._requeue([*earlier, *frames, *rest])
 
-    def _unseen(self, queue: Mapping[int, Entry | Control | _Ping], last: DurableId
-                ) -> list[Entry | Control | _Ping]:
-        return [entry for entry in queue.values() if not _seen(entry, last)]
-
-    def _requeue(self, entries: list[Entry | Control | _Ping]) -> None:
+    def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
         self._queued_bytes = 0
         self._jobs.clear()
@@ -228,7 +197,7 @@ class Stream:
     def queued(self) -> int:
         return len(self._queue) if self._queue else 0
 
-    def _enqueue(self, entry: Entry | Control | _Ping) -> None:
+    def _enqueue(self, entry: Deliverable) -> None:
         queue = self._queue
         if queue is None:
             queue = self._queue = OrderedDict()
@@ -304,7 +273,7 @@ class Stream:
             self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
             return self.close_reason
 
-    def _take_batch(self, queue: OrderedDict[int, Entry | Control | _Ping]) -> bytes:
+    def _take_batch(self, queue: OrderedDict[int, Deliverable]) -> bytes:
         """Join queued frames into one write (bounded, so drain still applies)."""
         parts: list[memoryview | bytes] = []
         size = taken = 0
@@ -318,10 +287,3 @@ class Stream:
         self._queued_bytes -= taken
         return b"".join(parts)
 
-
-def _seen(entry: Entry | Control | _Ping, last: DurableId) -> bool:
-    """Whether `entry` is a durable event at or before `last` (same history)."""
-    if not isinstance(entry, Entry):
-        return False
-    durable = DurableId.parse(entry.id)
-    return durable is not None and durable.epoch == last.epoch and durable.offset <= last.offset
