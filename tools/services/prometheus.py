@@ -80,8 +80,12 @@ class PrometheusServer(Service):
         return self
 
     def _ready(self) -> bool:
-        with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-            return bool(r.status == 200)
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except urllib.error.HTTPError as e:  # 503 while starting: its socket closed now,
+            e.close()  # not at a garbage collection in some later test (ResourceWarning)
+            return False
 
     def api(self, path: str, **params: str) -> Any:
         """GET ``/api/v1/{path}?params``: the ``data`` of a successful answer.
