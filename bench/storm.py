@@ -208,13 +208,19 @@ def run_storm(a: argparse.Namespace) -> dict:
     return out
 
 
+def passed(r: dict) -> bool:
+    """Every stream replayed exactly its missed events, in order, without resync."""
+    return "error" not in r and (
+        r["replayed_streams"] == r["live_streams"] == r["streams"] and not r["resyncs"]
+        and not r["out_of_order"])
+
+
 def report(r: dict) -> str:
     if "error" in r:
         return f"storm: ERROR {r['error']}"
     warnings = [f"  gateway log: {w}" for w in r.get("log_warnings", [])]
     per_merchant = r["history_reads_redis"] / max(r["merchants"] * r["workers"], 1)
-    ok = (r["replayed_streams"] == r["live_streams"] == r["streams"] and not r["resyncs"]
-          and not r["out_of_order"])
+    ok = passed(r)
     return "\n".join([
         f"reconnect storm: {r['streams']:,} streams over {r['merchants']:,} merchants, each "
         f"{r['missed']} durable events behind, gateway workers={r['workers']} restarted "
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r) + "\n")
-    return 1 if "error" in r else 0
+    return 0 if passed(r) else 1  # a FAILED report is a failed run
 
 
 if __name__ == "__main__":
