@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from delivery_support import LaggingClient, Publisher, padded, rss_bytes
 from hostile_support import (
     LivenessProbe,
@@ -36,7 +32,7 @@ from hostile_support import (
     status_of,
 )
 from ops_support import get_metrics, metric, poll
-from support import ISOLATED_ENV, http_json, open_stream, publish, wait_until
+from support import http_json, open_stream, publish, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -292,48 +288,6 @@ def test_port_in_use_exits_non_zero_naming_the_address(gateway_factory: Any, wor
     assert rc != 0, out[-2000:]
     assert str(port) in out, f"the output must name 127.0.0.1:{port}:\n{out[-2000:]}"
     assert "Traceback" not in out, f"one line naming the cause, not a traceback:\n{out[-3000:]}"
-
-
-def _check_config(cfg_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    child_env = {
-        k: v for k, v in os.environ.items() if k not in (*ISOLATED_ENV, "GW_PATH", "CH", "MQ")
-    }
-    child_env["PYTHONPATH"] = str(REPO_ROOT)
-    child_env["DATABASE_URL"] = "postgresql://gateway@127.0.0.1:1/gateway"  # never connected
-    child_env["REDIS_URL"] = "redis://127.0.0.1:1/0"
-    child_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", "--config", str(cfg_path)],
-        cwd=str(REPO_ROOT), env=child_env, capture_output=True, text=True, timeout=30,
-    )
-
-
-def test_check_config_expands_defaults_in_string_keys(tmp_path: Path) -> None:
-    query = "SELECT id FROM merchants WHERE shop_domain = %(shop)s AND active"
-    cfg_path = tmp_path / "gateway.yaml"
-    cfg_path.write_text(
-        "server:\n"
-        "  path: ${GW_PATH:-/events}\n"
-        "redis:\n"
-        '  channel: "${CH:-merchant:{merchant_id}:{event}}"\n'
-        "postgres:\n"
-        f'  merchant_query: "${{MQ:-{query}}}"\n'
-        "logging:\n"
-        "  format: ${LOG_FORMAT_UNSET:-json}\n"
-    )
-    done = _check_config(cfg_path, {})
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stderr[-2000:]}"
-    printed = yaml.safe_load(done.stdout)
-    assert printed["server"]["path"] == "/events"
-    assert printed["redis"]["channel"] == "merchant:{merchant_id}:{event}"
-    assert printed["postgres"]["merchant_query"] == query
-    assert printed["logging"]["format"] == "json"
-
-    done = _check_config(cfg_path, {"GW_PATH": "/rt/events", "CH": "m:{merchant_id}:{event}"})
-    assert done.returncode == 0, f"rc={done.returncode}\n{done.stderr[-2000:]}"
-    printed = yaml.safe_load(done.stdout)
-    assert printed["server"]["path"] == "/rt/events"
-    assert printed["redis"]["channel"] == "m:{merchant_id}:{event}"
 
 
 # -- 5. byte budget -------------------------------------------------------------------

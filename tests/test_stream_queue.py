@@ -447,18 +447,6 @@ async def test_large_queue_is_written_in_bounded_batches() -> None:
     await finish(task)
 
 
-@pytest.mark.parametrize("event", ["completion", "error"])
-def test_config_refuses_to_coalesce_completion_or_error(tmp_path, event: str) -> None:  # type: ignore[no-untyped-def]
-    from gateway.config import load_config
-    from gateway.errors import ConfigError
-
-    path = tmp_path / "gw.yaml"
-    path.write_text(f"sse:\n  coalesce: [progress, {event}]\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(str(path), environ={})
-    assert info.value.key == "sse.coalesce[1]"
-
-
 async def test_a_replay_longer_than_max_queue_is_not_cut() -> None:
     stream, _ = make_stream(max_queue=3)
     replay = [entry("stage", {"n": i}) for i in range(10)]
