@@ -58,7 +58,7 @@ lint: venv
 # the banner also says how long make run took in all (installs included)
 run: export MAKE_RUN_STARTED := $(shell date +%s.%N)
 run: deps-run $(RUN_STAMP)
-	$(PY) tools/run_local.py
+	$(PY) -m tools.run_local
 
 # The container image with podman, all its state under .run/podman (docs/deploy.md)
 image:

@@ -1,4 +1,4 @@
-"""`make run` (tools/run_local.py): PORT, the demo page, a port in use, Ctrl-C.
+"""`make run` (python -m tools.run_local): PORT, the demo page, a port in use, Ctrl-C.
 
 run_local is pointed at the session's Redis and PostgreSQL (REDIS_URL /
 DATABASE_URL), so it starts only the gateway.
@@ -27,11 +27,18 @@ from tools.local_port import port_problem, served_by_tree
 from tools.services import PostgresServer, RedisServer, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN_LOCAL = REPO_ROOT / "tools" / "run_local.py"
+RUN_LOCAL = [sys.executable, "-m", "tools.run_local"]  # as `make run` runs it
+
+
+def _child_env() -> dict[str, str]:
+    """This environment without the developer's services; the repo importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
 
 
 def _env(redis: RedisServer, postgres: PostgresServer, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env = _child_env()
     env.update(REDIS_URL=redis.url, DATABASE_URL=postgres.dsn, PORT=str(port))
     return env
 
@@ -86,7 +93,7 @@ def test_port_in_use_fails_at_once_with_a_clear_line(
     with _impostor(port):
         assert _status(f"http://127.0.0.1:{port}/health/live") == 200
         result = subprocess.run(
-            [sys.executable, str(RUN_LOCAL)],
+            RUN_LOCAL,
             env=_env(redis_server, postgres_server, port),
             cwd=str(tmp_path),
             capture_output=True,
@@ -105,7 +112,7 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
     out = tmp_path / "run.log"
     with open(out, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(RUN_LOCAL)],
+            RUN_LOCAL,
             env=_env(redis_server, postgres_server, port),
             cwd=str(tmp_path),
             stdin=subprocess.DEVNULL,
@@ -138,11 +145,11 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
 def test_bad_config_or_port_stops_before_anything_starts(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("server:\n  port: 70000\n")
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env = _child_env()
     cases = (({"GATEWAY_CONFIG": str(bad)}, "config error: server.port"), ({"PORT": "x"}, "PORT"))
     for extra, message in cases:
         result = subprocess.run(
-            [sys.executable, str(RUN_LOCAL)],
+            RUN_LOCAL,
             env={**env, **extra},
             cwd=str(tmp_path),
             capture_output=True,
@@ -211,12 +218,12 @@ def test_banner_says_not_ready_when_redis_does_not_answer(
 ) -> None:
     """A wrong REDIS_URL: the gateway is live, but the banner must not call it ready."""
     port, nothing = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env = _child_env()
     env.update(REDIS_URL=f"redis://127.0.0.1:{nothing}/0", DATABASE_URL=postgres_server.dsn,
                PORT=str(port), MAKE_RUN_STARTED=str(time.time() - 30))
     out = tmp_path / "run.log"
     with open(out, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, str(RUN_LOCAL)], env=env, cwd=str(tmp_path),
+        proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path),
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -237,11 +244,11 @@ def test_banner_says_not_ready_when_redis_does_not_answer(
 def test_ctrl_c_while_services_start_stops_quietly(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole foreground group) while PostgreSQL starts: one line,
     exit 130 within seconds, every service stopped; no "initdb failed" dump."""
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env = _child_env()
     env["PORT"] = str(free_port())
     out = tmp_path / "run.log"
     with open(out, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, str(RUN_LOCAL)], env=env, cwd=str(tmp_path),
+        proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path),
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its group plays the terminal's
     try:

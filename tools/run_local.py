@@ -8,6 +8,8 @@ config's ``server.port``, 8080) with the demo page on; a port already in use
 stops this script with exit code 1 before anything starts, and it reports the
 gateway up only when its own child answers.  Ctrl-C or SIGTERM stops the
 gateway and every service started here, by PID.
+
+Run from the repo root as ``python -m tools.run_local`` (what ``make run`` does).
 """
 
 from __future__ import annotations
@@ -24,17 +26,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from gateway.logs import redact_url
+from tools.edge import start_tls_edge
+from tools.gateway import GatewayServer
+from tools.local_port import port_problem, probe_host, served_by_tree
+from tools.run_banner import DEMO_MERCHANT, DEMO_SHOP, elapsed_text, not_ready, usage
+from tools.run_config import fail, load_run_settings, run_config
+from tools.services import PostgresServer, RedisServer, ServiceError
 
-from gateway.logs import redact_url  # noqa: E402
-from tools.edge import start_tls_edge  # noqa: E402
-from tools.gateway import GatewayServer  # noqa: E402
-from tools.local_port import port_problem, probe_host, served_by_tree  # noqa: E402
-from tools.run_banner import DEMO_MERCHANT, DEMO_SHOP, elapsed_text, not_ready, usage  # noqa: E402
-from tools.run_config import fail, load_run_settings, run_config  # noqa: E402
-from tools.services import PostgresServer, RedisServer, ServiceError  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = Path(os.environ.get("GATEWAY_CONFIG") or REPO_ROOT / "config" / "gateway.yaml")
 SCHEMA = REPO_ROOT / "config" / "schema.sql"
