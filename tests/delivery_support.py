@@ -35,6 +35,7 @@ __all__ = [
     "padded",
     "parse_sse",
     "rss_bytes",
+    "stalled_stream",
 ]
 
 
@@ -302,3 +303,13 @@ async def metric_value(url: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{}"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def stalled_stream(gw: Any, shop: str) -> socket.socket:
+    """A stream that reads its headers, then never reads again (4 KiB receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    sock.sendall(f"GET {gw.path}?shop={shop} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    sock.recv(4096)
+    return sock

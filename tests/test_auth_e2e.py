@@ -7,6 +7,7 @@ from typing import Any
 
 import jwt
 import pytest
+from hostile_support import exchange, leaked_fragments, session_token, status_of
 from support import http_json, open_stream, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -225,3 +226,70 @@ async def test_no_token_or_ticket_in_the_logs(gateway_factory: Any, merchant: An
         # nor a JWT's claims or signature alone (the header is the same for every HS256 JWT)
         for part in value.split(".")[1:]:
             assert part not in log, f"part of the {what} leaked into the gateway log"
+
+
+# -- credentials smuggled with %-encoded names never reach the log -----------------
+
+
+def _smuggling_requests(path: str, shop: str, jwt: str, ticket: str) -> list[bytes]:
+    host = b"\r\nHost: smuggler\r\n"
+    end = b"\r\n"
+    q = f"{path}?shop={shop}"
+    malformed = [
+        f"GET {q}&%74oken={jwt}\x01 HTTP/1.1",
+        f"GET {q}&%74icket={ticket}\x01 HTTP/1.1",
+        f"GET {q}&t%6Fken={jwt}\x01 HTTP/1.1",
+        f"GET {path}?\x01shop={shop}&%74oken={jwt} HTTP/1.1",
+        f"GET {q}&%54OKEN={jwt}\x7f HTTP/1.1",
+        f"GET {q}&%74oken={jwt} broken HTTP/1.1",
+        f"GET {q}&ti%63ket={ticket}\x00 HTTP/1.1",
+        f"GET {q}&%74oken={jwt}&pad={'a' * 9000} HTTP/1.1",
+    ]
+    well_formed = [
+        f"GET {q}&%74oken={jwt} HTTP/1.1",
+        f"GET {q}&%74icket={ticket} HTTP/1.1",
+        f"GET {q}&t%6Fken={jwt} HTTP/1.1",
+        f"GET {path}?shop=other-shop.myshopify.com&%74oken={jwt} HTTP/1.1",
+        f"GET {path}?shop=NOT_A_SHOP&t%6Fken={jwt} HTTP/1.1",
+        f"GET /nowhere?%74oken={jwt}&%74icket={ticket} HTTP/1.1",
+        f"POST {path}/ticket?shop={shop}&%74oken={jwt} HTTP/1.1",
+    ]
+    out = [line.encode() + host + end for line in malformed + well_formed]
+    out += [  # credentials in malformed headers
+        f"GET {q} HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {jwt}\x01\r\n\r\n".encode(),
+        f"GET {q} HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4?token={jwt}\x00\r\n\r\n".encode(),
+        f"GET {q} HTTP/1.1\r\nHost: h\r\nLast-Event-ID: x&%74oken={jwt}\r\n\r\n".encode(),
+    ]
+    return out
+
+
+@pytest.mark.parametrize(("level", "fmt"), [("INFO", "text"), ("DEBUG", "json")])
+async def test_smuggled_tokens_never_reach_the_log(
+    gateway_factory: Any, merchant: Any, level: str, fmt: str
+) -> None:
+    secret = "hardening-secret-0123456789abcdef"
+    gw = gateway_factory.start(
+        config={
+            "auth": {"session_token_secret": secret},
+            "logging": {"level": level, "format": fmt},
+        }
+    )
+    _, shop = merchant
+    token = session_token(shop, secret)
+    status, _, body = await http_json(
+        gw.url(f"{gw.path}/ticket", shop=shop), "POST", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200, (status, body)
+    ticket = body["ticket"]
+    statuses = []
+    for raw in _smuggling_requests(gw.path, shop, token, ticket):
+        statuses.append(status_of(await exchange(gw.port, raw, timeout=5)))
+    assert gw.live(), "the gateway must survive the smuggling attempts"
+    assert not any(s is not None and s >= 500 and s != 503 for s in statuses), statuses
+    log = gw.log_text()
+    signature = token.rsplit(".", 1)[1]
+    assert token not in log
+    assert leaked_fragments(log, signature) == [], "part of the JWT signature is in the log"
+    ticket_secret = ticket.rsplit(".", 1)[-1]
+    assert leaked_fragments(log, ticket_secret) == [], "part of the ticket is in the log"
+    assert secret not in log

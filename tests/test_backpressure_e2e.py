@@ -21,7 +21,8 @@ from delivery_support import (
     padded,
     rss_bytes,
 )
-from support import wait_for
+from ops_support import get_metrics, metric, poll
+from support import wait_for, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -267,3 +268,88 @@ async def test_slow_client_close_line_names_slow_client(
         for slow in slows:
             await slow.close()
         await fast.close()
+
+
+# -- sse.max_queue_bytes: a stalled client and memory ------------------------------
+
+
+def _target(gw: Any, shop: str, **query: str) -> str:
+    return gw.stream_url(shop, **query)[len(gw.base_url) :]
+
+
+def _slow_cuts(samples: dict[str, float]) -> float:
+    """Slow-client cuts, from either metric the README may name."""
+    total = samples.get("gateway_slow_client_disconnects_total", 0.0)
+    return max(total, samples.get('gateway_stream_closes_total{reason="slow_client"}', 0.0))
+
+
+@pytest.mark.timeout(90)
+async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    """600 events of 256 KiB with one stream that never reads: it is cut, RSS stays bounded
+    and comes back. Batches are paced on gateway_redis_messages_total (Redis must not
+    drop the gateway's subscriber for an output buffer over its 32 MiB pubsub limit)."""
+    size, total, batch = 256 * 1024, 600, 50
+    gw = gateway_factory.start(config={"sse": {"max_queue_bytes": 262144, "history": 10}})
+    mid, shop = merchant
+    stalled = await LaggingClient("127.0.0.1", gw.port, _target(gw, shop)).connect()
+    peak = 0
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_bytes(gw.pid))
+            await asyncio.sleep(0.02)  # sampling interval
+
+    try:
+        assert stalled.status == 200
+        before = await get_metrics(gw)
+        cuts_before = _slow_cuts(before)
+        messages_before = metric(before, "gateway_redis_messages_total")
+        baseline = rss_bytes(gw.pid)
+        sampler = asyncio.create_task(sample())
+        started = time.monotonic()
+        async with Publisher(redis_server.url, mid) as pub:
+            for first in range(1, total + 1, batch):
+                items = [("stage", padded(n, size)) for n in range(first, first + batch)]
+                receivers = await pub.send_many(items)
+                assert all(r == 1 for r in receivers), "the gateway must be subscribed"
+                want = messages_before + first + batch - 1
+
+                def read_all(m: dict[str, float], want: float = want) -> bool:
+                    return metric(m, "gateway_redis_messages_total") >= want
+
+                await poll(lambda: get_metrics(gw), read_all, 20,
+                           what=f"the gateway read {first + batch - 1} events")
+        sampling = False
+        await sampler
+        burst_s = time.monotonic() - started
+        after = await get_metrics(gw)
+        assert metric(after, "gateway_redis_reconnects_total") == 0
+        await poll(lambda: get_metrics(gw), lambda m: _slow_cuts(m) > cuts_before, 10,
+                   what="the stalled client cut as a slow client")
+        growth = peak - baseline
+        # README.md "Memory per stream": the stalled client holds at most its queue's byte
+        # budget plus the transport's 64 KiB write buffer. Besides it: sse.history frames,
+        # at most one publish batch read from Redis and not yet dropped (a gateway behind
+        # on a busy machine), and slack for the allocator and the interpreter.
+        # Measured: +4.4 to +5 MiB in 8 runs; the burst itself is 150 MiB.
+        stalled_client = 262144 + 64 * 1024
+        history = 10 * size
+        in_flight = batch * size
+        slack = 8 * MiB
+        bound = stalled_client + history + in_flight + slack  # ~23.3 MiB
+        print(f"\nburst {burst_s:.1f} s; RSS before {baseline / MiB:.0f} MiB, "
+              f"peak +{growth / MiB:.1f} MiB (bound {bound / MiB:.1f} MiB)")
+        assert growth < bound, f"RSS grew {growth / MiB:.1f} MiB during the burst"
+        settled = history + slack  # what may stay: the history, not the cut client's queue
+        settled_at = time.monotonic()
+        wait_until(lambda: rss_bytes(gw.pid) - baseline < settled, timeout=30,
+                   message=f"RSS back within {settled / MiB:.1f} MiB of {baseline / MiB:.0f} MiB")
+        print(f"RSS settled after {time.monotonic() - settled_at:.1f} s: "
+              f"{rss_bytes(gw.pid) / MiB:.0f} MiB")
+    finally:
+        sampling = False
+        await stalled.close()

@@ -387,3 +387,20 @@ async def test_revoked_merchant_streams_end(redis_server, postgres_server, gatew
         status, _, body = await http_json(gw.stream_url(a_shop))
         assert status == 403 and body["error"] == "unknown_merchant", (status, body)
         assert not b1.closed
+
+
+# -- a Redis error that is not a connection fault ----------------------------------
+
+
+def test_redis_error_that_is_not_a_fault_is_logged_and_retried(
+    redis_factory: Any, gateway_factory: Any
+) -> None:
+    """SELECT 99 fails with a ResponseError: the supervisor must log it and keep trying."""
+    redis_server = redis_factory()
+    gw = gateway_factory.start(env={"REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/99"})
+    deadline = time.monotonic() + 10
+    while "subscriber connection failed" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "subscriber connection failed" in gw.log_text()
+    assert gw.live()
+    assert gw.returncode is None

@@ -14,6 +14,7 @@ published, one event per message.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from delivery_support import LaggingClient, Publisher
+from delivery_support import LaggingClient, Publisher, stalled_stream
 from hostile_support import (
     LivenessProbe,
     bounded_gather,
@@ -34,7 +35,7 @@ from hostile_support import (
     status_of,
 )
 from ops_support import get_metrics, metric
-from support import Event, http_json, open_stream
+from support import Event, http_json, open_stream, publish
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -362,3 +363,115 @@ async def test_undecodable_credentials_get_401_not_500(
     assert "Error handling request" not in log, log[-2000:]
     assert PUBLISH_KEY not in log and SECRET not in log
     assert leaked_fragments(log, token.rsplit(".", 1)[1]) == [], "JWT signature in the log"
+
+
+# -- malformed request lines: liveness, delivery, bounded logging ------------------
+
+
+def _malformed_lines(path: str) -> list[bytes]:
+    """~8 KB request lines the HTTP parser rejects; the last two made the old
+    URL-password pattern backtrack quadratically when the line reached the log."""
+    head = f"GET {path}?shop=x&".encode()
+    tail = b" HTTP/1.1\r\nHost: flood\r\n\r\n"
+    return [
+        head + b"a" * 8000 + b"\x01" + tail,
+        head + b"a" * 4000 + b" broken " + b"b" * 4000 + tail,
+        head + b"://a:" * 1600 + b"\x01" + tail,
+        head + b"x://a:" * 1333 + b"\x01" + tail,
+    ]
+
+
+async def test_malformed_line_flood_keeps_liveness_and_delivery(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    gw = gateway_factory.start()
+    mid, shop = merchant
+    lines = _malformed_lines(gw.path)
+    loop = asyncio.get_running_loop()
+    async with open_stream(gw.stream_url(shop)) as honest:
+        await honest.next_event_of("connected")
+
+        async def flood() -> list[bytes]:
+            tasks = []
+            start = loop.time()
+            for i in range(50):  # ten a second for five seconds
+                tasks.append(asyncio.create_task(exchange(gw.port, lines[i % 4], timeout=10)))
+                await asyncio.sleep(max(0.0, start + (i + 1) / 10 - loop.time()))  # pacing
+            return list(await asyncio.gather(*tasks))
+
+        async def publish_during() -> list[int]:
+            sent = []
+            start = loop.time()
+            for n in range(10):
+                await publish(redis_server.url, f"merchant:{mid}:stage", {"n": n})
+                sent.append(n)
+                await asyncio.sleep(max(0.0, start + (n + 1) / 2 - loop.time()))  # pacing
+            return sent
+
+        with LivenessProbe(gw.port) as probe:
+            answers, sent = await asyncio.gather(flood(), publish_during())
+        print(f"\n/health/live during the flood: {probe.summary()}")
+
+        received = [json.loads((await honest.next_event_of("stage", timeout=10)).data)["n"]
+                    for _ in sent]
+        assert received == sent, "the open stream lost events during the flood"
+        assert not honest.closed
+    statuses = [status_of(a) for a in answers]
+    bad = [(s, a[:80]) for s, a in zip(statuses, answers, strict=True) if s not in (400, None)]
+    assert not bad, f"malformed lines must get 400 (or a close): {bad[:5]}"
+    assert probe.median() < 0.1, f"/health/live stalled during the flood: {probe.summary()}"
+    assert "Traceback" not in gw.log_text()
+
+
+# README.md: "warnings repeated with the same text are logged 5 times per 10 s"
+LOG_BURST, LOG_WINDOW_S = 5, 10.0
+
+
+async def test_identical_malformed_requests_log_a_bounded_number_of_short_lines(
+    gateway_factory: Any,
+) -> None:
+    gw = gateway_factory.start()
+    marker = b"rate-limit-marker-5e1f"
+    raw = b"GET /?" + marker + b"=" + b"q" * 2000 + b"\x01 HTTP/1.1\r\nHost: h\r\n\r\n"
+    n = 300
+    started = time.monotonic()
+    answers = await bounded_gather((partial(exchange, gw.port, raw) for _ in range(n)), 20)
+    elapsed = time.monotonic() - started
+    assert [status_of(a) for a in answers] == [400] * n
+    assert gw.live()
+    log = gw.log_text()
+    lines = [line for line in log.splitlines() if "malformed request" in line]
+    windows = int(elapsed // LOG_WINDOW_S) + 1  # a fresh gateway: the first window opens now
+    print(f"\n{n} malformed requests in {elapsed:.1f} s -> {len(lines)} log lines")
+    assert 1 <= len(lines) <= LOG_BURST * windows, "\n".join(lines[:20])
+    assert all(len(line) < 200 for line in lines), lines[:3]
+    assert marker.decode() not in log, "the raw request line reached the log"
+    assert "Traceback" not in log
+    assert len(log.splitlines()) < 30, log[-3000:]
+
+
+# -- a payload nested too deep for a lagging stream's coalescing -------------------
+
+
+async def test_a_payload_nested_too_deep_never_stops_fan_out(
+    redis_server: Any, merchant: Any, gateway_factory: Any
+) -> None:
+    """json.loads raises RecursionError (not ValueError) on deep nesting; a lagging
+    stream's coalescing parses payloads, so that must not reach the shared reader."""
+    gw = gateway_factory.start(config={"sse": {"max_queue": 100_000}})
+    merchant_id, shop = merchant
+    lagging = stalled_stream(gw, shop)
+    try:
+        async with open_stream(gw.stream_url(shop)) as healthy:
+            await healthy.next_event_of("connected")
+            big = "x" * 10_000
+            for _ in range(1000):  # fill the lagging client's socket so it queues
+                await publish(redis_server.url, f"merchant:{merchant_id}:stage", big)
+            await publish(redis_server.url, f"merchant:{merchant_id}:progress", "[" * 100_000)
+            await publish(redis_server.url, f"merchant:{merchant_id}:stage", "after")
+            while (event := await healthy.next_event(timeout=10)).data != "after":
+                assert event.event != "resync", "the reader died and reconnected"
+        _, _, body = await http_json(gw.url("/metrics"))
+        assert "gateway_redis_reconnects_total 0.0" in str(body)
+    finally:
+        lagging.close()

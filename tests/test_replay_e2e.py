@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from delivery_support import Publisher, metric_value
-from support import Event, SSEStream, open_stream
+from support import Event, SSEStream, http_json, open_stream, publish, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -241,3 +243,44 @@ async def test_resync_comes_before_live_events(gw: Any, merchant: Any, redis_ser
             first = await s.next_event(10)
             second = await s.next_event(10)
             assert (first.event, second.event) == ("resync", "stage")
+
+
+# -- a Redis reconnect is a history gap --------------------------------------------
+
+
+async def test_replay_across_a_redis_reconnect_is_a_gap(
+    redis_factory: Any, postgres_server: Any, merchant: Any, gateway_factory: Any
+) -> None:
+    """Messages published while the subscriber was reconnecting were never seen:
+    a client resuming from an id before that point must get resync, not a silent replay."""
+    redis_server = redis_factory()
+    gw = gateway_factory.start(redis=redis_server)
+    merchant_id, shop = merchant
+    channel = f"merchant:{merchant_id}:progress"
+    async with open_stream(gw.stream_url(shop)) as first:
+        await first.next_event_of("connected")
+        await publish(redis_server.url, channel, {"jobId": "a", "n": 1})
+        seen = await first.next_event_of("progress")
+    client = aioredis.from_url(redis_server.url)
+    try:
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await publish(redis_server.url, f"merchant:{merchant_id}:completion", {"jobId": "a"})
+
+        async def reconnected() -> bool:
+            status, _, body = await http_json(gw.url("/metrics"))
+            return status == 200 and "gateway_redis_reconnects_total 1.0" in str(body)
+
+        await wait_for(reconnected, timeout=15)
+        await wait_for(lambda: _health_ok(gw), timeout=15)
+    finally:
+        await client.aclose()
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": seen.id}) as again:
+        await again.next_event_of("connected")
+        resync = await again.next_event(timeout=5)
+        assert resync.event == "resync"
+        assert json.loads(resync.data) == {"reason": "history_gap"}
+
+
+async def _health_ok(gw: Any) -> bool:
+    status, _, _ = await http_json(gw.url("/health"))
+    return status == 200

@@ -3,6 +3,9 @@
 A client looping on a durable id of another history (foreign epoch) or past the
 newest event must not make the gateway read the merchant's history once per
 reconnect: the newest id (one shared HMGET) already says `resync`.
+
+Crafted ids (odd digits, huge, negative) are served or refused, never a closed 200
+that leaves a phantom subscriber behind.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
-from support import open_stream
+from support import open_stream, publish
 from test_durable_e2e import AUTH, DURABLE, connected
 from test_durable_e2e import post as post_as
 
@@ -118,3 +121,80 @@ async def test_a_forged_envelope_cannot_make_a_client_skip_real_events(
     async with open_stream(b.stream_url(shop), headers={"Last-Event-ID": real[3]}) as s:
         await connected(s)
         assert [e.id for e in await s.events(5, 10)] == real[4:]
+
+
+# -- crafted Last-Event-IDs: served or refused, no phantom subscriber --------------
+
+
+def _crafted_ids(epoch: str) -> dict[str, str]:
+    return {
+        "superscript two": f"{epoch}-\u00b2",
+        "5000 digits": f"{epoch}-" + "7" * 5000,
+        "arabic-indic digits": f"{epoch}-\u0661\u0662\u0663",
+        "fullwidth digits": f"{epoch}-\uff11\uff12",
+        "only dashes": "-----",
+        "empty sequence": f"{epoch}-",
+        "negative": f"{epoch}--1",
+        "underscored": f"{epoch}-1_0",
+        "8000-char header": f"{epoch}-" + "-9" * 4000,
+    }
+
+
+async def _served_or_refused(url: str, headers: dict[str, str], what: str) -> str:
+    """'served' (200 + connected first) or 'refused' (a JSON refusal); else fail."""
+    async with open_stream(url, headers=headers) as s:
+        if s.status == 200:
+            try:
+                first = await s.next_event(timeout=5)
+            except EOFError:
+                pytest.fail(f"{what}: 200 with a closed body: {bytes(s.raw)[:200]!r}")
+            assert first.event == "connected", f"{what}: first event {first}"
+            return "served"
+        assert s.headers.get("Content-Type", "").startswith("application/json"), (
+            f"{what}: {s.status} without a JSON refusal: {s.headers}"
+        )
+        body = await s.json_body()
+        assert isinstance(body, dict) and "error" in body, f"{what}: {s.status} {body}"
+        assert s.status < 500 or s.status == 503, f"{what}: {s.status} {body}"
+        return f"refused {s.status} {body['error']}"
+
+
+async def test_crafted_last_event_ids_leave_no_phantom_subscriber(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    gw = gateway_factory.start()
+    mid, shop = merchant
+    channel = f"merchant:{mid}:progress"
+    async with open_stream(gw.stream_url(shop)) as first:
+        await first.next_event_of("connected")
+        await publish(redis_server.url, channel, {"jobId": "real", "n": 0})
+        real = await first.next_event_of("progress")
+    assert real.id, real
+    epoch = real.id.rpartition("-")[0]
+    outcomes = {}
+    for name, value in _crafted_ids(epoch).items():
+        outcomes[f"header {name}"] = await _served_or_refused(
+            gw.stream_url(shop), {"Last-Event-ID": value}, f"Last-Event-ID {name}"
+        )
+        if len(value) < 6000:
+            outcomes[f"query {name}"] = await _served_or_refused(
+                gw.stream_url(shop, lastEventId=value), {}, f"?lastEventId= {name}"
+            )
+    print("\n" + "\n".join(f"  {k}: {v}" for k, v in outcomes.items()))
+
+    await poll(lambda: get_metrics(gw), lambda m: metric(m, "gateway_connections") == 0, 10,
+               what="every crafted stream closed")
+    async with open_stream(gw.stream_url(shop)) as honest:
+        await honest.next_event_of("connected")
+        before = await get_metrics(gw)
+        assert metric(before, "gateway_connections") == 1
+        await publish(redis_server.url, channel, {"jobId": "after", "n": 1})
+        got = await honest.next_event_of("progress", timeout=5)
+        assert json.loads(got.data) == {"jobId": "after", "n": 1}
+        after = await get_metrics(gw)
+        delivered = metric(after, "gateway_events_delivered_total") - metric(
+            before, "gateway_events_delivered_total"
+        )
+        assert delivered == 1, f"one publish to one stream counted {delivered} deliveries"
+        assert honest.pending_events() == []
+    assert "Traceback" not in gw.log_text()

@@ -11,12 +11,14 @@ import re
 import resource
 import signal
 import time
+import urllib.request
 from typing import Any
 
 import aiohttp
 import pytest
+from delivery_support import stalled_stream
 from ops_support import get_health, poll
-from support import SSEStream, open_stream, stream_session, unique_merchant
+from support import SSEStream, open_stream, stream_session, unique_merchant, wait_until
 
 SHUTDOWN_EVENT = b'event: shutdown\ndata: {"reason":"shutdown"}\n\n'
 _RETRY_BEFORE_SHUTDOWN = re.compile(rb"retry: (\d+)\nevent: shutdown\ndata: ")
@@ -255,3 +257,41 @@ async def test_admission_control_new_streams_per_second(postgres_server, gateway
             0.25,
             "refused shop admitted after refill",
         )
+
+
+# -- a stream that cannot drain ----------------------------------------------------
+
+
+def _messages_received(gw: Any) -> float:
+    with urllib.request.urlopen(gw.url("/metrics"), timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("gateway_redis_messages_total"))
+
+
+def test_shutdown_cuts_a_stream_that_cannot_drain(
+    redis_server: Any, merchant: Any, gateway_factory: Any
+) -> None:
+    """A client that stopped reading must not hold the process past shutdown_timeout."""
+    import redis
+
+    # the stalled stream queues everything (never cut as slow): only the drain can end it
+    sse = {"max_queue": 100_000, "max_queue_bytes": 64 << 20}
+    gw = gateway_factory.start(config={"server": {"shutdown_timeout": 3}, "sse": sse})
+    merchant_id, shop = merchant
+    stuck = stalled_stream(gw, shop)
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        for _ in range(300):
+            client.publish(f"merchant:{merchant_id}:stage", "x" * 10_000)
+        client.close()
+        # every message reached the stream's queue before the signal (not a race with it)
+        wait_until(lambda: _messages_received(gw) >= 300, timeout=20,
+                   message="(300 messages in the gateway)")
+        started = time.monotonic()
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=10) == 0
+        assert time.monotonic() - started < 3
+        assert "reason=drain_timeout" in gw.log_text()
+    finally:
+        stuck.close()
