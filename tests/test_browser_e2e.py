@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from browser_support import chromium_page
 from playwright.async_api import Page
-from support import chromium_page, publish, wait_for
+from support import publish, wait_for
 
 from tools.services import NginxServer, free_port, nginx_main_conf
 

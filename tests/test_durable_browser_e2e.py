@@ -17,9 +17,10 @@ import signal
 import time
 from typing import Any
 
+from browser_support import chromium_page
 from ops_support import get_metrics, metric
 from playwright.async_api import Page, Route
-from support import chromium_page, http_json, wait_for
+from support import http_json, wait_for
 from test_nginx_e2e import STREAM_PATH, nginx_conf
 
 from tools.services import free_port

@@ -24,7 +24,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import chromium_page, publish, wait_for
+from browser_support import chromium_page
+from support import publish, wait_for
 from test_nginx_e2e import nginx_conf as plain_nginx_conf
 
 from tools.edge import TlsEdge, nginx_tls_conf, start_tls_edge

@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 import pytest
+from browser_support import chromium_page
 from playwright.async_api import Page
-from support import chromium_page, http_json, wait_for
+from support import http_json, wait_for
 from test_jobs_client_browser import bar, job_rows, wait_rows
 
 pytestmark = pytest.mark.timeout(90)

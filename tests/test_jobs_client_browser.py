@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from browser_support import chromium_page
 from playwright.async_api import Page
-from support import chromium_page, wait_for
+from support import wait_for
 
 STATIC = Path(__file__).resolve().parent.parent / "gateway" / "static"
 SHOP = "jobs-client.myshopify.com"
