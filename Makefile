@@ -81,13 +81,16 @@ bench-cluster: deps venv
 	$(PY) -m bench.cluster $(BENCH_ARGS)
 
 # Seeded fault injection (tools/chaos): make chaos DURATION=1800 SEED=7 PROFILE=single|cluster
-DURATION ?= 600
-SEED     ?= $(shell echo $$RANDOM)
-PROFILE  ?= single
-CLIENTS  ?= 100
+# HERD=same|spread (storm tabs leave on one event or each on its own), BURST_MAX=events/storm
+DURATION  ?= 600
+SEED      ?= $(shell echo $$RANDOM)
+PROFILE   ?= single
+CLIENTS   ?= 100
+HERD      ?= same
+BURST_MAX ?= 200
 chaos: deps venv
 	$(PY) -m tools.chaos --seed $(SEED) --duration $(DURATION) --profile $(PROFILE) \
-	  --clients $(CLIENTS)
+	  --clients $(CLIENTS) --herd $(HERD) --burst-max $(BURST_MAX)
 
 clean:
 	-@test ! -d .run/podman || $(PYTHON) tools/image.py clean

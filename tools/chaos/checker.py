@@ -4,7 +4,10 @@ Per client (one tab), over all its sessions, with a *baseline*: the last
 durable id it received, which only a ``resync`` clears (a ``snapshot`` sets it
 to its own id). Anomalies:
 
-- ``duplicate``: a durable id received twice with the same data (any sessions);
+- ``duplicate``: a durable id received twice with the same data (any sessions),
+  except after a ``resync`` (and no ``snapshot`` since) in a session whose
+  Last-Event-ID was plain or absent (the process could not tell what the tab
+  had: a process reading Redis late may send again what the tab got elsewhere);
   ``id_reuse``: twice with other data, unless a lossy fault (history lost, e.g. a
   failover that dropped acknowledged writes) came between the two receipts.
 - ``reorder``: a durable id of the baseline's epoch at or below the baseline.
@@ -22,17 +25,29 @@ to its own id). Anomalies:
   honoured only by the ring of the process that issued it), a Redis fault around
   the session's start, a lossy fault since the id was received, or a trimmed
   history (more than ``sse.history`` events published after the id).
-- ``unexplained_shutdown`` (no SIGTERM around it), ``revoked`` (never expected),
+- ``late_resync``: a gap, but the session's first ``resync`` (``history_gap``)
+  is still to come: the stream sent events (queued while its replay was tried)
+  before the ``resync`` that announces what they skipped.
+- ``downgraded``: a missing offset whose event (its publisher and sequence
+  number) this client received as a *plain* event: delivered, but under a
+  process-local id, so no other process can resume after it.
+- ``lost_write`` (per merchant): an acknowledged durable id that Redis' final
+  history holds as another event, or lacks though it reaches back past it, with
+  no lossy fault around its acknowledgement. With one (a failover: Redis
+  Cluster replicates asynchronously and can lose acknowledged writes) it is
+  explained, listed in the report, and a client missing it is not a ``gap``.
+- ``unexplained_shutdown`` (no SIGTERM of its gateway while the session was open),
+  ``revoked`` (never expected),
   ``plain_repeat`` (a plain event's data twice in one session).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .knowledge import Held, Ident, Knowledge, LostWrite, ident_of, job_of, learn
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
 
 __all__ = ["Anomaly", "Settings", "check"]
@@ -45,7 +60,7 @@ class Settings:
     history: int = 100  # sse.history
     redis_before_s: float = 1.0  # a Redis fault explains resyncs from this long before it
     redis_after_s: float = 10.0  # ... to this long after it ended (reconnect backoff, canary)
-    shutdown_after_s: float = 2.0
+    lost_before_s: float = 30.0  # a lossy fault explains lost writes acked this long before it
 
 
 @dataclass(slots=True)
@@ -65,61 +80,6 @@ class Anomaly:
                 "message": self.message, "frames": self.frames}
 
 
-class Knowledge:
-    """What is known of a merchant's durable events: type, job, send time, by offset."""
-
-    def __init__(self) -> None:
-        self.kind: dict[Offset, tuple[str, str | None]] = {}
-        self.sent: dict[str, list[tuple[int, float]]] = defaultdict(list)  # epoch -> sorted
-        self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
-        self.unacked: list[float] = []  # send times of durable publishes without an id
-
-    def upper_head(self, epoch: str, t: float) -> int:
-        """At most how far the epoch's offsets had reached at ``t`` (generous)."""
-        known = [o for (e, o), at in self.seen_at.items() if e == epoch and at <= t]
-        return max(known, default=0) + sum(1 for s in self.unacked if s <= t)
-
-    def sent_after(self, epoch: str, t: float, below: int, above: int = 0) -> list[int]:
-        """Offsets of the epoch acknowledged to publishers that sent them after ``t``."""
-        return [o for o, s in self.sent.get(epoch, ()) if s > t and above < o < below]
-
-
-def job_of(data: Any) -> str | None:
-    if isinstance(data, dict) and isinstance(data.get("jobId"), str | int):
-        return str(data["jobId"])
-    return None
-
-
-def learn(published: Iterable[Published], clients: Iterable[ClientLog],
-          history: dict[str, dict[Offset, tuple[str, str | None]]]) -> dict[str, Knowledge]:
-    """Every source of what each durable offset was: acks, receipts, Redis' final history."""
-    out: dict[str, Knowledge] = defaultdict(Knowledge)
-    for p in published:
-        k = out[p.merchant]
-        d = durable_id(p.id)
-        if d is not None:
-            k.kind[d] = (p.event, p.job)
-            k.sent[d[0]].append((d[1], p.sent))
-            k.seen_at[d] = min(k.seen_at.get(d, p.sent), p.sent)
-        elif p.durable:
-            k.unacked.append(p.sent)
-    for c in clients:
-        k = out[c.merchant]
-        for s in c.sessions:
-            for f in s.frames:
-                d = durable_id(f.id)
-                if d is not None and f.event in MERCHANT_EVENTS:
-                    k.kind.setdefault(d, (f.event, job_of(f.payload())))
-                    k.seen_at[d] = min(k.seen_at.get(d, f.t), f.t)
-    for merchant, entries in history.items():
-        for d, kind in entries.items():
-            out[merchant].kind.setdefault(d, kind)
-    for k in out.values():
-        for offsets in k.sent.values():
-            offsets.sort()
-    return out
-
-
 class _Client:
     """The walk over one client's sessions."""
 
@@ -132,6 +92,8 @@ class _Client:
         self.t_base = float("-inf")  # when the client had no baseline: its live point
         self.seen: dict[str, tuple[str, float]] = {}  # durable id -> (data, receipt time)
         self.received: set[Offset] = set()
+        self.plain: set[Ident] = set()  # identities of the plain events received
+        self.resynced_blind = False  # this session resynced on a plain id (or none)
 
     def flag(self, kind: str, si: int, fi: int, t: float, message: str) -> None:
         frames = self.log.sessions[si].frames if si < len(self.log.sessions) else []
@@ -151,6 +113,7 @@ class _Client:
 
     def session(self, si: int, s: Session) -> None:
         plain: set[str] = set()
+        self.resynced_blind = False
         for fi, f in enumerate(s.frames):
             if f.event == "connected":
                 if self.baseline is None and self.t_base == float("-inf"):
@@ -158,10 +121,12 @@ class _Client:
             elif f.event == "resync":
                 self.resync(si, fi, s, f)
                 self.baseline, self.t_base = None, f.t
+                self.resynced_blind = durable_id(s.last_event_id) is None
             elif f.event == "snapshot":
                 self.baseline, self.t_base = durable_id(f.id), f.t
+                self.resynced_blind = False  # nothing at or below its id may follow
             elif f.event == "shutdown":
-                if not self.near(f.t, lambda x: x.sigterm, 0.5, self.settings.shutdown_after_s):
+                if not self.terminated(s, f):
                     self.flag("unexplained_shutdown", si, fi, f.t, "shutdown with no SIGTERM")
             elif f.event == "revoked":
                 self.flag("revoked", si, fi, f.t, "revoked: merchants stay active in chaos runs")
@@ -171,6 +136,8 @@ class _Client:
                     if f.data in plain:
                         self.flag("plain_repeat", si, fi, f.t, f"plain event twice: {f.data[:80]}")
                     plain.add(f.data)
+                    if (ident := ident_of(f.payload())) is not None:
+                        self.plain.add(ident)
                 else:
                     self.durable(si, fi, s.frames, f, d)
 
@@ -178,7 +145,9 @@ class _Client:
         assert f.id is not None
         before = self.seen.get(f.id)
         if before is not None:
-            if before[0] == f.data:
+            if before[0] == f.data and self.resynced_blind:
+                pass  # resynced on an id unreadable there: it cannot know what the tab has
+            elif before[0] == f.data:
                 self.flag("duplicate", si, fi, f.t, f"{f.id} received again")
             elif not self.near_span(before[1], f.t, lambda x: x.lossy):
                 self.flag("id_reuse", si, fi, f.t, f"{f.id} again with other data")
@@ -212,12 +181,22 @@ class _Client:
                 self.flag("missing_at_end", si, fi, t, f"still on epoch {base[0]}, Redis at "
                           f"{epoch}:{upto[1]}")
             return
-        missing = [o for o in missing if not self.coalesced(epoch, o, frames[fi:])]
+        missing = [o for o in missing if not self.coalesced(epoch, o, frames[fi:])
+                   and not self.lost_to_fault((epoch, o))]
+        plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.plain]
+        if plain:
+            self.flag("downgraded", si, fi, t, f"{epoch}: offsets {_shown(plain)} received as "
+                      "plain events (under process-local ids)")
+            missing = [o for o in missing if o not in plain]
         if missing:
-            kind = "missing_at_end" if end else "gap"
-            shown = ", ".join(str(o) for o in missing[:10])
-            self.flag(kind, si, fi, t, f"{epoch}: offsets {shown}"
-                      f"{' ...' if len(missing) > 10 else ''} ({len(missing)}) not received")
+            kind = "missing_at_end" if end else "late_resync" if _resync_follows(
+                frames[fi + 1:]) else "gap"
+            self.flag(kind, si, fi, t, f"{epoch}: offsets {_shown(missing)} not received"
+                      f"{' before the resync' if kind == 'late_resync' else ''}")
+
+    def lost_to_fault(self, d: Offset) -> bool:
+        lost = self.know.lost.get(d)
+        return lost is not None and _explained(lost, self.faults, self.settings)
 
     def coalesced(self, epoch: str, offset: int, later: list[Frame]) -> bool:
         kind = self.know.kind.get((epoch, offset))
@@ -256,6 +235,12 @@ class _Client:
             return True  # the history (its epoch) may be gone
         return self.know.upper_head(d[0], f.t) - d[1] > st.history  # trimmed
 
+    def terminated(self, s: Session, f: Frame) -> bool:
+        """A SIGTERM hit the session's gateway while it was open (a paused tab reads
+        the ``shutdown`` frame late, so its receipt time alone does not tell)."""
+        return any(x.sigterm and (x.target == s.entry or s.entry == "nginx")
+                   and s.started - 0.5 <= x.start <= f.t + 0.5 for x in self.faults)
+
     def near(self, t: float, what: Any, before: float, after: float) -> bool:
         return any(what(x) and x.start - before <= t <= x.end + after for x in self.faults)
 
@@ -263,16 +248,47 @@ class _Client:
         return any(what(x) and x.start <= hi and x.end >= lo for x in self.faults)
 
 
+def _resync_follows(later: list[Frame]) -> bool:
+    """Whether the session's resync of a failed replay (``history_gap``; a Redis
+    reconnect's comes on its own later) is still to come."""
+    for f in later:
+        if f.event == "resync":
+            data = f.payload()
+            return isinstance(data, dict) and data.get("reason") == "history_gap"
+    return False
+
+
+def _shown(offsets: list[int]) -> str:
+    more = " ..." if len(offsets) > 10 else ""
+    return f"{', '.join(str(o) for o in offsets[:10])}{more} ({len(offsets)})"
+
+
+def _explained(lost: LostWrite, faults: Sequence[Fault], settings: Settings) -> bool:
+    return any(x.lossy and x.start - settings.lost_before_s <= lost.acked <= x.end + 1.0
+               for x in faults)
+
+
 def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: Sequence[Fault],
           heads: dict[str, Offset | None], settings: Settings = Settings(),
-          history: dict[str, dict[Offset, tuple[str, str | None]]] | None = None,
-          ) -> list[Anomaly]:
-    """Every anomaly of every client, in client order."""
+          history: dict[str, dict[Offset, Held]] | None = None,
+          losses: list[LostWrite] | None = None) -> list[Anomaly]:
+    """Every anomaly: per merchant (lost writes), then per client in client order.
+    ``losses`` collects the lost writes a lossy fault explains (for the report)."""
     know = learn(published, clients, history or {})
     out: list[Anomaly] = []
+    for merchant, k in sorted(know.items()):
+        for lost in sorted(k.lost.values(), key=lambda x: x.offset):
+            if _explained(lost, faults, settings):
+                if losses is not None:
+                    losses.append(lost)
+                continue
+            out.append(Anomaly("lost_write", "-", merchant, -1, -1, lost.acked,
+                               f"{lost.offset[0]}:{lost.offset[1]} acknowledged for "
+                               f"{lost.ident}, Redis holds {lost.found} there, no lossy fault"))
     for c in clients:
         out += _Client(c, know[c.merchant], faults, settings, heads.get(c.merchant)).run()
     return out
+
 
 
 def faults_near(faults: Sequence[Fault], t: float, span: float = 15.0) -> list[Fault]:

@@ -44,11 +44,12 @@ class FaultRunner:
     """Runs ``plans`` at their times after ``t0``; every fault done lands in ``log``."""
 
     def __init__(self, topo: Topology, plans: tuple[FaultPlan, ...], t0: float,
-                 log: list[Fault]) -> None:
+                 log: list[Fault], lock: asyncio.Lock | None = None) -> None:
         self.topo = topo
         self.plans = plans
         self.t0 = t0
         self.log = log
+        self.lock = lock or asyncio.Lock()  # shared with the storms: never both at once
 
     async def run(self, stop: asyncio.Event) -> None:
         for plan in self.plans:
@@ -58,15 +59,21 @@ class FaultRunner:
                     await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
                 return
-            fault = Fault(plan.kind, plan.target, time.monotonic(), 0.0)
-            try:
-                if plan.kind == "redis_freeze":
-                    await self._freeze(plan, fault)
-                else:
-                    await asyncio.to_thread(self._blocking, plan, fault)
-            finally:
-                fault.end = time.monotonic()
-                self.log.append(fault)
+            async with self.lock:
+                if stop.is_set():
+                    return
+                await self._one(plan)
+
+    async def _one(self, plan: FaultPlan) -> None:
+        fault = Fault(plan.kind, plan.target, time.monotonic(), 0.0)
+        try:
+            if plan.kind == "redis_freeze":
+                await self._freeze(plan, fault)
+            else:
+                await asyncio.to_thread(self._blocking, plan, fault)
+        finally:
+            fault.end = time.monotonic()
+            self.log.append(fault)
 
     async def _freeze(self, plan: FaultPlan, fault: Fault) -> None:
         """SIGSTOP a Redis (a cluster primary) for 1-3 s, then SIGCONT."""

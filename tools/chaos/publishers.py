@@ -25,9 +25,9 @@ from redis.exceptions import RedisError
 from gateway.durable.publisher import AsyncPublisher
 
 from .records import Published
-from .schedule import PublisherPlan
+from .schedule import PublisherPlan, has_jobs
 
-__all__ = ["Publisher", "redis_client"]
+__all__ = ["CHANNEL", "CLUSTER_CHANNEL", "Publisher", "helper_for", "redis_client"]
 
 _FAULTS = (RedisError, OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError)
 CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"
@@ -39,6 +39,11 @@ def redis_client(url: str, cluster: bool) -> Any:
     if cluster:
         return RedisCluster.from_url(url, socket_timeout=3, socket_connect_timeout=2)
     return aioredis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
+
+
+def helper_for(redis: Any, channel: str, history: int, cluster: bool) -> AsyncPublisher:
+    """The Python helper (the gateway's Lua script) as the chaos run's backends use it."""
+    return AsyncPublisher(redis, channel=channel, history=history, ttl_s=600, sharded=cluster)
 
 
 class Publisher:
@@ -56,8 +61,7 @@ class Publisher:
         self.redis = redis
         self.cluster = cluster
         self.channel = CLUSTER_CHANNEL if cluster else CHANNEL
-        self.helper = AsyncPublisher(redis, channel=self.channel, history=history, ttl_s=600,
-                                     sharded=cluster)
+        self.helper = helper_for(redis, self.channel, history, cluster)
         self.rng = random.Random(plan.seed)
         self.seq = 0
         self.jobs: dict[str, int] = dict.fromkeys(plan.merchants, 1)
@@ -72,6 +76,8 @@ class Publisher:
         if event in ("completion", "error"):
             self.jobs[merchant] += 1
         data: dict[str, Any] = {"jobId": job, "pub": self.plan.name, "seq": self.seq}
+        if not has_jobs(merchant):
+            del data["jobId"]
         if self.rng.random() < 0.1:
             data["pad"] = "x" * self.rng.randint(500, 4000)
         return merchant, event, data
@@ -92,7 +98,7 @@ class Publisher:
 
     async def _send(self, batch: list[tuple[str, str, dict[str, Any]]]) -> None:
         sent = time.monotonic()
-        records = [Published(self.plan.name, d["seq"], m, e, d["jobId"],
+        records = [Published(self.plan.name, d["seq"], m, e, d.get("jobId"),
                              self.plan.kind != "plain", sent) for m, e, d in batch]
         self.log.extend(records)
         try:
@@ -120,7 +126,7 @@ class Publisher:
             await self.redis.publish(channel, payload)
         return None
 
-    async def _http(self, batch: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    async def _http(self, batch: list[tuple[str, str, dict[str, Any]]]) -> list[str | None]:
         items = [{"merchantId": m, "event": e, "data": d} for m, e, d in batch]
         body: Any = items if len(items) > 1 or self.rng.random() < 0.3 else items[0]
         url = f"{self.rng.choice(self.urls)}{self.path}/publish"
@@ -131,4 +137,4 @@ class Publisher:
             if resp.status != 200:
                 raise aiohttp.ClientError(f"publish answered {resp.status}: {reply}")
         ids = reply["ids"] if isinstance(body, list) else [reply["id"]]
-        return [str(i) for i in ids]
+        return [None if i is None else str(i) for i in ids]  # None: stale (none expected)

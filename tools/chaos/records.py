@@ -57,7 +57,9 @@ class Session:
     status: int | None = None  # None: no HTTP answer (connection refused, timeout)
     frames: list[Frame] = field(default_factory=list)
     ended: float | None = None
-    end: str = ""  # "reconnect" (the client chose to), "eof", "error:...", "final"
+    end: str = ""  # "reconnect" (the client chose to), "eof", "error:...", "final",
+    # "steered" (a storm moved it), "jump" (it left right after a burst event)
+    jumped: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"started": round(self.started, 3), "lastEventId": self.last_event_id,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .checker import Anomaly, faults_near
+from .knowledge import LostWrite
 from .records import ClientLog, Fault, Published
+from .storms import StormRecord
 
 __all__ = ["Result", "summary", "write_report"]
 
@@ -26,10 +28,21 @@ class Result:
     t0: float
     wall_s: float = 0.0
     converged: bool = True
+    storms: list[StormRecord] = field(default_factory=list)
+    herd: str = "same"
+    burst_max: int = 200
+    losses: list[LostWrite] = field(default_factory=list)  # explained by a lossy fault
 
     @property
     def events(self) -> int:
         return len(self.published)
+
+
+def explained_losses(losses: list[LostWrite]) -> list[dict[str, Any]]:
+    """Acknowledged writes Redis lost in a lossy fault (listed, not anomalies)."""
+    return [{"merchant": x.merchant, "id": f"{x.offset[0]}:{x.offset[1]}",
+             "acknowledged_for": list(x.ident), "history_holds": x.found and list(x.found)}
+            for x in losses]
 
 
 def summary(r: Result) -> str:
@@ -51,9 +64,9 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
     by_name = {c.name: c for c in r.clients}
     anomalies = []
     for a in r.anomalies[:limit]:
-        c = by_name[a.client]
+        c = by_name.get(a.client)
         sessions = [_shift(s.to_json(), r.t0, "started", "ended")
-                    for s in c.sessions[max(0, a.session - 5): a.session + 2]]
+                    for s in c.sessions[max(0, a.session - 5): a.session + 2]] if c else []
         frames = [[_rel(f[0], r.t0), *f[1:]] for f in a.frames]
         anomalies.append({**a.to_json(), "t": _rel(a.t, r.t0), "frames": frames,
                           "sessions": sessions, "seed": r.seed,
@@ -67,7 +80,8 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
         "duration_s": r.duration,
         "wall_s": round(r.wall_s, 1),
         "replay": f"python -m tools.chaos --seed {r.seed} --duration {r.duration:g} "
-                  f"--profile {r.profile} --clients {len(r.clients)}",
+                  f"--profile {r.profile} --clients {len(r.clients)} --herd {r.herd} "
+                  f"--burst-max {r.burst_max}",
         "converged": r.converged,
         "events": {"published": r.events,
                    "durable_acked": sum(1 for p in r.published if p.id),
@@ -80,6 +94,8 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
             for c in r.clients for s in c.sessions for f in s.frames
             if f.event not in ("progress", "stage", "completion", "error"))),
         "faults": [_shift(f.to_json(), r.t0, "start", "end") for f in r.faults],
+        "storms": [s.to_json(r.t0) for s in r.storms],
+        "lost_writes_explained": explained_losses(r.losses),
         "anomaly_kinds": dict(Counter(a.kind for a in r.anomalies)),
         "anomalies": anomalies,
     }

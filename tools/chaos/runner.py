@@ -14,21 +14,21 @@ from typing import Any
 import aiohttp
 
 from gateway.durable.ids import history_keys
-from gateway.durable.publisher import AsyncPublisher
 
-from .checker import Settings, check, job_of
-from .clients import BrowserClient
+from .checker import Settings, check
+from .clients import BrowserClient, Steering
 from .faults import FaultRunner
-from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, redis_client
+from .knowledge import Held, LostWrite, ident_of, job_of
+from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, helper_for, redis_client
 from .records import Fault, Published, durable_id
 from .report import Result
 from .schedule import Plan, make_plan
+from .storms import BurstPublisher, StormRecord, StormRunner
 from .topology import HISTORY, Topology
 
 __all__ = ["run"]
 
 Offset = tuple[str, int]
-Kind = tuple[str, str | None]
 _QUIET_S = 20.0  # at most this long for every client to hold its merchant's last event
 
 
@@ -41,9 +41,10 @@ def _small_socket(addr: Any) -> socket.socket:
     return sock
 
 
-async def run(seed: int, duration: float, profile: str, clients: int, run_dir: Path) -> Result:
-    plan = make_plan(seed, duration, profile, clients)
-    topo = Topology(profile, plan.merchants, run_dir)
+async def run(seed: int, duration: float, profile: str, clients: int, run_dir: Path,
+              herd: str = "same", burst_max: int = 200) -> Result:
+    plan = make_plan(seed, duration, profile, clients, herd, burst_max)
+    topo = Topology(profile, plan.merchants, run_dir, plan.lag_ms)
     started = time.monotonic()
     await asyncio.to_thread(topo.start)
     try:
@@ -56,20 +57,33 @@ async def run(seed: int, duration: float, profile: str, clients: int, run_dir: P
 
 async def _load(plan: Plan, topo: Topology) -> Result:
     cluster = plan.profile == "cluster"
+    # slow tabs read through small socket buffers (the gateway's queue fills as over a
+    # slow link); the others keep up with a storm's bursts
     connector = aiohttp.TCPConnector(limit=0, force_close=True, socket_factory=_small_socket)
-    http = aiohttp.ClientSession(connector=connector, read_bufsize=16384, auto_decompress=False)
+    slow = aiohttp.ClientSession(connector=connector, read_bufsize=16384, auto_decompress=False)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                                 auto_decompress=False)
     redis = redis_client(topo.redis_url, cluster)
     final, done, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     published: list[Published] = []
     faults: list[Fault] = []
+    storms: list[StormRecord] = []
+    steering, lock = Steering(), asyncio.Lock()
     try:
-        tabs = [BrowserClient(c, http, topo.entries, topo.path, final, done) for c in plan.clients]
+        tabs = [BrowserClient(c, slow if c.slow else http, topo.entries, topo.path, final, done,
+                              steering) for c in plan.clients]
         tab_tasks = [asyncio.create_task(t.run()) for t in tabs]
         t0 = time.monotonic()
         pubs = [Publisher(p, published, http, topo.publish_urls, topo.path, topo.key, redis,
                           cluster, HISTORY) for p in plan.publishers]
         tasks = [asyncio.create_task(p.run(stop)) for p in pubs]
-        tasks.append(asyncio.create_task(FaultRunner(topo, plan.faults, t0, faults).run(stop)))
+        tasks.append(asyncio.create_task(
+            FaultRunner(topo, plan.faults, t0, faults, lock).run(stop)))
+        bursts = BurstPublisher(published, http, topo.entries, topo.path, topo.key, redis,
+                                cluster, HISTORY)
+        tasks.append(asyncio.create_task(StormRunner(
+            plan.storms, tabs, steering, topo.lag, plan.lag_ms / 1000, bursts, storms, lock,
+            t0).run(stop)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), plan.duration)
         stop.set()
@@ -83,17 +97,21 @@ async def _load(plan: Plan, topo: Topology) -> Result:
     finally:
         done.set()
         await http.close()
+        await slow.close()
         await redis.aclose()
-    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY), history)
+    losses: list[LostWrite] = []
+    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY), history,
+                      losses)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
-                  t0, converged=converged)
+                  t0, converged=converged, storms=storms, herd=plan.herd, losses=losses,
+                  burst_max=plan.burst_max)
 
 
 async def _markers(plan: Plan, redis: Any, cluster: bool,
                    published: list[Published]) -> dict[str, Offset | None]:
     """One last durable event per merchant, once all is quiet: every open tab must get it."""
     channel = CLUSTER_CHANNEL if cluster else CHANNEL
-    helper = AsyncPublisher(redis, channel=channel, history=HISTORY, ttl_s=600, sharded=cluster)
+    helper = helper_for(redis, channel, HISTORY, cluster)
     heads: dict[str, Offset | None] = {}
     for n, merchant in enumerate(plan.merchants):
         record = Published("marker", n, merchant, "stage", None, True, time.monotonic())
@@ -122,9 +140,9 @@ async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None]) -> 
     return False
 
 
-async def _history(plan: Plan, redis: Any) -> dict[str, dict[Offset, Kind]]:
-    """What Redis' durable history still holds: (event, job) by offset, per merchant."""
-    out: dict[str, dict[Offset, Kind]] = {}
+async def _history(plan: Plan, redis: Any) -> dict[str, dict[Offset, Held]]:
+    """What Redis' durable history still holds, by offset, per merchant."""
+    out: dict[str, dict[Offset, Held]] = {}
     for merchant in plan.merchants:
         stream, meta = history_keys(merchant)
         epoch = await redis.hget(meta, "epoch")
@@ -138,6 +156,7 @@ async def _history(plan: Plan, redis: Any) -> dict[str, dict[Offset, Kind]]:
                 data = json.loads(fields.get(b"d", b""))
             except ValueError:
                 data = None
-            entries[(epoch, offset)] = (fields.get(b"e", b"").decode(), job_of(data))
+            entries[(epoch, offset)] = Held(fields.get(b"e", b"").decode(), job_of(data),
+                                            ident_of(data))
         out[merchant] = entries
     return out
