@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -202,7 +203,8 @@ def run_storm(a: argparse.Namespace) -> dict:
             seen: dict[str, None] = {}
             for line in log.read_text(errors="replace").splitlines():
                 if " WARNING " in line or " ERROR " in line:
-                    seen.setdefault(line.split(" ", 3)[-1].split(" merchant=")[0][:160])
+                    kind = re.sub(r"merchant=\S+", "merchant=...", line.split(" ", 3)[-1])
+                    seen.setdefault(kind[:160])
             out["log_warnings"] = list(seen)[:10]
         shutil.rmtree(tmp, ignore_errors=True)
     return out

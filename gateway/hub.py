@@ -234,6 +234,13 @@ class Hub:
         ring.extendleft(reversed(older))
         return len(older)
 
+    def proves(self, merchant_id: str, last: DurableId) -> bool:
+        """Whether `last` is of the merchant's history as this process last saw it, and
+        not past the newest event it proved (from live events or a flushed read)."""
+        topic = self._topics.get(merchant_id)
+        head = topic.durable_head if topic is not None else None
+        return head is not None and head.epoch == last.epoch and last.offset <= head.offset
+
     def learn_head(self, merchant_id: str, head: DurableId, gap_mark: int) -> None:
         """A history read (flushed: every message published before it is here) ended
         at `head`: the merchant's next durable event continues it, without a check."""

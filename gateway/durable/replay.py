@@ -129,8 +129,12 @@ class DurableReplay:
         merchant_id = stream.merchant_id
         try:
             # an id of another history, or past its newest event, is answered without a
-            # read: a client looping on such an id costs one shared HMGET, not a read
-            if not _bridgeable(await self._head(merchant_id), last):
+            # read: a client looping on such an id costs one shared HMGET, not a read.
+            # No HMGET when a read of the merchant is under way anyway (it answers that
+            # too), or the id is within the head this process proved: a reconnect storm
+            # must not queue thousands of them ahead of its reads
+            if not (self._reads.busy(merchant_id) or self._hub.proves(merchant_id, last)
+                    or _bridgeable(await self._head(merchant_id), last)):
                 return None
             in_flight = self._reads.in_flight(merchant_id)
             if in_flight is not None:  # its read backfills the ring: that may answer this one

@@ -56,6 +56,10 @@ class SingleFlight(Generic[K, T]):
         """The run of `key` under way, if any (not the one still gathering callers)."""
         return self._in_flight.get(key)
 
+    def busy(self, key: K) -> bool:
+        """Whether a run of `key` is under way or gathering callers."""
+        return key in self._in_flight or key in self._gathering
+
     def tasks(self) -> list[asyncio.Task[T]]:
         """Every run gathering or under way (to stop them on shutdown)."""
         return [*self._gathering.values(), *self._in_flight.values()]
