@@ -141,10 +141,11 @@ class Stream:
         self._requeue([*entries[:used], *queued])
         return used
 
-    def put_first(self, frames: Sequence[Entry | Control], after: DurableId) -> None:
+    def put_first(self, frames: Sequence[Entry | Control], after: DurableId | None) -> None:
         """Put `frames` (a resync, a snapshot read at `after`) before what queued live
         (nothing written yet); queued durable events up to `after` are in the snapshot."""
-        self._requeue([*frames, *newer((self._queue or {}).values(), after)])
+        queued = list((self._queue or {}).values())
+        self._requeue([*frames, *(newer(queued, after) if after else queued)])
 
     def hold(self, number: int) -> None:
         """Write nothing from now until `release(number)`: a snapshot is being read."""

@@ -111,9 +111,10 @@ class DurableReplay:
         return _bridgeable(head, last)
 
     async def _head(self, merchant_id: str) -> DurableId | None:
-        """The merchant's newest durable id in Redis: one HMGET shared by its
-        concurrent reconnects. Raises on a Redis fault."""
-        head = asyncio.ensure_future(self._heads.join(merchant_id))
+        """The merchant's newest durable id in Redis: one HMGET, sent after this call
+        (an HMGET sent earlier may predate the client's own event), shared by the
+        merchant's reconnects arriving meanwhile. Raises on a Redis fault."""
+        head = asyncio.ensure_future(self._heads(merchant_id))
         return await deadlines.wait(head, _READ_TIMEOUT_S)
 
     async def _read_head(self, merchant_id: str) -> DurableId | None:
