@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -29,7 +28,7 @@ from .config import Config
 from .durable.api import PUBLISH_API, PublishApi, publish_view
 from .durable.envelopes import EnvelopeCheck
 from .durable.gate import PUBLISHING, PublishGate
-from .durable.history import DurableHistory
+from .durable.history import DurableHistory, publisher_settings
 from .durable.replay import DurableReplay
 from .durable.snapshots import Snapshots
 from .errors import UnavailableError
@@ -85,7 +84,7 @@ def create_app(cfg: Config) -> web.Application:
     broker = RedisBroker(
         cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync
     )
-    history = _durable_history(cfg, redis_client)
+    history = DurableHistory(redis_client, **publisher_settings(cfg))
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
     app[GATEWAY] = Gateway(
         cfg=cfg,
@@ -108,20 +107,6 @@ def create_app(cfg: Config) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     return app
-
-
-def _durable_history(cfg: Config, client: Any) -> DurableHistory:
-    """Durable publishing and history reads with the config's values."""
-    return DurableHistory(
-        client,
-        channel=cfg.redis.channel,
-        history=cfg.sse.history,
-        ttl_s=cfg.redis.history_ttl,
-        sharded=cfg.redis.cluster,
-        job_key=cfg.sse.job_key,
-        jobs_kept=cfg.sse.snapshot_jobs,
-        idempotency_ttl_s=cfg.redis.idempotency_ttl,
-    )
 
 
 def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:

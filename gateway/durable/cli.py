@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from ..config import Config
 from ..logs import redact_text, redact_url
+from .history import publisher_settings
 from .ids import InvalidData, encode_data, valid_merchant_id
 from .jobs import KEY_PATTERN, job_of
 from .publisher import Publication, Publisher
@@ -89,16 +90,7 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str, *,
         client = _client(cfg)
     except (RedisError, ValueError):  # its message may quote the URL: say no more
         return _failed(cfg, "cannot connect")
-    publisher = Publisher(
-        client,
-        channel=cfg.redis.channel,
-        history=cfg.sse.history,
-        ttl_s=cfg.redis.history_ttl,
-        sharded=cfg.redis.cluster,
-        job_key=cfg.sse.job_key,
-        jobs_kept=cfg.sse.snapshot_jobs,
-        idempotency_ttl_s=cfg.redis.idempotency_ttl,
-    )
+    publisher = Publisher(client, **publisher_settings(cfg))
     job = job_of(value, cfg.sse.job_key)
     try:
         done = publisher.send(Publication(merchant_id, event, payload, job, number, key))

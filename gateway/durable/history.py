@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from ..config import Config
 from .ids import DurableEvent, DurableId, HistorySnapshot, history_keys, job_state_keys
 from .jobs import JobRecord
 from .publisher import (
@@ -32,9 +33,22 @@ from .publisher import (
     Outcome,
 )
 
-__all__ = ["DurableHistory"]
+__all__ = ["DurableHistory", "publisher_settings"]
 
 log = logging.getLogger(__name__)
+
+
+def publisher_settings(cfg: Config) -> dict[str, Any]:
+    """The config values every durable publisher passes (`DurableHistory`, `Publisher`)."""
+    return {
+        "channel": cfg.redis.channel,
+        "history": cfg.sse.history,
+        "ttl_s": cfg.redis.history_ttl,
+        "sharded": cfg.redis.cluster,
+        "job_key": cfg.sse.job_key,
+        "jobs_kept": cfg.sse.snapshot_jobs,
+        "idempotency_ttl_s": cfg.redis.idempotency_ttl,
+    }
 
 
 class DurableHistory:
