@@ -168,6 +168,8 @@ async def test_a_user_and_password_reach_every_primary_and_stay_secret(
     merchants = [m for ms in spread.values() for m in ms]
     url = node_url(cluster, f"default:{PASSWORD}")  # an ACL user, as for a single Redis
     gw = await gateway_factory.astart(config=CONFIG, redis=url)
+    # ready, not only live: a stream opened before every primary's link is up is a 503
+    await poll(lambda: get_health(gw), lambda r: r[0] == 200, 20, what="/health 200")
     async with session() as http, contextlib.AsyncExitStack() as stack:
         streams = {mid: await stack.enter_async_context(open_stream(gw.stream_url(shop),
                                                                     session=http))

@@ -125,13 +125,17 @@ async def test_streams_opening_under_a_publisher_see_state_then_every_later_even
             event_id = await publisher.publish(mid, event, data)
             assert event_id is not None
             published.append((event_id, event, data))
+            async with progress:
+                progress.notify_all()
 
     opened: list[asyncio.Event] = []
+    progress = asyncio.Condition()  # notified at each publish
 
-    async def follow() -> tuple[Event, list[Event]]:
+    async def follow(at: int) -> tuple[Event, list[Event]]:
         here = asyncio.Event()
         opened.append(here)
-        await asyncio.sleep(rng.uniform(0, 1.5))  # open at a random moment of the run
+        async with progress:  # open once `at` events are out: every moment of the run
+            await progress.wait_for(lambda: len(published) >= at)
         async with open_stream(gw.stream_url(shop)) as s:
             await connected(s)
             here.set()
@@ -143,7 +147,8 @@ async def test_streams_opening_under_a_publisher_see_state_then_every_later_even
 
     try:
         await publish(gw, mid, "progress", {"jobId": "j0", "n": 0})  # state exists from the start
-        followers = [asyncio.create_task(follow()) for _ in range(24)]
+        moments = sorted(rng.randrange(total) for _ in range(24))
+        followers = [asyncio.create_task(follow(at)) for at in moments]
         await publish_all()
         await asyncio.wait_for(asyncio.gather(*(here.wait() for here in opened)), 30)
         await publisher.publish(mid, "stage", "end")
@@ -163,7 +168,8 @@ async def test_streams_opening_under_a_publisher_see_state_then_every_later_even
             assert got == {job: v for job, v in expected.items()}, frame.id
         later = [e for e in published if offset(e[0]) > seen]
         assert [e.id for e in events] == [event_id for event_id, _, _ in later], frame.id
-        assert all(by_id[e.id][1] == e.event for e in events)
+        assert all(by_id[e.id][0] == e.event for e in events)
+    assert sum(1 for _, events in results if events) >= 12  # most opened mid-run
 
 
 async def test_every_process_serves_the_same_snapshot(

@@ -25,6 +25,9 @@ __all__ = [
 FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 _BACKOFF_CAP_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
+# a wait for a pool connection is wall-clock: it may not preempt the callers' own
+# lag-aware deadlines (runtime/deadlines.py, whose wall-clock cap is 4 x theirs)
+_POOL_WAIT_S = 4 * CONNECT_TIMEOUT_S
 
 
 def make_client(url: str, max_connections: int) -> aioredis.Redis:
@@ -33,7 +36,7 @@ def make_client(url: str, max_connections: int) -> aioredis.Redis:
         connection_pool=aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=_POOL_WAIT_S,
             socket_timeout=CONNECT_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             retry=Retry(NoBackoff(), 0),  # faults surface to the caller, which decides
