@@ -111,6 +111,19 @@ def test_a_progress_skipped_for_a_newer_one_of_its_job_is_coalescing_not_a_gap()
     assert kinds(c, acked([1, 2]) + acked([3], job="j2")) == ["gap"]
 
 
+def test_a_progress_whose_newer_one_made_way_for_a_snapshot_is_coalescing() -> None:
+    jobs = {"jobs": [{"job": "j1", "event": "progress", "id": f"{EPOCH}:4", "data": {}}]}
+    c = client(session([connected(1), progress(2, 1), progress(3, 3, job="j2"),
+                        frame(4, "resync", None, {"reason": "redis_reconnected"}),
+                        frame(4.1, "snapshot", f"{EPOCH}:4", jobs)]))
+    restart = Fault("redis_freeze", "redis", 3.5, 3.9, redis=True)
+    published = acked([1, 2, 4]) + acked([3], job="j2")
+    assert kinds(c, published, [restart]) == []
+    other = {"jobs": [{"job": "j3", "event": "progress", "id": f"{EPOCH}:4", "data": {}}]}
+    c.sessions[0].frames[-1] = frame(4.1, "snapshot", f"{EPOCH}:4", other)
+    assert kinds(c, published, [restart]) == ["gap"]
+
+
 def test_events_sent_after_a_fresh_connect_are_owed_and_the_head_at_the_end() -> None:
     late = [Published("p", 1, "m1", "stage", None, True, 5.0, 5.1, f"{EPOCH}:1")]
     c = client(session([connected(1), frame(6, "stage", f"{EPOCH}:2", "b")]))
@@ -133,6 +146,17 @@ def test_events_queued_before_a_failed_replay_resync_are_a_late_resync() -> None
                         frame(5.1, "resync", None, {"reason": "history_gap"})],
                        last=f"{EPOCH}:1"))
     assert kinds(c, acked([1]) + acked([200], event="stage"), history=100) == ["late_resync"]
+
+
+def test_a_new_epoch_sent_before_a_failed_replays_resync_says_so() -> None:
+    restart = Fault("redis_restart_lossy", "redis", 3.0, 3.2, redis=True, lossy=True)
+    c = client(session([connected(1), progress(2, 1)]),
+               session([connected(5), progress(5.1, 1, epoch="e2"),
+                        frame(5.1, "resync", None, {"reason": "history_gap"})],
+                       last=f"{EPOCH}:1"))
+    anomalies = check([c], acked([1]), [restart], {"m1": None})
+    assert [a.kind for a in anomalies] == ["epoch_change"]
+    assert "before the resync of a failed replay" in anomalies[0].message
 
 
 def tagged(offset: int, pub: str = "http0", seq: int | None = None) -> Published:

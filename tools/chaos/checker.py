@@ -15,9 +15,11 @@ to its own id). Anomalies:
   (a new epoch must come after ``resync``).
 - ``gap``: an offset between the baseline and the next durable id not received,
   unless it is a ``progress`` of a job whose newer ``progress`` this session
-  delivered at or after that point (coalescing). With no baseline (first session,
-  or after ``resync``), every durable event *sent* after the client read its
-  ``connected``/``resync`` frame is owed: the gateway subscribes before either.
+  delivered at or after that point, or a later ``snapshot`` of it holds the job
+  at a newer id (coalescing; the newer one then made way for the snapshot). With
+  no baseline (first session, or after ``resync``), every durable event *sent*
+  after the client read its ``connected``/``resync`` frame is owed: the gateway
+  subscribes before either.
 - ``missing_at_end``: the run ends quiescent; a client whose last session is still
   open must hold its merchant's head (the gap rule up to Redis' final head).
 - ``unexplained_resync``: ``redis_reconnected`` needs a Redis fault around it;
@@ -49,6 +51,7 @@ from typing import Any
 
 from .knowledge import Held, Ident, Knowledge, LostWrite, ident_of, job_of, learn
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
+from .scan import queued_first, resync_follows, shown, snapshot_has
 
 __all__ = ["Anomaly", "Settings", "check"]
 
@@ -148,7 +151,8 @@ class _Client:
             if before[0] == f.data and self.resynced_blind:
                 pass  # resynced on an id unreadable there: it cannot know what the tab has
             elif before[0] == f.data:
-                self.flag("duplicate", si, fi, f.t, f"{f.id} received again")
+                self.flag("duplicate", si, fi, f.t, f"{f.id} received again"
+                          f"{queued_first(frames[fi + 1:])}")
             elif not self.near_span(before[1], f.t, lambda x: x.lossy):
                 self.flag("id_reuse", si, fi, f.t, f"{f.id} again with other data")
             if self.baseline is None or self.baseline[0] != d[0] or self.baseline < d:
@@ -157,9 +161,11 @@ class _Client:
         self.seen[f.id] = (f.data, f.t)
         base = self.baseline
         if base is not None and base[0] != d[0]:
-            self.flag("epoch_change", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}, no resync")
+            self.flag("epoch_change", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}, no resync"
+                      f"{queued_first(frames[fi + 1:])}")
         elif base is not None and d[1] <= base[1]:
-            self.flag("reorder", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}")
+            self.flag("reorder", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}"
+                      f"{queued_first(frames[fi + 1:])}")
             return
         else:
             self.owed(si, fi, f.t, d, frames, end=False)
@@ -185,13 +191,13 @@ class _Client:
                    and not self.lost_to_fault((epoch, o))]
         plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.plain]
         if plain:
-            self.flag("downgraded", si, fi, t, f"{epoch}: offsets {_shown(plain)} received as "
+            self.flag("downgraded", si, fi, t, f"{epoch}: offsets {shown(plain)} received as "
                       "plain events (under process-local ids)")
             missing = [o for o in missing if o not in plain]
         if missing:
-            kind = "missing_at_end" if end else "late_resync" if _resync_follows(
+            kind = "missing_at_end" if end else "late_resync" if resync_follows(
                 frames[fi + 1:]) else "gap"
-            self.flag(kind, si, fi, t, f"{epoch}: offsets {_shown(missing)} not received"
+            self.flag(kind, si, fi, t, f"{epoch}: offsets {shown(missing)} not received"
                       f"{' before the resync' if kind == 'late_resync' else ''}")
 
     def lost_to_fault(self, d: Offset) -> bool:
@@ -207,6 +213,8 @@ class _Client:
             if f.event == "progress" and d and d[0] == epoch and d[1] > offset and (
                     job_of(f.payload()) == kind[1]):
                 return True
+            if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, offset):
+                return True  # its newer event queued, then made way for the snapshot
         return False
 
     def resync(self, si: int, fi: int, s: Session, f: Frame) -> None:
@@ -248,21 +256,6 @@ class _Client:
         return any(what(x) and x.start <= hi and x.end >= lo for x in self.faults)
 
 
-def _resync_follows(later: list[Frame]) -> bool:
-    """Whether the session's resync of a failed replay (``history_gap``; a Redis
-    reconnect's comes on its own later) is still to come."""
-    for f in later:
-        if f.event == "resync":
-            data = f.payload()
-            return isinstance(data, dict) and data.get("reason") == "history_gap"
-    return False
-
-
-def _shown(offsets: list[int]) -> str:
-    more = " ..." if len(offsets) > 10 else ""
-    return f"{', '.join(str(o) for o in offsets[:10])}{more} ({len(offsets)})"
-
-
 def _explained(lost: LostWrite, faults: Sequence[Fault], settings: Settings) -> bool:
     return any(x.lossy and x.start - settings.lost_before_s <= lost.acked <= x.end + 1.0
                for x in faults)
@@ -288,10 +281,3 @@ def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: 
     for c in clients:
         out += _Client(c, know[c.merchant], faults, settings, heads.get(c.merchant)).run()
     return out
-
-
-
-def faults_near(faults: Sequence[Fault], t: float, span: float = 15.0) -> list[Fault]:
-    """The faults within ``span`` seconds of ``t`` (for a report)."""
-    return [f for f in faults if f.start - span <= t <= f.end + span]
-

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .checker import Anomaly, faults_near
+from .checker import Anomaly
 from .knowledge import LostWrite
 from .records import ClientLog, Fault, Published
 from .storms import StormRecord
@@ -38,6 +41,11 @@ class Result:
         return len(self.published)
 
 
+def faults_near(faults: list[Fault], t: float, span: float = 15.0) -> list[Fault]:
+    """The faults within ``span`` seconds of ``t``."""
+    return [f for f in faults if f.start - span <= t <= f.end + span]
+
+
 def explained_losses(losses: list[LostWrite]) -> list[dict[str, Any]]:
     """Acknowledged writes Redis lost in a lossy fault (listed, not anomalies)."""
     return [{"merchant": x.merchant, "id": f"{x.offset[0]}:{x.offset[1]}",
@@ -58,10 +66,25 @@ def _shift(obj: dict[str, Any], t0: float, *keys: str) -> dict[str, Any]:
     return {k: (_rel(v, t0) if k in keys and isinstance(v, float) else v) for k, v in obj.items()}
 
 
+def _around(published: list[Published], t: float, t0: float,
+            span: float = 3.0) -> list[list[Any]]:
+    """The merchant's publishes sent within ``span`` s before ``t`` (and 1 s after):
+    [publisher, seq, event, sent, acked, id], at most 80, the latest kept."""
+    times = [p.sent for p in published]
+    lo, hi = bisect.bisect_left(times, t - span), bisect.bisect_right(times, t + 1.0)
+    return [[p.publisher, p.seq, p.event, _rel(p.sent, t0),
+             None if p.acked is None else _rel(p.acked, t0), p.id]
+            for p in published[max(lo, hi - 80):hi]]
+
+
 def write_report(r: Result, path: Path, limit: int = 50) -> None:
     """The JSON report: times in seconds since the load started; each anomaly (at most
-    ``limit``) with its client's frames around it, its sessions, the faults near it."""
+    ``limit``) with its client's frames around it, its sessions, the faults near it and
+    its merchant's publishes just before it (what each was acknowledged with)."""
     by_name = {c.name: c for c in r.clients}
+    sent: dict[str, list[Published]] = {}
+    for p in sorted(r.published, key=lambda p: p.sent):
+        sent.setdefault(p.merchant, []).append(p)
     anomalies = []
     for a in r.anomalies[:limit]:
         c = by_name.get(a.client)
@@ -71,7 +94,8 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
         anomalies.append({**a.to_json(), "t": _rel(a.t, r.t0), "frames": frames,
                           "sessions": sessions, "seed": r.seed,
                           "faults": [_shift(f.to_json(), r.t0, "start", "end")
-                                     for f in faults_near(r.faults, a.t)]})
+                                     for f in faults_near(r.faults, a.t)],
+                          "published": _around(sent.get(a.merchant, []), a.t, r.t0)})
     ends = Counter(s.end.split(":")[0] for c in r.clients for s in c.sessions)
     doc = {
         "summary": summary(r),
@@ -83,6 +107,9 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
                   f"--profile {r.profile} --clients {len(r.clients)} --herd {r.herd} "
                   f"--burst-max {r.burst_max}",
         "converged": r.converged,
+        # wall-clock time of t=0, to find a moment in the gateway logs beside the report
+        "t0_utc": datetime.fromtimestamp(time.time() - (time.monotonic() - r.t0), UTC)
+        .isoformat(timespec="milliseconds"),
         "events": {"published": r.events,
                    "durable_acked": sum(1 for p in r.published if p.id),
                    "plain": sum(1 for p in r.published if not p.durable),

@@ -4,12 +4,15 @@
 
 ``head``: a reconnect joins a history-head check that another reconnect of its
 merchant began before the client's event was published: ``resync
-history_gap`` for an id the history holds, then that very event again.
-``late-resync``: a reconnect whose id is trimmed gets the live events queued
-while the history was read *before* its ``resync``. ``moved``: after a Redis
-Cluster failover the gateway's cluster client (no retries) fails the first
-command of a moved slot with MOVED; the envelope check reads that as "not in
-the history" and a genuine durable event goes out as a plain one.
+history_gap`` for an id the history holds, then that very event again (fixed
+in 9b843a7). ``late-resync``: a reconnect whose id is trimmed gets the live
+events queued while the history was read *before* its ``resync`` (fixed in
+9b843a7). ``moved``: after a Redis Cluster failover the gateway's cluster
+client (no retries) fails the first command of a moved slot with MOVED. Until
+9b843a7 the envelope check read that as "not in the history" and sent a
+genuine durable event as a plain one (chaos cluster seed 11); it now trusts
+the id, but a snapshot or history read that meets the MOVED still fails
+(a resync without snapshot, or ``history_gap`` for a reconnect).
 
 ``head`` and ``late-resync`` slow one gateway's link to Redis with
 :class:`~tools.chaos.lag.LagLink` so the window is hundreds of milliseconds
