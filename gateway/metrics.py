@@ -10,6 +10,8 @@ second. With `server.workers > 1` prometheus-client runs in multiprocess mode
 from __future__ import annotations
 
 import os
+import struct
+import time
 from dataclasses import dataclass
 
 from prometheus_client import (
@@ -34,6 +36,8 @@ REFUSAL_CODES = (
     "too_many_connections",
     "unavailable",
 )
+
+_RENDER_TRIES = 3  # a sibling worker's file may be a few bytes short for an instant
 
 _COUNTERS = {
     "messages": ("gateway_redis_messages", "Messages received from Redis for held merchants"),
@@ -207,8 +211,13 @@ class Metrics:
             self._synced[key] = value
 
     def render(self) -> bytes:
-        if self._multiprocess:
-            registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        if not self._multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        for _ in range(_RENDER_TRIES - 1):
+            try:
+                return generate_latest(registry)
+            except struct.error:  # a worker's value file read while it was being created
+                time.sleep(0.01)
+        return generate_latest(registry)
