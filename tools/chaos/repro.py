@@ -82,7 +82,7 @@ async def _lagging(scenario: Any) -> int:
         publish = helper_for(client, "merchant:{merchant_id}:{event}", 100, False).publish
         holder = asyncio.ensure_future(_frames(http, gw, None, 10**6, 60))  # keeps M held
         try:
-            return int(await scenario(http, gw, link, publish))
+            return int(await scenario(http, gw, link, publish, client))
         finally:
             holder.cancel()
             await asyncio.gather(holder, return_exceptions=True)
@@ -94,13 +94,24 @@ async def _lagging(scenario: Any) -> int:
                 service.stop()
 
 
+async def _hmgets(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+
+
 async def _head(http: aiohttp.ClientSession, gw: GatewayServer, link: LagLink,
-                publish: Any) -> bool:
+                publish: Any, client: aioredis.Redis) -> bool:
     ids = [await publish(M, "stage", {"n": n}) for n in range(1, 6)]
     print("warm-up:", await _frames(http, gw, ids[-2], 2))  # T has read ep:5; pool is open
     link.on()
+    before = await _hmgets(client)
     first = asyncio.ensure_future(_frames(http, gw, ids[-1], 2))  # a ring hit: HMGET sent
-    await asyncio.sleep(LAG_MS / 3000)  # the HMGET ran in Redis; its answer is on its way
+    for _ in range(300):  # until Redis ran it (its answer then takes LAG_MS to arrive)
+        if await _hmgets(client) > before:
+            break
+        await asyncio.sleep(0.01)  # another process's counter: polled, bounded
+    else:
+        print("no head check reached Redis")
     six = await publish(M, "stage", {"n": 6})
     second = await _frames(http, gw, six, 3)  # joins that HMGET: the head it reads is 5
     print(f"first  (Last-Event-ID {ids[-1]}):", await first)
@@ -109,7 +120,7 @@ async def _head(http: aiohttp.ClientSession, gw: GatewayServer, link: LagLink,
 
 
 async def _late_resync(http: aiohttp.ClientSession, gw: GatewayServer, link: LagLink,
-                       publish: Any) -> bool:
+                       publish: Any, client: aioredis.Redis) -> bool:
     ids = [await publish(M, "stage", {"n": n}) for n in range(1, 151)]  # history keeps 100
     link.on()
     reconnect = asyncio.ensure_future(_frames(http, gw, ids[9], 3))  # ep:10, trimmed
