@@ -49,3 +49,34 @@ async def test_an_old_subscribe_ack_does_not_make_a_new_subscription_ready() -> 
     for channel in channels:  # the second SUBSCRIBE's acks
         broker._subscribed(link, channel)  # type: ignore[arg-type]
     await asyncio.wait_for(second, 1)
+
+
+async def test_messages_of_an_undone_subscription_do_not_enter_the_new_ring() -> None:
+    """linger 0: a merchant's last stream closes (UNSUBSCRIBE) and a new one opens
+    (SUBSCRIBE) while messages of the old subscription are still on the socket.
+    Read after the new SUBSCRIBE was sent, they must not start the new ring: the
+    events published between UNSUBSCRIBE and SUBSCRIBE reached nobody, and a ring
+    "458, 459, 461" would replay 461 to a client at 459 (event 460 lost)."""
+    hub = Hub(history=10)
+    broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), hub, Metrics(),
+                         linger_s=0, on_resync=lambda merchants: None)
+    link = FakeLink()
+    broker._links["fake"] = link  # type: ignore[assignment]
+    first = asyncio.ensure_future(broker.acquire("m1"))
+    await wait_for(lambda: link.sent, 1, 0.001)
+    channels = link.sent[0][1]
+    for channel in channels:
+        broker._subscribed(link, channel)  # type: ignore[arg-type]
+    await asyncio.wait_for(first, 1)
+    broker.release("m1")
+    await wait_for(lambda: "m1" not in broker._subs, 1, 0.001)
+    second = asyncio.ensure_future(broker.acquire("m1"))
+    await wait_for(lambda: len(link.sent) == 3, 1, 0.001)
+    for offset in (458, 459):  # the old subscription's last messages, read only now
+        hub.publish("m1", "progress", b"{}", f"e1:{offset}")
+    for channel in channels:  # the new SUBSCRIBE's acks: live from here on
+        broker._subscribed(link, channel)  # type: ignore[arg-type]
+    await asyncio.wait_for(second, 1)
+    hub.publish("m1", "progress", b"{}", "e1:461")
+    replay, gap = hub.attach("m1", object(), "e1:459")  # type: ignore[arg-type]
+    assert gap and replay == [], [entry.id for entry in replay]

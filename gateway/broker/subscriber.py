@@ -165,8 +165,7 @@ class RedisBroker(ClusterPlacement):
             self._routes[channel] = (merchant_id, event)
         sub = self._subs[merchant_id] = Subscription(channels)
         sub.link = link
-        self._hub.open(merchant_id)
-        link.subscribe(channels)
+        link.subscribe(channels)  # the hub opens the merchant once Redis acknowledges it
         return sub
 
     def _expire(self, merchant_id: str) -> None:
@@ -187,17 +186,31 @@ class RedisBroker(ClusterPlacement):
             self._stale_acks[link, channel] -= 1
             return
         target = self._routes.get(channel)
-        sub = self._subs.get(target[0]) if target else None
+        if target is None:
+            return
+        merchant_id = target[0]
+        sub = self._subs.get(merchant_id)
         if sub is None or sub.link is not link:  # acks from a link it moved away from
             return
         sub.pending.discard(channel)
         if sub.pending:
             return
         if not sub.ready.done():
-            sub.ready.set_result(None)
-        if sub.resync_when_ready and target is not None:
+            self._live(merchant_id, sub)
+        if sub.resync_when_ready:
             sub.resync_when_ready = False
-            self._on_resync([target[0]])
+            self._on_resync([merchant_id])
+
+    def _live(self, merchant_id: str, sub: Subscription) -> None:
+        """Every channel of `sub` acknowledged: the hub holds the merchant from here.
+
+        Not earlier: messages read between a SUBSCRIBE and its acknowledgement are
+        those of an earlier subscription being undone (linger 0: UNSUBSCRIBE, then
+        SUBSCRIBE again), and what was published between the two reached nobody;
+        a ring begun with them would bridge that gap.
+        """
+        self._hub.open(merchant_id)
+        sub.ready.set_result(None)
 
     # -- links -------------------------------------------------------------
 
@@ -234,7 +247,7 @@ class RedisBroker(ClusterPlacement):
             sub = self._subs[merchant_id]
             sub.pending.clear()
             if not sub.ready.done():
-                sub.ready.set_result(None)
+                self._live(merchant_id, sub)
         self._on_resync(merchants)
         if self._cluster is not None:
             self._topology_changed.set()  # a failover may have happened meanwhile
