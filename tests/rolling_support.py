@@ -37,6 +37,7 @@ class Follower:
     errors: list[str] = field(default_factory=list)
     resyncs: int = 0
     shutdowns: list[float] = field(default_factory=list)  # when `event: shutdown` came
+    shutdown_retries: list[int] = field(default_factory=list)  # the `retry:` each announced
     opened: list[float] = field(default_factory=list)  # when each 200 came
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -84,6 +85,7 @@ class Follower:
             self.resyncs += 1
         elif event == "shutdown":
             self.shutdowns.append(time.monotonic())
+            self.shutdown_retries.append(self.retry_ms)  # the frame's retry: field came first
 
 
 def upstream_conf(nginx_port: int, gateway_ports: list[int]) -> str:

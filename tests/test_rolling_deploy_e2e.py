@@ -16,8 +16,8 @@ by nginx's consistent hash on `shop`) follow durable events that a backend
 publishes throughout with the Python library (gateway.publisher). Asserted:
 every client got every acknowledged event of its merchant exactly once, in
 order; no client saw a non-200 answer, a connection error or `resync`; every
-old gateway exited 0; and each drained gateway's reconnects spread over its
-drain window (histogram printed). Wall time about 40 s.
+old gateway exited 0; and each drained gateway announced reconnection times
+(`retry:`) spread over its drain window (its clients' reconnects: histogram printed). Wall time about 40 s.
 """
 
 from __future__ import annotations
@@ -159,7 +159,13 @@ async def test_rolling_restart_of_three_gateways_loses_and_duplicates_nothing(
         print(f"gateway {k}: exit {exited - sigterm:.1f}s after SIGTERM, {len(offsets)} "
               f"streams drained; their reconnects, seconds after SIGTERM:\n{histogram(offsets)}")
         assert offsets, f"gateway {k} drained no stream"
-        if len(offsets) >= 40:  # spread over the window, not one storm
-            assert max(offsets) - min(offsets) >= DRAIN_S / 2, offsets
-            biggest = max(sum(1 for x in offsets if int(x * 2) == b) for b in range(20))
-            assert biggest <= 0.35 * len(offsets), histogram(offsets)
+        assert max(offsets) - min(offsets) >= DRAIN_S / 2, offsets  # not one storm
+        # the gateway's part of the spread is the `retry:` it announced; when the
+        # clients come back also depends on how loaded this machine is (printed above)
+        retries = [retry / 1000 for f in followers
+                   for s, retry in zip(f.shutdowns, f.shutdown_retries, strict=True)
+                   if sigterm <= s <= exited]
+        if len(retries) >= 40:
+            assert max(retries) - min(retries) >= DRAIN_S / 2, retries
+            biggest = max(sum(1 for x in retries if int(x * 2) == b) for b in range(20))
+            assert biggest <= 0.35 * len(retries), histogram(retries)
