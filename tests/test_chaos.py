@@ -265,10 +265,9 @@ SHORT_SEED = 35  # its plan: Redis restarted without persistence, a worker SIGKI
 # a gateway behind nginx SIGTERMed and restarted, Redis frozen, nginx reloaded; six
 # storms whose herds leave a process reading Redis on time for gw-2, lagging meanwhile
 SHORT_DURATION = 32.0
-# Storms of at most 60 events keep tabs' ids inside the 100-event history: bigger
-# ones trim ids while a tab reconnects and meet an open gateway issue (events
-# queued during a failed replay go out before its resync: `late_resync`, README
-# "Delivery under faults"), which `make chaos` (up to 200) shows.
+# Storms of at most 60 events keep tabs' ids inside the 100-event history, so the
+# storms test the replay race; `make chaos` storms (up to 200) also trim ids while
+# tabs reconnect (what `late_resync` caught until 9b843a7).
 SHORT_BURST_MAX = 60
 
 
@@ -292,3 +291,25 @@ async def test_short_seeded_chaos_run_shows_no_anomaly() -> None:
     assert sum(s.jumped for s in result.storms if s.plan.lag) >= 10, result.storms
     assert not result.anomalies, json.dumps(json.loads(report.read_text())["anomalies"][:3],
                                             indent=1)[:8000]
+
+
+def test_the_record_shows_runs_and_broken_builds_as_they_were_written() -> None:
+    from tools.chaos.record import markdown
+
+    base = {"command": "python -m tools.chaos --seed 1 --duration 1800", "profile": "single",
+            "duration_s": 1800.0, "clients": 120, "sessions": 31847, "commit": "abc1234",
+            "events": {"published": 170655, "durable_acked": 143821},
+            "faults": {"gw_kill": 40, "redis_freeze": 41},
+            "resyncs": {"resync:history_gap": 3187}, "anomaly_kinds": {}, "anomalies": 0,
+            "summary": "chaos: seed 1, 170655 events, 120 clients, 81 faults, 0 anomalies",
+            "gateway_diff": ""}
+    broken = {**base, "duration_s": 32.0, "anomaly_kinds": {"duplicate": 918},
+              "anomalies": 918, "summary": "chaos: seed 35, 2519 events, 918 anomalies",
+              "gateway_diff": "--- a/gateway/stream.py\n+++ b/gateway/stream.py\n"
+                              "-        queued = newer(q, last)\n+        queued = list(q)\n"}
+    text = markdown([base, broken])
+    assert "| single | 30 min | 170,655 (143,821) | 120, 31,847 | 81: 40 gw_kill, " \
+           "41 redis_freeze | 3,187 history_gap | **0** | abc1234 |" in text, text
+    assert "`queued = newer(q, last)` → `queued = list(q)`" in text
+    assert "(918 duplicate; exit 1)" in text
+    assert text.count("| single |") == 1  # a broken build is never a row of the table
