@@ -83,11 +83,16 @@ def _faults(r: dict[str, Any]) -> str:
 
 
 def _changed_line(diff: str) -> str:
-    """The broken build's change, as `- old` → `+ new` code."""
+    """The broken build's change, as `old` → `new` code in `file`."""
     lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
     old = " ".join(ln[1:].strip() for ln in lines if ln.startswith("-"))
     new = " ".join(ln[1:].strip() for ln in lines if ln.startswith("+"))
-    return f"`{old}` → `{new}`"
+    files = ", ".join(f"`{ln[6:]}`" for ln in diff.splitlines() if ln.startswith("+++ b/"))
+    return f"`{old}` → `{new}` in {files}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -100,7 +105,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in clean:
         e = r["events"]
         resyncs = ", ".join(f"{n:,} {k.split(':')[1]}" for k, n in sorted(r["resyncs"].items()))
-        out.append(f"| {r['profile']} | {r['duration_s'] / 60:g} min | {e['published']:,} "
+        out.append(f"| {r['profile']} | {_duration(r['duration_s'])} | {e['published']:,} "
                    f"({e['durable_acked']:,}) | {r['clients']}, {r['sessions']:,} | "
                    f"{sum(r['faults'].values())}: {_faults(r)} | {resyncs} | "
                    f"**{r['anomalies']}** | {r['commit']} |")
@@ -110,7 +115,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     "fail them):", ""]
         for r in broken:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["anomaly_kinds"].items()))
-            out.append(f"- {_changed_line(r['gateway_diff'])} in `gateway/stream.py`: "
+            out.append(f"- {_changed_line(r['gateway_diff'])}: "
                        f"`{r['summary']}` ({kinds}; exit 1)")
     return "\n".join(out) + "\n"
 
