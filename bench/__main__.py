@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.gateway_src import rerun_under
 from bench.report import ok, table
-from bench.systems import make_tmp, parse_system, use_gateway_src
+from bench.systems import make_tmp, parse_system
 from bench.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,14 +106,16 @@ def print_durable_ratio(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    code = rerun_under(args.gateway_src, "bench", argv)  # --gateway-src: a child measures
+    if code is not None:
+        return code
     hard = raise_nofile()
     if hard < args.streams / args.procs + 1000:
         print(f"warning: RLIMIT_NOFILE {hard} is low for {args.streams} streams in {args.procs} "
               "client process(es); use --procs", file=sys.stderr)
     tmp = make_tmp()
-    if args.gateway_src:
-        print(f"gateway from {use_gateway_src(args.gateway_src, tmp)}", file=sys.stderr)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     try:
         rows, best = run_trials(args, tmp)

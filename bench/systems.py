@@ -15,37 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from bench.gateway_src import gateway_src
 from bench.nchan import NCHAN_MODULE, render_conf
 from tools.gateway import GatewayServer
 from tools.services import NginxServer, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SRC_ENV = "BENCH_GATEWAY_SRC"
-
-
-def gateway_src() -> Path:
-    """Where the gateway under test is imported from: $BENCH_GATEWAY_SRC or this checkout."""
-    return Path(os.environ.get(SRC_ENV) or ROOT)
-
-
-def use_gateway_src(spec: str, tmp: Path) -> Path:
-    """``--gateway-src``: a directory, or a git revision exported with ``git archive``.
-
-    A revision (e.g. ``HEAD``) measures committed code while the working tree is
-    being edited; nothing in the repository is changed. Sets $BENCH_GATEWAY_SRC
-    and puts the source first on ``sys.path`` for in-process imports.
-    """
-    src = Path(spec)
-    if not src.is_dir():
-        src = tmp / "gateway-src"
-        src.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", spec, "gateway", "config"],
-                                 check=True, capture_output=True, timeout=60).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True, timeout=60)
-    os.environ[SRC_ENV] = str(src.resolve())
-    sys.path.insert(0, str(src.resolve()))
-    return src
 
 
 def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 from bench.__main__ import raise_nofile, start_postgres
+from bench.gateway_src import rerun_under
 from bench.redis_costs import measure_redis
 from bench.report import cluster_costs
-from bench.systems import make_tmp, use_gateway_src
+from bench.systems import make_tmp
 from bench.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +177,7 @@ def measure_multiworker(tmp: Path, pg, worker_kb: float, idle_s: float) -> tuple
         sysobj.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.unitcosts",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--streams", type=int, default=4000, help="N streams per trial [4000]")
@@ -192,31 +193,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--publish-copy", action="store_true",
                    help="also write docs/bench/unit-costs.json")
-    a = p.parse_args(argv)
-    raise_nofile()
+    return p.parse_args(argv)
+
+
+def run_trials(a: argparse.Namespace, tmp: Path, pg) -> list[dict] | None:
+    """Trials A, B, C, ``--repeat`` times in alternating order; None if one failed."""
     n, mb = a.streams, max(1, a.streams // a.fanout)
-    tmp = make_tmp()
-    if a.gateway_src:
-        print(f"gateway from {use_gateway_src(a.gateway_src, tmp)}", file=sys.stderr)
-    pg = start_postgres(n)
     rows: list[dict] = []
     plan = [(n, a.rate_a), (mb, a.rate_b), (n, a.rate_c)]
     plan = [x for i in range(a.repeat) for x in (plan if i % 2 == 0 else plan[::-1])]
+    for m, rate in plan:
+        trial = run_trial("gateway1", n, m, [rate], a.duration, 5, tmp, pg, idle_s=a.idle,
+                          trial_no=len(rows) + 1, payload=a.payload)
+        if "error" in trial[0]:
+            print(json.dumps(trial[0], indent=1), file=sys.stderr)
+            return None
+        rows.append(trial[0])
+        print(f"  trial M={m} R={rate:g}: {trial[0]['delivered_pct']}% "
+              f"srv={trial[0]['server_cpu_pct']}%", file=sys.stderr, flush=True)
+    return rows
+
+
+def measure(a: argparse.Namespace) -> tuple[list[dict], dict, dict] | None:
+    """The trial rows, the unit costs and the Redis figures; None if a trial failed."""
+    tmp = make_tmp()
+    pg = start_postgres(a.streams)
     try:
-        for m, rate in plan:
-            trial = run_trial("gateway1", n, m, [rate], a.duration, 5, tmp, pg, idle_s=a.idle,
-                              trial_no=len(rows) + 1, payload=a.payload)
-            if "error" in trial[0]:
-                print(json.dumps(trial[0], indent=1), file=sys.stderr)
-                return 1
-            rows.append(trial[0])
-            print(f"  trial M={m} R={rate:g}: {trial[0]['delivered_pct']}% "
-                  f"srv={trial[0]['server_cpu_pct']}%", file=sys.stderr, flush=True)
+        rows = run_trials(a, tmp, pg)
+        if rows is None:
+            return None
         supervisor_kb, idle_proc = measure_multiworker(tmp, pg, rows[0]["server_mem0_kb"],
                                                        max(a.idle * 2, 5))
         pg.stop()
         pg = None
-        redis = measure_redis()  # imports gateway.broker from the source under test
+        redis = measure_redis()  # imports gateway.durable from the source under test
         costs = derive(mean_row([r for r in rows if r["rate"] == a.rate_a]),
                        mean_row([r for r in rows if r["rate"] == a.rate_b]),
                        mean_row([r for r in rows if r["rate"] == a.rate_c]), redis)
@@ -229,10 +239,23 @@ def main(argv: list[str] | None = None) -> int:
     costs["cpu_idle_per_process"] = {"value": round(idle_proc, 4), "unit": "cores",
                                      "how": "idle gateway2 (no streams): CPU of the process "
                                      "tree / 2 (timers, canary, metrics files, supervisor)"}
+    return rows, costs, redis
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    code = rerun_under(a.gateway_src, "bench.unitcosts", argv)  # --gateway-src: a child measures
+    if code is not None:
+        return code
+    raise_nofile()
+    measured = measure(a)
+    if measured is None:
+        return 1
+    rows, costs, redis = measured
     result = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bench.unitcosts " + " ".join(argv if argv is not None
-                                                          else sys.argv[1:]),
+        "command": "python -m bench.unitcosts " + " ".join(argv),
         "gateway": git_describe(a.gateway_src),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "system": platform.platform()},
