@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import hist, procstat
@@ -134,7 +135,7 @@ def run_storm(a: argparse.Namespace) -> dict:
     out: dict = {"streams": a.streams, "merchants": a.merchants, "missed": a.missed,
                  "workers": a.workers, "query_timeout": a.query_timeout or "default"}
     gws: list[Gateway] = []
-    client: ClientProc | None = None
+    clients: list[ClientProc] = []
     try:
         from tools.services import free_port
 
@@ -146,53 +147,11 @@ def run_storm(a: argparse.Namespace) -> dict:
             gws.append(gw)
             return gw
 
-        first = gateway("storm-a")
-        first.start()
-        client = ClientProc(["--port", str(port), "--streams", str(a.streams),
-                             "--merchants", str(a.merchants), "--missed", str(a.missed)])
-        opened = client.ask("open")
-        out["open_s"] = opened["open_s"]
-        if opened["ready"] != a.streams:
-            raise RuntimeError(f"only {opened['ready']} of {a.streams} streams opened")
-        publish_round(redis.url, a.merchants, 1)
-        seeded = client.ask("expect 1")
-        if seeded["complete"] != a.streams:
-            raise RuntimeError(f"seed event reached {seeded['complete']} of {a.streams} streams")
-        first.stop()
-        out["publish_missed_s"] = round(publish_round(redis.url, a.merchants, a.missed), 2)
-        xrange_before = command_calls(redis.url, "xrange")
-        second = gateway("storm-b")
-        restart_ns, t0 = time.time_ns(), time.monotonic()
-        second.start()
-        out["ready_after_s"] = round(time.monotonic() - t0, 2)
-        client.ask(f"reconnect {restart_ns}")
-        gw_pids = procstat.tree(second.root_pid)
-        replayed = client.ask(f"expect {1 + a.missed}")
-        out["replay_wall_s"] = round(time.monotonic() - t0, 2)
-        out["gateway_cpu_s"] = round(procstat.cpu_seconds(gw_pids), 2)  # since its start
-        live_t0 = time.monotonic()
-        publish_round(redis.url, a.merchants, 1)
-        live = client.ask(f"expect {2 + a.missed}")
-        out["live_after_publish_s"] = round(time.monotonic() - live_t0, 2)
-        lat = hist.summary(hist.merge([replayed["replay_hist"]]), replayed["replay_max_ns"])
-        samples = gateway_samples(port)
-        out.update(
-            replayed_streams=replayed["complete"], live_streams=live["complete"],
-            replay_p50_s=round(lat.get("p50_ms", 0) / 1e3, 2),
-            replay_p99_s=round(lat.get("p99_ms", 0) / 1e3, 2),
-            replay_max_s=round(lat.get("max_ms", 0) / 1e3, 2),
-            resyncs=live["counts"].get("resync", 0),
-            out_of_order=live["counts"].get("out_of_order", 0),
-            refused=sum(v for k, v in live["counts"].items() if k.startswith("status_")),
-            client_cpu_s=live["client_cpu_s"],
-            history_reads_redis=command_calls(redis.url, "xrange") - xrange_before,
-            history_reads_gateway=samples.get("gateway_history_reads_total", 0),
-            replayed_from_redis=samples.get(REPLAYED_REDIS, 0),
-        )
+        storm(a, redis.url, port, gateway, clients, out)
     except Exception as e:  # reported, not raised: the bench prints what it has
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
-        if client is not None:
+        for client in clients:
             client.close()
         for gw in gws:
             gw.stop()
@@ -200,14 +159,74 @@ def run_storm(a: argparse.Namespace) -> dict:
         pg.stop()
         log = tmp / "storm-b.log"
         if log.exists():  # what the restarted gateway warned about, once per kind
-            seen: dict[str, None] = {}
-            for line in log.read_text(errors="replace").splitlines():
-                if " WARNING " in line or " ERROR " in line:
-                    kind = re.sub(r"merchant=\S+", "merchant=...", line.split(" ", 3)[-1])
-                    seen.setdefault(kind[:160])
-            out["log_warnings"] = list(seen)[:10]
+            out["log_warnings"] = warnings_once(log)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def storm(a: argparse.Namespace, redis_url: str, port: int,
+          gateway: Callable[[str], Gateway], clients: list[ClientProc], out: dict) -> None:
+    """Open and seed every stream, stop the gateway, publish what they miss, restart, replay."""
+    first = gateway("storm-a")
+    first.start()
+    client = ClientProc(["--port", str(port), "--streams", str(a.streams),
+                         "--merchants", str(a.merchants), "--missed", str(a.missed)])
+    clients.append(client)
+    opened = client.ask("open")
+    out["open_s"] = opened["open_s"]
+    if opened["ready"] != a.streams:
+        raise RuntimeError(f"only {opened['ready']} of {a.streams} streams opened")
+    publish_round(redis_url, a.merchants, 1)
+    seeded = client.ask("expect 1")
+    if seeded["complete"] != a.streams:
+        raise RuntimeError(f"seed event reached {seeded['complete']} of {a.streams} streams")
+    first.stop()
+    out["publish_missed_s"] = round(publish_round(redis_url, a.merchants, a.missed), 2)
+    xrange_before = command_calls(redis_url, "xrange")
+    second = gateway("storm-b")
+    restart_ns, t0 = time.time_ns(), time.monotonic()
+    second.start()
+    out["ready_after_s"] = round(time.monotonic() - t0, 2)
+    client.ask(f"reconnect {restart_ns}")
+    gw_pids = procstat.tree(second.root_pid)
+    replayed = client.ask(f"expect {1 + a.missed}")
+    out["replay_wall_s"] = round(time.monotonic() - t0, 2)
+    out["gateway_cpu_s"] = round(procstat.cpu_seconds(gw_pids), 2)  # since its start
+    live_t0 = time.monotonic()
+    publish_round(redis_url, a.merchants, 1)
+    live = client.ask(f"expect {2 + a.missed}")
+    out["live_after_publish_s"] = round(time.monotonic() - live_t0, 2)
+    out.update(replay_figures(replayed, live, port, redis_url, xrange_before))
+
+
+def replay_figures(replayed: dict, live: dict, port: int, redis_url: str,
+                   xrange_before: int) -> dict:
+    """Replay latency, what the streams counted, history reads (Redis, gateway metrics)."""
+    lat = hist.summary(hist.merge([replayed["replay_hist"]]), replayed["replay_max_ns"])
+    samples = gateway_samples(port)
+    return dict(
+        replayed_streams=replayed["complete"], live_streams=live["complete"],
+        replay_p50_s=round(lat.get("p50_ms", 0) / 1e3, 2),
+        replay_p99_s=round(lat.get("p99_ms", 0) / 1e3, 2),
+        replay_max_s=round(lat.get("max_ms", 0) / 1e3, 2),
+        resyncs=live["counts"].get("resync", 0),
+        out_of_order=live["counts"].get("out_of_order", 0),
+        refused=sum(v for k, v in live["counts"].items() if k.startswith("status_")),
+        client_cpu_s=live["client_cpu_s"],
+        history_reads_redis=command_calls(redis_url, "xrange") - xrange_before,
+        history_reads_gateway=samples.get("gateway_history_reads_total", 0),
+        replayed_from_redis=samples.get(REPLAYED_REDIS, 0),
+    )
+
+
+def warnings_once(log: Path) -> list[str]:
+    """The WARNING and ERROR lines of a gateway log, once per kind (merchant ids folded)."""
+    seen: dict[str, None] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if " WARNING " in line or " ERROR " in line:
+            kind = re.sub(r"merchant=\S+", "merchant=...", line.split(" ", 3)[-1])
+            seen.setdefault(kind[:160])
+    return list(seen)[:10]
 
 
 def passed(r: dict) -> bool:
