@@ -23,15 +23,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.logs import redact_url
 from tools.edge import start_tls_edge
 from tools.gateway import GatewayServer
 from tools.local_port import port_problem, probe_host, served_by_tree
 from tools.run_banner import DEMO_MERCHANT, DEMO_SHOP, elapsed_text, not_ready, usage
-from tools.run_config import fail, load_run_settings, run_config
+from tools.run_config import RunSettings, fail, load_run_settings, run_config
 from tools.services import PostgresServer, RedisServer, ServiceError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,13 @@ class _Service(Protocol):
     def pid(self) -> Any: ...
 
     def stop(self) -> None: ...
+
+
+class _Startable(_Service, Protocol):
+    def start(self) -> Any: ...
+
+
+_S = TypeVar("_S", bound=_Startable)
 
 
 def wait_live(proc: subprocess.Popen[bytes], host: str, port: int, stop: threading.Event,
@@ -145,31 +153,38 @@ def start_services(env: dict[str, str], services: list[_Service], cluster: bool,
         from tools.cluster import RedisCluster
 
         print("run: starting a local Redis Cluster (3 primaries + 3 replicas) ...", flush=True)
-        nodes = RedisCluster()
-        services.append(nodes)
-        nodes.start()
-        env["REDIS_URL"] = nodes.url
-        _check(stop)
+        env["REDIS_URL"] = _start(RedisCluster(), services, stop).url
     else:
         print("run: starting a local Redis ...", flush=True)
-        redis = RedisServer()
-        services.append(redis)
-        redis.start()
-        env["REDIS_URL"] = redis.url
-        _check(stop)
+        env["REDIS_URL"] = _start(RedisServer(), services, stop).url
     if env.get("DATABASE_URL"):
         print(f"run: using DATABASE_URL={redact_url(env['DATABASE_URL'])} (not seeded)")
         return False
     print("run: starting a local PostgreSQL ...", flush=True)
-    pg = PostgresServer()
-    services.append(pg)
-    pg.start()
-    _check(stop)
+    pg = _start(PostgresServer(), services, stop)
     pg.apply_schema(SCHEMA)
     pg.add_merchant(DEMO_MERCHANT, DEMO_SHOP)
     env["DATABASE_URL"] = pg.dsn
     print(f"run: seeded merchant {DEMO_MERCHANT} for {DEMO_SHOP}")
     return True
+
+
+def _start(service: _S, services: list[_Service], stop: threading.Event) -> _S:
+    """Start ``service`` (listed first, so that it is stopped whatever happens)."""
+    services.append(service)
+    service.start()
+    _check(stop)
+    return service
+
+
+@dataclass
+class _Started:
+    """What main() stops at the end: the gateway first, then the services, newest first."""
+
+    services: list[_Service] = field(default_factory=list)
+    gateway: GatewayServer | None = None
+    log_thread: threading.Thread | None = None
+    log_done: threading.Event = field(default_factory=threading.Event)
 
 
 def main() -> int:
@@ -185,51 +200,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     settings = load_run_settings(CONFIG, os.environ)
-    host, port = settings.host, settings.port
-    check_port(host, port)  # before anything starts: nothing to clean up
-    services: list[_Service] = []
-    gateway: GatewayServer | None = None
-    log_done = threading.Event()
-    log_thread: threading.Thread | None = None
-    env = dict(os.environ)
+    check_port(settings.host, settings.port)  # before anything starts: nothing to clean up
+    started = _Started()
     rc = 0
     try:
-        seeded = start_services(env, services, settings.cluster, stop)
-        if stop.is_set():
-            raise Interrupted
-        check_port(host, port)  # again: the services took a moment
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env.pop("GATEWAY_CONFIG", None)  # --config names the run's copy
-        # own session (Ctrl-C reaches only us; we stop it by PID), log to a file we follow
-        gateway = GatewayServer(run_config(settings.raw, port), env, cwd=REPO_ROOT)
-        gateway.spawn()
-        assert gateway.proc is not None
-        log_thread = follow(gateway.log_path, log_done)
-        problem = wait_live(gateway.proc, host, port, stop)
-        if problem is not None:
-            if stop.is_set():
-                raise Interrupted
-            print(f"run: the gateway did not start: {problem}", file=sys.stderr)
-            return 1
-        base = f"http://{_url_host(host)}:{port}"
-        elapsed = elapsed_text(time.monotonic() - t0, os.environ, time.time())
-        problem = not_ready(base)
-        print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed, problem), flush=True)
-        if os.environ.get("TLS") == "1":  # make run TLS=1: the shipped TLS + HTTP/2 edge
-            edge = start_tls_edge(port)
-            services.append(edge)
-            print(
-                f"run: HTTPS + HTTP/2 edge (config/nginx-tls.conf, self-signed certificate):\n"
-                f"  {edge.https_url}/demo/  and  curl -k -N "
-                f"'{edge.https_url}{settings.path}?shop=demo.myshopify.com'",
-                flush=True,
-            )
-        while not stop.is_set():
-            if (code := gateway.returncode) is not None:
-                print(f"run: gateway exited with {code}", file=sys.stderr)
-                rc = code or 1
-                break
-            stop.wait(0.5)
+        rc = _run(settings, started, stop, t0)
     except Interrupted:
         print("\nrun: interrupted while starting", file=sys.stderr, flush=True)
     except ServiceError as e:
@@ -241,20 +216,68 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if gateway is not None:
-            if gateway.running:
-                print("\nrun: stopping the gateway ...", flush=True)
-            stop_gateway(gateway, settings.shutdown_timeout + 5)
-            log_done.set()
-            if log_thread is not None:
-                log_thread.join(5)
-        for svc in reversed(services):
-            name, pid = getattr(svc, "name", "service"), getattr(svc, "pid", "?")
-            print(f"run: stopping {name} (pid {pid}) ...", flush=True)
-            with contextlib.suppress(Exception):
-                svc.stop()
-        print("run: stopped.", flush=True)
+        _stop_all(started, settings.shutdown_timeout + 5)
     return 130 if received and rc == 0 and received[0] == signal.SIGINT else rc
+
+
+def _run(settings: RunSettings, started: _Started, stop: threading.Event, t0: float) -> int:
+    """Services, then the gateway, the banner, the TLS edge if asked; its exit code."""
+    host, port = settings.host, settings.port
+    env = dict(os.environ)
+    seeded = start_services(env, started.services, settings.cluster, stop)
+    if stop.is_set():
+        raise Interrupted
+    check_port(host, port)  # again: the services took a moment
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop("GATEWAY_CONFIG", None)  # --config names the run's copy
+    # own session (Ctrl-C reaches only us; we stop it by PID), log to a file we follow
+    gateway = started.gateway = GatewayServer(run_config(settings.raw, port), env, cwd=REPO_ROOT)
+    gateway.spawn()
+    assert gateway.proc is not None
+    started.log_thread = follow(gateway.log_path, started.log_done)
+    problem = wait_live(gateway.proc, host, port, stop)
+    if problem is not None:
+        if stop.is_set():
+            raise Interrupted
+        print(f"run: the gateway did not start: {problem}", file=sys.stderr)
+        return 1
+    base = f"http://{_url_host(host)}:{port}"
+    elapsed = elapsed_text(time.monotonic() - t0, os.environ, time.time())
+    problem = not_ready(base)
+    print(usage(gateway.proc.pid, base, settings, env, seeded, elapsed, problem), flush=True)
+    if os.environ.get("TLS") == "1":  # make run TLS=1: the shipped TLS + HTTP/2 edge
+        edge = start_tls_edge(port)
+        started.services.append(edge)
+        print(
+            f"run: HTTPS + HTTP/2 edge (config/nginx-tls.conf, self-signed certificate):\n"
+            f"  {edge.https_url}/demo/  and  curl -k -N "
+            f"'{edge.https_url}{settings.path}?shop=demo.myshopify.com'",
+            flush=True,
+        )
+    while not stop.is_set():
+        if (code := gateway.returncode) is not None:
+            print(f"run: gateway exited with {code}", file=sys.stderr)
+            return code or 1
+        stop.wait(0.5)
+    return 0
+
+
+def _stop_all(started: _Started, gateway_timeout: float) -> None:
+    """Stop the gateway (by PID), then every service, newest first."""
+    gateway = started.gateway
+    if gateway is not None:
+        if gateway.running:
+            print("\nrun: stopping the gateway ...", flush=True)
+        stop_gateway(gateway, gateway_timeout)
+        started.log_done.set()
+        if started.log_thread is not None:
+            started.log_thread.join(5)
+    for svc in reversed(started.services):
+        name, pid = getattr(svc, "name", "service"), getattr(svc, "pid", "?")
+        print(f"run: stopping {name} (pid {pid}) ...", flush=True)
+        with contextlib.suppress(Exception):
+            svc.stop()
+    print("run: stopped.", flush=True)
 
 
 if __name__ == "__main__":
