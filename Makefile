@@ -63,7 +63,7 @@ run: deps-run $(RUN_STAMP)
 # The container image with podman, all its state under .run/podman (docs/deploy.md)
 image:
 	@bash tools/bootstrap.sh image
-	$(PYTHON) tools/image.py build
+	$(PYTHON) -m tools.image build
 
 bench: deps venv
 	@case "$(MODE)" in \
@@ -93,7 +93,7 @@ chaos: deps venv
 	  --clients $(CLIENTS) --herd $(HERD) --burst-max $(BURST_MAX)
 
 clean:
-	-@test ! -d .run/podman || $(PYTHON) tools/image.py clean
+	-@test ! -d .run/podman || $(PYTHON) -m tools.image clean
 	rm -rf build .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
