@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError, ResponseError
 from support import unique_merchant, wait_for
 
 from gateway.durable.history import DurableHistory
@@ -16,9 +17,10 @@ from gateway.durable.ids import (
     DurableId,
     encode_envelope,
     history_keys,
+    idempotency_key,
     parse_envelope,
 )
-from gateway.durable.publisher import SCRIPT_SHA
+from gateway.durable.publisher import SCRIPT_SHA, AsyncPublisher, Outcome, Publication
 from tools.services import RedisServer
 
 
@@ -171,6 +173,72 @@ async def test_history_zero_keeps_nothing_but_still_numbers(client: aioredis.Red
     assert ids[2] is not None and ids[1] is not None
     assert await read_after(history, mid, ids[2]) == []
     assert await read_after(history, mid, ids[1]) is None
+
+
+def job_event(mid: str, key: str, event: str = "progress") -> Publication:
+    return Publication(mid, event, b'{"jobId":"j"}', "j", None, key)
+
+
+async def test_a_refused_keyed_publish_leaves_its_key_unused(client: aioredis.Redis) -> None:
+    """The key is checked and recorded by the script's first write (SET NX GET): a
+    refusal before or after it leaves no key behind, and a used key answers first."""
+    mid, _ = unique_merchant("dh")
+    publisher = AsyncPublisher(client)
+    stream, meta = history_keys(mid)
+    first = await publisher.send(job_event(mid, "used"))
+    # a key of the wrong type: refused with WRONGTYPE, for a new event and a stale one
+    await client.hset(idempotency_key(mid, "odd"), "a", "b")
+    for event in ("progress", "completion"):
+        with pytest.raises(ResponseError, match=r"^WRONGTYPE publish\.lua: .* is a hash"):
+            await publisher.send(job_event(mid, "odd", event))
+    assert first.id is not None
+    assert await client.hgetall(meta) == {b"epoch": first.id.split(":")[0].encode(),
+                                          b"offset": b"1"}
+    # the stream already holds the next id (not written by the script): refused after
+    # the key was recorded, so the script takes the key back
+    await client.xadd(stream, {"e": "x"}, id="0-50")
+    with pytest.raises(ResponseError, match="equal or smaller"):
+        await publisher.send(job_event(mid, "new"))
+    assert await client.exists(idempotency_key(mid, "new")) == 0
+    assert await publisher.send(job_event(mid, "used")) == Outcome(first.id, duplicate=True)
+    await client.delete(stream)
+    second = await publisher.send(job_event(mid, "new"))
+    assert second.id is not None and not second.duplicate
+    assert await client.get(idempotency_key(mid, "new")) == second.id.encode()
+    assert 590 <= await client.ttl(idempotency_key(mid, "new")) <= 600
+
+
+async def test_over_maxmemory_a_used_key_answers_and_a_new_one_writes_nothing(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    redis = redis_factory()
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        mid, _ = unique_merchant("dh")
+        publisher = AsyncPublisher(client)
+        first = await publisher.send(job_event(mid, "used"))
+        stale = await publisher.send(Publication(mid, "completion", b"{}", "done", None, "s1"))
+        assert stale.id is not None  # job "done" ended: its next event is stale
+        await client.set("ballast", b"b" * (4 << 20))
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", str(used - (1 << 20)))
+        await client.config_set("maxmemory-policy", "noeviction")
+        keys = sorted(await client.keys("*"))
+        state = [await client.dump(k) for k in keys]
+        for publication in (job_event(mid, "new"), job_event(mid, "new", "completion"),
+                            Publication(mid, "progress", b"{}", "done", None, "s2"),
+                            Publication(unique_merchant("dh")[0], "stage", b"x", None, None, "k")):
+            with pytest.raises(OutOfMemoryError):
+                await publisher.send(publication)
+        assert await publisher.send(job_event(mid, "used")) == Outcome(first.id, duplicate=True)
+        assert sorted(await client.keys("*")) == keys
+        assert [await client.dump(k) for k in keys] == state, "a refused publish wrote"
+        await client.config_set("maxmemory", "0")
+        assert (await publisher.send(job_event(mid, "new"))).id is not None
+        assert await publisher.send(Publication(mid, "progress", b"{}", "done", None, "s2")) \
+            == Outcome(None, stale=True)
+    finally:
+        await client.aclose()
 
 
 async def test_concurrent_publishers_never_share_an_id(redis_server: RedisServer) -> None:

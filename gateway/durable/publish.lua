@@ -24,7 +24,10 @@
 -- first answer (an id or "!stale") when KEYS[5] was already used.
 -- Refused (an error reply, nothing written or published): over maxmemory (OOM),
 -- a key of another type (WRONGTYPE), a meta hash or stream not written by it (ERR).
+-- A key already used answers "!dup:" before any of these but a wrong type of the
+-- other keys, as when its check came first.
 -- Deterministic (no TIME, no random): fit for replication and managed Redis.
+-- Needs Redis >= 7.0 (SET with both NX and GET).
 
 local history, meta, jobs, jobids, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, ttl, command = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[7]
@@ -48,6 +51,10 @@ end
 -- the first write is a command Redis checks against maxmemory (HSET, XADD or
 -- SET, never DEL): Redis checks a flagless script for OOM only until its first
 -- write, so over maxmemory the script is refused before it writes anything.
+-- With an idempotency key that first write is one SET ... NX GET: it checks the
+-- key and records this publish's answer (its id, or "!stale") at once. Then the
+-- only check left after it, the stream's last id (XADD's own), undoes that SET
+-- when it refuses: the key did not exist before (NX), so nothing is left.
 local function wrongtype(key, want)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' and kind ~= want then
@@ -55,12 +62,27 @@ local function wrongtype(key, want)
   end
 end
 local refused = wrongtype(meta, 'hash') or wrongtype(history, 'stream')
-  or wrongtype(jobs, 'hash') or wrongtype(jobids, 'zset') or (idem and wrongtype(idem, 'string'))
+  or wrongtype(jobs, 'hash') or wrongtype(jobids, 'zset')
 if refused then return refused end
 
-if idem then
-  local first = redis.call('GET', idem)
-  if first then return '!dup:' .. first end
+-- A refusal found from here on: a used idempotency key answers first (its answer,
+-- or its wrong type), as when the key was checked before everything else.
+local function refuse(err)
+  if idem then
+    local first = redis.pcall('GET', idem)
+    if type(first) == 'string' then return '!dup:' .. first end
+    if type(first) == 'table' then return wrongtype(idem, 'string') or first end
+  end
+  return err
+end
+
+-- Records `answer` for the idempotency key unless it is used; nil when recorded,
+-- else what to return: "!dup:" and the first answer, or the refusal (nothing
+-- written: WRONGTYPE, or OOM as the first write; a used key still answers then).
+local function remember(answer)
+  local first = redis.pcall('SET', idem, answer, 'NX', 'GET', 'EX', idem_ttl)
+  if type(first) == 'string' then return '!dup:' .. first end
+  if type(first) == 'table' then return refuse(first) end
 end
 
 local epoch, offset = unpack(redis.call('HMGET', meta, 'epoch', 'offset'))
@@ -69,14 +91,15 @@ if fresh then
   epoch, offset = ARGV[6], '1'  -- a new history: whatever an earlier one left is not part of it
 else
   if not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
-    return redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch')
+    return refuse(redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch'))
   end
   if offset and (not string.match(offset, '^[0-9]+$') or #offset > 15) then
-    return redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed offset')
+    return refuse(redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed offset'))
   end
   offset = string.format('%d', (tonumber(offset) or 0) + 1)
 end
 local entry = '0-' .. offset
+local id = epoch .. ':' .. offset
 
 -- A job's record: "ID\nSEQ\nENDED\nEVENT\nPAYLOAD" (SEQ '' when never given).
 local recorded_seq = ''
@@ -87,10 +110,14 @@ if job ~= '' and not fresh then
     recorded_seq = rseq or ''
     if ended == '1' or (seq ~= '' and recorded_seq ~= ''
         and tonumber(recorded_seq) >= tonumber(seq)) then
-      if idem then redis.call('SET', idem, '!stale', 'EX', idem_ttl) end  -- OOM-checked
-      return '!stale'
+      return idem and remember('!stale') or '!stale'  -- a stale key answers stale again
     end
   end
+end
+
+if idem then  -- first write: OOM-checked
+  local answer = remember(id)
+  if answer then return answer end
 end
 
 if fresh or maxlen == 0 then
@@ -101,9 +128,13 @@ if fresh or maxlen == 0 then
     redis.call('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
   end
 else
-  -- first write, OOM-checked; refused (nothing written) when the stream already
-  -- holds this id or a later one (entries not written by this script)
-  redis.call('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
+  -- first write (without a key), OOM-checked; refused (nothing written) when the
+  -- stream already holds this id or a later one (entries not written by this script)
+  local added = redis.pcall('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
+  if type(added) == 'table' and added.err then
+    if idem then redis.call('DEL', idem) end  -- the SET above, undone
+    return added
+  end
   redis.call('HSET', meta, 'offset', offset)
 end
 redis.call('EXPIRE', meta, ttl)
@@ -111,7 +142,6 @@ if maxlen > 0 then
   redis.call('EXPIRE', history, ttl)
 end
 
-local id = epoch .. ':' .. offset
 if job ~= '' then
   local ended = (ARGV[2] == 'completion' or ARGV[2] == 'error') and '1' or '0'
   local new_seq = seq ~= '' and seq or recorded_seq
@@ -126,7 +156,6 @@ if job ~= '' then
 end
 redis.call('EXPIRE', jobs, ttl)
 redis.call('EXPIRE', jobids, ttl)
-if idem then redis.call('SET', idem, id, 'EX', idem_ttl) end
 
 redis.call(command, ARGV[1], '\0gw1:' .. id .. '\0' .. ARGV[3])
 return id
