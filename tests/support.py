@@ -22,6 +22,8 @@ import itertools
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -410,6 +412,17 @@ def wait_until(
             clock.last = e
         clock.check()
         time.sleep(interval)
+
+
+def http_status(url: str, timeout: float = 2) -> int | None:
+    """The status of a GET (synchronous), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 async def http_json(

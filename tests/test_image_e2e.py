@@ -22,14 +22,12 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import open_stream, publish, wait_until
+from support import http_status, open_stream, publish, wait_until
 
 from tools.image import ImageError, Podman, build_image
 from tools.services import PostgresServer, RedisServer, free_port
@@ -121,16 +119,6 @@ def container_factory(image: tuple[Podman, str]) -> Iterator[Any]:
         c.remove()
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
-
-
 def test_image_metadata(image: tuple[Podman, str]) -> None:
     """What `docker run` relies on: user, command, healthcheck, stop signal, port."""
     podman, tag = image
@@ -186,7 +174,7 @@ async def test_image_runs_read_only_as_non_root_and_drains_on_sigterm(
     def ready() -> bool:
         state = c.inspect().get("State", {})
         assert state.get("Running"), f"container not running: {state}\n{c.logs()}"
-        return _status(f"{c.base}/health") == 200
+        return http_status(f"{c.base}/health") == 200
 
     await asyncio.to_thread(wait_until, ready, 60, 0.25, "for /health 200 from the container")
 

@@ -15,13 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ISOLATED_ENV
+from support import ISOLATED_ENV, http_status
 
 from tools.local_port import port_problem, served_by_tree
 from tools.services import PostgresServer, RedisServer, free_port
@@ -43,14 +41,14 @@ def _env(redis: RedisServer, postgres: PostgresServer, port: int) -> dict[str, s
     return env
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+def _output_once(out: Path, proc: subprocess.Popen[bytes], text: str, timeout: float,
+                 interval: float = 0.1) -> str:
+    """run_local's output once it says ``text`` (or ``timeout`` passed); it must not exit."""
+    deadline = time.monotonic() + timeout
+    while text not in out.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, out.read_text()
+        time.sleep(interval)
+    return out.read_text()
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +89,7 @@ def test_port_in_use_fails_at_once_with_a_clear_line(
 ) -> None:
     port = free_port()
     with _impostor(port):
-        assert _status(f"http://127.0.0.1:{port}/health/live") == 200
+        assert http_status(f"http://127.0.0.1:{port}/health/live", timeout=1) == 200
         result = subprocess.run(
             RUN_LOCAL,
             env=_env(redis_server, postgres_server, port),
@@ -120,13 +118,9 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 15
-        while "Gateway is up" not in out.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, out.read_text()
-            time.sleep(0.1)
-        text = out.read_text()
+        text = _output_once(out, proc, "Gateway is up", 15)
         assert "Gateway is up" in text, text
-        assert _status(f"http://127.0.0.1:{port}/demo/") == 200
+        assert http_status(f"http://127.0.0.1:{port}/demo/", timeout=1) == 200
         # its own DATABASE_URL: not seeded, so no demo shop is advertised (it would 403)
         assert "was not seeded" in text and "demo.myshopify.com" not in text
         assert "NOT READY" not in text
@@ -226,11 +220,7 @@ def test_banner_says_not_ready_when_redis_does_not_answer(
         proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path),
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while "Press Ctrl-C" not in out.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, out.read_text()
-            time.sleep(0.1)
-        text = out.read_text()
+        text = _output_once(out, proc, "Press Ctrl-C", 30)
         assert "but NOT READY: /health answers 503" in text and "redis" in text, text
         assert "since `make run` began, installs included" in text, text
         proc.send_signal(signal.SIGINT)
@@ -252,10 +242,8 @@ def test_ctrl_c_while_services_start_stops_quietly(tmp_path: Path) -> None:
                                 stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its group plays the terminal's
     try:
-        deadline = time.monotonic() + 20
-        while "starting a local PostgreSQL" not in out.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.02)
+        text = _output_once(out, proc, "starting a local PostgreSQL", 20, 0.02)
+        assert "starting a local PostgreSQL" in text, text
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=15) == 130, out.read_text()
