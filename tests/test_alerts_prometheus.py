@@ -182,19 +182,18 @@ def outage(
     return {"fired_after_s": fired, "resolved_after_s": time.monotonic() - t1}
 
 
-def test_redis_outage_fires_and_resolves_its_alert(
-    gateway_factory, redis_factory, postgres_factory, prometheus_factory
-) -> None:
+@pytest.fixture
+def watched(gateway_factory, redis_factory, postgres_factory, prometheus_factory) -> tuple:
+    """(Redis, PostgreSQL, a gateway on them, Prometheus scraping it with the alert rules)."""
     redis, pg = redis_factory(), postgres_factory()
     gw = gateway_factory.start(redis=redis, postgres=pg)
-    prom = prometheus_factory([f"127.0.0.1:{gw.port}"])
-    times = outage(
-        prom,
-        "GatewayRedisUnavailable",
-        redis.kill,
-        redis.restart,
-        'gateway_redis_up{job="event-gateway"}',
-    )
+    return redis, pg, gw, prometheus_factory([f"127.0.0.1:{gw.port}"])
+
+
+def test_redis_outage_fires_and_resolves_its_alert(watched: tuple) -> None:
+    redis, _, gw, prom = watched
+    times = outage(prom, "GatewayRedisUnavailable", redis.kill, redis.restart,
+                   'gateway_redis_up{job="event-gateway"}')
     print(f"redis outage: {times}")
     # the canary alert stays quiet while Redis itself is the cause; PostgreSQL is fine
     firing = {a["labels"]["alertname"] for a in prom.alerts() if a["state"] == "firing"}
@@ -202,19 +201,10 @@ def test_redis_outage_fires_and_resolves_its_alert(
     assert gw.returncode is None
 
 
-def test_postgres_outage_fires_and_resolves_its_alert(
-    gateway_factory, redis_factory, postgres_factory, prometheus_factory
-) -> None:
-    redis, pg = redis_factory(), postgres_factory()
-    gw = gateway_factory.start(redis=redis, postgres=pg)
-    prom = prometheus_factory([f"127.0.0.1:{gw.port}"])
-    times = outage(
-        prom,
-        "GatewayPostgresUnavailable",
-        pg.kill,
-        pg.restart,
-        'gateway_postgres_up{job="event-gateway"}',
-    )
+def test_postgres_outage_fires_and_resolves_its_alert(watched: tuple) -> None:
+    _, pg, gw, prom = watched
+    times = outage(prom, "GatewayPostgresUnavailable", pg.kill, pg.restart,
+                   'gateway_postgres_up{job="event-gateway"}')
     print(f"postgres outage: {times}")
     assert alert_state(prom, "GatewayRedisUnavailable") is None
     assert gw.returncode is None
