@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 __all__ = [
     "CountingClient",
     "LaggingClient",
+    "PeakRss",
     "Publisher",
     "SseEvent",
     "dechunk",
@@ -292,6 +293,32 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class PeakRss:
+    """The highest RSS of ``pid`` sampled every 20 ms from start() until stop()."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self.sampling = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.sampling = True
+        self._task = asyncio.create_task(self._sample())
+
+    async def stop(self) -> int:
+        """Stop sampling (after the current interval); the peak."""
+        self.sampling = False
+        if self._task is not None:
+            await self._task
+        return self.peak
+
+    async def _sample(self) -> None:
+        while self.sampling:
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            await asyncio.sleep(0.02)  # sampling interval
 
 
 async def metric_value(url: str, name: str) -> float:

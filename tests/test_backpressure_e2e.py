@@ -8,7 +8,6 @@ is a generous upper bound of how many 10 KiB frames they can absorb.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from delivery_support import (
     CountingClient,
     LaggingClient,
+    PeakRss,
     Publisher,
     metric_value,
     padded,
@@ -186,14 +186,7 @@ async def test_memory_bounded_with_one_stalled_client(
     mid, shop = merchant
     fast = await CountingClient(gw.stream_url(shop)).start()
     slow: LaggingClient | None = None
-    peak = 0
-    sampling = True
-
-    async def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, rss_bytes(gw.pid))
-            await asyncio.sleep(0.02)
+    rss = PeakRss(gw.pid)
 
     try:
         async with Publisher(redis_server.url, mid) as pub:
@@ -205,14 +198,13 @@ async def test_memory_bounded_with_one_stalled_client(
             fast.seen.clear()
             slow = await lagging(gw, shop).connect()
             baseline = rss_bytes(gw.pid)
-            sampler = asyncio.create_task(sample())
+            rss.start()
             started = time.monotonic()
             items = [("stage", padded(i, SIZE)) for i in range(1, total + 1)]
             await publish_in_step(pub, fast, items, batch=250)
             await wait_for(lambda: len(fast.seen) >= total, timeout=30)
             elapsed = time.monotonic() - started
-            sampling = False
-            await sampler
+            peak = await rss.stop()
         peak = max(peak, rss_bytes(gw.pid))
         growth = peak - baseline
         print(
@@ -228,7 +220,7 @@ async def test_memory_bounded_with_one_stalled_client(
         await wait_for(lambda: "slow client cut" in gw.log_text(), timeout=5)
         assert await metric_value(gw.url("/metrics"), "gateway_slow_client_disconnects_total") == 1
     finally:
-        sampling = False
+        rss.sampling = False
         if slow is not None:
             await slow.close()
         await fast.close()
@@ -294,14 +286,7 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
     gw = gateway_factory.start(config={"sse": {"max_queue_bytes": 262144, "history": 10}})
     mid, shop = merchant
     stalled = await LaggingClient("127.0.0.1", gw.port, _target(gw, shop)).connect()
-    peak = 0
-    sampling = True
-
-    async def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, rss_bytes(gw.pid))
-            await asyncio.sleep(0.02)  # sampling interval
+    rss = PeakRss(gw.pid)
 
     try:
         assert stalled.status == 200
@@ -309,7 +294,7 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
         cuts_before = _slow_cuts(before)
         messages_before = metric(before, "gateway_redis_messages_total")
         baseline = rss_bytes(gw.pid)
-        sampler = asyncio.create_task(sample())
+        rss.start()
         started = time.monotonic()
         async with Publisher(redis_server.url, mid) as pub:
             for first in range(1, total + 1, batch):
@@ -323,8 +308,7 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
 
                 await poll(lambda: get_metrics(gw), read_all, 20,
                            what=f"the gateway read {first + batch - 1} events")
-        sampling = False
-        await sampler
+        peak = await rss.stop()
         burst_s = time.monotonic() - started
         after = await get_metrics(gw)
         assert metric(after, "gateway_redis_reconnects_total") == 0
@@ -351,5 +335,5 @@ async def test_byte_budget_cuts_a_stalled_client_and_memory_comes_back(
         print(f"RSS settled after {time.monotonic() - settled_at:.1f} s: "
               f"{rss_bytes(gw.pid) / MiB:.0f} MiB")
     finally:
-        sampling = False
+        rss.sampling = False
         await stalled.close()
