@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import jwt
+from support import http_json
 
 __all__ = [
     "LivenessProbe",
@@ -32,6 +33,7 @@ __all__ = [
     "raw_json",
     "session_token",
     "status_of",
+    "ticket_for",
 ]
 
 
@@ -53,6 +55,16 @@ def session_token(shop: str, secret: str, ttl: float = 300) -> str:
         "sid": "session-id-hostile",
     }
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def ticket_for(gw: Any, shop: str, bearer: str) -> tuple[int, Any]:
+    """POST {path}/ticket with a session token: (status, JSON body)."""
+    status, _, body = await http_json(
+        gw.url(f"{gw.path}/ticket", shop=shop),
+        method="POST",
+        headers={"Authorization": f"Bearer {bearer}"},
+    )
+    return status, body
 
 
 def leaked_fragments(log: str, secret: str, window: int = 10) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import jwt
 import pytest
-from hostile_support import exchange, leaked_fragments, session_token, status_of
+from hostile_support import exchange, leaked_fragments, session_token, status_of, ticket_for
 from support import http_json, open_stream, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,15 +47,6 @@ async def refused(url: str, headers: dict[str, str] | None = None) -> str:
     assert status == 401, (status, body)
     assert body["error"] == "invalid_token", body
     return str(body["message"])
-
-
-async def ticket_for(gw: Any, shop: str, bearer: str) -> tuple[int, Any]:
-    status, _, body = await http_json(
-        gw.url(f"{gw.path}/ticket", shop=shop),
-        method="POST",
-        headers={"Authorization": f"Bearer {bearer}"},
-    )
-    return status, body
 
 
 @pytest.fixture
@@ -276,9 +267,7 @@ async def test_smuggled_tokens_never_reach_the_log(
     )
     _, shop = merchant
     token = session_token(shop, secret)
-    status, _, body = await http_json(
-        gw.url(f"{gw.path}/ticket", shop=shop), "POST", {"Authorization": f"Bearer {token}"}
-    )
+    status, body = await ticket_for(gw, shop, token)
     assert status == 200, (status, body)
     ticket = body["ticket"]
     statuses = []

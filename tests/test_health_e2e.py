@@ -7,6 +7,7 @@ import re
 import time
 
 import jwt
+from hostile_support import ticket_for
 from ops_support import get_health, get_metrics, metric, poll
 from support import http_json, open_stream, publish, unique_merchant
 
@@ -152,11 +153,7 @@ async def test_no_secret_in_health_metrics_or_log(redis_factory, postgres_server
         assert (await s.next_event_of("progress", timeout=5)).json() == {"jobId": "x"}
     status, _, body = await http_json(gw.stream_url(shop, token=token + "x"))
     assert status == 401 and body["error"] == "invalid_token", body
-    status, _, ticket = await http_json(
-        gw.url(f"{gw.path}/ticket", shop=shop),
-        method="POST",
-        headers={"Authorization": f"Bearer {token}"},
-    )
+    status, ticket = await ticket_for(gw, shop, token)
     assert status == 200, ticket
     async with open_stream(gw.stream_url(shop, ticket=ticket["ticket"])) as s:
         assert s.status == 200

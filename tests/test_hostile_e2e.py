@@ -33,6 +33,7 @@ from hostile_support import (
     raw_json,
     session_token,
     status_of,
+    ticket_for,
 )
 from ops_support import get_metrics, metric
 from support import Event, http_json, open_stream, publish
@@ -161,9 +162,7 @@ async def test_hostile_requests_get_400_and_leave_the_gateway_serving(
     gw = gateway_factory.start(config={"auth": {"session_token_secret": SECRET}})
     mid, shop = merchant
     token = session_token(shop, SECRET)
-    status, _, body = await http_json(
-        gw.url(f"{gw.path}/ticket", shop=shop), "POST", {"Authorization": f"Bearer {token}"}
-    )
+    status, body = await ticket_for(gw, shop, token)
     assert status == 200, (status, body)
     ticket = body["ticket"]
     cases = _requests(gw.path, shop, token, ticket, n=2500)
