@@ -44,19 +44,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / CLK_TCK
 
 
+def _proc_kb(pid: int, name: str, key: str) -> int | None:
+    """The kB figure on the ``key`` line of /proc/PID/NAME (0 if absent); None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return 0
+
+
 def rss_kb(pids: list[int]) -> int:
     """Sum of RSS (resident pages, shared ones counted in every process), in KB."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            pass
-    return total
+    return sum(_proc_kb(pid, "status", "VmRSS:") or 0 for pid in pids)
 
 
 def memory_kb(pids: list[int]) -> int:
@@ -66,16 +68,8 @@ def memory_kb(pids: list[int]) -> int:
     """
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-            continue
-        except OSError:
-            pass
-        total += rss_kb([pid])
+        pss = _proc_kb(pid, "smaps_rollup", "Pss:")
+        total += rss_kb([pid]) if pss is None else pss
     return total
 
 
