@@ -41,6 +41,26 @@ def _env(redis: RedisServer, postgres: PostgresServer, port: int) -> dict[str, s
     return env
 
 
+@contextlib.contextmanager
+def _run_local(env: dict[str, str], tmp_path: Path,
+               group: bool = False) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`make run` as a child (its output in tmp_path/run.log), killed if a test leaves
+    it running; ``group``: in a process group of its own, as a terminal's foreground."""
+    out = tmp_path / "run.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path), stdin=subprocess.DEVNULL,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=group)
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait(5)
+
+
 def _output_once(out: Path, proc: subprocess.Popen[bytes], text: str, timeout: float,
                  interval: float = 0.1) -> str:
     """run_local's output once it says ``text`` (or ``timeout`` passed); it must not exit."""
@@ -107,17 +127,7 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
     redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    out = tmp_path / "run.log"
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen(
-            RUN_LOCAL,
-            env=_env(redis_server, postgres_server, port),
-            cwd=str(tmp_path),
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with _run_local(_env(redis_server, postgres_server, port), tmp_path) as (proc, out):
         text = _output_once(out, proc, "Gateway is up", 15)
         assert "Gateway is up" in text, text
         assert http_status(f"http://127.0.0.1:{port}/demo/", timeout=1) == 200
@@ -128,10 +138,6 @@ def test_serves_demo_on_port_and_stops_everything_on_ctrl_c(
         assert served_by_tree(port, pid) is True
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 130, out.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
     assert not _alive(pid)
     assert port_problem("127.0.0.1", port) is None  # the listener is gone too
 
@@ -215,20 +221,12 @@ def test_banner_says_not_ready_when_redis_does_not_answer(
     env = _child_env()
     env.update(REDIS_URL=f"redis://127.0.0.1:{nothing}/0", DATABASE_URL=postgres_server.dsn,
                PORT=str(port), MAKE_RUN_STARTED=str(time.time() - 30))
-    out = tmp_path / "run.log"
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path),
-                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
-    try:
+    with _run_local(env, tmp_path) as (proc, out):
         text = _output_once(out, proc, "Press Ctrl-C", 30)
         assert "but NOT READY: /health answers 503" in text and "redis" in text, text
         assert "since `make run` began, installs included" in text, text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 130, out.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_ctrl_c_while_services_start_stops_quietly(tmp_path: Path) -> None:
@@ -236,22 +234,13 @@ def test_ctrl_c_while_services_start_stops_quietly(tmp_path: Path) -> None:
     exit 130 within seconds, every service stopped; no "initdb failed" dump."""
     env = _child_env()
     env["PORT"] = str(free_port())
-    out = tmp_path / "run.log"
-    with open(out, "wb") as fh:
-        proc = subprocess.Popen(RUN_LOCAL, env=env, cwd=str(tmp_path),
-                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its group plays the terminal's
-    try:
+    with _run_local(env, tmp_path, group=True) as (proc, out):  # its group plays the terminal's
         text = _output_once(out, proc, "starting a local PostgreSQL", 20, 0.02)
         assert "starting a local PostgreSQL" in text, text
         t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=15) == 130, out.read_text()
         assert time.monotonic() - t0 < 10
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
     text = out.read_text()
     assert "interrupted while starting" in text and "initdb failed" not in text, text
     assert "Traceback" not in text and "Gateway is up" not in text, text
