@@ -28,6 +28,15 @@ async def _connected(stream: Any) -> None:
     assert ev.event == "connected", ev
 
 
+async def _open_connected(stack: contextlib.AsyncExitStack, gw: Any, *shops: str) -> list[Any]:
+    """A stream per shop named (twice: two streams), each past its `connected` frame."""
+    streams = [await stack.enter_async_context(open_stream(gw.stream_url(shop)))
+               for shop in shops]
+    for s in streams:
+        await _connected(s)
+    return streams
+
+
 async def _assert_unavailable(url: str) -> dict[str, Any]:
     status, headers, body = await http_json(url)
     assert status == 503, (status, body)
@@ -80,12 +89,8 @@ async def test_redis_killed_and_restarted(redis_factory, postgres_server, gatewa
     tl = Timeline("Redis SIGKILL -> restart on the same port")
 
     async with contextlib.AsyncExitStack() as stack:
-        a1 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        a2 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        b1 = await stack.enter_async_context(open_stream(gw.stream_url(b_shop)))
-        streams = [a1, a2, b1]
-        for s in streams:
-            await _connected(s)
+        streams = await _open_connected(stack, gw, a_shop, a_shop, b_shop)
+        a1, a2, b1 = streams
         await poll(lambda: get_health(gw), _health_is(200), 10, what="/health 200 before")
         await _deliver_everywhere(r.url, {a_id: [a1, a2], b_id: [b1]}, "before")
         reconnects_before = metric(await get_metrics(gw), "gateway_redis_reconnects_total")
@@ -209,11 +214,7 @@ async def test_redis_frozen_and_thawed(redis_factory, postgres_server, gateway_f
     tl = Timeline("Redis SIGSTOP -> SIGCONT")
 
     async with contextlib.AsyncExitStack() as stack:
-        a1 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        a2 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        streams = [a1, a2]
-        for s in streams:
-            await _connected(s)
+        streams = await _open_connected(stack, gw, a_shop, a_shop)
         await poll(lambda: get_health(gw), _health_is(200), 10, what="/health 200 before")
         await _deliver_everywhere(r.url, {a_id: streams}, "before")
         reconnects_before = metric(await get_metrics(gw), "gateway_redis_reconnects_total")
@@ -363,11 +364,7 @@ async def test_revoked_merchant_streams_end(redis_server, postgres_server, gatew
     gw = await gateway_factory.astart(config={"postgres": {"recheck": 0.5}})
 
     async with contextlib.AsyncExitStack() as stack:
-        a1 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        a2 = await stack.enter_async_context(open_stream(gw.stream_url(a_shop)))
-        b1 = await stack.enter_async_context(open_stream(gw.stream_url(b_shop)))
-        for s in (a1, a2, b1):
-            await _connected(s)
+        a1, a2, b1 = await _open_connected(stack, gw, a_shop, a_shop, b_shop)
         # a recheck or two pass while the merchant is still active: nothing happens
         await _deliver_everywhere(redis_server.url, {a_id: [a1, a2], b_id: [b1]}, "before")
 
