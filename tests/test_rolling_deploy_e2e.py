@@ -17,7 +17,8 @@ publishes throughout with the Python library (gateway.publisher). Asserted:
 every client got every acknowledged event of its merchant exactly once, in
 order; no client saw a non-200 answer, a connection error or `resync`; every
 old gateway exited 0; and each drained gateway announced reconnection times
-(`retry:`) spread over its drain window (its clients' reconnects: histogram printed). Wall time about 40 s.
+(`retry:`) spread over its drain window (its clients' reconnects: histogram
+printed). Wall time about 40 s.
 """
 
 from __future__ import annotations
