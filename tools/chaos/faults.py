@@ -8,7 +8,6 @@ its first action to that end. Blocking service calls run in a thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from tools.gateway import GatewayServer
 
 from .records import Fault
-from .schedule import FaultPlan
+from .schedule import FaultPlan, due
 from .topology import Topology
 
 __all__ = ["FaultRunner"]
@@ -52,17 +51,8 @@ class FaultRunner:
         self.lock = lock or asyncio.Lock()  # shared with the storms: never both at once
 
     async def run(self, stop: asyncio.Event) -> None:
-        for plan in self.plans:
-            delay = self.t0 + plan.at - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return
-            async with self.lock:
-                if stop.is_set():
-                    return
-                await self._one(plan)
+        async for plan in due(self.plans, self.t0, stop, self.lock):
+            await self._one(plan)
 
     async def _one(self, plan: FaultPlan) -> None:
         fault = Fault(plan.kind, plan.target, time.monotonic(), 0.0)

@@ -7,10 +7,15 @@ processes' own timing still varies, as in any Jepsen-style run).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-__all__ = ["ClientPlan", "FaultPlan", "Plan", "PublisherPlan", "StormPlan", "has_jobs",
+__all__ = ["ClientPlan", "FaultPlan", "Plan", "PublisherPlan", "StormPlan", "due", "has_jobs",
            "make_plan", "shop_of"]
 
 GATEWAYS = ("workers", "gw-1", "gw-2")  # workers: one process with server.workers 2
@@ -174,3 +179,28 @@ def _faults(rng: random.Random, duration: float, profile: str) -> tuple[FaultPla
                              rng.randrange(3)))
         at += rng.uniform(4.0, 9.0)
     return tuple(out)
+
+
+class _Timed(Protocol):
+    @property
+    def at(self) -> float: ...
+
+
+T = TypeVar("T", bound=_Timed)
+
+
+async def due(plans: Sequence[T], t0: float, stop: asyncio.Event,
+              lock: asyncio.Lock) -> AsyncIterator[T]:
+    """Each of `plans` at its time (`t0 + plan.at`), yielded while holding `lock` (faults
+    and storms never overlap), until `stop` is set."""
+    for plan in plans:
+        delay = t0 + plan.at - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        async with lock:
+            if stop.is_set():
+                return
+            yield plan

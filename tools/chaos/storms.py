@@ -25,7 +25,7 @@ A storm holds the run's fault lock: faults and storms never overlap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from .clients import BrowserClient, Steering
 from .lag import LagLink
 from .publishers import CHANNEL, CLUSTER_CHANNEL, helper_for
 from .records import Published
-from .schedule import StormPlan, has_jobs
+from .schedule import StormPlan, due, has_jobs
 
 __all__ = ["BurstPublisher", "StormRecord", "StormRunner"]
 
@@ -83,22 +83,14 @@ class StormRunner:
         self.t0 = t0
 
     async def run(self, stop: asyncio.Event) -> None:
-        for n, plan in enumerate(self.plans):
-            delay = self.t0 + plan.at - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-            if stop.is_set():
-                return
-            async with self.lock:
-                if stop.is_set():
-                    return
-                record = StormRecord(plan, time.monotonic())
-                self.log.append(record)
-                try:
-                    await self._storm(n, plan, record)
-                finally:
-                    record.end = time.monotonic()
+        numbers = itertools.count()
+        async for plan in due(self.plans, self.t0, stop, self.lock):
+            record = StormRecord(plan, time.monotonic())
+            self.log.append(record)
+            try:
+                await self._storm(next(numbers), plan, record)
+            finally:
+                record.end = time.monotonic()
 
     async def _storm(self, n: int, plan: StormPlan, record: StormRecord) -> None:
         steered = [self.tabs[name] for name in (*plan.herd, *plan.ballast)]
