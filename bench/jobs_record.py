@@ -12,12 +12,11 @@ figure there is one a run wrote; without ``--readme`` the text is printed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
-import subprocess
 import sys
 from pathlib import Path
+
+from bench import records
 
 __all__ = ["RECORD", "markdown", "ratios", "read", "write"]
 
@@ -27,28 +26,15 @@ README = ROOT / "README.md"
 KEYED = ", key+seq"  # the label suffix of publish_http's rows with key and seq
 
 
-def _git(*args: str) -> str:
-    run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    return run.stdout.strip()
-
-
 def read(path: Path = RECORD) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records.read(path)
 
 
-def write(bench: str, rows: list[dict], path: Path, command: str) -> Path:
-    """Replace the rows ``bench`` wrote with the same ``command`` by ``rows``, stamped;
-    the path. (So a run with other options adds its rows beside the default run's.)"""
-    stamp = {"bench": bench, "ts": datetime.datetime.now(datetime.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"), "command": command, "commit": _git("rev-parse", "--short", "HEAD"),
-        "gateway_modified": bool(_git("status", "--porcelain", "--", "gateway"))}
-    kept = [r for r in read(path) if (r.get("bench"), r.get("command")) != (bench, command)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *({**stamp, **r}
-                                                                      for r in rows)]))
-    return path
+def write(bench: str, rows: list[dict], path: Path, command: str,
+          params: dict | None = None) -> Path:
+    """Replace the rows ``bench`` wrote with the same ``command`` by ``rows``, stamped
+    (``bench.records``: commit, date, machine, parameters); the path."""
+    return records.write(bench, rows, path, command, params)
 
 
 def ratios(rows: list[dict]) -> dict[str, dict[str, float]]:
