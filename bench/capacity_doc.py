@@ -1,24 +1,28 @@
-"""``python -m bench.capacity_doc LABEL=RESULTS.jsonl ...``: refresh docs/capacity.md.
+"""docs/capacity.md's generated blocks, from the records.
 
-Rewrites the generated blocks of docs/capacity.md (between ``<!-- NAME -->``
-and ``<!-- /NAME -->``): the unit-costs table from docs/bench/unit-costs.json,
-the worked examples (``python -m bench.capacity`` output), and the table of
+``blocks()`` gives the text of the blocks (between ``<!-- NAME -->`` and
+``<!-- /NAME -->``): the unit-costs table from docs/bench/unit-costs.json, the
+worked examples (``python -m bench.capacity`` output), and the table of
 prediction against measurement from ``--scale`` result files (JSON lines).
+``python -m bench.readme`` writes them (with README's and the tolerance line);
+``python -m bench.capacity_doc [LABEL=RESULTS.jsonl ...]`` does the same (by
+default every docs/bench/scale-LABEL.jsonl).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import re
-import subprocess
 import sys
 from pathlib import Path
 
+from bench import capacity
 from bench.capacity import load_costs
 from bench.report import costs_markdown
 from bench.validate import compare
 
-__all__ = ["main"]
+__all__ = ["blocks", "load_costs", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "capacity.md"
@@ -34,17 +38,12 @@ HEAD = ("| run | streams | merchants | workers | msg/s | CPU predicted (cores) |
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _capacity(args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "bench.capacity", *args.split()], cwd=ROOT,
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    return f"$ python -m bench.capacity {args}\n{out}"
-
-
-def _block(name: str, text: str, doc: str) -> str:
-    pat = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
-    if not pat.search(doc):
-        raise SystemExit(f"docs/capacity.md has no <!-- {name} --> block")
-    return pat.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), doc)
+def _capacity(args: str, costs: Path) -> str:
+    """What ``python -m bench.capacity ARGS`` prints (run here, not in a child)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        capacity.main([*args.split(), "--costs", str(costs)])
+    return f"$ python -m bench.capacity {args}\n{out.getvalue()}"
 
 
 def validation_rows(label: str, path: Path, costs: dict[str, float]) -> list[str]:
@@ -63,16 +62,27 @@ def validation_rows(label: str, path: Path, costs: dict[str, float]) -> list[str
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    doc = DOC.read_text()
-    costs = load_costs(COSTS)
-    doc = _block("COSTS", costs_markdown(json.loads(COSTS.read_text())), doc)
+def blocks(costs_path: Path, scale: list[tuple[str, Path]]) -> dict[str, str]:
+    """Block name -> text, from the unit costs and the (label, path) scale records."""
+    costs = load_costs(costs_path)
+    out = {"COSTS": costs_markdown(json.loads(costs_path.read_text()))}
     for name, runs in EXAMPLES.items():
-        doc = _block(name, "```\n" + "\n".join(_capacity(a) for a in runs).rstrip() + "\n```", doc)
-    if args:
-        rows = [row for arg in args for row in validation_rows(*_label_path(arg), costs)]
-        doc = _block("VALIDATION", HEAD + "\n" + "\n".join(rows), doc)
+        out[name] = ("```\n" + "\n".join(_capacity(a, costs_path) for a in runs).rstrip()
+                     + "\n```")
+    rows = [row for label, path in scale for row in validation_rows(label, path, costs)]
+    out["VALIDATION"] = HEAD + "\n" + "\n".join(rows)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import readme
+
+    args = sys.argv[1:] if argv is None else argv
+    new = (blocks(COSTS, [_label_path(a) for a in args]) if args
+           else readme.capacity_blocks())
+    doc = DOC.read_text()
+    for name, text in new.items():
+        doc = readme.put(doc, name, text, "docs/capacity.md")
     DOC.write_text(doc)
     print(f"updated {DOC}")
     return 0
