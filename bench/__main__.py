@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import records
 from bench.gateway_src import rerun_under
 from bench.report import ok, table
 from bench.systems import make_tmp, parse_system
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--costs", default=str(ROOT / "docs" / "bench" / "unit-costs.json"),
                    help="unit costs the --scale prediction reads")
     p.add_argument("--json", help="JSON lines [bench/results/latest.jsonl or scale.jsonl]")
+    p.add_argument("--record", help="bench record the rows replace their command's rows in "
+                   "[docs/bench/compare.jsonl; scale: none, see --json] ('' = none)")
     p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--charts", default=str(ROOT / "docs" / "bench"),
                    help="PNG directory ('' = none)")
@@ -88,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.procs = a.procs or (math.ceil(a.streams / STREAMS_PER_CLIENT) if a.scale else 1)
     a.json = Path(a.json or ROOT / "bench" / "results" / ("scale.jsonl" if a.scale
                                                          else "latest.jsonl"))
+    if a.record is None:
+        a.record = "" if a.scale else str(records.DOCS / "compare.jsonl")
     for s in a.systems:
         parse_system(s)
     return a
@@ -117,12 +122,21 @@ def main(argv: list[str] | None = None) -> int:
               "client process(es); use --procs", file=sys.stderr)
     tmp = make_tmp()
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.stamp = records.stamp("scale" if args.scale else "compare",
+                               records.command("bench", argv), _params(args))
     try:
         rows, best = run_trials(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(args, rows, best)
+    if args.record:
+        print("record:", records.write(args.stamp["bench"], rows, Path(args.record),
+                                       args.stamp["command"], args.stamp["params"]))
     return 0
+
+
+def _params(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("stamp",)}
 
 
 def _record(jf: Any, row: dict) -> None:
@@ -157,7 +171,7 @@ def run_trials(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], dict[st
                                          procs=args.procs, payload=args.payload,
                                          trial_no=trial, stop_on_fail=args.step):
                         rows.append(row)
-                        _record(jf, row)
+                        _record(jf, {**args.stamp, **row})
                         if ok(row):
                             best[s] = max(best[s] or 0, row["rate"])
         finally:

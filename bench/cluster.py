@@ -30,7 +30,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench import procstat
+from bench import procstat, records
 from bench.__main__ import raise_nofile, start_postgres
 from bench.cluster_report import cmdstat, kv_info, markdown, stats_delta, tables
 from bench.pool import ClientPool, merge_results
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     pools: dict[str, ClientPool] = {}
     out: dict = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "command": "python -m bench.cluster " + " ".join(argv or sys.argv[1:]),
+                 "commit": records.commit(), "machine": records.machine(),
                  "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()[0],
                  "params": {k: getattr(a, k) for k in ("streams", "merchants", "rate",
                                                        "duration", "rounds", "drain")}}

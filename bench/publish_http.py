@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.record:
         command = " ".join(["python -m bench.publish_http", *(sys.argv[1:] if argv is None
                                                               else argv)])
-        print(f"record: {jobs_record.write('publish_http', rows, Path(a.record), command)}")
+        path = jobs_record.write("publish_http", rows, Path(a.record), command, vars(a))
+        print(f"record: {path}")
     return 1 if any("error" in r for r in rows) else 0
 
 

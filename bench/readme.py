@@ -88,6 +88,10 @@ def runs(rows: Rows) -> dict[str, Rows]:
     for r in rows:
         if "error" not in r:
             out[r.get("command", DEFAULT)].append(r)
+    for cmd, group in out.items():  # a stamped run supersedes the unstamped rows
+        stamped = [r for r in group if "bench" in r]
+        if stamped:
+            out[cmd] = stamped
     return out
 
 

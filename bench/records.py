@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOCS", "command", "machine", "read", "stamp", "write"]
+__all__ = ["DOCS", "command", "commit", "machine", "read", "stamp", "write"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "bench"
@@ -51,6 +51,11 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def commit() -> str:
+    """The short hash of HEAD (what a run measured, unless ``gateway_modified``)."""
+    return _git("rev-parse", "--short", "HEAD")
+
+
 def command(module: str, argv: Iterable[str]) -> str:
     """The command line a run was started with, as a user would type it."""
     return " ".join([f"python -m {module}", *argv])
@@ -65,7 +70,7 @@ def stamp(bench: str, cmd: str, params: Mapping[str, Any] | None = None) -> dict
     out: dict[str, Any] = {
         "bench": bench,
         "ts": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": cmd, "commit": _git("rev-parse", "--short", "HEAD"),
+        "command": cmd, "commit": commit(),
         "gateway_modified": bool(_git("status", "--porcelain", "--", "gateway")),
         "machine": machine()}
     if params is not None:

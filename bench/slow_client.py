@@ -15,12 +15,14 @@ import argparse
 import asyncio
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
 
+from bench import records
 from tools.gateway import GatewayServer, child_env
 from tools.services import PostgresServer, RedisServer, free_port
 
@@ -63,7 +65,7 @@ async def fast_stream(
                         return
 
 
-async def measure(args: argparse.Namespace, gw: GatewayServer, redis_url: str) -> None:
+async def measure(args: argparse.Namespace, gw: GatewayServer, redis_url: str) -> dict:
     assert gw.pid is not None
     rss_before = peak = rss_bytes(gw.pid)
     target = gw.stream_url(SHOP)[len(gw.base_url) :]
@@ -98,6 +100,11 @@ async def measure(args: argparse.Namespace, gw: GatewayServer, redis_url: str) -
         f"max {latencies[-1] * 1000:.1f} ms; gateway RSS +{(peak - rss_before) / 2**20:.1f} MiB; "
         f"streams cut as slow: {cut}"
     )
+    return {"slow": args.slow, "fast": args.fast, "events": args.events,
+            "payload_kib": round(len(PAD) / 1024, 1), "received": len(latencies),
+            "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
+            "max_ms": round(latencies[-1] * 1000, 1),
+            "rss_growth_mib": round((peak - rss_before) / 2**20, 1), "cut": cut}
 
 
 async def slow_cuts(gw: GatewayServer) -> int:
@@ -124,6 +131,8 @@ def main() -> None:
     parser.add_argument(
         "--events", type=_events, default=10_000, help="events published, 1,000/s [10000]"
     )
+    parser.add_argument("--record", default=str(records.DOCS / "slow_client.jsonl"),
+                        help="bench record to write the row to ('' = none)")
     args = parser.parse_args()
     with RedisServer() as redis_server, PostgresServer() as postgres:
         postgres.apply_schema()
@@ -136,12 +145,16 @@ def main() -> None:
         gw = GatewayServer(config, env)
         try:
             gw.start()
-            asyncio.run(measure(args, gw, redis_server.url))
+            row = asyncio.run(measure(args, gw, redis_server.url))
         except Exception:
             print(f"gateway log tail:\n{gw.log_text()[-2000:]}")
             raise
         finally:
             gw.stop()  # SIGTERM by PID, then SIGKILL; removes its temp dir and log
+    if args.record:
+        print("record:", records.write("slow_client", [row], Path(args.record),
+                                       records.command("bench.slow_client", sys.argv[1:]),
+                                       vars(args)))
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.record:
         path = jobs_record.write("snapshot_storm", [r], Path(a.record),
                                  " ".join(["python -m bench.snapshot_storm",
-                                           *(sys.argv[1:] if argv is None else argv)]))
+                                           *(sys.argv[1:] if argv is None else argv)]), vars(a))
         print(f"record: {path}")
     return 1 if "error" in r else 0
 

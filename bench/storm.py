@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import hist, procstat
+from bench import hist, procstat, records
 from bench.__main__ import raise_nofile, start_postgres
 from bench.redis_costs import command_calls
 from bench.systems import Gateway, make_tmp
@@ -274,12 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--query-timeout", type=float, default=0,
                    help="gateway postgres.query_timeout [its default]")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--record", default=str(records.DOCS / "storm.jsonl"),
+                   help="bench record to write the row to ('' = none)")
     a = p.parse_args(argv)
     raise_nofile()
     r = run_storm(a)
     print(report(r))
     if a.json:
         Path(a.json).write_text(json.dumps(r) + "\n")
+    if a.record:
+        args = sys.argv[1:] if argv is None else argv
+        print("record:", records.write("storm", [r], Path(a.record),
+                                       records.command("bench.storm", args), vars(a)))
     return 0 if passed(r) else 1  # a FAILED report is a failed run
 
 

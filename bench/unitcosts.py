@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import records
 from bench.__main__ import raise_nofile, start_postgres
 from bench.gateway_src import rerun_under
 from bench.redis_costs import measure_redis
@@ -257,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m bench.unitcosts " + " ".join(argv),
         "gateway": git_describe(a.gateway_src),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+        "commit": records.commit(),
+        "machine": {**records.machine(), "cpus": os.cpu_count(),
                     "system": platform.platform()},
+        "params": dict(vars(a)),
         "costs": costs,
         "trials": [{k: v for k, v in r.items() if k not in ("hist", "server_log_tail")}
                    for r in rows],
