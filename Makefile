@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
 PYTEST_ARGS ?=
 # make bench                 gateway (plain and durable) vs nginx+nchan vs naive, charts in
-#                            docs/bench/, then MODE=durable's two benches (~6 min)
+#                            docs/bench/, then MODE=connect's and MODE=durable's benches (~7 min)
+# make bench MODE=connect    CPU per new stream: gateway vs nginx+nchan vs a bare aiohttp
+#                            handler (bench.connect), rows to docs/bench/connect.jsonl (~1 min)
 # make bench MODE=durable    reconnect storm after a restart (bench.storm), job-state snapshot
 #                            storm (bench.snapshot_storm), HTTP publish into Redis with and
 #                            without key+seq, beside nchan (bench.publish_http) (~4 min);
@@ -67,13 +69,15 @@ image:
 
 bench: deps venv
 	@case "$(MODE)" in \
-	  compare) $(PY) -m bench $(BENCH_ARGS) && $(PY) -m bench.storm && \
+	  compare) $(PY) -m bench $(BENCH_ARGS) && $(PY) -m bench.connect && \
+	           $(PY) -m bench.storm && \
 	           $(PY) -m bench.snapshot_storm && $(PY) -m bench.publish_http ;; \
+	  connect) $(PY) -m bench.connect $(BENCH_ARGS) ;; \
 	  durable) $(PY) -m bench.storm && $(PY) -m bench.snapshot_storm && \
 	           $(PY) -m bench.publish_http ;; \
 	  scale)   $(PY) -m bench --scale $(BENCH_ARGS) ;; \
 	  units)   $(PY) -m bench.unitcosts $(BENCH_ARGS) ;; \
-	  *) echo "MODE must be compare, durable, scale or units" >&2; exit 2 ;; \
+	  *) echo "MODE must be compare, connect, durable, scale or units" >&2; exit 2 ;; \
 	esac
 
 # Redis Cluster: where SPUBLISH/PUBLISH land, gateway CPU per delivery (docs/bench/cluster.md)

@@ -145,6 +145,24 @@ class Naive(System):
         wait_http(self.port, "/health/live", 30, self.proc)
 
 
+class Floor(System):
+    """The framework's floor (``bench/floor_app.py``): a bare aiohttp streaming handler."""
+
+    kind = "floor"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
+        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "bench.floor_app", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(self.port, "/health/live", 30, self.proc)
+
+
 class Gateway(System):
     kind = "gateway"
 
