@@ -71,6 +71,9 @@ def create_app(cfg: Config) -> web.Application:
         """Messages of these merchants may have been lost (Redis reconnected or moved)."""
         hub.mark_gap(merchant_ids)
         hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
+
+    def live_again(merchant_ids: list[str]) -> None:
+        """Their channels are subscribed again after `resync`: the job state can be read."""
         if cfg.sse.snapshot:
             snapshots.after_resync(merchant_ids)
 
@@ -82,7 +85,8 @@ def create_app(cfg: Config) -> web.Application:
 
     app.on_cleanup.append(lambda _: envelopes.close())
     broker = RedisBroker(
-        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync
+        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync,
+        on_live=live_again,
     )
     history = DurableHistory(redis_client, **publisher_settings(cfg))
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)

@@ -5,7 +5,10 @@ which node) plus a private control channel. On connect it subscribes all of
 them, the control channel last: its acknowledgement proves every channel before
 it is live. The canary (canary.py) proves delivery through it once a second. On
 any fault the supervisor reconnects with capped, jittered exponential backoff
-and reports the reconnect, so the broker can resync that link's merchants.
+and reports the reconnect twice: at the new connection's first answer, before
+any message of it is read (`on_reconnecting`: the broker resyncs the link's
+merchants, so no stream gets a message of the new connection before its
+`resync`), and once every channel is live again (`on_reconnect`).
 
 `sharded` links (Redis Cluster) use SSUBSCRIBE/SPUBLISH, one slot per command.
 """
@@ -55,6 +58,7 @@ class SubscriberLink:
         control: bytes,
         sharded: bool,
         on_subscribed: Callable[[SubscriberLink, bytes], None],
+        on_reconnecting: Callable[[SubscriberLink], None],
         on_reconnect: Callable[[SubscriberLink], None],
         on_dropped: Callable[[SubscriberLink, bytes], None],
     ) -> None:
@@ -64,6 +68,7 @@ class SubscriberLink:
         self._routes = routes
         self._sharded = sharded
         self._on_subscribed = on_subscribed
+        self._on_reconnecting = on_reconnecting
         self._on_reconnect = on_reconnect
         self._on_dropped = on_dropped
         self._client = make_client(url, _POOL_SIZE)
@@ -82,6 +87,7 @@ class SubscriberLink:
         self._control_ready: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ever_connected = False
+        self._announce_reconnect = False
         self.healthy = False
 
     @property
@@ -216,6 +222,7 @@ class SubscriberLink:
             # the control channel last: its ack proves every channel before it is live
             await pubsub.execute_command(verb, self.canary.channel)
             self._pubsub = pubsub
+            self._announce_reconnect = self._ever_connected  # at Redis' first answer
             self._reader = asyncio.create_task(
                 read_messages(socket_reader(pubsub), self._hub, hooks), name="redis-reader"
             )
@@ -244,6 +251,9 @@ class SubscriberLink:
             await asyncio.wait_for(pubsub.aclose(), 1)
 
     def _subscribed(self, channel: bytes) -> None:
+        if self._announce_reconnect:  # Redis answers: before any message of its channels
+            self._announce_reconnect = False
+            self._on_reconnecting(self)
         if channel == self.canary.channel:
             if self._control_ready is not None and not self._control_ready.done():
                 self._control_ready.set_result(None)

@@ -44,12 +44,18 @@ class RedisBroker(ClusterPlacement):
         *,
         linger_s: float,
         on_resync: Callable[[list[str]], None],
+        on_live: Callable[[list[str]], None] = lambda merchant_ids: None,
     ) -> None:
+        """`on_resync(merchants)`: messages of theirs may have been lost (Redis
+        reconnected, or they moved to another cluster primary); called before any
+        later message of theirs reaches the hub. `on_live(merchants)`: after
+        `on_resync`, their channels are subscribed again."""
         self._cfg = cfg
         self._hub = hub
         self._metrics = metrics
         self._linger_s = linger_s
         self._on_resync = on_resync
+        self._on_live = on_live
         self._control_prefix = f"gateway:control:{hub.epoch}:{os.getpid()}"
         self._subs: dict[str, Subscription] = {}
         self._routes: dict[bytes, tuple[str, str]] = {}
@@ -200,6 +206,7 @@ class RedisBroker(ClusterPlacement):
         if sub.resync_when_ready:
             sub.resync_when_ready = False
             self._on_resync([merchant_id])
+            self._on_live([merchant_id])
 
     def _live(self, merchant_id: str, sub: Subscription) -> None:
         """Every channel of `sub` acknowledged: the hub holds the merchant from here.
@@ -223,6 +230,7 @@ class RedisBroker(ClusterPlacement):
             control=control,
             sharded=self._cluster is not None,
             on_subscribed=self._subscribed,
+            on_reconnecting=self._link_reconnecting,
             on_reconnect=self._link_reconnected,
             on_dropped=self._channel_dropped,
         )
@@ -236,8 +244,13 @@ class RedisBroker(ClusterPlacement):
             return None
         return self._links.get(self._cluster.url(self._cluster.owner(channel)))
 
+    def _link_reconnecting(self, link: SubscriberLink) -> None:
+        """Messages may have been lost while `link` was down: its merchants resync,
+        before the new connection delivers anything."""
+        self._on_resync([m for m, sub in self._subs.items() if sub.link is link])
+
     def _link_reconnected(self, link: SubscriberLink) -> None:
-        """Messages may have been lost while `link` was down: its merchants resync."""
+        """`link` holds every channel again."""
         merchants = [m for m, sub in self._subs.items() if sub.link is link]
         # the lost connection's acks never come; every channel of the link is live now
         # (the link subscribed them all before its control channel, whose ack it awaited)
@@ -248,7 +261,7 @@ class RedisBroker(ClusterPlacement):
             sub.pending.clear()
             if not sub.ready.done():
                 self._live(merchant_id, sub)
-        self._on_resync(merchants)
+        self._on_live(merchants)
         if self._cluster is not None:
             self._topology_changed.set()  # a failover may have happened meanwhile
 
