@@ -20,6 +20,7 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, frozenset[bytes]]] = []
+        self.routes: dict[bytes, tuple[str, str]] = {}
 
     def subscribe(self, channels: Iterable[bytes]) -> None:
         self.sent.append(("SUBSCRIBE", frozenset(channels)))
@@ -80,3 +81,27 @@ async def test_messages_of_an_undone_subscription_do_not_enter_the_new_ring() ->
     hub.publish("m1", "progress", b"{}", "e1:461")
     replay, gap = hub.attach("m1", object(), "e1:459")  # type: ignore[arg-type]
     assert gap and replay == [], [entry.id for entry in replay]
+
+
+async def test_a_merchant_moved_to_another_link_is_no_longer_read_from_the_old_one() -> None:
+    """Cluster failover: the merchant moves to the new primary's link. The old link
+    (a frozen primary, thawed after it was demoted) may still read messages of the
+    merchant's channels: buffered ones, and writes it took before it learnt it was
+    demoted. Its reader delivers only the channels in its own routes."""
+    broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
+                         linger_s=60, on_resync=lambda merchants: None)
+    old, new = FakeLink(), FakeLink()
+    broker._links["old"] = old  # type: ignore[assignment]
+    acquired = asyncio.ensure_future(broker.acquire("m1"))
+    await wait_for(lambda: old.sent, 1, 0.001)
+    channels = old.sent[0][1]
+    for channel in channels:
+        broker._subscribed(old, channel)  # type: ignore[arg-type]
+    await asyncio.wait_for(acquired, 1)
+    assert set(old.routes) == set(channels) and not new.routes
+    broker._link_for = lambda channel: new  # type: ignore[assignment,method-assign,return-value]
+    broker._move("m1")
+    assert not old.routes, "the old link would still deliver the moved merchant"
+    assert set(new.routes) == set(channels)
+    assert [verb for verb, _ in old.sent] == ["SUBSCRIBE", "UNSUBSCRIBE"]
+    assert [verb for verb, _ in new.sent] == ["SUBSCRIBE"]

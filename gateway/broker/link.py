@@ -53,7 +53,6 @@ class SubscriberLink:
         url: str,
         hub: Hub,
         metrics: Metrics,
-        routes: dict[bytes, tuple[str, str]],
         *,
         control: bytes,
         sharded: bool,
@@ -65,7 +64,9 @@ class SubscriberLink:
         self.url = url
         self._hub = hub
         self._metrics = metrics
-        self._routes = routes
+        # the channels of the merchants this link holds -> (merchant id, event): what its
+        # reader delivers (the broker keeps it; a merchant moved away is not delivered)
+        self.routes: dict[bytes, tuple[str, str]] = {}
         self._sharded = sharded
         self._on_subscribed = on_subscribed
         self._on_reconnecting = on_reconnecting
@@ -206,7 +207,7 @@ class SubscriberLink:
         self._control_ready = asyncio.get_running_loop().create_future()
         self._to_subscribe.clear()
         hooks = ReaderHooks(
-            channels=self._routes,
+            channels=self.routes,
             control=self.canary.channel,
             on_control=self.canary.received,
             on_subscribed=self._subscribed,

@@ -46,6 +46,7 @@ class ClusterPlacement:
     _cluster: ClusterTopology | None
     _links: dict[str, SubscriberLink]
     _subs: dict[str, Subscription]
+    _routes: dict[bytes, tuple[str, str]]
     _topology_changed: asyncio.Event
     _control_prefix: str
 
@@ -108,13 +109,20 @@ class ClusterPlacement:
         return sub.link is not None and sub.link is self._link_for(sub.channels[0])
 
     def _move(self, merchant_id: str) -> None:
+        """Hold the merchant on its slot's primary; what the old link still reads of it
+        (a primary frozen, then thawed after a failover, sends what it buffered and
+        what it took before it learnt it was demoted) is no longer delivered."""
         sub = self._subs[merchant_id]
         if sub.link is not None:
+            for channel in sub.channels:
+                sub.link.routes.pop(channel, None)
             sub.link.unsubscribe(sub.channels)
         link = self._link_for(sub.channels[0])
         sub.link = link
         sub.pending = set(sub.channels)
         sub.resync_when_ready = True
         if link is not None:
+            for channel in sub.channels:
+                link.routes[channel] = self._routes[channel]
             link.subscribe(sub.channels)
 

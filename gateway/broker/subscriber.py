@@ -168,7 +168,7 @@ class RedisBroker(ClusterPlacement):
     def _subscribe(self, merchant_id: str, link: SubscriberLink) -> Subscription:
         channels = self._channels_of(merchant_id)
         for channel, event in zip(channels, self._cfg.events, strict=True):
-            self._routes[channel] = (merchant_id, event)
+            self._routes[channel] = link.routes[channel] = (merchant_id, event)
         sub = self._subs[merchant_id] = Subscription(channels)
         sub.link = link
         link.subscribe(channels)  # the hub opens the merchant once Redis acknowledges it
@@ -183,6 +183,8 @@ class RedisBroker(ClusterPlacement):
             self._stale_acks.update((sub.link, channel) for channel in sub.pending)
         for channel in sub.channels:
             self._routes.pop(channel, None)
+            if sub.link is not None:
+                sub.link.routes.pop(channel, None)
         self._hub.drop(merchant_id)
         if sub.link is not None:
             sub.link.unsubscribe(sub.channels)
@@ -226,7 +228,6 @@ class RedisBroker(ClusterPlacement):
             url,
             self._hub,
             self._metrics,
-            self._routes,
             control=control,
             sharded=self._cluster is not None,
             on_subscribed=self._subscribed,
