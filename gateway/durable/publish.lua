@@ -65,63 +65,49 @@ local refused = wrongtype(meta, 'hash') or wrongtype(history, 'stream')
   or wrongtype(jobs, 'hash') or wrongtype(jobids, 'zset')
 if refused then return refused end
 
--- A refusal found from here on: a used idempotency key answers first (its answer,
--- or its wrong type), as when the key was checked before everything else.
-local function refuse(err)
-  if idem then
-    local first = redis.pcall('GET', idem)
-    if type(first) == 'string' then return '!dup:' .. first end
-    if type(first) == 'table' then return wrongtype(idem, 'string') or first end
-  end
-  return err
-end
-
--- Records `answer` for the idempotency key unless it is used; nil when recorded,
--- else what to return: "!dup:" and the first answer, or the refusal (nothing
--- written: WRONGTYPE, or OOM as the first write; a used key still answers then).
-local function remember(answer)
-  local first = redis.pcall('SET', idem, answer, 'NX', 'GET', 'EX', idem_ttl)
-  if type(first) == 'string' then return '!dup:' .. first end
-  if type(first) == 'table' then return refuse(first) end
-end
-
 local epoch, offset = unpack(redis.call('HMGET', meta, 'epoch', 'offset'))
 local fresh = not epoch
 if fresh then
   epoch, offset = ARGV[6], '1'  -- a new history: whatever an earlier one left is not part of it
+elseif not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
+  refused = redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch')
+elseif offset and (not string.match(offset, '^[0-9]+$') or #offset > 15) then
+  refused = redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed offset')
 else
-  if not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
-    return refuse(redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch'))
-  end
-  if offset and (not string.match(offset, '^[0-9]+$') or #offset > 15) then
-    return refuse(redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed offset'))
-  end
   offset = string.format('%d', (tonumber(offset) or 0) + 1)
 end
-local entry = '0-' .. offset
-local id = epoch .. ':' .. offset
 
 -- A job's record: "ID\nSEQ\nENDED\nEVENT\nPAYLOAD" (SEQ '' when never given).
-local recorded_seq = ''
-if job ~= '' and not fresh then
+local recorded_seq, stale = '', false
+if job ~= '' and not fresh and not refused then
   local record = redis.call('HGET', jobs, job)
   if record then
     local _, rseq, ended = string.match(record, '^([^\n]*)\n([^\n]*)\n([01])\n')
     recorded_seq = rseq or ''
-    if ended == '1' or (seq ~= '' and recorded_seq ~= ''
-        and tonumber(recorded_seq) >= tonumber(seq)) then
-      return idem and remember('!stale') or '!stale'  -- a stale key answers stale again
-    end
+    stale = ended == '1' or (seq ~= '' and recorded_seq ~= ''
+      and tonumber(recorded_seq) >= tonumber(seq))
   end
 end
 
-if idem then  -- first write: OOM-checked
-  local answer = remember(id)
-  if answer then return answer end
+local id = not refused and epoch .. ':' .. offset
+if idem then
+  if not refused then  -- the first write, OOM-checked: records this answer unless the key is used
+    local first = redis.pcall('SET', idem, stale and '!stale' or id, 'NX', 'GET', 'EX', idem_ttl)
+    if type(first) == 'string' then return '!dup:' .. first end
+    refused = first  -- false when recorded; else WRONGTYPE or OOM, nothing written
+  end
+  if refused then  -- a used key answers first, as when it was checked before anything else
+    local first = redis.pcall('GET', idem)
+    if type(first) == 'string' then return '!dup:' .. first end
+    if first then return wrongtype(idem, 'string') or first end
+  end
 end
+if refused then return refused end
+if stale then return '!stale' end  -- a stale key answers stale again (recorded above)
+local entry = '0-' .. offset
 
 if fresh or maxlen == 0 then
-  redis.call('HSET', meta, 'epoch', epoch, 'offset', offset)  -- first write: OOM-checked
+  redis.call('HSET', meta, 'epoch', epoch, 'offset', offset)  -- first write (without a key)
   redis.call('DEL', history)
   if fresh then redis.call('DEL', jobs, jobids) end
   if maxlen > 0 then
@@ -130,9 +116,10 @@ if fresh or maxlen == 0 then
 else
   -- first write (without a key), OOM-checked; refused (nothing written) when the
   -- stream already holds this id or a later one (entries not written by this script)
-  local added = redis.pcall('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
-  if type(added) == 'table' and added.err then
-    if idem then redis.call('DEL', idem) end  -- the SET above, undone
+  local xadd = idem and redis.pcall or redis.call
+  local added = xadd('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
+  if type(added) == 'table' then  -- refused, with a key: the SET above is taken back
+    redis.call('DEL', idem)
     return added
   end
   redis.call('HSET', meta, 'offset', offset)
