@@ -52,9 +52,9 @@ end
 -- SET, never DEL): Redis checks a flagless script for OOM only until its first
 -- write, so over maxmemory the script is refused before it writes anything.
 -- With an idempotency key that first write is one SET ... NX GET: it checks the
--- key and records this publish's answer (its id, or "!stale") at once. Then the
--- only check left after it, the stream's last id (XADD's own), undoes that SET
--- when it refuses: the key did not exist before (NX), so nothing is left.
+-- key and records this publish's answer (its id, or "!stale") at once. One check
+-- comes after it, XADD's own on the stream's last id: when XADD refuses, the key
+-- is deleted again (it did not exist before: NX), so nothing is left.
 local function wrongtype(key, want)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' and kind ~= want then
