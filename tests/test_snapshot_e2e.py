@@ -111,7 +111,11 @@ async def test_streams_opening_under_a_publisher_see_state_then_every_later_even
     gateway_factory: Any, merchant: Any, redis_server: RedisServer
 ) -> None:
     mid, shop = merchant
-    gw = gateway_factory.start(config=DURABLE)
+    # no coalescing: a stream queues what arrives while its snapshot is read, and a
+    # queued progress may make way for a newer one of its job (sse.coalesce, allowed
+    # by the contract); here every later event must arrive, each once
+    config = {**DURABLE, "sse": {**DURABLE["sse"], "coalesce": []}}
+    gw = gateway_factory.start(config=config)
     client = aioredis.Redis.from_url(redis_server.url)
     publisher = AsyncPublisher(client, history=1000, ttl_s=600)
     total, jobs = 400, 12
