@@ -44,6 +44,7 @@ __all__ = [
     "is_end",
     "post",
     "seed_spread",
+    "serving",
     "session",
     "shard_numsub",
     "spublish",
@@ -228,6 +229,18 @@ async def post(gw: Any, body: Any) -> Any:
     )
     assert status == 200, (status, reply)
     return reply
+
+
+async def serving(gw: Any) -> Any:
+    """`gw` once /health says 200: every primary's subscriber link is up. The process
+    answers /health/live before it has read the cluster's topology and connected."""
+
+    async def healthy() -> bool:
+        status, _, _ = await http_json(gw.url("/health"))
+        return status == 200
+
+    await wait_for(healthy, 15)  # type: ignore[arg-type]
+    return gw
 
 
 async def subscribed(cluster: RedisCluster, mids: list[str], gw: Any, n: int = 1) -> None:

@@ -32,6 +32,7 @@ from cluster_support import (
     is_end,
     post,
     seed_spread,
+    serving,
     session,
     spublish,
     spublish_to,
@@ -94,7 +95,8 @@ async def test_primary_failover_resyncs_only_its_merchants(
     spread = seed_spread(cluster, postgres_server, 2, prefix="fo")
     hit = spread[victim]
     spared = [m for port, ms in spread.items() if port != victim for m in ms]
-    gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)  # ":PASSWORD@" in it
+    # the URL has ":PASSWORD@" in it
+    gw = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
     sent: dict[str, list[int]] = {mid: [] for mid, _ in spared}
     stop = asyncio.Event()
 

@@ -31,6 +31,7 @@ from cluster_support import (
     is_end,
     post,
     seed_spread,
+    serving,
     session,
     shard_numsub,
     spublish,
@@ -64,7 +65,7 @@ async def test_sixty_merchants_get_their_own_events_only(
 ) -> None:
     spread = seed_spread(cluster, postgres_server, 20)
     merchants = [m for ms in spread.values() for m in ms]
-    gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
+    gw = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
     async with session() as http, contextlib.AsyncExitStack() as stack:
         streams = {
             mid: await stack.enter_async_context(open_stream(gw.stream_url(shop), session=http))
@@ -94,7 +95,7 @@ async def test_one_pubsub_connection_per_primary_and_one_subscription_per_mercha
     spread = seed_spread(cluster, postgres_server, 2)
     merchants = [m for ms in spread.values() for m in ms]
     busy_mid, busy_shop = merchants[0]
-    gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
+    gw = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
     async with session() as http, contextlib.AsyncExitStack() as stack:
         busy = [await stack.enter_async_context(open_stream(gw.stream_url(busy_shop), session=http))
                 for _ in range(5)]
@@ -141,7 +142,7 @@ async def test_slot_migration_keeps_streams_and_history(
     late, late_shop = spread[ports[2]][0]
     slot, late_slot = slot_of(channel(moving)), slot_of(channel(late))
     assert len({slot, late_slot, slot_of(channel(same_node))}) == 3
-    gw = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
+    gw = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
     async with session() as http, contextlib.AsyncExitStack() as stack:
         def opened(shop: str) -> Any:
             return stack.enter_async_context(open_stream(gw.stream_url(shop), session=http))
@@ -201,8 +202,8 @@ async def test_durable_replay_across_two_gateways_on_a_cluster(
 ) -> None:
     spread = seed_spread(cluster, postgres_server, 1, prefix="rp")
     mid, shop = next(iter(spread.values()))[0]
-    gw_a = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
-    gw_b = await gateway_factory.astart(config=CONFIG, redis=cluster.url)
+    gw_a = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
+    gw_b = await serving(await gateway_factory.astart(config=CONFIG, redis=cluster.url))
 
     def batch(ns: range) -> list[dict[str, Any]]:
         return [{"merchantId": mid, "event": "stage", "data": {"n": n}} for n in ns]
