@@ -3,7 +3,6 @@ of the new connection (real Redis; the interleaving forced, not waited for)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
