@@ -101,7 +101,7 @@ def _publish_text(rows: list[dict]) -> list[str]:
                      f"{q['cpu_per_event']:.2f}x gateway+Redis CPU per event "
                      f"({q['keyed_us']:.1f} vs {q['base_us']:.1f} µs): "
                      + ("within" if q["events_per_s"] >= 0.9 and q["cpu_per_event"] <= 1.1
-                        else "not within") + " the issue's 10 %.")
+                        else "not within") + " 10 % of the publish without them.")
     return lines
 
 
