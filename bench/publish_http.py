@@ -11,7 +11,7 @@ events acknowledged with 2xx, the server's and Redis's CPU per event, and
 Redis's own count of script runs (``INFO commandstats``), which shows the events
 were recorded, not only answered. Stops by itself; loopback only.
 
-Job state (issue 19): every gateway event names a job (``c{conn}j{x}``: event
+Job state (docs/publishing.md): every gateway event names a job (``c{conn}j{x}``: event
 ``e`` of a connection goes to job ``x = e % M`` of merchant ``m{x}``), and each
 shape (arrays, single objects) is run twice per round: without and with
 ``seq`` (``e // M``, rising per job) and an idempotency ``key`` (unique per event)

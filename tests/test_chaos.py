@@ -1,6 +1,6 @@
 """The chaos checker (tools/chaos): its invariant on synthetic frame logs, its seeded
 plan and lagging link, then a short seeded run against real processes that must
-show 0 anomalies (issue 17)."""
+show 0 anomalies (README, "Delivery under faults")."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Issue 19, Done when 5: the demo page draws job bars from the gateway's snapshot.
-
-NEEDS THE SERVER SIDE OF ISSUE 19 (job state in Redis and the `snapshot`
-frame, SPEC.md "Job state: snapshot, stale events, idempotent publishing"):
-until the gateway sends snapshots, this test fails at its first step ("no
-snapshot frame") and that is expected.
+"""The demo page draws job bars from the gateway's snapshot (docs/frontend.md, "Jobs:
+the snapshot and the jobs view"; docs/publishing.md, "Job state").
 
 A real gateway (`server.demo: true`, durable publishing on), real Redis and
 PostgreSQL, headless Debian Chromium. 40 % for job A and `completion` for job
@@ -56,8 +52,7 @@ async def drawn_from_snapshot(page: Page, ids: list[str]) -> None:
         types = [ev["type"] for ev in await page_events(page)]
         if "snapshot" not in types:
             raise AssertionError(
-                f"no snapshot frame reached the page (events: {types}): the server side "
-                "of issue 19 is missing"
+                f"no snapshot frame reached the page (events: {types})"
             ) from e
         raise
     events = await page_events(page)

@@ -76,7 +76,7 @@ def connected(retry: int = 200) -> str:
 
 
 def snapshot(snapshot_id: str, jobs: list[tuple[Any, str, str, dict[str, Any]]]) -> str:
-    """`event: snapshot` exactly as SPEC.md spells it; `jobs` as (job, event, id, payload)."""
+    """`event: snapshot` as docs/publishing.md spells it; `jobs`: (job, event, id, payload)."""
     body = {"jobs": [{"job": j, "event": e, "id": i, "data": d} for j, e, i, d in jobs]}
     return frame("snapshot", body, snapshot_id)
 

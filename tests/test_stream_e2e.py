@@ -266,7 +266,7 @@ async def test_merchant_isolation(
         await expect_no_event(s2, channel(m2, "stage"), redis_server.url)
 
 
-# -- the done-when ------------------------------------------------------------
+# -- the stream's promises, end to end ------------------------------------------------------------
 
 
 async def test_200_concurrent_streams_all_receive_the_next_publish(

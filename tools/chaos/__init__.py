@@ -1,4 +1,5 @@
-"""A seeded fault-injection checker of the gateway's delivery promise (issue 17).
+"""A seeded fault-injection checker of the gateway's delivery promise (README, "Delivery
+under faults").
 
     python -m tools.chaos --seed 7 --duration 60 --profile single|cluster \
         [--clients N] [--herd same|spread] [--burst-max N]
