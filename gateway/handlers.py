@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
 from .frames import Control, control_frame
-from .logs import sampled
+from .logs import STREAM_LINES
 from .merchants import Merchant
 from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
@@ -29,6 +29,9 @@ SHOP_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,61}\.myshopify\.com")
 _RETRY_AFTER_MERCHANT_FULL_S = 5
 _RETRY_AFTER_UNAVAILABLE_S = (1, 5)  # a random second in this range
 _RETRY_AFTER_SUBSCRIBE_S = 2  # Redis did not take the merchant's subscription
+# sampled before they are built (logs.STREAM_LINES): a storm logs a few, counts the rest
+_OPEN_LINE = "stream open merchant=%s shop=%s client=%s replayed=%d"
+_CLOSE_LINE = "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f"
 
 
 class Refusal(Exception):
@@ -231,11 +234,8 @@ async def _serve(
         socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use
         stream.bind(socket, chunked=socket.chunked)
         gw.metrics.streams_opened += 1
-        log.info(
-            "stream open merchant=%s shop=%s client=%s replayed=%d",
-            stream.merchant_id, stream.shop, stream.client, replayed,
-            extra=sampled(f"merchant={stream.merchant_id}"),
-        )
+        if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_OPEN_LINE, stream.merchant_id):
+            log.info(_OPEN_LINE, stream.merchant_id, stream.shop, stream.client, replayed)
         reason = await stream.run()
     except ConnectionError:
         pass  # the client left before or while the stream opened: client_gone
@@ -244,11 +244,9 @@ async def _serve(
             gw.hub.detach(stream.merchant_id, stream)
         final = stream.close_reason or reason
         gw.metrics.closed(final)
-        log.info(
-            "stream close merchant=%s shop=%s client=%s reason=%s duration_s=%.1f",
-            stream.merchant_id, stream.shop, stream.client, final,
-            time.monotonic() - started, extra=sampled(f"merchant={stream.merchant_id}"),
-        )
+        if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_CLOSE_LINE, stream.merchant_id):
+            log.info(_CLOSE_LINE, stream.merchant_id, stream.shop, stream.client, final,
+                     time.monotonic() - started)
     return response
 
 

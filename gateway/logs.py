@@ -5,11 +5,17 @@ Three filters sit on the one handler:
   request line; it becomes one short line naming the client and the error kind;
 - a warning or error repeated with the same text is let through `_BURST`
   times per `_WINDOW_S` per logger and message (an INFO line logged with
-  `extra=sampled(key)`, e.g. a stream's open and close per merchant,
-  `_SAMPLED_BURST` times per message and key), then counted; the
-  count is reported on its next occurrence or, at the latest, by
+  `extra=sampled(key)`, `_SAMPLED_BURST` times per message and key), then
+  counted; the count is reported on its next occurrence or, at the latest, by
   `flush_suppressed()` (every few seconds, and at shutdown);
 - every line passes through `redact_text` last.
+
+A stream's open and close lines are decided before they are built
+(`STREAM_LINES.allow`): a line a storm would repeat costs a dict lookup, not
+a record, a format and a redaction. Per `_WINDOW_S`, each message is logged
+`_SAMPLED_BURST` times per merchant and `_STREAM_LINES_TOTAL` times in all;
+the rest are counted and reported in one line per message when the window
+ends (`flush_suppressed`). Every stream is still counted in the metrics.
 
 Python warnings (e.g. redis-py's at startup) go through the same handler.
 
@@ -35,7 +41,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = [
     "SECRET_PARAMETERS",
+    "STREAM_LINES",
     "RateLimitFilter",
+    "StreamLines",
     "flush_suppressed",
     "quiet_malformed_request",
     "redact_text",
@@ -47,6 +55,7 @@ __all__ = [
 _WINDOW_S = 10.0
 _BURST = 5
 _SAMPLED_BURST = 20
+_STREAM_LINES_TOTAL = 200  # stream open (close) lines per window, all merchants together
 _filters: list[tuple[RateLimitFilter, logging.Handler]] = []
 
 
@@ -120,10 +129,75 @@ class RateLimitFilter(logging.Filter):
         return summaries
 
 
+class StreamLines:
+    """Which of a storm's stream open/close lines are logged, decided before the line
+    is built: per window, `per_key` lines per message and merchant, `total` per message
+    in all; the rest counted, one summary line per message when the window ends."""
+
+    def __init__(self, per_key: int = _SAMPLED_BURST, total: int = _STREAM_LINES_TOTAL,
+                 window_s: float = _WINDOW_S) -> None:
+        self._per_key = per_key
+        self._total = total
+        self._window_s = window_s
+        self._started = time.monotonic()
+        self._counts: dict[tuple[str, str], int] = {}  # (message, key) -> lines this window
+        self._logged: dict[str, int] = {}  # message -> lines logged this window
+        self._suppressed: dict[str, dict[str, None]] = {}  # message -> keys of lines not logged
+        self._skipped: dict[str, int] = {}  # message -> lines not logged
+        self._pending: list[tuple[str, int, int, str, float]] = []
+
+    def allow(self, message: str, key: str) -> bool:
+        """Whether the line `message` of `key` (a merchant) is logged; if not, counted."""
+        now = time.monotonic()
+        if now - self._started >= self._window_s:
+            self._roll(now)
+        counts = self._counts
+        seen = counts.get((message, key), 0)
+        counts[message, key] = seen + 1
+        logged = self._logged.get(message, 0)
+        if seen < self._per_key and logged < self._total:
+            self._logged[message] = logged + 1
+            return True
+        self._skipped[message] = self._skipped.get(message, 0) + 1
+        keys = self._suppressed.setdefault(message, {})
+        if len(keys) < 100_000:
+            keys[key] = None
+        return False
+
+    def _roll(self, now: float) -> None:
+        elapsed = min(now - self._started, self._window_s)
+        for message, count in self._skipped.items():
+            keys = self._suppressed.get(message, {})
+            only = next(iter(keys)) if len(keys) == 1 else ""
+            self._pending.append((message, count, len(keys), only, elapsed))
+        del self._pending[:-100]  # never flushed (no logging set up): bounded all the same
+        self._started = now
+        self._counts, self._logged, self._suppressed, self._skipped = {}, {}, {}, {}
+
+    def expired(self, name: str, final: bool = False) -> list[logging.LogRecord]:
+        """Summaries (records of logger `name`) of the windows that ended (the current
+        one too when `final`); each reported once."""
+        now = time.monotonic()
+        if final or now - self._started >= self._window_s:
+            self._roll(now)
+        pending, self._pending = self._pending, []
+        return [logging.makeLogRecord({
+            "name": name, "levelno": logging.INFO, "levelname": "INFO", "summary": True,
+            "msg": "%d similar lines suppressed in %.0f s: %s (%s)",
+            "args": (count, elapsed, message, f"merchant={only}" if only else f"{keys} merchants"),
+        }) for message, count, keys, only, elapsed in pending]
+
+
+STREAM_LINES = StreamLines()
+_STREAM_LINES_LOGGER = "gateway.handlers"
+
+
 def flush_suppressed(final: bool = False) -> None:
     """Log the counts of suppressed lines whose window ended (every window: `final`)."""
     for rate_limit, handler in _filters:
         for summary in rate_limit.expired(final):
+            handler.handle(summary)
+        for summary in STREAM_LINES.expired(_STREAM_LINES_LOGGER, final):
             handler.handle(summary)
 
 

@@ -70,3 +70,30 @@ def test_warnings_go_through_the_json_logger(captured: io.StringIO) -> None:
         warnings.warn("a library complains", UserWarning, stacklevel=1)
     (line,) = _lines(captured)
     assert line["logger"] == "py.warnings" and "a library complains" in line["message"]
+
+
+def test_a_storm_of_stream_lines_logs_a_few_and_counts_the_rest(
+    captured: io.StringIO,
+) -> None:
+    """Decided before a line is built: per window 20 per merchant, 200 in all, then one
+    count per message."""
+    log = logging.getLogger("gateway.handlers")
+    lines = logs.StreamLines(per_key=20, total=200, window_s=10.0)
+    message = "stream open merchant=%s client=%s"
+    for i in range(1000):  # 500 merchants, two streams each
+        merchant = f"m{i % 500}"
+        if lines.allow(message, merchant):
+            log.info(message, merchant, "10.0.0.1")
+    for _ in range(30):  # one merchant over its own share
+        assert lines.allow("stream close merchant=%s", "m7") is not None
+    handler = logging.getLogger().handlers[0]
+    for summary in lines.expired("gateway.handlers", final=True):
+        handler.handle(summary)
+    out = _lines(captured)
+    assert sum(line["message"].startswith("stream open merchant=") for line in out) == 200
+    summaries = [line["message"] for line in out if "similar lines suppressed" in line["message"]]
+    assert "800 similar lines suppressed in" in summaries[0], summaries
+    assert summaries[0].endswith(": stream open merchant=%s client=%s (500 merchants)")
+    assert summaries[1].startswith("10 similar lines suppressed") and "(merchant=m7)" in (
+        summaries[1]), summaries
+    assert lines.expired("gateway.handlers", final=True) == [], "a count is reported once"
