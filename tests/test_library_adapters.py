@@ -1,11 +1,9 @@
-"""The places that rely on library internals fail here, loudly, after an upgrade.
+"""The three places that rely on library internals fail here, loudly, after an upgrade.
 
 - redis-py: the subscriber reads its connection's StreamReader directly
   (gateway/broker/connection.py: socket_reader);
 - aiohttp-sse: the per-stream ping task is replaced by one shared timer
-  (gateway/web/sse.py replicates EventSourceResponse.prepare without it);
-- aiohttp: a stream's headers wait for its first frame
-  (gateway/web/sse.py: StreamResponse._send_headers_immediately);
+  (gateway/web/sse.py overrides EventSourceResponse._ping);
 - aiohttp: a stream writes to the payload writer's transport, honours
   `protocol.writing_paused`, awaits `drain()` and frames by `chunked`
   (gateway/web/writer.py: payload_writer).
@@ -14,15 +12,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
-from aiohttp.test_utils import make_mocked_request
-from aiohttp.web import StreamResponse
 from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
@@ -45,38 +40,11 @@ async def test_redis_py_exposes_the_subscriber_socket(redis_server: RedisServer)
         await client.aclose()
 
 
-# sha256 of aiohttp-sse 3.0's EventSourceResponse.prepare source, which
-# SharedHeartbeatResponse.prepare replicates without the ping task
-_SSE_PREPARE_DIGEST = "b329ac057b8fa492"
-
-
-def test_aiohttp_sse_prepare_is_still_what_ours_replicates() -> None:
-    """If aiohttp-sse's prepare() changed, ours would silently miss what it now does:
-    read it again, replicate it, then record the new digest here."""
-    source = inspect.getsource(EventSourceResponse.prepare)
-    assert hashlib.sha256(source.encode()).hexdigest()[:16] == _SSE_PREPARE_DIGEST, source
+def test_aiohttp_sse_still_starts_its_ping_from_prepare() -> None:
+    """If prepare() stopped calling _ping(), our override would silently do nothing."""
     assert inspect.iscoroutinefunction(EventSourceResponse._ping)
+    assert "self._ping()" in inspect.getsource(EventSourceResponse.prepare)
     assert SharedHeartbeatResponse._ping is not EventSourceResponse._ping
-    assert SharedHeartbeatResponse.prepare is not EventSourceResponse.prepare
-
-
-def test_aiohttp_still_buffers_headers_for_responses_that_ask() -> None:
-    """`_send_headers_immediately = False` keeps a stream's headers for its first frame."""
-    assert "if self._send_headers_immediately:" in inspect.getsource(StreamResponse._write_headers)
-    assert SharedHeartbeatResponse._send_headers_immediately is False
-
-
-async def test_a_prepared_stream_has_no_ping_task_and_aiohttp_sse_still_answers() -> None:
-    request = make_mocked_request("GET", "/api/realtime/events")
-    response = SharedHeartbeatResponse(sep="\n")
-    tasks = len(asyncio.all_tasks())
-    writer = await response.prepare(request)
-    assert writer is not None and len(asyncio.all_tasks()) == tasks, "no task per stream"
-    assert response.prepared and response.chunked
-    assert response.headers["Content-Type"] == "text/event-stream"
-    assert response.is_connected() is False  # as once aiohttp-sse's ping task has ended
-    response.stop_streaming()
-    await response.wait()
 
 
 async def test_aiohttp_payload_writer_has_what_a_stream_uses() -> None:

@@ -3,8 +3,7 @@ tripwire test (tests/test_library_adapters.py).
 
 - `server.py`  `GatewayRunner`: aiohttp's server reading raw bodies only, lingering
                briefly, answering malformed requests with pages that quote nothing;
-- `sse.py`     `SharedHeartbeatResponse`: aiohttp-sse without a ping task per stream,
-               its headers sent with the first frame;
+- `sse.py`     `SharedHeartbeatResponse`: aiohttp-sse without a ping task per stream;
 - `writer.py`  `payload_writer`: the parts of aiohttp's payload writer a stream
                writes through, as a typed Protocol checked once per stream;
 - `forwarded.py` `client_address`: the client behind trusted proxies (X-Forwarded-For).
