@@ -29,6 +29,19 @@ class FakeLink:
         self.sent.append(("UNSUBSCRIBE", frozenset(channels)))
 
 
+async def acquired(broker: RedisBroker, link: FakeLink, merchant_id: str) -> frozenset[bytes]:
+    """`merchant_id` acquired on `link` (the broker's only link), its SUBSCRIBE acknowledged;
+    its channels."""
+    broker._links[f"fake-{id(link)}"] = link  # type: ignore[assignment]
+    acquiring = asyncio.ensure_future(broker.acquire(merchant_id))
+    await wait_for(lambda: link.sent, 1, 0.001)
+    channels = link.sent[-1][1]
+    for channel in channels:
+        broker._subscribed(link, channel)  # type: ignore[arg-type]
+    await asyncio.wait_for(acquiring, 1)
+    return channels
+
+
 async def test_an_old_subscribe_ack_does_not_make_a_new_subscription_ready() -> None:
     broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
                          linger_s=0, on_resync=lambda merchants: None)
@@ -62,13 +75,7 @@ async def test_messages_of_an_undone_subscription_do_not_enter_the_new_ring() ->
     broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), hub, Metrics(),
                          linger_s=0, on_resync=lambda merchants: None)
     link = FakeLink()
-    broker._links["fake"] = link  # type: ignore[assignment]
-    first = asyncio.ensure_future(broker.acquire("m1"))
-    await wait_for(lambda: link.sent, 1, 0.001)
-    channels = link.sent[0][1]
-    for channel in channels:
-        broker._subscribed(link, channel)  # type: ignore[arg-type]
-    await asyncio.wait_for(first, 1)
+    channels = await acquired(broker, link, "m1")
     broker.release("m1")
     await wait_for(lambda: "m1" not in broker._subs, 1, 0.001)
     second = asyncio.ensure_future(broker.acquire("m1"))
@@ -91,13 +98,7 @@ async def test_a_merchant_moved_to_another_link_is_no_longer_read_from_the_old_o
     broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
                          linger_s=60, on_resync=lambda merchants: None)
     old, new = FakeLink(), FakeLink()
-    broker._links["old"] = old  # type: ignore[assignment]
-    acquired = asyncio.ensure_future(broker.acquire("m1"))
-    await wait_for(lambda: old.sent, 1, 0.001)
-    channels = old.sent[0][1]
-    for channel in channels:
-        broker._subscribed(old, channel)  # type: ignore[arg-type]
-    await asyncio.wait_for(acquired, 1)
+    channels = await acquired(broker, old, "m1")
     assert set(old.routes) == set(channels) and not new.routes
     broker._link_for = lambda channel: new  # type: ignore[assignment,method-assign,return-value]
     broker._move("m1")
