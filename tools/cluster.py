@@ -219,7 +219,10 @@ class RedisCluster:
                     problems.append(f"{port}: cluster_state {info.get('cluster_state')}")
                 view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
                 owners = tuple(sorted((n.slots, n.port) for n in view.values() if n.slots))
-                maps.add(owners)
+                roles = tuple(sorted((p, n.role) for p, n in view.items() if p in live))
+                maps.add((owners, roles))
+                if view[port].role == "primary" and not view[port].slots:
+                    problems.append(f"{port}: not yet a replica")  # create's REPLICATE pending
                 if set(view) != set(self.servers):
                     problems.append(f"{port}: knows {sorted(view)}")
                 replication = self.call(port, "INFO", "replication")
@@ -230,7 +233,7 @@ class RedisCluster:
             except (redis.RedisError, KeyError, ValueError) as exc:
                 problems.append(f"{port}: {exc!r}")
         if len(maps) > 1:
-            problems.append("nodes disagree on the slot map")
+            problems.append("nodes disagree on the slot map or the roles")
         return problems
 
     def wait_healthy(self, timeout: float = 30.0, extra: Callable[[], bool] | None = None) -> None:
