@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
 
 from .durable.ids import DurableId
@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "Heartbeat",
     "Wire",
+    "after_snapshot",
     "at_or_before",
     "chunk",
     "control_frame",
@@ -105,6 +106,16 @@ class Entry:
         self.wire: Wire = wire(event_frame(event_id, event, payload))
         self._job: object = _UNPARSED if keep_payload else None
 
+    def without_id(self) -> Entry:
+        """The same event framed without its `id:` line (the browser keeps its
+        Last-Event-ID); `id` stays for matching."""
+        copy = Entry.__new__(Entry)
+        copy.seq, copy.id, copy.event = self.seq, self.id, self.event
+        copy.payload, copy._job = self.payload, self._job
+        framed = bytes(self.wire[0])
+        copy.wire = wire(framed[framed.index(b"\n") + 1:])
+        return copy
+
     @property
     def size(self) -> int:
         """Bytes this event holds in a stream's queue."""
@@ -170,3 +181,20 @@ def at_or_before(frame: Deliverable, last: DurableId) -> bool:
 def newer(frames: Iterable[Deliverable], last: DurableId) -> list[Deliverable]:
     """`frames` without the durable events at or before `last`."""
     return [frame for frame in frames if not at_or_before(frame, last)]
+
+
+
+def after_snapshot(frames: Sequence[Deliverable], head: DurableId | None) -> list[Deliverable]:
+    """Queued `frames` as they follow a snapshot read at `head` (None: no history yet).
+
+    The durable events up to `head` are in the snapshot: dropped. Plain events
+    queued before the last of them lose their `id:` line: the client's
+    Last-Event-ID stays the snapshot's, so a reconnect resumes after it. Their
+    own id would resume the ring from before those durable events and replay
+    what the snapshot already held.
+    """
+    if head is None:
+        return list(frames)
+    cut = max((i + 1 for i, frame in enumerate(frames) if at_or_before(frame, head)), default=0)
+    earlier = [f.without_id() if isinstance(f, Entry) else f for f in newer(frames[:cut], head)]
+    return [*earlier, *frames[cut:]]

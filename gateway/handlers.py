@@ -228,7 +228,7 @@ async def _serve(
         # no Last-Event-ID, or one that cannot be replayed: the job state comes first
         wants_snapshot = sse.snapshot and (gap or not last_id)
         if not (wants_snapshot and await gw.snapshots.open(stream, first)) and first:
-            stream.put_first(first, None)  # resync before what queued meanwhile
+            stream.put_first(first)  # resync before what queued meanwhile
         connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
         await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
         socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use

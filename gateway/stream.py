@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .durable.ids import DurableId
-from .frames import HEARTBEAT, Control, Deliverable, Entry, newer
+from .frames import HEARTBEAT, Control, Deliverable, Entry, after_snapshot, newer
 from .metrics import Metrics
 from .web.writer import PayloadWriter, WriterProtocol
 
@@ -141,11 +141,17 @@ class Stream:
         self._requeue([*entries[:used], *queued])
         return used
 
-    def put_first(self, frames: Sequence[Entry | Control], after: DurableId | None) -> None:
-        """Put `frames` (a resync, a snapshot read at `after`) before what queued live
-        (nothing written yet); queued durable events up to `after` are in the snapshot."""
+    def put_first(
+        self, first: Sequence[Control], snapshot: Entry | None = None,
+        head: DurableId | None = None,
+    ) -> None:
+        """Put `first` (a resync) and a `snapshot` read at `head` before what queued
+        live (nothing written yet), as `after_snapshot` says."""
         queued = list((self._queue or {}).values())
-        self._requeue([*frames, *(newer(queued, after) if after else queued)])
+        if snapshot is None:
+            self._requeue([*first, *queued])
+            return
+        self._requeue([*first, snapshot, *after_snapshot(queued, head)])
 
     def hold(self, number: int) -> None:
         """Write nothing from now until `release(number)`: a snapshot is being read."""
@@ -153,17 +159,21 @@ class Stream:
             self._queue = OrderedDict()
         self._held = (number, list(self._queue))
 
-    def release(self, number: int, frames: Sequence[Entry], after: DurableId | None) -> None:
-        """End hold `number`: `frames` go after what was queued before it, then what
-        queued meanwhile (durable events up to `after` dropped: the snapshot has them)."""
+    def release(
+        self, number: int, snapshot: Entry | None = None, head: DurableId | None = None
+    ) -> None:
+        """End hold `number`: a `snapshot` read at `head` goes after what was queued
+        before it, then what queued meanwhile as `after_snapshot` says."""
         if self._held is None or self._held[0] != number or self.close_reason is not None:
             return
-        queue, before = self._queue or OrderedDict(), set(self._held[1])
+        queue, held = self._queue or OrderedDict(), set(self._held[1])
         self._held = None
-        earlier = [entry for key, entry in queue.items() if key in before]
-        later = [entry for key, entry in queue.items() if key not in before]
-        rest = newer(later, after) if after else later
-        self._requeue([*earlier, *frames, *rest])
+        earlier = [entry for key, entry in queue.items() if key in held]
+        later = [entry for key, entry in queue.items() if key not in held]
+        if snapshot is None:
+            self._requeue([*earlier, *later])
+            return
+        self._requeue([*earlier, snapshot, *after_snapshot(later, head)])
 
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()

@@ -481,6 +481,42 @@ async def test_a_replay_gives_way_to_what_queued_live_meanwhile() -> None:
         await finish(task)
 
 
+@pytest.mark.parametrize("after_resync", [False, True])
+async def test_plain_events_older_than_a_snapshot_do_not_move_the_last_event_id(
+    after_resync: bool,
+) -> None:
+    """A plain event published before durable events the snapshot holds follows the
+    snapshot without its id: a reconnect must resume after the snapshot, not from
+    the plain event's place in the ring (that would replay what the snapshot held)."""
+
+    def durable(n: int) -> Entry:
+        return Entry(4000 + n, f"ep:{n}", "stage", b"%d" % n)
+
+    stream, _ = make_stream()
+    resync = Control("resync", {"reason": "redis_reconnected"})
+    if after_resync:
+        stream.deliver(resync)
+        stream.hold(1)
+    plain_early, plain_late = entry("stage", "early"), entry("stage", "late")
+    for live in (plain_early, durable(4), durable(5), plain_late, durable(6)):
+        stream.deliver(live)  # queued while the state is read
+    snapshot = Entry(4100, "ep:5", "snapshot", b'{"jobs":[]}')
+    if after_resync:
+        stream.release(1, snapshot, DurableId("ep", 5))
+    else:
+        stream.put_first([resync], snapshot, DurableId("ep", 5))
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        await poll(lambda: b"ep:6" in writer.transport.data, what="written")
+        data = writer.transport.data
+        assert data.index(b"resync") < data.index(b"snapshot") < data.index(b"early")
+        assert ids_in(data) == ["ep:5", plain_late.id, "ep:6"]
+        assert b"\n\nevent: stage\ndata: \"early\"\n\n" in data  # delivered, without its id
+    finally:
+        await finish(task)
+
+
 async def test_a_held_stream_writes_nothing_until_its_snapshot_then_only_newer_events() -> None:
     def durable(n: int) -> Entry:
         return Entry(2000 + n, f"ep:{n}", "stage", b"%d" % n)
@@ -497,9 +533,9 @@ async def test_a_held_stream_writes_nothing_until_its_snapshot_then_only_newer_e
             stream.deliver(live)
         await asyncio.sleep(0)
         assert b"ep:4" not in writer.transport.data  # held
-        stream.release(0, [], None)  # an earlier hold's answer: ignored
+        stream.release(0)  # an earlier hold's answer: ignored
         snapshot = Entry(3000, "ep:4", "snapshot", b'{"jobs":[]}')
-        stream.release(1, [snapshot], DurableId("ep", 4))
+        stream.release(1, snapshot, DurableId("ep", 4))
         await poll(lambda: b"ep:5" in writer.transport.data, what="released")
         data = writer.transport.data
         assert data.index(b"resync") < data.index(b"snapshot")

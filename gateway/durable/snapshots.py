@@ -81,7 +81,7 @@ class Snapshots:
             return False
         if snapshot is None:
             return False
-        stream.put_first([*first, snapshot.frame], snapshot.head)
+        stream.put_first(first, snapshot.frame, snapshot.head)
         self._metrics.snapshots += 1
         return True
 
@@ -107,9 +107,9 @@ class Snapshots:
         finally:
             for stream in streams:
                 if snapshot is None:
-                    stream.release(number, [], None)
+                    stream.release(number)
                 else:
-                    stream.release(number, [snapshot.frame], snapshot.head)
+                    stream.release(number, snapshot.frame, snapshot.head)
                     self._metrics.snapshots += 1
 
     async def _read(self, merchant_id: str) -> Snapshot | None:
