@@ -63,9 +63,7 @@ def create_app(cfg: Config) -> web.Application:
     app = web.Application()
     make = make_cluster_client if cfg.redis.cluster else make_client
     redis_client = make(cfg.redis.url, _HISTORY_POOL_SIZE)
-    envelopes = EnvelopeCheck(redis_client)
-    hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes)
-    metrics = Metrics(max_connections=cfg.sse.max_connections)
+    envelopes = EnvelopeCheck(redis_client, cfg.redis.events)
 
     def resync(merchant_ids: list[str]) -> None:
         """Messages of these merchants may have been lost (Redis reconnected or moved)."""
@@ -76,6 +74,15 @@ def create_app(cfg: Config) -> web.Application:
         """Their channels are subscribed again after `resync`: the job state can be read."""
         if cfg.sse.snapshot:
             snapshots.after_resync(merchant_ids)
+
+    def missed(merchant_ids: list[str]) -> None:
+        """Messages of these merchants never arrived, though their channels are live."""
+        resync(merchant_ids)
+        live_again(merchant_ids)
+
+    hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes,
+              on_missed=missed)
+    metrics = Metrics(max_connections=cfg.sse.max_connections)
 
     async def flush() -> float:
         """Every message published before this call has reached the hub, checked."""

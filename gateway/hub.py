@@ -56,7 +56,12 @@ class Topic:
         self.mark = next(_marks)
 
 
-Verify = Callable[[str, DurableId, str, bytes, Callable[[bool], None]], None]
+Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Callable[[bool, bool], None]],
+                  None]
+"""`verify(merchant_id, id, event, payload, expected, done)`: whether the history
+holds that event, answered later as `done(genuine, missed)`; `missed`: the history
+holds events of ours between `expected` (the id that would have continued the
+proven head) and it, which this process never received."""
 
 
 class Hub:
@@ -67,11 +72,15 @@ class Hub:
         coalesce: frozenset[str] = frozenset(),
         epoch: str | None = None,
         verify: Verify | None = None,
+        on_missed: Callable[[list[str]], None] = lambda merchant_ids: None,
     ) -> None:
-        """`verify(merchant_id, id, event, payload, done)` checks, later, that the
-        durable history holds that event; without it every envelope is trusted."""
+        """`verify` checks, later, that the durable history holds an event (without it
+        every envelope is trusted); `on_missed(merchants)` is called when it finds that
+        messages of theirs never reached this process, before the next one is
+        delivered (the subscriber lost them: a failover, a replica resyncing)."""
         self.epoch = epoch or process_epoch()
         self._verify = verify
+        self._on_missed = on_missed
         self._history = history
         self._coalesce = coalesce
         self._seq = 0
@@ -106,8 +115,10 @@ class Hub:
             durable = DurableId.parse(event_id)
             if durable is not None:
                 topic.pending = [(event, payload, event_id)]
-                self._verify(merchant_id, durable, event, payload,
-                             lambda genuine: self._verified(merchant_id, topic, genuine))
+                expected = DurableId.parse(topic.next_durable or "")
+                self._verify(merchant_id, durable, event, payload, expected,
+                             lambda genuine, missed: self._verified(
+                                 merchant_id, topic, genuine, missed))
                 return None
         return self._fan_out(topic, event, payload, event_id)
 
@@ -123,14 +134,18 @@ class Hub:
             _advance(topic, event_id)
         return entry
 
-    def _verified(self, merchant_id: str, topic: Topic, genuine: bool) -> None:
+    def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool) -> None:
         """The held envelope checked: delivered with its id when the history holds it
         and it is newer than the proven head, else as a plain event; then the
-        messages held behind it go on, until the next one that needs a check."""
+        messages held behind it go on, until the next one that needs a check. When
+        events before it never arrived, `on_missed` comes first (its streams resync)."""
         pending = topic.pending
         if pending is None or self._topics.get(merchant_id) is not topic:
             return
         topic.pending = None
+        if genuine and missed:
+            self.mark_gap([merchant_id])
+            self._on_missed([merchant_id])
         (event, payload, event_id), rest = pending[0], pending[1:]
         durable = DurableId.parse(event_id)
         head = topic.durable_head

@@ -332,10 +332,14 @@ class Checks:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, str, Callable[[bool], None]]] = []
+        self.expected: list[str | None] = []
+        self.missed = False  # what the next answers say of the events skipped
 
     def __call__(self, merchant_id: str, durable: DurableId, event: str, payload: bytes,
-                 done: Callable[[bool], None]) -> None:
-        self.asked.append((str(durable), payload.decode(), done))
+                 expected: DurableId | None, done: Callable[[bool, bool], None]) -> None:
+        self.expected.append(str(expected) if expected else None)
+        self.asked.append((str(durable), payload.decode(),
+                           lambda genuine: done(genuine, self.missed)))
 
 
 def test_only_an_id_that_does_not_continue_the_proven_head_is_checked() -> None:
@@ -381,6 +385,41 @@ def test_a_gap_makes_the_next_envelope_checked_again() -> None:
     hub.mark_gap(["m"])
     hub.publish("m", "stage", b"2", "ep:2")
     assert [a[0] for a in checks.asked] == ["ep:1", "ep:2"]
+
+
+def test_a_genuine_jump_past_the_expected_id_resyncs_before_it_is_delivered() -> None:
+    """Events the subscriber never received (a failover, a replica resyncing): the
+    merchant's streams resync first, and no replay bridges the jump."""
+    checks, missed = Checks(), []
+    hub = Hub(history=10, epoch="local", verify=checks, on_missed=missed.append)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.publish("m", "stage", b"1", "ep:1")
+    checks.asked[0][2](True)
+    hub.publish("m", "stage", b"2", "ep:2")  # continues: no check
+    hub.publish("m", "stage", b"9", "ep:9")  # 3..8 never arrived
+    assert checks.expected[-1] == "ep:3"
+    checks.missed = True
+    checks.asked[-1][2](True)
+    assert missed == [["m"]] and ids(sink.got) == ["ep:1", "ep:2", "ep:9"]
+    replay, gap = hub.attach("m", Sink(), "ep:2")
+    assert gap and replay == []  # ep:2 is from before the loss: the ring cannot bridge it
+    missed_before = len(missed)
+    hub.publish("m", "stage", b"10", "ep:10")  # continues the new head
+    assert len(missed) == missed_before and ids(sink.got)[-1] == "ep:10"
+
+
+def test_a_jump_over_events_not_subscribed_to_is_no_loss() -> None:
+    checks, missed = Checks(), []
+    hub = Hub(history=10, epoch="local", verify=checks, on_missed=missed.append)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.publish("m", "stage", b"1", "ep:1")
+    checks.asked[0][2](True)
+    hub.publish("m", "stage", b"3", "ep:3")  # ep:2 is of a type this gateway ignores
+    checks.asked[-1][2](True)
+    assert missed == [] and ids(sink.got) == ["ep:1", "ep:3"]
+    assert ids(hub.attach("m", Sink(), "ep:1")[0]) == ["ep:3"]
 
 
 def test_a_flushed_history_read_makes_the_next_envelope_need_no_check() -> None:

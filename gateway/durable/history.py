@@ -15,7 +15,7 @@ whether the history still reaches a client's Last-Event-ID.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -159,3 +159,23 @@ async def holds(
         return True
     found = _entry(durable.epoch, *entries[0])
     return found.event == event and found.payload == payload
+
+
+async def missed(
+    client: aioredis.Redis | Any, merchant_id: str, expected: DurableId, durable: DurableId,
+    events: Collection[str],
+) -> bool:
+    """Whether the history holds events of types in `events` from `expected` up to
+    (not including) `durable`: a subscriber that was waiting for `expected` and got
+    `durable` lost them. True when it cannot tell (entries trimmed, or another epoch)."""
+    if durable.epoch != expected.epoch:
+        return True
+    if durable.offset <= expected.offset:
+        return False
+    stream = history_keys(merchant_id)[0]
+    last = durable.offset - 1
+    entries = await client.xrange(stream, f"0-{expected.offset}", f"0-{last}")
+    if len(entries) != last - expected.offset + 1:
+        return True
+    return any(_entry(durable.epoch, *raw).event in events for raw in entries)
+
