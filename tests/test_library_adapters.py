@@ -3,7 +3,7 @@
 - redis-py: the subscriber reads its connection's StreamReader directly
   (gateway/broker/connection.py: socket_reader);
 - aiohttp-sse: the per-stream ping task is replaced by one shared timer
-  (gateway/web/sse.py overrides EventSourceResponse._ping);
+  (gateway/web/sse.py replicates EventSourceResponse.prepare without it);
 - aiohttp: a stream writes to the payload writer's transport, honours
   `protocol.writing_paused`, awaits `drain()` and frames by `chunked`
   (gateway/web/writer.py: payload_writer).
@@ -12,12 +12,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
+from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
@@ -40,11 +42,36 @@ async def test_redis_py_exposes_the_subscriber_socket(redis_server: RedisServer)
         await client.aclose()
 
 
-def test_aiohttp_sse_still_starts_its_ping_from_prepare() -> None:
-    """If prepare() stopped calling _ping(), our override would silently do nothing."""
+# sha256 of aiohttp-sse 3.0's EventSourceResponse.prepare source, which
+# SharedHeartbeatResponse.prepare replicates without the ping task
+_SSE_PREPARE_DIGEST = "b329ac057b8fa492"
+
+
+def test_aiohttp_sse_prepare_is_still_what_ours_replicates() -> None:
+    """If aiohttp-sse's prepare() changed, ours would silently miss what it now does:
+    read it again, replicate it, then record the new digest here."""
+    source = inspect.getsource(EventSourceResponse.prepare)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == _SSE_PREPARE_DIGEST, source
     assert inspect.iscoroutinefunction(EventSourceResponse._ping)
-    assert "self._ping()" in inspect.getsource(EventSourceResponse.prepare)
     assert SharedHeartbeatResponse._ping is not EventSourceResponse._ping
+    assert SharedHeartbeatResponse.prepare is not EventSourceResponse.prepare
+
+
+async def test_a_prepared_stream_has_no_ping_task_and_its_headers_are_sent() -> None:
+    """No task per stream; the headers leave in prepare(), never held for a first frame
+    (a stream's 200 must not wait for a Redis read)."""
+    request = make_mocked_request("GET", "/api/realtime/events")
+    response = SharedHeartbeatResponse(sep="\n")
+    tasks = len(asyncio.all_tasks())
+    writer = await response.prepare(request)
+    assert writer is not None and len(asyncio.all_tasks()) == tasks, "no task per stream"
+    assert response.prepared and response.chunked
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response._send_headers_immediately is True
+    assert request.writer.write_headers.called, "headers sent in prepare()"
+    assert response.is_connected() is False  # as once aiohttp-sse's ping task has ended
+    response.stop_streaming()
+    await response.wait()
 
 
 async def test_aiohttp_payload_writer_has_what_a_stream_uses() -> None:
