@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 from support import unique_merchant, wait_for
 
-from gateway.durable.history import DurableHistory
+from gateway.durable.history import DurableHistory, missed
 from gateway.durable.ids import (
     DurableEvent,
     DurableId,
@@ -173,6 +173,23 @@ async def test_history_zero_keeps_nothing_but_still_numbers(client: aioredis.Red
     assert ids[2] is not None and ids[1] is not None
     assert await read_after(history, mid, ids[2]) == []
     assert await read_after(history, mid, ids[1]) is None
+
+
+async def test_missed_says_whether_a_jump_skipped_subscribed_events(
+    client: aioredis.Redis,
+) -> None:
+    mid, _ = unique_merchant("dh")
+    history = make_history(client, history=5)  # keeps :3 to :7
+    events = ["stage", "stage", "log", "log", "stage", "stage", "stage"]
+    ids = [DurableId.parse(await history.publish(mid, e, b"x")) for e in events]
+    _, two, three, _, five, _, seven = ids
+    assert two and three and five and seven
+    ours = {"stage", "progress"}
+    assert not await missed(client, mid, three, five, ours)  # skipped :3, :4: not ours
+    assert await missed(client, mid, three, five, {"log"})
+    assert not await missed(client, mid, five, five, ours)  # no jump
+    assert await missed(client, mid, two, five, ours)  # :2 trimmed: cannot tell
+    assert await missed(client, mid, DurableId("other", 5), seven, ours)  # another epoch
 
 
 def job_event(mid: str, key: str, event: str = "progress") -> Publication:
