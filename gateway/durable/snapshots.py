@@ -12,6 +12,20 @@ reconnected) each stream is held, writing nothing, until the same read answers.
 One read per merchant is shared by every stream of it that opens or resyncs
 meanwhile (`SingleFlight`), so a reconnect storm costs about one read per
 merchant. A merchant without job state gets no frame.
+
+A read is also kept in memory, and a stream that opens later gets it without
+a Redis read, while the read still stands for what this process has
+delivered: the merchant's hub topic is the same one, with no gap marked since
+(`Hub.gap_mark`), no envelope waiting for its check, and the same newest
+durable id (`Topic.durable_head`) as when the read was sent and when it
+answered (flushed) -- so no durable event was delivered in between or since.
+Every durable event after its id then reaches the new stream live, none at or
+before it: the no-gap, no-duplicate rule of a read holds. It is kept at most
+`_KEPT_S` seconds: what changes the state in Redis without a message this
+process delivers (the state expiring, a durable publish on an event not in
+`redis.events`) shows within that time. A snapshot served from memory may not
+yet hold an event published an instant before the connect that has not
+reached this process; that event follows it live.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
@@ -41,6 +56,7 @@ __all__ = ["Snapshot", "Snapshots"]
 log = logging.getLogger(__name__)
 
 _READ_TIMEOUT_S = 3.0
+_KEPT_S = 5.0  # a read served from memory at most this long after it was sent
 _FAULTS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
@@ -49,6 +65,17 @@ class Snapshot(NamedTuple):
 
     head: DurableId
     frame: Entry
+
+
+_Position = tuple[int, "DurableId | None"]  # the topic's gap mark and newest durable id
+
+
+class _Kept(NamedTuple):
+    """A read that still stands while the merchant's topic is at `position`."""
+
+    position: _Position
+    snapshot: Snapshot | None
+    until: float  # time.monotonic()
 
 
 class Snapshots:
@@ -69,16 +96,22 @@ class Snapshots:
         self._reads: SingleFlight[str, Snapshot | None] = SingleFlight(self._read)
         self._holds = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._kept: dict[str, _Kept] = {}
+        self.clock: Callable[[], float] = time.monotonic
 
     async def open(self, stream: Stream, first: list[Control]) -> bool:
         """Put `first` (a resync, or nothing) and the snapshot before what queued
         live on a stream just attached; False when there is no snapshot to send."""
-        try:
-            snapshot = await self._reads(stream.merchant_id)
-        except _FAULTS as exc:
-            log.warning("snapshot read failed merchant=%s: %s", stream.merchant_id,
-                        type(exc).__name__)
-            return False
+        kept = self._kept.get(stream.merchant_id)
+        if kept is not None and self._stands(stream.merchant_id, kept):
+            snapshot = kept.snapshot  # no await since attach: nothing can come between
+        else:
+            try:
+                snapshot = await self._reads(stream.merchant_id)
+            except _FAULTS as exc:
+                log.warning("snapshot read failed merchant=%s: %s", stream.merchant_id,
+                            type(exc).__name__)
+                return False
         if snapshot is None:
             return False
         stream.put_first(first, snapshot.frame, snapshot.head)
@@ -113,17 +146,51 @@ class Snapshots:
                     self._metrics.snapshots += 1
 
     async def _read(self, merchant_id: str) -> Snapshot | None:
-        """One state read, flushed, as a frame (None: no job state)."""
+        """One state read, flushed, as a frame (None: no job state); kept in memory
+        when no durable event of the merchant was delivered while it was read."""
+        sent_at, before = self.clock(), self._position(merchant_id)
         work = asyncio.ensure_future(self._history.read_jobs(merchant_id))
         head, records = await deadlines.wait(work, _READ_TIMEOUT_S)
-        if head is None:
+        data = None if head is None else snapshot_data(records, head.epoch, self._job_key)
+        snapshot = None
+        if head is not None and data is not None:
+            await self._flush()  # every message published before the read is in the queues
+            payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+            snapshot = Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
+        # without job state there is nothing to flush for: a durable event published
+        # before the read would be in it, and one published after moves the topic's head
+        if before is not None and self._position(merchant_id) == before:
+            self._keep(merchant_id, _Kept(before, snapshot, sent_at + _KEPT_S))
+        else:
+            self._kept.pop(merchant_id, None)
+        return snapshot
+
+    def _position(self, merchant_id: str) -> _Position | None:
+        """Where the merchant's topic stands (None: no topic, or an envelope under check)."""
+        mark = self._hub.gap_mark(merchant_id)
+        if mark < 0:
             return None
-        data = snapshot_data(records, head.epoch, self._job_key)
-        if data is None:
+        topic = self._hub.open(merchant_id)  # exists: it has a mark
+        if topic.pending is not None:
             return None
-        await self._flush()  # every message published before the read is in the queues
-        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        return Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
+        return mark, topic.durable_head
+
+    def _stands(self, merchant_id: str, kept: _Kept) -> bool:
+        """Whether a kept read may still be served (else it is forgotten)."""
+        if self.clock() < kept.until and self._position(merchant_id) == kept.position:
+            return True
+        del self._kept[merchant_id]
+        return False
+
+    def _keep(self, merchant_id: str, kept: _Kept) -> None:
+        self._kept[merchant_id] = kept
+        if len(self._kept) > 2 * len(self._hub) + 64:  # forget merchants no longer held
+            now = self.clock()
+            self._kept = {
+                mid: k for mid, k in self._kept.items()
+                if now < k.until and self._hub.gap_mark(mid) == k.position[0]
+            }
 
     async def close(self) -> None:
+        self._kept.clear()
         await stop_tasks([*self._reads.tasks(), *self._tasks])

@@ -1,0 +1,197 @@
+"""A job-state read kept in memory serves later streams of the merchant without a
+Redis read, only while no durable event of the merchant was delivered since it
+was sent: each new stream still gets the state then every later durable event,
+none twice (pure unit: a real Hub, a fake history)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.durable.ids import DurableId
+from gateway.durable.jobs import JobRecord
+from gateway.durable.snapshots import Snapshots
+from gateway.hub import Hub
+from gateway.metrics import Metrics
+from gateway.stream import QueuePolicy, Stream
+
+MID = "m1"
+POLICY = QueuePolicy(max_queue=100, coalesce=frozenset(), job_key="jobId",
+                     max_queue_bytes=1 << 20)
+
+
+class FakeHistory:
+    """The merchant's job state as the publish script keeps it; counts reads.
+    `during_read`, when set, runs while a read is on its way (then cleared)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.head: DurableId | None = None
+        self.jobs: dict[str, JobRecord] = {}
+        self.during_read = None
+        self.fail = False
+
+    def record(self, offset: int, job: str | None, event: str = "progress") -> bytes:
+        """A durable publish at ep:offset: the state it leaves; its payload."""
+        payload = json.dumps({"jobId": job, "n": offset} if job else {"n": offset}).encode()
+        self.head = DurableId("ep", offset)
+        if job is not None:
+            self.jobs[job] = JobRecord(job, self.head, event, payload, False)
+        return payload
+
+    async def read_jobs(self, merchant_id: str) -> tuple[DurableId | None, list[JobRecord]]:
+        self.reads += 1
+        answer = (self.head, list(self.jobs.values()))  # the MULTI: state as sent
+        await asyncio.sleep(0)
+        if self.during_read is not None:
+            during, self.during_read = self.during_read, None
+            during()
+        if self.fail:
+            raise RedisConnectionError("gone")
+        return answer
+
+
+class World:
+    def __init__(self) -> None:
+        self.history = FakeHistory()
+        self.hub = Hub(history=10)  # no verify: every envelope is trusted as it comes
+        self.now = 1000.0
+        self.snapshots = Snapshots(self.history, self._flush, self.hub,  # type: ignore[arg-type]
+                                   Metrics(), job_key="jobId")
+        self.snapshots.clock = lambda: self.now
+
+    async def _flush(self) -> float:
+        await asyncio.sleep(0)
+        return 0.0
+
+    def publish(self, offset: int, job: str | None) -> None:
+        """Published durably, and its message delivered to the hub."""
+        payload = self.history.record(offset, job)
+        self.hub.publish(MID, "progress", payload, f"ep:{offset}")
+
+    async def connect(self) -> Stream:
+        """What the stream handler does for a stream without a Last-Event-ID."""
+        stream = Stream(MID, "shop", "client", POLICY, Metrics())
+        self.hub.attach(MID, stream, None)
+        await self.snapshots.open(stream, [])
+        return stream
+
+
+def queued(stream: Stream) -> list[tuple[str, str | None]]:
+    """(event, id) of what the stream would write, in order."""
+    return [(e.event, getattr(e, "id", None)) for e in (stream._queue or {}).values()]
+
+
+def jobs(stream: Stream) -> list[str]:
+    frame = next(e for e in (stream._queue or {}).values() if e.event == "snapshot")
+    body = frame.wire[1].split(b"data: ", 1)[1].split(b"\n", 1)[0]
+    return [job["id"] for job in json.loads(body)["jobs"]]
+
+
+async def test_a_read_serves_later_streams_while_nothing_durable_arrives() -> None:
+    w = World()
+    w.publish(1, "A")
+    w.publish(2, "B")
+    first = await w.connect()
+    assert w.history.reads == 1 and queued(first) == [("snapshot", "ep:2")]
+    w.hub.publish(MID, "stage", b"plain")  # plain events are not job state
+    later = [await w.connect() for _ in range(5)]
+    assert w.history.reads == 1
+    for stream in later:
+        assert queued(stream) == [("snapshot", "ep:2")] and jobs(stream) == ["ep:1", "ep:2"]
+    w.publish(3, "A")  # every stream gets what follows the snapshot, once
+    assert [e for e, _ in queued(first)] == ["snapshot", "stage", "progress"]
+    assert queued(first)[-1] == ("progress", "ep:3")
+    for stream in later:
+        assert queued(stream) == [("snapshot", "ep:2"), ("progress", "ep:3")]
+
+
+async def test_a_durable_event_delivered_since_the_read_forces_a_new_one() -> None:
+    w = World()
+    w.publish(1, "A")
+    await w.connect()
+    w.publish(2, "A")
+    second = await w.connect()
+    assert w.history.reads == 2
+    assert queued(second) == [("snapshot", "ep:2")] and jobs(second) == ["ep:2"]
+    w.publish(3, None)  # a durable event without a job moves the head as well
+    third = await w.connect()
+    assert w.history.reads == 3 and queued(third) == [("snapshot", "ep:3")]
+
+
+async def test_a_durable_event_delivered_while_reading_is_never_lost_to_a_later_stream() -> None:
+    """Published after the read was sent and delivered before it answered: the read
+    does not hold it, so it must not be served to a stream that attaches later."""
+    w = World()
+    w.publish(1, "A")
+    w.history.during_read = lambda: w.publish(2, "A")
+    first = await w.connect()
+    assert queued(first) == [("snapshot", "ep:1"), ("progress", "ep:2")]  # live, after it
+    second = await w.connect()
+    assert w.history.reads == 2, "the read from before ep:2 was not kept"
+    assert queued(second) == [("snapshot", "ep:2")] and jobs(second) == ["ep:2"]
+
+
+async def test_a_gap_or_a_new_subscription_forces_a_new_read() -> None:
+    w = World()
+    w.publish(1, "A")
+    await w.connect()
+    w.hub.mark_gap([MID])  # Redis reconnected: messages may have been lost
+    await w.connect()
+    assert w.history.reads == 2
+    await w.connect()
+    assert w.history.reads == 2
+    w.hub.drop(MID)  # the merchant's linger ended; a new subscription is a new topic
+    await w.connect()
+    assert w.history.reads == 3
+
+
+async def test_a_kept_read_is_served_for_a_bounded_time() -> None:
+    w = World()
+    w.publish(1, "A")
+    await w.connect()
+    w.now += 4.9
+    await w.connect()
+    assert w.history.reads == 1
+    w.now += 0.2
+    await w.connect()
+    assert w.history.reads == 2
+
+
+async def test_no_job_state_is_kept_until_the_first_durable_event() -> None:
+    w = World()
+    assert queued(await w.connect()) == []
+    assert queued(await w.connect()) == []
+    assert w.history.reads == 1
+    w.publish(1, "A")
+    assert queued(await w.connect()) == [("snapshot", "ep:1")]
+    assert w.history.reads == 2
+
+
+async def test_a_failed_read_is_not_kept() -> None:
+    w = World()
+    w.publish(1, "A")
+    w.history.fail = True
+    assert queued(await w.connect()) == []
+    w.history.fail = False
+    assert queued(await w.connect()) == [("snapshot", "ep:1")]
+    assert w.history.reads == 2
+
+
+async def test_merchants_no_longer_held_are_forgotten() -> None:
+    w = World()
+    for n in range(200):
+        w.hub.open(f"m{n}")
+    for n in range(200):
+        stream = Stream(f"m{n}", "shop", "client", POLICY, Metrics())
+        w.hub.attach(f"m{n}", stream, None)
+        await w.snapshots.open(stream, [])
+    for n in range(200):
+        w.hub.drop(f"m{n}")
+    w.hub.open("m-last")
+    stream = Stream("m-last", "shop", "client", POLICY, Metrics())
+    w.hub.attach("m-last", stream, None)
+    await w.snapshots.open(stream, [])
+    assert len(w.snapshots._kept) <= 2 * len(w.hub) + 64
