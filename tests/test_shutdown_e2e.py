@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import resource
 import signal
@@ -32,26 +31,12 @@ def _raise_nofile(want: int) -> None:
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= want, "RLIMIT_NOFILE too low"
 
 
-def _accepted_by(pid: int, server_port: int, client_port: int) -> bool:
-    """Whether process `pid` holds the server side of 127.0.0.1:client_port -> server_port."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                local_port = int(cols[1].rsplit(":", 1)[1], 16)
-                remote_port = int(cols[2].rsplit(":", 1)[1], 16)
-                if (local_port, remote_port) == (server_port, client_port):
-                    inode = cols[9]
-    if inode is None:
-        return False
-    target = f"socket:[{inode}]"
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    return True
-    return False
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(head, body) of one HTTP/1.1 response that has a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head, re.IGNORECASE)
+    assert length, head
+    return head, await reader.readexactly(int(length[1]))
 
 
 async def _wait_exit(gw: Any, timeout: float) -> tuple[int, float]:
@@ -113,6 +98,13 @@ async def test_sigterm_readiness_503_while_draining(redis_factory, gateway_facto
     it from outside is a request in flight: Redis is frozen so the /health probe
     takes ~1.5 s, and SIGTERM arrives meanwhile. Exit stays 0 and in time even
     though Redis hangs.
+
+    In flight, by construction rather than by polling: `GET /health/live` and
+    `GET /health` go pipelined in one write on one connection. The answer to the
+    first proves the gateway accepted the connection and read both requests; its
+    connection handler takes the second one up in the very step that follows, before
+    a signal sent after that answer can reach the gateway's loop. SIGTERM then
+    lands well inside the 1.5 s the /health probe hangs on the frozen Redis.
     """
     r = redis_factory()
     shutdown_timeout = 5
@@ -124,28 +116,21 @@ async def test_sigterm_readiness_503_while_draining(redis_factory, gateway_facto
     writer: asyncio.StreamWriter | None = None
     try:
         reader, writer = await asyncio.open_connection(gw.host, gw.port)
-        client_port = writer.get_extra_info("sockname")[1]
         writer.write(
+            f"GET /health/live HTTP/1.1\r\nHost: {gw.host}\r\n\r\n"
             f"GET /health HTTP/1.1\r\nHost: {gw.host}\r\nConnection: close\r\n\r\n".encode()
         )
         await writer.drain()
-        in_flight = asyncio.create_task(reader.read())
-        # synchronise on the gateway owning the accepted socket (its probe then hangs)
-        await poll(
-            lambda: asyncio.to_thread(_accepted_by, gw.pid, gw.port, client_port),
-            bool,
-            5,
-            0.01,
-            "connection accepted by the gateway",
-        )
-        assert not in_flight.done()
+        live_head, _ = await asyncio.wait_for(_read_response(reader), 5)
+        assert live_head.startswith(b"HTTP/1.1 200 "), live_head
         signalled = time.monotonic()
         gw.send_signal(signal.SIGTERM)
-        raw = await asyncio.wait_for(in_flight, shutdown_timeout)
+        raw = await asyncio.wait_for(reader.read(), shutdown_timeout)
         head, _, payload = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503 "), raw
         body = json.loads(payload)
         assert body.get("draining") is True and body["status"] == "fail", body
+        assert body["redis"]["error"] == "timeout", body  # it did hang on the frozen Redis
         rc, _ = await _wait_exit(gw, shutdown_timeout + 5)
         took = time.monotonic() - signalled
     finally:
