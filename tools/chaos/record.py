@@ -5,7 +5,7 @@
 without frame logs, stamped with the commit of the repository that holds the
 report and, when that checkout's ``gateway/`` differed from its commit (a build
 broken on purpose, to show the checker catches it), the diff. A row replaces
-the row of the same command and diff. ``--readme`` rewrites README.md's block
+the row of the same command, commit and diff. ``--readme`` rewrites README.md's block
 between ``<!-- CHAOS -->`` and ``<!-- /CHAOS -->`` from that file alone, so every
 figure there is one a run wrote.
 """
@@ -72,10 +72,15 @@ def read(path: Path = RECORD) -> list[dict[str, Any]]:
 
 
 def add(rows: list[dict[str, Any]], path: Path = RECORD) -> None:
-    new = {(r["command"], r["gateway_diff"]) for r in rows}
-    kept = [r for r in read(path) if (r["command"], r["gateway_diff"]) not in new]
+    new = {_key(r) for r in rows}
+    kept = [r for r in read(path) if _key(r) not in new]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *rows]))
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """A rerun at the same commit replaces its row; runs at other commits stay."""
+    return row["command"], row["commit"], row["gateway_diff"]
 
 
 def _faults(r: dict[str, Any]) -> str:
