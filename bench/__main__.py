@@ -128,11 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         rows, best = run_trials(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report(args, rows, best)
+    checked = report(args, rows, best)
     if args.record:
         print("record:", records.write(args.stamp["bench"], rows, Path(args.record),
                                        args.stamp["command"], args.stamp["params"]))
-    return 0
+    problems = failures(rows, checked)
+    for p in problems:
+        print(f"FAILED: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def failures(rows: list[dict], checked: list[dict]) -> list[str]:
+    """The bounds this run's report failed: a trial that ended in an error, and (``--scale``)
+    a capacity model prediction outside ``bench.validate.TOLERANCE_PCT`` of the measurement."""
+    from bench.validate import TOLERANCE_PCT, within
+
+    out = [f"{r['system']} R={r.get('rate', 0):g}: {r['error']}" for r in rows if "error" in r]
+    out += [f"capacity model vs {c['system']} at {c['rate']:g} msg/s: CPU {c['cpu_err_pct']} %, "
+            f"memory {c['mem_err_pct']} % (tolerance {TOLERANCE_PCT})"
+            for c in checked if not within(c)]
+    return out
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -180,8 +195,10 @@ def run_trials(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], dict[st
     return rows, best
 
 
-def report(args: argparse.Namespace, rows: list[dict], best: dict[str, float | None]) -> None:
-    """The table, the step results, error log tails, validation and charts."""
+def report(args: argparse.Namespace, rows: list[dict],
+           best: dict[str, float | None]) -> list[dict]:
+    """The table, the step results, error log tails, validation and charts; the
+    validation's rows (``--scale``: the capacity model against each gateway row)."""
     print(f"\nN={args.streams} streams over M={args.merchants} merchants, D={args.duration:g}s, "
           f"client processes={args.procs}, {os.cpu_count()} cpus; "
           "us/ev = CPU microseconds per delivered event")
@@ -194,10 +211,11 @@ def report(args: argparse.Namespace, rows: list[dict], best: dict[str, float | N
     for r in rows:
         if "error" in r and r.get("server_log_tail"):
             print(f"\n--- {r['system']} server log tail ---\n{r['server_log_tail']}")
+    checked: list[dict] = []
     if args.scale:
         from bench.validate import print_validation
 
-        print_validation(rows, Path(args.costs))
+        checked = print_validation(rows, Path(args.costs))
     if args.charts:
         from bench.capacity import load_costs
         from bench.charts import write_charts
@@ -206,6 +224,7 @@ def report(args: argparse.Namespace, rows: list[dict], best: dict[str, float | N
         for path in write_charts(rows, Path(args.charts), "scale-" if args.scale else "", costs):
             print(f"chart: {path}")
     print(f"\nJSON lines: {args.json}")
+    return checked
 
 
 if __name__ == "__main__":
