@@ -40,7 +40,7 @@ from bench.redis_costs import command_calls
 from bench.systems import Gateway, Nchan, System, make_tmp
 from bench.trial import gateway_samples
 
-__all__ = ["main"]
+__all__ = ["failures", "main"]
 
 KEY = "bench-publish-key-0123456789"
 
@@ -249,11 +249,29 @@ def report(rows: list[dict], a: argparse.Namespace) -> str:
     return "\n".join(lines + keyed_lines(ok))
 
 
+def keyed_within(q: dict) -> bool:
+    """key+seq costs at most 10 % (events/s and CPU per event) over the publish without."""
+    return q["events_per_s"] >= 0.9 and q["cpu_per_event"] <= 1.1
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """The bounds the report failed: a trial's error, a refused request, a gateway event
+    answered stale or duplicate (every request is new), key+seq NOT within 10 %."""
+    out = [f"{r['system']}: {r['error']}" for r in rows if "error" in r]
+    ok = [r for r in rows if "error" not in r]
+    out += [f"{r['system']}: {r['refused']} requests refused" for r in ok if r.get("refused")]
+    out += [f"{r['system']}: stale {r.get('stale', 0):g}, duplicates {r.get('duplicates', 0):g}"
+            for r in ok if r.get("stale") or r.get("duplicates")]
+    out += [f"key+seq / without, {shape}: NOT within 10 %"
+            for shape, q in jobs_record.ratios(ok).items() if not keyed_within(q)]
+    return out
+
+
 def keyed_lines(rows: list[dict]) -> list[str]:
     """key+seq against the same publish without them (same run, rounds averaged)."""
     lines = []
     for shape, q in jobs_record.ratios(rows).items():
-        within = q["events_per_s"] >= 0.9 and q["cpu_per_event"] <= 1.1
+        within = keyed_within(q)
         lines.append(f"key+seq / without, {shape}: {q['events_per_s']:.3f}x events/s "
                      f"({q['keyed_events_per_s']:,.0f} vs {q['base_events_per_s']:,.0f}), "
                      f"{q['cpu_per_event']:.3f}x gateway+Redis CPU per event "
@@ -286,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               else argv)])
         path = jobs_record.write("publish_http", rows, Path(a.record), command, vars(a))
         print(f"record: {path}")
-    return 1 if any("error" in r for r in rows) else 0
+    problems = failures(rows)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -66,3 +66,29 @@ def test_the_readme_text_comes_from_the_record_rows() -> None:
     q = jobs_record.ratios(rows)["arrays"]
     assert round(q["events_per_s"], 2) == 0.9 and round(q["cpu_per_event"], 3) == 1.136
     assert "0.90x events/s (27,000 vs 30,000)" in jobs_record.markdown(rows)
+
+
+def test_a_failed_snapshot_storm_report_is_a_failed_run() -> None:
+    ok = {"missing": 0, "wrong_jobs": 0}
+    assert snapshot_storm.passed(ok)
+    assert not snapshot_storm.passed(dict(ok, missing=3))
+    assert not snapshot_storm.passed(dict(ok, wrong_jobs=1))
+    assert not snapshot_storm.passed({"error": "RuntimeError: boom"})
+
+
+def test_http_publish_fails_on_refusals_stale_duplicates_and_key_seq_over_10_pct() -> None:
+    def row(keyed: str, rate: float, us: float, **extra: object) -> dict:
+        return {"system": f"gateway1 POST /publish, arrays{keyed}", "events_per_s": rate,
+                "server_us_per_event": us, "redis_us_per_event": 10.0, "refused": 0,
+                "stale": 0, "duplicates": 0, **extra}
+
+    rows = [row("", 30000, 30.0), row(jobs_record.KEYED, 28000, 31.0)]
+    assert publish_http.failures(rows) == []
+    assert publish_http.failures([*rows, {"system": "nchan-redis POST /pub", "error": "x"}]) \
+        == ["nchan-redis POST /pub: x"]
+    assert publish_http.failures([rows[0], row(jobs_record.KEYED, 28000, 31.0, stale=2)]) \
+        == ["gateway1 POST /publish, arrays, key+seq: stale 2, duplicates 0"]
+    assert publish_http.failures([rows[0], row(jobs_record.KEYED, 28000, 31.0, refused=4)]) \
+        == ["gateway1 POST /publish, arrays, key+seq: 4 requests refused"]
+    slow = [rows[0], row(jobs_record.KEYED, 25000, 31.0)]  # 0.83x events/s
+    assert publish_http.failures(slow) == ["key+seq / without, arrays: NOT within 10 %"]
