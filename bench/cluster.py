@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 
 from bench import procstat, records
 from bench.__main__ import raise_nofile, start_postgres
-from bench.cluster_report import cmdstat, kv_info, markdown, stats_delta, tables
+from bench.cluster_report import cmdstat, failures, kv_info, markdown, stats_delta, tables
 from bench.pool import ClientPool, merge_results
 from bench.publishers import payload, publish_loop
 from bench.systems import ROOT, Gateway, make_tmp
@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     out["run_s"] = round(time.monotonic() - t_start, 1)
     write_out(a, out)
-    return 0
+    problems = failures(out)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def compare(a: argparse.Namespace, out: dict, cluster: RedisCluster,

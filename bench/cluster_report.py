@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["cmdstat", "fmt_table", "kv_info", "markdown", "stats_delta", "tables"]
+__all__ = ["cmdstat", "failures", "fmt_table", "kv_info", "markdown", "stats_delta", "tables"]
 
 GOAL = 1.10  # the cluster's gateway CPU per delivery within 10 % of a single Redis
 
@@ -106,6 +106,16 @@ def cpu_table(cpu: dict) -> str:
                      f"{t['redis_us_per_delivery']:.2f}"])
     return fmt_table(["window", "delivered", "p50 ms", "p99 ms", "gateway CPU %",
                       "gateway us/delivery", "Redis us/delivery"], rows)
+
+
+def failures(out: dict) -> list[str]:
+    """The bounds ``verdict`` reports failed: an event not delivered, cluster/single OVER
+    ``GOAL``."""
+    cpu = out.get("cpu", {})
+    problems = [] if cpu.get("all_delivered", True) else ["NOT every event was delivered"]
+    if cpu.get("ratio") is not None and cpu["ratio"] > GOAL:
+        problems.append(f"cluster/single = {cpu['ratio']}, OVER the {GOAL:.2f} goal")
+    return problems
 
 
 def verdict(cpu: dict) -> str:

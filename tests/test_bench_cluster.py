@@ -106,3 +106,14 @@ def test_measure_cluster_small_run_delivers_every_message() -> None:
         if t["kind"].startswith("publish"):  # each (S)PUBLISH reached its one subscriber
             assert t["receivers"] == t["messages"]
     assert set(raw["cluster"]) == set(KINDS) and set(raw["ratio"]) == set(KINDS)
+
+
+def test_a_cluster_report_over_its_goal_or_losing_events_is_a_failed_run() -> None:
+    from bench.cluster_report import failures
+
+    assert failures({"cpu": {"ratio": 1.05, "all_delivered": True}}) == []
+    assert failures({"cpu": {"ratio": None, "all_delivered": True}}) == []
+    assert failures({"cpu": {"ratio": 1.2, "all_delivered": True}}) == [
+        "cluster/single = 1.2, OVER the 1.10 goal"]
+    assert failures({"cpu": {"ratio": 1.0, "all_delivered": False}}) == [
+        "NOT every event was delivered"]
