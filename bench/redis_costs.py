@@ -169,8 +169,10 @@ async def _run(url: str, pid: int, merchants: int, count: int, replay: int) -> d
     return out
 
 
-def measure_redis(merchants: int = 200, count: int = 100_000, replay: int = 50) -> dict:
-    """Start a Redis, measure, stop it (by PID)."""
+def measure_redis(merchants: int = 200, count: int = 100_000, replay: int = 50,
+                  cluster: bool = True, cluster_scale: float = 1.0) -> dict:
+    """Start a Redis, measure, stop it (by PID); then, unless ``cluster`` is false, the same
+    on a local Redis Cluster (``cluster_scale`` multiplies its message counts)."""
     server = RedisServer()
     server.start()
     try:
@@ -180,17 +182,18 @@ def measure_redis(merchants: int = 200, count: int = 100_000, replay: int = 50) 
         out["wall_s"] = round(time.monotonic() - t0, 2)
     finally:
         server.stop()
-    out["cluster"] = measure_cluster_or_skip()
+    out["cluster"] = (measure_cluster_or_skip(cluster_scale) if cluster
+                      else {"skipped": "not asked for"})
     return out
 
 
-def measure_cluster_or_skip() -> dict:
+def measure_cluster_or_skip(scale: float = 1.0) -> dict:
     """``bench.redis_cluster_costs`` (a 3+3 cluster beside a single Redis, ~25 s), or why not."""
     from bench.redis_cluster_costs import measure_cluster
     from tools.services import ServiceError
 
     try:
-        return measure_cluster()
+        return measure_cluster(scale=scale)
     except (ServiceError, ImportError) as e:
         return {"skipped": f"no local Redis Cluster: {e}"}
 

@@ -191,6 +191,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="run A and B this many times [2]")
     p.add_argument("--out", default=str(ROOT / ".run" / "bench" / "unit-costs.json"))
     p.add_argument("--payload", type=int, default=0, help="extra bytes per message [0]")
+    p.add_argument("--redis-scale", type=float, default=1.0,
+                   help="multiply the Redis micro-benchmark's message counts [1]")
+    p.add_argument("--no-redis-cluster", dest="redis_cluster", action="store_false",
+                   help="skip the Redis Cluster costs (bench.redis_cluster_costs)")
     p.add_argument("--gateway-src", help="gateway from this directory or git revision (HEAD)")
     p.add_argument("--publish-copy", action="store_true",
                    help="also write docs/bench/unit-costs.json")
@@ -224,10 +228,12 @@ def measure(a: argparse.Namespace) -> tuple[list[dict], dict, dict] | None:
         if rows is None:
             return None
         supervisor_kb, idle_proc = measure_multiworker(tmp, pg, rows[0]["server_mem0_kb"],
-                                                       max(a.idle * 2, 5))
+                                                       a.idle * 2)
         pg.stop()
         pg = None
-        redis = measure_redis()  # imports gateway.durable from the source under test
+        # imports gateway.durable from the source under test
+        redis = measure_redis(count=max(1000, round(100_000 * a.redis_scale)),
+                              cluster=a.redis_cluster, cluster_scale=a.redis_scale)
         costs = derive(mean_row([r for r in rows if r["rate"] == a.rate_a]),
                        mean_row([r for r in rows if r["rate"] == a.rate_b]),
                        mean_row([r for r in rows if r["rate"] == a.rate_c]), redis)
