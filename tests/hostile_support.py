@@ -1,10 +1,10 @@
 # ruff: noqa: ASYNC109  (helpers take explicit timeout= arguments, like support.py)
 """Helpers of the hostile-input and hardening tests: raw HTTP exchanges, a liveness
-probe that runs in its own thread, a realistic session token, log checks.
+probe that runs in its own process, a realistic session token, log checks.
 
     resp = await exchange(port, b"GET /\\x01 HTTP/1.1\\r\\n\\r\\n")
     status_of(resp)                    # 400, or None when the server just closed
-    with LivenessProbe(port) as probe:  # GET /health/live in a loop, blocking sockets
+    with LivenessProbe(port) as probe:  # GET /health/live in a loop, in its own process
         ...flood...
     probe.median()
 """
@@ -15,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import jwt
 from support import http_json
@@ -38,6 +40,7 @@ __all__ = [
 
 
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})[ \r]")
+_PROBE_SCRIPT = Path(__file__).with_name("liveness_probe.py")
 
 
 def session_token(shop: str, secret: str, ttl: float = 300) -> str:
@@ -176,10 +179,16 @@ async def bounded_gather(jobs: Iterable[Callable[[], Awaitable[Any]]], limit: in
 
 
 class LivenessProbe:
-    """GET /health/live in a loop from a thread (blocking sockets), timing each answer.
+    """GET /health/live in a loop from a process of its own (tests/liveness_probe.py),
+    timing each answer.
 
-    Runs outside the test's event loop, so a busy test client does not inflate
-    the figures. A probe that gets no ``200`` within ``timeout`` counts as ``timeout``.
+    Not a thread of the test process: the test floods the gateway meanwhile and its
+    event loop holds the GIL for milliseconds at a time (longer when the host is
+    busy and the holder is descheduled), so a thread timed its own waits for the
+    GIL as gateway latency: with one core busy it saw 30-200 ms answers in the same
+    runs where a probe process saw a few ms. A probe that gets no ``200`` within
+    ``timeout`` counts as ``timeout``. Entering returns once the probe process has
+    made one warm-up probe (not a sample), so its start-up is not measured either.
     """
 
     def __init__(self, port: int, interval: float = 0.05, timeout: float = 5.0) -> None:
@@ -188,44 +197,62 @@ class LivenessProbe:
         self.timeout = timeout
         self.samples: list[float] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="liveness-probe", daemon=True)
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
 
     def __enter__(self) -> LivenessProbe:
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", str(_PROBE_SCRIPT), str(self.port), str(self.interval),
+             str(self.timeout)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(
+            target=self._read, args=(self._proc.stdout,), name="liveness-probe", daemon=True
+        )
+        self._reader.start()
+        if not self._ready.wait(self.timeout + 10):
+            self.stop()
+            raise RuntimeError(f"liveness probe on port {self.port} did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout + 2)
+        """End the probe process after the probe under way (by its PID if it hangs)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()  # EOF: the probe process stops
+        try:
+            proc.wait(self.timeout + 2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if self._reader is not None:
+            self._reader.join(self.timeout + 2)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.returncode != 0:
+            self.failures.append(f"probe process exited {proc.returncode}")
 
-    def _once(self) -> float:
-        started = time.monotonic()
-        with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout) as sock:
-            sock.settimeout(self.timeout)
-            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
-            head = b""
-            while b"\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-        elapsed = time.monotonic() - started
-        if status_of(head) != 200:
-            self.failures.append(repr(head[:80]))
-        return elapsed
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self._once())
-            except OSError as exc:
-                self.failures.append(repr(exc))
-                self.samples.append(self.timeout)
-            self._stop.wait(self.interval)
+    def _read(self, stdout: IO[str]) -> None:
+        for line in stdout:  # until the probe process exits
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "ok":
+                self.samples.append(float(rest))
+            elif kind == "fail":
+                seconds, _, what = rest.partition(" ")
+                self.failures.append(what)
+                self.samples.append(float(seconds))
+        self._ready.set()  # ended: __enter__ does not wait for nothing
 
     def median(self) -> float:
         return statistics.median(self.samples) if self.samples else float("inf")
