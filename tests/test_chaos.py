@@ -104,6 +104,32 @@ def test_a_resync_after_a_redis_fault_or_a_trimmed_history_is_explained() -> Non
     assert kinds(c, acked(range(1, 10)), history=5) == []
 
 
+def test_a_resync_after_a_lossy_fault_since_a_snapshot_id_is_explained() -> None:
+    """The Last-Event-ID came from a snapshot frame: a lossy restart since its receipt
+    explains the history_gap, as for an event's id."""
+    lossy = Fault("redis_restart_lossy", "redis", 20.0, 21.0, redis=True, lossy=True)
+    snap = frame(2, "snapshot", f"{EPOCH}:1", {"jobs": []})
+    c = client(session([connected(1), frame(1.5, "resync", None, {"reason": "history_gap"}),
+                        snap], last="local-7"),
+               session([connected(40), frame(41, "resync", None, {"reason": "history_gap"})],
+                       last=f"{EPOCH}:1"))
+    assert kinds(c, acked([1]), [lossy]) == []
+    assert kinds(c, acked([1])) == ["unexplained_resync"]
+
+
+def test_a_resync_after_the_history_expired_is_explained() -> None:
+    """No durable publish to the merchant for redis.history_ttl: its keys expired."""
+    def later(t: float) -> ClientLog:
+        return client(session([connected(1), progress(2, 1)]),
+                      session([connected(t), frame(t + 1, "resync", None,
+                                                   {"reason": "history_gap"})],
+                              last=f"{EPOCH}:1"))
+
+    ttl = Settings().history_ttl
+    assert kinds(later(ttl + 5), acked([1])) == []
+    assert kinds(later(ttl - 5), acked([1])) == ["unexplained_resync"]
+
+
 def test_a_progress_skipped_for_a_newer_one_of_its_job_is_coalescing_not_a_gap() -> None:
     c = client(session([connected(1), progress(2, 1), progress(3, 3)]))
     assert kinds(c, acked(range(1, 4))) == []

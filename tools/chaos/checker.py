@@ -25,8 +25,9 @@ to its own id). Anomalies:
 - ``unexplained_resync``: ``redis_reconnected`` needs a Redis fault around it;
   ``history_gap`` needs one of: the Last-Event-ID sent was plain (process-local,
   honoured only by the ring of the process that issued it), a Redis fault around
-  the session's start, a lossy fault since the id was received, or a trimmed
-  history (more than ``sse.history`` events published after the id).
+  the session's start, a lossy fault since the id was received, a trimmed
+  history (more than ``sse.history`` events published after the id), or an
+  expired one (no durable publish to the merchant for ``redis.history_ttl``).
 - ``late_resync``: a gap, but the session's first ``resync`` (``history_gap``)
   is still to come: the stream sent events (queued while its replay was tried)
   before the ``resync`` that announces what they skipped.
@@ -61,6 +62,7 @@ Offset = tuple[str, int]
 @dataclass(frozen=True, slots=True)
 class Settings:
     history: int = 100  # sse.history
+    history_ttl: float = 600.0  # redis.history_ttl: an idle merchant's history expires
     redis_before_s: float = 1.0  # a Redis fault explains resyncs from this long before it
     redis_after_s: float = 10.0  # ... to this long after it ended (reconnect backoff, canary)
     lost_before_s: float = 30.0  # a lossy fault explains lost writes acked this long before it
@@ -94,6 +96,7 @@ class _Client:
         self.baseline: Offset | None = None
         self.t_base = float("-inf")  # when the client had no baseline: its live point
         self.seen: dict[str, tuple[str, float]] = {}  # durable id -> (data, receipt time)
+        self.got_at: dict[str, float] = {}  # id of a durable event or snapshot -> receipt
         self.received: set[Offset] = set()
         self.plain: set[Ident] = set()  # identities of the plain events received
         self.resynced_blind = False  # this session resynced on a plain id (or none)
@@ -127,6 +130,8 @@ class _Client:
                 self.resynced_blind = durable_id(s.last_event_id) is None
             elif f.event == "snapshot":
                 self.baseline, self.t_base = durable_id(f.id), f.t
+                if f.id is not None:
+                    self.got_at.setdefault(f.id, f.t)
                 self.resynced_blind = False  # nothing at or below its id may follow
             elif f.event == "shutdown":
                 if not self.terminated(s, f):
@@ -159,6 +164,7 @@ class _Client:
                 self.baseline = d
             return
         self.seen[f.id] = (f.data, f.t)
+        self.got_at.setdefault(f.id, f.t)
         base = self.baseline
         if base is not None and base[0] != d[0]:
             self.flag("epoch_change", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}, no resync"
@@ -238,9 +244,11 @@ class _Client:
         st = self.settings
         if self.near(s.started, lambda x: x.redis, 4.0, st.redis_after_s):
             return True  # the history could not be read (the read waits up to 3 s)
-        got = self.seen.get(s.last_event_id, ("", s.started))[1]
+        got = self.got_at.get(s.last_event_id, s.started)  # an event's or a snapshot's id
         if self.near_span(got - 1.0, f.t, lambda x: x.lossy):
             return True  # the history (its epoch) may be gone
+        if s.started - self.know.idle_since(s.started) > st.history_ttl - 1.0:
+            return True  # no durable publish for redis.history_ttl: the history expired
         return self.know.upper_head(d[0], f.t) - d[1] > st.history  # trimmed
 
     def terminated(self, s: Session, f: Frame) -> bool:

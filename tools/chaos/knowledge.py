@@ -67,6 +67,7 @@ class Knowledge:
         self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
         self._sent: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._unacked: list[float] = []  # send times of durable publishes without an id
+        self._writes: list[float] = []  # send times of every durable publish (TTL refreshes)
         # per epoch, built by index(): offsets by offset with send times and their
         # running max; first-seen times sorted with the running max of offsets
         self._offsets: dict[str, list[int]] = {}
@@ -97,6 +98,14 @@ class Knowledge:
                 highest.append(best)
             self._seen_max[epoch] = highest
         self._unacked.sort()
+        self._writes = sorted([*self._unacked, *(t for sent in self._sent.values()
+                                                   for _, t in sent)])
+
+    def idle_since(self, t: float) -> float:
+        """When the last durable publish sent before ``t`` was sent (-inf: none): the
+        history's keys expire ``redis.history_ttl`` seconds after it."""
+        i = bisect.bisect_left(self._writes, t)
+        return self._writes[i - 1] if i else float("-inf")
 
     def upper_head(self, epoch: str, t: float) -> int:
         """At most how far the epoch's offsets had reached at ``t`` (generous)."""

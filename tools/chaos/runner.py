@@ -24,7 +24,7 @@ from .records import Fault, Published, durable_id
 from .report import Result
 from .schedule import Plan, make_plan
 from .storms import BurstPublisher, StormRecord, StormRunner
-from .topology import HISTORY, Topology
+from .topology import HISTORY, HISTORY_TTL, Topology
 
 __all__ = ["run"]
 
@@ -100,7 +100,7 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await slow.close()
         await redis.aclose()
     losses: list[LostWrite] = []
-    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY), history,
+    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY, history_ttl=HISTORY_TTL), history,
                       losses)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
                   t0, converged=converged, storms=storms, herd=plan.herd, losses=losses,

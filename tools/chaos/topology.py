@@ -32,9 +32,10 @@ from tools.services import (
 from .lag import LagLink
 from .schedule import GATEWAYS, LAGGED, shop_of
 
-__all__ = ["HISTORY", "Topology"]
+__all__ = ["HISTORY", "HISTORY_TTL", "Topology"]
 
 HISTORY = 100  # sse.history of every gateway (the checker's trimmed-history rule uses it)
+HISTORY_TTL = 600  # redis.history_ttl (the checker's expired-history rule uses it)
 _ISOLATED = ("REDIS_URL", "DATABASE_URL", "GATEWAY_CONFIG", "REDIS_HOST", "REDIS_PORT",
              "REDIS_PASSWORD", "REDIS_DB")
 
@@ -47,7 +48,7 @@ def gateway_config(port: int, workers: int, cluster: bool, key: str,
     return {
         "server": {"host": "127.0.0.1", "port": port, "workers": workers,
                    "shutdown_timeout": 3, "max_new_streams_per_s": 0},
-        "redis": {"cluster": cluster, "history_ttl": 600},
+        "redis": {"cluster": cluster, "history_ttl": HISTORY_TTL},
         "postgres": {"cache_ttl": 5, "negative_cache_ttl": 1, "recheck": 10},
         # a short linger drops idle rings, so reconnects often replay from Redis
         "sse": {"heartbeat": 5, "retry_ms": 1000, "history": HISTORY, "linger": 2, **queue},
