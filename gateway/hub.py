@@ -9,51 +9,21 @@ fall between replay and live delivery or arrive twice.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
 
 from .durable.ids import DurableId
 from .frames import Control, Entry
+from .topic import Subscriber, Topic
 
 __all__ = ["Hub", "Subscriber", "Topic", "process_epoch"]
 
-_MAX_ID_CHARS = 64  # longer Last-Event-IDs are never ours: resync without a lookup
 
 
 def process_epoch() -> str:
     """A per-process prefix: ids from another process or an earlier run are foreign."""
     return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
-
-
-class Subscriber(Protocol):
-    def deliver(self, entry: Entry | Control) -> None: ...
-
-
-_marks = itertools.count(1)
-
-
-class Topic:
-    """One merchant: its history ring and its open streams."""
-
-    __slots__ = ("durable_head", "gap_after", "history", "mark", "next_durable", "pending",
-                 "subscribers")
-
-    def __init__(self, history: int) -> None:
-        self.history: deque[Entry] = deque(maxlen=history)
-        self.subscribers: set[Subscriber] = set()
-        # the newest durable id proven here, and the id that continues it
-        self.durable_head: DurableId | None = None
-        self.next_durable: str | None = None
-        # messages held, in order, while an envelope that does not continue is verified
-        self.pending: list[tuple[str, bytes, str | None]] | None = None
-        self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
-        # new at every gap and for every topic: a read begun under another mark (or
-        # under an earlier subscription of the merchant) may not backfill this ring
-        self.mark = next(_marks)
 
 
 Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Callable[[bool, bool], None]],
@@ -131,7 +101,7 @@ class Hub:
         self.messages += 1
         self.deliveries += len(subscribers)
         if event_id is not None:
-            _advance(topic, event_id)
+            topic.advance(event_id)
         return entry
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool) -> None:
@@ -194,14 +164,14 @@ class Hub:
         process did not issue (or no longer holds) is a gap, never an error.
         """
         topic = self.open(merchant_id)
-        replay = [] if not last_event_id else _after(topic, last_event_id)
+        replay = [] if not last_event_id else topic.after(last_event_id)
         topic.subscribers.add(subscriber)
         return replay or [], replay is None
 
     def held_after(self, merchant_id: str, last_event_id: str) -> list[Entry] | None:
         """What the ring holds after `last_event_id`; None when it cannot bridge to it."""
         topic = self._topics.get(merchant_id)
-        return _after(topic, last_event_id) if topic is not None else None
+        return topic.after(last_event_id) if topic is not None else None
 
     def detach(self, merchant_id: str, subscriber: Subscriber) -> None:
         topic = self._topics.get(merchant_id)
@@ -264,7 +234,7 @@ class Hub:
             return
         known = topic.durable_head
         if known is None or (known.epoch == head.epoch and known.offset < head.offset):
-            _advance(topic, str(head))
+            topic.advance(str(head))
 
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
@@ -272,7 +242,7 @@ class Hub:
             topic = self._topics.get(merchant_id)
             if topic is not None:
                 topic.gap_after = self._seq
-                topic.mark = next(_marks)
+                topic.new_mark()
                 topic.next_durable = None  # what follows may not continue the proven head
 
     def subscribers(self, merchant_id: str) -> list[Subscriber]:
@@ -286,22 +256,3 @@ class Hub:
             for subscriber in list(topic.subscribers) if topic is not None else ():
                 subscriber.deliver(control)
 
-
-def _advance(topic: Topic, event_id: str) -> None:
-    """A durable id delivered: it is the proven head; its successor continues it."""
-    durable = DurableId.parse(event_id)
-    if durable is not None:
-        topic.durable_head = durable
-        topic.next_durable = f"{durable.epoch}:{durable.offset + 1}"
-
-
-def _after(topic: Topic, last_event_id: str) -> list[Entry] | None:
-    """The entries after `last_event_id` in `topic`'s ring, None when it does not
-    hold that id (or holds it from before a gap)."""
-    event_id = last_event_id.strip()
-    if len(event_id) <= _MAX_ID_CHARS:
-        history = topic.history
-        for index, entry in enumerate(history):
-            if entry.id == event_id and entry.seq > topic.gap_after:
-                return list(itertools.islice(history, index + 1, None))
-    return None

@@ -1,0 +1,61 @@
+"""One merchant's state in the hub: its history ring, open streams and proven head."""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Protocol
+
+from .durable.ids import DurableId
+from .frames import Control, Entry
+
+__all__ = ["Subscriber", "Topic"]
+
+_MAX_ID_CHARS = 64  # longer Last-Event-IDs are never ours: resync without a lookup
+_marks = itertools.count(1)
+
+
+class Subscriber(Protocol):
+    def deliver(self, entry: Entry | Control) -> None: ...
+
+
+class Topic:
+    """One merchant: its history ring and its open streams."""
+
+    __slots__ = ("durable_head", "gap_after", "history", "mark", "next_durable", "pending",
+                 "subscribers")
+
+    def __init__(self, history: int) -> None:
+        self.history: deque[Entry] = deque(maxlen=history)
+        self.subscribers: set[Subscriber] = set()
+        # the newest durable id proven here, and the id that continues it
+        self.durable_head: DurableId | None = None
+        self.next_durable: str | None = None
+        # messages held, in order, while an envelope that does not continue is verified
+        self.pending: list[tuple[str, bytes, str | None]] | None = None
+        self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
+        # new at every gap and for every topic: a read begun under another mark (or
+        # under an earlier subscription of the merchant) may not backfill this ring
+        self.mark = next(_marks)
+
+    def new_mark(self) -> None:
+        """A gap: reads begun before it may not backfill the ring."""
+        self.mark = next(_marks)
+
+    def advance(self, event_id: str) -> None:
+        """A durable id delivered: it is the proven head; its successor continues it."""
+        durable = DurableId.parse(event_id)
+        if durable is not None:
+            self.durable_head = durable
+            self.next_durable = f"{durable.epoch}:{durable.offset + 1}"
+
+    def after(self, last_event_id: str) -> list[Entry] | None:
+        """The entries after `last_event_id` in the ring, None when it does not hold
+        that id (or holds it from before a gap)."""
+        event_id = last_event_id.strip()
+        if len(event_id) <= _MAX_ID_CHARS:
+            history = self.history
+            for index, entry in enumerate(history):
+                if entry.id == event_id and entry.seq > self.gap_after:
+                    return list(itertools.islice(history, index + 1, None))
+        return None
