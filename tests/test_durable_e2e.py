@@ -50,6 +50,13 @@ async def post(gw: Any, body: Any, headers: dict[str, str] | None = None) -> tup
     )
 
 
+async def publish_durably(gw: Any, merchant_id: str, data: str) -> str:
+    """A `stage` event through the publish API; its durable id."""
+    status, _, reply = await post(gw, {"merchantId": merchant_id, "event": "stage", "data": data})
+    assert status == 200, reply
+    return str(reply["id"])
+
+
 def offset(ev: Event) -> int:
     parsed = DurableId.parse(ev.id)
     assert parsed is not None, f"not a durable id: {ev}"
@@ -282,18 +289,13 @@ async def test_trimmed_or_expired_history_gets_history_gap(
     b = gateway_factory.start(config=config)
     client = aioredis.Redis.from_url(redis_server.url)
 
-    async def publish_durably(data: str) -> str:  # through gateway A: its sse.history caps
-        status, _, reply = await post(a, {"merchantId": mid, "event": "stage", "data": data})
-        assert status == 200, reply
-        return str(reply["id"])
-
     async def reconnect(last_id: str, gateway: Any = b) -> list[Event]:
         async with open_stream(gateway.stream_url(shop), headers={"Last-Event-ID": last_id}) as s:
             await connected(s)
             first = await s.next_event(10)
             if first.event == "resync":
                 return [first]
-            await publish_durably("marker")
+            await publish_durably(a, mid, "marker")  # A: its sse.history caps
             rest: list[Event] = []
             while not rest or rest[-1].data != "marker":
                 rest.append(await s.next_event(10))
@@ -302,7 +304,7 @@ async def test_trimmed_or_expired_history_gets_history_gap(
     try:
         async with open_stream(a.stream_url(shop)) as s:
             await connected(s)
-            ids = [await publish_durably(str(n)) for n in range(1, 9)]
+            ids = [await publish_durably(a, mid, str(n)) for n in range(1, 9)]
             got = await s.events(8, 10)
         assert [e.id for e in got] == ids
         held = await reconnect(ids[2])  # 4..8 are the 5 events still held
@@ -338,16 +340,12 @@ async def test_the_ring_answers_its_own_ids_without_a_history_read(
     mid, shop = merchant
     gw = gateway_factory.start(config=DURABLE)
 
-    async def publish_durably(data: str) -> str:
-        status, _, reply = await post(gw, {"merchantId": mid, "event": "stage", "data": data})
-        assert status == 200, reply
-        return str(reply["id"])
-
     async with open_stream(gw.stream_url(shop)) as s:
         await connected(s)
-        ids = [await publish_durably(str(n)) for n in range(1, 4)]
+        ids = [await publish_durably(gw, mid, str(n)) for n in range(1, 4)]
         assert [e.id for e in await s.events(3, 10)] == ids
-    missed = [await publish_durably(str(n)) for n in range(4, 6)]  # held: the merchant lingers
+    # held: the merchant lingers
+    missed = [await publish_durably(gw, mid, str(n)) for n in range(4, 6)]
     before = await get_metrics(gw)
     async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": ids[-1]}) as s:
         await connected(s)

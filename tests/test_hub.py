@@ -387,15 +387,22 @@ def test_a_gap_makes_the_next_envelope_checked_again() -> None:
     assert [a[0] for a in checks.asked] == ["ep:1", "ep:2"]
 
 
-def test_a_genuine_jump_past_the_expected_id_resyncs_before_it_is_delivered() -> None:
-    """Events the subscriber never received (a failover, a replica resyncing): the
-    merchant's streams resync first, and no replay bridges the jump."""
+def proven_at_ep1() -> tuple[Hub, Checks, list[list[str]], Sink]:
+    """A hub whose merchant "m" has proven ep:1 (checked), one stream attached, and
+    the merchants it reported missed messages of."""
     checks, missed = Checks(), []
     hub = Hub(history=10, epoch="local", verify=checks, on_missed=missed.append)
     sink = Sink()
     hub.attach("m", sink, None)
     hub.publish("m", "stage", b"1", "ep:1")
     checks.asked[0][2](True)
+    return hub, checks, missed, sink
+
+
+def test_a_genuine_jump_past_the_expected_id_resyncs_before_it_is_delivered() -> None:
+    """Events the subscriber never received (a failover, a replica resyncing): the
+    merchant's streams resync first, and no replay bridges the jump."""
+    hub, checks, missed, sink = proven_at_ep1()
     hub.publish("m", "stage", b"2", "ep:2")  # continues: no check
     hub.publish("m", "stage", b"9", "ep:9")  # 3..8 never arrived
     assert checks.expected[-1] == "ep:3"
@@ -410,12 +417,7 @@ def test_a_genuine_jump_past_the_expected_id_resyncs_before_it_is_delivered() ->
 
 
 def test_a_jump_over_events_not_subscribed_to_is_no_loss() -> None:
-    checks, missed = Checks(), []
-    hub = Hub(history=10, epoch="local", verify=checks, on_missed=missed.append)
-    sink = Sink()
-    hub.attach("m", sink, None)
-    hub.publish("m", "stage", b"1", "ep:1")
-    checks.asked[0][2](True)
+    hub, checks, missed, sink = proven_at_ep1()
     hub.publish("m", "stage", b"3", "ep:3")  # ep:2 is of a type this gateway ignores
     checks.asked[-1][2](True)
     assert missed == [] and ids(sink.got) == ["ep:1", "ep:3"]

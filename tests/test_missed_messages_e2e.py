@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from support import open_stream
-from test_durable_e2e import DURABLE, connected, post
+from test_durable_e2e import DURABLE, connected, publish_durably
 
 from gateway.durable.publisher import AsyncPublisher
 
@@ -29,21 +29,16 @@ async def test_a_durable_id_that_jumps_resyncs_and_is_not_bridged_by_the_ring(
     mid, shop = merchant
     gw = gateway_factory.start(config=DURABLE)
 
-    async def durable(data: str) -> str:
-        status, _, reply = await post(gw, {"merchantId": mid, "event": "stage", "data": data})
-        assert status == 200, reply
-        return str(reply["id"])
-
     client = aioredis.Redis.from_url(redis_server.url)
     lost = AsyncPublisher(client, channel="elsewhere:{merchant_id}:{event}", history=1000,
                           ttl_s=600)
     try:
         async with open_stream(gw.stream_url(shop)) as s:
             await connected(s)
-            first = await durable("d1")
+            first = await publish_durably(gw, mid, "d1")
             assert (await s.next_event(10)).id == first
             skipped = await lost.publish(mid, "stage", "d2")  # in the history, never delivered
-            third = await durable("d3")
+            third = await publish_durably(gw, mid, "d3")
             resync, event = await s.events(2, 10)
     finally:
         await client.aclose()
