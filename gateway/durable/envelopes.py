@@ -70,14 +70,13 @@ class EnvelopeCheck:
         expected: DurableId | None,
         done: Callable[[bool, bool], None],
     ) -> None:
-        jumped = expected is not None and expected != durable
-        lost = jumped
+        lost = expected is not None  # the hub asks with `expected` only for a jump
         try:
             async with self._slots:
                 work = asyncio.ensure_future(
                     holds(self._client, merchant_id, durable, event, payload))
                 genuine = await deadlines.wait(work, _CHECK_TIMEOUT_S)
-                if genuine and expected is not None and jumped:
+                if genuine and expected is not None:
                     work = asyncio.ensure_future(
                         missed(self._client, merchant_id, expected, durable, self._events))
                     lost = await deadlines.wait(work, _CHECK_TIMEOUT_S)
