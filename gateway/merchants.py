@@ -27,7 +27,8 @@ __all__ = ["Merchant", "MerchantDirectory"]
 log = logging.getLogger(__name__)
 
 _MAX_CACHE = 100_000
-_POOL_WAITS = 4  # query timeouts a lookup may wait for a pool connection
+_QUEUE_CAP_S = 30.0  # a lookup queued behind answered ones waits at most this long
+_ACQUIRE_TIMEOUTS = 4  # aiopg's own (wall clock) timeout, in query timeouts
 _FIRST = asyncio.FIRST_COMPLETED
 # Connectivity faults. RuntimeError: aiopg under uvloop can fail a connect to a dead
 # server with "unable to perform operation on <UVPoll closed=True>" (aio-libs/aiopg#909).
@@ -51,12 +52,16 @@ class MerchantDirectory:
         self._cfg = cfg
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        # at most pool_max queries inside aiopg's pool: it wakes all its waiters under one
+        # lock on every release, so a storm of lookups queues here, first come first served
+        self._slots = asyncio.Semaphore(cfg.pool_max)
         self._cache: dict[str, _Cached] = {}
         self._lookups: SingleFlight[str, Merchant | None] = SingleFlight(self._lookup)
         self._closing: set[asyncio.Future[None]] = set()
         self._running: set[asyncio.Task[Any]] = set()  # queries, awaited or abandoned
         self.healthy = False
         self._failing = False  # the last query failed: lookups do not wait long for the pool
+        self._answers = 0  # queries answered: a queue that moves is not a stuck PostgreSQL
 
     async def verify(self, shop: str) -> Merchant:
         """The active merchant for `shop`, from cache or PostgreSQL."""
@@ -129,9 +134,7 @@ class MerchantDirectory:
         The query runs in its own task: on timeout it is cancelled and left to finish
         on its own (aiopg can absorb a cancellation while it closes a connection to a
         frozen server), so no caller ever waits past the timeout. The timeout counts
-        from when the query has a connection: a lookup queued behind the pool's busy
-        connections (a reconnect storm) waits for this process, not for PostgreSQL,
-        up to `_POOL_WAITS` timeouts while PostgreSQL answers (one when it does not).
+        from when the query has a connection (`_connection`).
         """
         connected = asyncio.Event()
         task = asyncio.ensure_future(self._execute(sql, params, connected))
@@ -139,14 +142,7 @@ class MerchantDirectory:
         task.add_done_callback(self._forget)
         timeout = self._cfg.query_timeout
         try:  # the time a congested loop loses is not blamed on PostgreSQL either
-            waiting = asyncio.ensure_future(connected.wait())
-            try:
-                await deadlines.wait(
-                    asyncio.ensure_future(asyncio.wait({task, waiting}, return_when=_FIRST)),
-                    timeout * (1 if self._failing else _POOL_WAITS),
-                )
-            finally:
-                waiting.cancel()
+            await self._connection(task, connected)
             rows = await deadlines.wait(task, timeout)
         except deadlines.Late:
             task.cancel()
@@ -167,19 +163,46 @@ class MerchantDirectory:
         self._failing = False
         return rows
 
+    async def _connection(self, task: asyncio.Task[Any], connected: asyncio.Event) -> None:
+        """Wait until the query `task` holds a pool connection (or has ended).
+
+        Queueing behind queries PostgreSQL keeps answering (a reconnect storm's
+        lookups) is this process's backlog, not PostgreSQL's fault: the deadline
+        starts again after every answer, up to `_QUEUE_CAP_S`. No answer for a whole
+        `query_timeout`, or a last query that failed, is `deadlines.Late`.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _QUEUE_CAP_S
+        waiting = asyncio.ensure_future(connected.wait())
+        try:
+            while True:
+                answers = self._answers
+                either = asyncio.ensure_future(asyncio.wait({task, waiting}, return_when=_FIRST))
+                try:
+                    await deadlines.wait(either, self._cfg.query_timeout)
+                    return
+                except deadlines.Late:
+                    if self._failing or self._answers == answers or loop.time() >= give_up:
+                        raise
+        finally:
+            waiting.cancel()
+
     async def _execute(
         self, sql: str, params: dict[str, str], connected: asyncio.Event
     ) -> list[tuple[object, ...]]:
-        pool = await self._get_pool()
-        async with pool.acquire() as conn:
-            connected.set()
-            try:
-                async with conn.cursor() as cur:
-                    await cur.execute(sql, params)
-                    return list(await cur.fetchall())
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
-                conn.close()  # never hand a broken connection back to the pool
-                raise
+        async with self._slots:  # aiopg's pool would convoy a storm's waiters on one lock
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                connected.set()
+                try:
+                    async with conn.cursor() as cur:
+                        await cur.execute(sql, params)
+                        rows = list(await cur.fetchall())
+                    self._answers += 1
+                    return rows
+                except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                    conn.close()  # never hand a broken connection back to the pool
+                    raise
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._running.discard(task)
@@ -210,7 +233,7 @@ class MerchantDirectory:
                     minsize=self._cfg.pool_min,
                     maxsize=self._cfg.pool_max,
                     # aiopg's own deadline (wall clock) must not preempt deadlines.wait's
-                    timeout=self._cfg.query_timeout * _POOL_WAITS,
+                    timeout=self._cfg.query_timeout * _ACQUIRE_TIMEOUTS,
                     pool_recycle=300,
                 )
             return self._pool
