@@ -212,11 +212,18 @@ def replay_figures(replayed: dict, live: dict, port: int, redis_url: str,
         resyncs=live["counts"].get("resync", 0),
         out_of_order=live["counts"].get("out_of_order", 0),
         refused=sum(v for k, v in live["counts"].items() if k.startswith("status_")),
+        refusals=refusal_messages(live["counts"]),
         client_cpu_s=live["client_cpu_s"],
         history_reads_redis=command_calls(redis_url, "xrange") - xrange_before,
         history_reads_gateway=samples.get("gateway_history_reads_total", 0),
         replayed_from_redis=samples.get(REPLAYED_REDIS, 0),
     )
+
+
+def refusal_messages(counts: dict[str, int]) -> dict[str, int]:
+    """Refused attempts by the refusal's message (the client counts those beside the rest)."""
+    own = ("status_", "resync", "out_of_order", "connect_failed", "gave_up")
+    return {k: v for k, v in counts.items() if not k.startswith(own)}
 
 
 def warnings_once(log: Path) -> list[str]:
@@ -251,7 +258,7 @@ def report(r: dict) -> str:
         f"max {r['replay_max_s']} s after the restart",
         f"  replayed {r['replayed_streams']:,}/{r['streams']:,}, live {r['live_streams']:,}/"
         f"{r['streams']:,}, resync {r['resyncs']}, out of order {r['out_of_order']}, "
-        f"refused attempts {r['refused']}",
+        f"refused attempts {r['refused']} {r.get('refusals') or ''}",
         f"  history reads: Redis XRANGE {r['history_reads_redis']:,} "
         f"({per_merchant:.2f} per merchant per process), gateway "
         f"{r['history_reads_gateway']:,.0f}; events replayed from Redis "

@@ -82,7 +82,7 @@ class StormStream(asyncio.Protocol):
                 self.owner.count(f"status_{status}")
                 j = buf.find(b'"message"', body)
                 if j >= 0:  # why: counted per refusal message
-                    self.owner.count(buf[j + 11:buf.find(b'"', j + 12)].decode(errors="replace"))
+                    self.owner.count(buf[j + 12:buf.find(b'"', j + 12)].decode(errors="replace"))
                 if not self.first_frame.done():
                     self.first_frame.set_result(status)
                 if self.transport is not None:
