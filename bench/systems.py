@@ -174,6 +174,7 @@ class Gateway(System):
         self.max_new_per_s = max_new_per_s
         self.notes: list[str] = []
         self.server: GatewayServer | None = None
+        self._launch: tuple[Path, dict[str, str], Path] | None = None  # set by configure()
         if name.endswith("-durable"):
             self.publish = "durable"
 
@@ -202,6 +203,11 @@ class Gateway(System):
         return self.redis.url
 
     def start(self) -> None:
+        self.configure()
+        self.launch()
+
+    def configure(self) -> None:
+        """Write the config and have `check-config` accept it (before any timing starts)."""
         redis_url = self.redis_url()
         self.port = self.port or free_port()
         self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
@@ -227,6 +233,12 @@ class Gateway(System):
             raise RuntimeError(
                 "gateway check-config rejected the bench config: " + "; ".join(self.notes)
             )
+        self._launch = (cfg, env, src)
+
+    def launch(self) -> None:
+        """Start the configured gateway; return once it answers."""
+        assert self._launch is not None, "configure() first"
+        cfg, env, src = self._launch
         self.server = GatewayServer(
             yaml.safe_load(cfg.read_text()), env,
             config_path=cfg, log_path=self.tmp / f"{self.name}.log", cwd=src,

@@ -1,4 +1,4 @@
-"""Who may open a stream now: connection caps and the new-stream rate limit.
+"""Who may open a stream now: the connection caps.
 
 Also the registry of open streams, which shutdown and revocation walk.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -15,27 +14,7 @@ from .config import Config
 from .frames import Control
 from .stream import CloseReason, Stream
 
-__all__ = ["Admission", "TokenBucket"]
-
-
-class TokenBucket:
-    """`rate` tokens per second, burst `rate`; rate 0 admits everything."""
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._tokens = rate
-        self._stamp = time.monotonic()
-
-    def take(self) -> bool:
-        if self._rate <= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+__all__ = ["Admission"]
 
 
 class Admission:
@@ -46,7 +25,6 @@ class Admission:
         self._max_per_merchant = cfg.sse.max_connections_per_merchant
         self._per_merchant: dict[str, set[Stream]] = defaultdict(set)
         self._count = 0
-        self.rate = TokenBucket(cfg.server.max_new_streams_per_s)
         self.empty = asyncio.Event()
         self.empty.set()
 

@@ -101,7 +101,7 @@ def create_app(cfg: Config) -> web.Application:
         cfg=cfg,
         hub=hub,
         broker=broker,
-        directory=MerchantDirectory(cfg.postgres),
+        directory=MerchantDirectory(cfg.postgres, cfg.server.max_new_streams_per_s),
         auth=Authenticator(cfg.auth),
         admission=Admission(cfg),
         metrics=metrics,

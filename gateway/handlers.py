@@ -109,13 +109,10 @@ async def _valid_token(a: _Admitting) -> None:
 
 async def _known_merchant(a: _Admitting) -> None:
     """403 unknown_merchant. A lookup PostgreSQL cannot answer, or one the new-stream
-    rate has no token for (README: the one exception to "first row wins"), is a 503."""
-    gw = a.gw
-    if gw.directory.needs_query(a.shop) and not gw.admission.rate.take():
-        a.unavailable = "too many new streams; retry shortly"
-        return
+    rate has no token for in time (README: the one exception to "first row wins"),
+    is a 503."""
     try:
-        a.merchant = await gw.directory.verify(a.shop)
+        a.merchant = await a.gw.directory.verify(a.shop)
     except UnknownMerchantError as exc:
         raise Refusal(403, "unknown_merchant", str(exc)) from None
     except UnavailableError as exc:

@@ -2,8 +2,10 @@
 
 The only module that knows aiopg. Answers are cached (positive `cache_ttl`,
 negative `negative_cache_ttl`); concurrent lookups of one shop share one query;
-while PostgreSQL is unreachable a previously verified shop is still served
-from its (expired) cache entry, and an unknown one gets `UnavailableError`.
+a shop not in the cache spends a token of `server.max_new_streams_per_s`,
+waiting for it up to `_NEW_LOOKUP_WAIT_S`; while PostgreSQL is unreachable a
+previously verified shop is still served from its (expired) cache entry, and
+an unknown one gets `UnavailableError`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from .config import PostgresConfig
 from .errors import UnavailableError, UnknownMerchantError
 from .runtime import deadlines
 from .runtime.single_flight import SingleFlight
+from .runtime.token_bucket import TokenBucket
 
 __all__ = ["Merchant", "MerchantDirectory"]
 
 log = logging.getLogger(__name__)
 
 _MAX_CACHE = 100_000
+_NEW_LOOKUP_WAIT_S = 2.0  # longest a new shop's lookup waits for its token
 _QUEUE_CAP_S = 30.0  # a lookup queued behind answered ones waits at most this long
 _ACQUIRE_TIMEOUTS = 4  # aiopg's own (wall clock) timeout, in query timeouts
 _FIRST = asyncio.FIRST_COMPLETED
@@ -48,8 +52,9 @@ class _Cached:
 
 
 class MerchantDirectory:
-    def __init__(self, cfg: PostgresConfig) -> None:
+    def __init__(self, cfg: PostgresConfig, new_lookups_per_s: float = 0) -> None:
         self._cfg = cfg
+        self._new_lookups = TokenBucket(new_lookups_per_s, _NEW_LOOKUP_WAIT_S)
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
         # at most pool_max queries inside aiopg's pool: it wakes all its waiters under one
@@ -76,11 +81,6 @@ class MerchantDirectory:
                 return cached.merchant  # stale but verified: PostgreSQL is down
             raise
         return self._answer(merchant, shop)
-
-    def needs_query(self, shop: str) -> bool:
-        """Whether answering `shop` would start a PostgreSQL query: it has no cache entry
-        (fresh or stale) and no lookup of it is already in flight to join."""
-        return shop not in self._cache and self._lookups.in_flight(shop) is None
 
     async def recheck(self, shop: str) -> bool | None:
         """Fresh verification bypassing the cache; None when PostgreSQL cannot tell."""
@@ -114,6 +114,8 @@ class MerchantDirectory:
         return await self._lookups.join(shop)
 
     async def _lookup(self, shop: str) -> Merchant | None:
+        if shop not in self._cache:
+            await self._new_lookup_token()
         rows = await self._query(self._cfg.merchant_query, {"shop": shop})
         merchant = Merchant(id=str(rows[0][0]), shop=shop) if rows else None
         ttl = self._cfg.cache_ttl if merchant else self._cfg.negative_cache_ttl
@@ -121,6 +123,16 @@ class MerchantDirectory:
             self._evict()
         self._cache[shop] = _Cached(merchant, time.monotonic() + ttl)
         return merchant
+
+    async def _new_lookup_token(self) -> None:
+        """Wait for the token a shop not in the cache spends (`new_lookups_per_s`; the
+        streams of one shop share its lookup, so its token); `UnavailableError` when
+        the bucket is booked more than `_NEW_LOOKUP_WAIT_S` ahead (a storm: 503)."""
+        wait = self._new_lookups.reserve()
+        if wait is None:
+            raise UnavailableError("too many new streams; retry shortly")
+        if wait:
+            await asyncio.sleep(wait)
 
     def _evict(self) -> None:
         now = time.monotonic()

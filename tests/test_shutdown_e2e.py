@@ -206,17 +206,21 @@ async def test_sigterm_with_1000_streams(postgres_server, gateway_factory):
 
 
 async def test_admission_control_new_streams_per_second(postgres_server, gateway_factory):
-    rate, burst = 5, 20
+    """New shops beyond the rate wait for a token (up to 2 s), then get 503."""
+    rate, burst, wait_s = 5, 25, 2
     merchants = [unique_merchant("adm") for _ in range(burst)]
     for mid, shop in merchants:
         postgres_server.add_merchant(mid, shop)
     gw = await gateway_factory.astart(config={"server": {"max_new_streams_per_s": rate}})
+    loop = asyncio.get_running_loop()
 
-    async def try_open(session: aiohttp.ClientSession, shop: str) -> tuple[int, Any, Any]:
+    async def try_open(session: aiohttp.ClientSession, shop: str) -> tuple[int, Any, Any, float]:
+        started = loop.time()
         async with session.get(gw.stream_url(shop)) as resp:
+            took = loop.time() - started
             if resp.status == 200:
-                return 200, resp.headers, None  # leaving closes the stream
-            return resp.status, resp.headers, await resp.json()
+                return 200, resp.headers, None, took  # leaving closes the stream
+            return resp.status, resp.headers, await resp.json(), took
 
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=True),
@@ -226,10 +230,13 @@ async def test_admission_control_new_streams_per_second(postgres_server, gateway
         admitted = [a for a in answers if a[0] == 200]
         refused = [a for a in answers if a[0] != 200]
         print(f"\nadmission: {len(admitted)} admitted, {len(refused)} refused of {burst}")
-        assert 1 <= len(admitted) <= rate * 2, answers
-        assert len(refused) >= burst - rate * 2, answers
-        for status, headers, body in refused:
+        # the burst at once, the next ones delayed by their token, none past the wait
+        assert rate < len(admitted) <= rate * (1 + wait_s) + 1, answers
+        assert len(refused) >= burst - rate * (1 + wait_s) - 1, answers
+        assert max(a[3] for a in admitted) >= wait_s / 2, answers  # delayed, not refused
+        for status, headers, body, _ in refused:
             assert status == 503 and body["error"] == "unavailable", (status, body)
+            assert body["message"] == "too many new streams; retry shortly", body
             assert int(headers["Retry-After"]) >= 1, headers
         # the bucket refills: a refused shop gets in shortly after
         refused_shop = next(
