@@ -43,3 +43,19 @@ async def test_survivors_are_frozen_and_frozen_cycles_are_collected(fast_policy:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_start_up_is_frozen_at_once_and_full_collections_are_its_own() -> None:
+    before = gc.get_threshold()
+    gc.unfreeze()
+    task = asyncio.create_task(gc_policy.run_gc_policy())
+    try:
+        await wait_for(lambda: gc.get_freeze_count() > 0, interval=0.01, timeout=0.5)
+        assert gc.get_threshold()[:2] == before[:2]
+        assert gc.get_threshold()[2] >= 1 << 30  # no automatic full collection
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gc.unfreeze()
+    assert gc.get_threshold() == before
