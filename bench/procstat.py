@@ -73,6 +73,33 @@ def memory_kb(pids: list[int]) -> int:
     return total
 
 
+def tcp_buffers_kb() -> int:
+    """Kernel memory of every TCP socket's buffers on the machine, in KB (the ``mem``
+    pages of /proc/net/sockstat): both ends of loopback streams count, idle ones little."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def slab_kb() -> int:
+    """Kernel slab memory of the machine, in KB (/proc/meminfo ``Slab``): a socket's
+    structures (sock, inode, file, epoll entry) live there, its buffers do not."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Slab:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every core of the machine spent busy since boot (/proc/stat: all
     but idle and iowait), so a window's difference shows what else ran."""

@@ -291,6 +291,15 @@ def connect_block(rows: Rows) -> str:
     return "\n".join(lines)
 
 
+def _idle_memory(r: dict) -> str:
+    """Memory per open stream, and the kernel's TCP buffers beside it when recorded."""
+    text = f"{r['kb_per_stream']:.1f} KB per idle stream"
+    if r.get("tcp_buffers_kb_per_stream") is not None:
+        text += (f" (beside it the kernel's, both ends, machine-wide: TCP buffers "
+                 f"{r['tcp_buffers_kb_per_stream']:.1f} KB, slab {r['slab_kb_per_stream']:.1f} KB)")
+    return text
+
+
 def load_block(compare_rows: Rows, slow: Rows) -> str:
     """Step run, 10,000 streams, a stalled client."""
     by = runs(compare_rows)
@@ -321,7 +330,9 @@ def load_block(compare_rows: Rows, slow: Rows) -> str:
         lines.append(f"- **{first['streams']:,} streams over {first['merchants']:,} merchants** "
                      f"(`{TENK}`, {_stamp_text(first)}): " + "; ".join(
                          f"{s} at {rate:g} msg/s p50 {_ms(r['p50_ms'])} ms, p99 "
-                         f"{_ms(r['p99_ms'])} ms" for (s, rate), r in _mean(tenk).items()) + ".")
+                         f"{_ms(r['p99_ms'])} ms, {r['us_per_event']:.1f} µs of CPU per delivery "
+                         f"(+Redis), {_idle_memory(r)}"
+                         for (s, rate), r in _mean(tenk).items()) + ".")
     else:
         lines.append(_no_record("10,000 streams over 1,000 merchants at 1,000 msg/s", (TENK,),
                                 "compare.jsonl"))

@@ -23,6 +23,8 @@ COLS = [
     ("us/ev(srv)", "us_per_event_server", "{:.1f}"),
     ("KB/stream", "kb_per_stream", "{:.1f}"),
     ("RSS KB/st", "rss_kb_per_stream", "{:.1f}"),
+    ("tcpKB/st", "tcp_buffers_kb_per_stream", "{:.1f}"),
+    ("slabKB/st", "slab_kb_per_stream", "{:.1f}"),
     ("cliCPU%", "client_cpu_pct", "{:.0f}"),
 ]
 

@@ -112,6 +112,8 @@ def _started(base: dict, pids: list[int], idle_s: float) -> tuple[int, int]:
     mem0 = procstat.memory_kb(pids)
     rss0 = procstat.rss_kb(pids)
     base["server_mem0_kb"] = mem0
+    base["tcp_buffers0_kb"] = procstat.tcp_buffers_kb()
+    base["slab0_kb"] = procstat.slab_kb()
     if idle_s:
         c0, t0 = _cpu(pids), time.monotonic()
         time.sleep(idle_s)
@@ -148,7 +150,12 @@ def _open_streams(base: dict, sysobj: System, pool: ClientPool, stages: tuple[fl
     curve.append([n, mem1])
     base.update(server_procs=len(pids), server_mem_kb=mem1, mem_curve=curve,
                 kb_per_stream=round((mem1 - mem0) / n, 2),
-                rss_kb_per_stream=round((procstat.rss_kb(pids) - rss0) / n, 2))
+                rss_kb_per_stream=round((procstat.rss_kb(pids) - rss0) / n, 2),
+                # beside it, what the kernel holds for the idle sockets (both ends,
+                # machine-wide): their buffers, and the slab their structures live in
+                tcp_buffers_kb_per_stream=round(
+                    (procstat.tcp_buffers_kb() - base["tcp_buffers0_kb"]) / n, 2),
+                slab_kb_per_stream=round((procstat.slab_kb() - base["slab0_kb"]) / n, 2))
     return pids
 
 
