@@ -24,6 +24,7 @@ from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
 from gateway.web.sse import SharedHeartbeatResponse
+from gateway.web import writer as writer_adapter
 from gateway.web.writer import payload_writer
 from tools.services import RedisServer
 
@@ -72,6 +73,12 @@ async def test_a_prepared_stream_has_no_ping_task_and_its_headers_are_sent() -> 
     assert response.is_connected() is False  # as once aiohttp-sse's ping task has ended
     response.stop_streaming()
     await response.wait()
+
+
+@pytest.fixture(autouse=True)
+def unchecked_writer_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """payload_writer checks a class once per process: each test starts unchecked."""
+    monkeypatch.setattr(writer_adapter, "_checked", set())
 
 
 async def test_aiohttp_payload_writer_has_what_a_stream_uses() -> None:

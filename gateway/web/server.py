@@ -43,6 +43,8 @@ def fixed_error_page(status: int) -> web.Response:
 class _Handler(RequestHandler):
     """aiohttp's connection handler with `fixed_error_page` instead of its echoing page."""
 
+    __slots__ = ()  # as aiohttp's: no instance dict per connection
+
     def handle_error(
         self,
         request: BaseRequest,

@@ -5,7 +5,7 @@ reaches past `StreamResponse.write` into aiohttp's `StreamWriter`: `transport`,
 `protocol.writing_paused` (the kernel buffer is full), `drain()`, and `chunked`
 (whether the response is chunked, which picks the framing of every write).
 These are public attributes of aiohttp's class, but not a documented contract:
-`payload_writer` checks them once per stream and fails loudly if an aiohttp
+`payload_writer` checks them (once per class) and fails loudly if an aiohttp
 upgrade renamed one, instead of, say, writing unchunked frames onto a chunked
 response. tests/test_library_adapters.py holds aiohttp's class to it.
 """
@@ -41,11 +41,18 @@ class PayloadWriter(Protocol):
     async def drain(self) -> None: ...
 
 
+_checked: set[tuple[type, type]] = set()  # (writer, protocol) classes found complete
+
+
 def payload_writer(writer: object) -> PayloadWriter:
     """`writer` (what `StreamResponse.prepare` returned), checked to have what a stream
-    uses; RuntimeError naming what is missing otherwise."""
-    missing = [name for name in _USED if not _implements(writer, name)]
+    uses (once per class: every stream has the same); RuntimeError naming what is
+    missing otherwise."""
     protocol = getattr(writer, "protocol", None)
+    classes = (type(writer), type(protocol))
+    if classes in _checked:
+        return cast(PayloadWriter, writer)
+    missing = [name for name in _USED if not _implements(writer, name)]
     if protocol is not None and not _implements(protocol, "writing_paused"):
         missing.append("protocol.writing_paused")
     if missing:
@@ -53,6 +60,7 @@ def payload_writer(writer: object) -> PayloadWriter:
             f"aiohttp's payload writer has no {', '.join(missing)}: "
             "update gateway/web/writer.py for this aiohttp version"
         )
+    _checked.add(classes)
     return cast(PayloadWriter, writer)
 
 
