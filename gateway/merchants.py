@@ -57,8 +57,9 @@ class MerchantDirectory:
         self._new_lookups = TokenBucket(new_lookups_per_s, _NEW_LOOKUP_WAIT_S)
         self._pool: aiopg.Pool | None = None
         self._pool_lock = asyncio.Lock()
-        # at most pool_max queries inside aiopg's pool: it wakes all its waiters under one
-        # lock on every release, so a storm of lookups queues here, first come first served
+        # at most pool_max queries inside aiopg's pool: it hands its lock over once per
+        # loop turn and queues each release behind every waiter inside it, so a storm of
+        # lookups queues here instead, first come first served
         self._slots = asyncio.Semaphore(cfg.pool_max)
         self._cache: dict[str, _Cached] = {}
         self._lookups: SingleFlight[str, Merchant | None] = SingleFlight(self._lookup)
