@@ -18,7 +18,7 @@ from gateway.config import PostgresConfig
 from gateway.merchants import MerchantDirectory
 from tools.services import PostgresServer
 
-LOOKUPS = 400
+LOOKUPS = 300
 TURN_S = 0.005  # what each loop turn costs besides the lookups (a storm's other work)
 
 
