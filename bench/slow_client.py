@@ -124,7 +124,12 @@ def _events(text: str) -> int:
     return n
 
 
-def main() -> None:
+def passed(row: dict) -> bool:
+    """The report's bound: every fast stream got every event, stalled client or not."""
+    return row["received"] == row["fast"] * row["events"]
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.slow_client", description=__doc__)
     parser.add_argument("--fast", type=int, default=5, help="fast streams [5]")
     parser.add_argument("--slow", action="store_true", help="add one stalled stream")
@@ -151,11 +156,14 @@ def main() -> None:
             raise
         finally:
             gw.stop()  # SIGTERM by PID, then SIGKILL; removes its temp dir and log
+    ok = passed(row)
+    print(f"{'OK' if ok else 'FAILED'}: every fast stream got every event")
     if args.record:
         print("record:", records.write("slow_client", [row], Path(args.record),
                                        records.command("bench.slow_client", sys.argv[1:]),
                                        vars(args)))
+    return 0 if ok else 1  # a FAILED report is a failed run
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
