@@ -22,7 +22,6 @@ class FakeHistory:
     def __init__(self, head: int) -> None:
         self.reads = 0
         self.head_reads = 0
-        self.head_pipelines = 0
         self.head = head
         self.gate = asyncio.Event()
         self.gate.set()
@@ -38,10 +37,9 @@ class FakeHistory:
         )
         return HistorySnapshot("ep", head, events)
 
-    async def read_heads(self, merchant_ids: list[str]) -> list[DurableId | None]:
-        self.head_reads += len(merchant_ids)
-        self.head_pipelines += 1
-        return [DurableId("ep", self.head) for _ in merchant_ids]
+    async def read_head(self, merchant_id: str) -> DurableId | None:
+        self.head_reads += 1
+        return DurableId("ep", self.head)
 
 
 def offsets(entries: list[Entry] | None) -> list[int]:
@@ -140,10 +138,10 @@ class LaggingSubscriber:
         return 0.0
 
 
-def _stream(merchant_id: str = "m") -> Stream:
+def _stream() -> Stream:
     policy = QueuePolicy(max_queue=1000, coalesce=frozenset(), job_key="jobId",
                          max_queue_bytes=1 << 20)
-    return Stream(merchant_id, "shop", "client", policy, Metrics())
+    return Stream("m", "shop", "client", policy, Metrics())
 
 
 def _queued_offsets(stream: Stream) -> list[int]:
@@ -201,30 +199,6 @@ async def test_ids_the_history_cannot_hold_resync_without_a_read() -> None:
         held, gap = hub.attach("m", stream, last)
         assert await replay.resume(stream, last, held, gap) is None
     assert history.reads == 0 and history.head_reads == 2
-
-
-async def test_ring_hits_of_one_loop_turn_check_their_heads_in_one_pipeline() -> None:
-    history = FakeHistory(head=10)
-    hub = Hub(history=100)
-    replay = DurableReplay(history, _flush, hub, Metrics())  # type: ignore[arg-type]
-    merchants = [f"m{i}" for i in range(20)]
-    for merchant in merchants:  # each ring holds ep:9 and ep:10, seen live
-        hub.attach(merchant, Recorder(), None)  # another stream keeps it subscribed
-        for offset in (9, 10):
-            hub.publish(merchant, "progress", b"x", f"ep:{offset}")
-    streams = [_stream(merchant) for merchant in merchants]
-    resumes = []
-    for stream in streams:
-        held, gap = hub.attach(stream.merchant_id, stream, "ep:9")
-        assert not gap
-        resumes.append(replay.resume(stream, "ep:9", held, gap))
-    assert await asyncio.gather(*resumes) == [1] * len(merchants)
-    assert history.head_reads == len(merchants) and history.head_pipelines == 1
-    later = _stream("m0")  # a reconnect after them: its own read, sent after its call
-    held, gap = hub.attach("m0", later, "ep:9")
-    history.head = 8  # as if the history had been replaced: the ring is only a cache
-    assert await replay.resume(later, "ep:9", held, gap) is None
-    assert history.head_pipelines == 2
 
 
 class BrokenHistory(FakeHistory):

@@ -99,15 +99,12 @@ class DurableHistory:
         records = (JobRecord.parse(job, raw) for job, raw in state.items())
         return DurableId(_text(epoch), int(head)), [r for r in records if r is not None]
 
-    async def read_heads(self, merchant_ids: Sequence[str]) -> list[DurableId | None]:
-        """The id of each merchant's newest durable event (None: no history), in one
-        pipeline (on a cluster, one per node)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            for merchant_id in merchant_ids:
-                pipe.hmget(history_keys(merchant_id)[1], "epoch", "offset")
-            replies = await pipe.execute()
-        return [None if epoch is None or head is None else DurableId(_text(epoch), int(head))
-                for epoch, head in replies]
+    async def read_head(self, merchant_id: str) -> DurableId | None:
+        """The id of the merchant's newest durable event, None when it has no history."""
+        epoch, head = await self._client.hmget(history_keys(merchant_id)[1], "epoch", "offset")
+        if epoch is None or head is None:
+            return None
+        return DurableId(_text(epoch), int(head))
 
     async def read_all(self, merchant_id: str) -> HistorySnapshot:
         """The merchant's whole history, read atomically; `HistorySnapshot.after(last)`

@@ -4,9 +4,9 @@ A plain Last-Event-ID is answered by the ring alone. A durable one found in the
 ring is served from it once Redis confirms the history still holds that epoch
 (a history deleted or lost means `resync`, as if the ring were not there); one
 the ring lacks (another process issued it, or this one restarted) is read from
-Redis. Both first ask Redis for the history's newest id (`heads.py`: the reads
-asked for in one loop turn go as one pipeline): an id of another history or
-past its head gets `resync` without reading the history.
+Redis. Both first ask Redis for the history's newest id (one HMGET shared by a
+merchant's concurrent reconnects): an id of another history or past its head
+gets `resync` without reading the history.
 
 The stream is attached first, so live events queue behind it; then the history
 is read, and a canary round trip on the subscriber connection proves that every
@@ -38,7 +38,6 @@ from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
 from ..stream import Stream
-from .heads import HeadReads
 from .history import DurableHistory
 from .ids import DurableId, HistorySnapshot
 
@@ -80,7 +79,7 @@ class DurableReplay:
         self._flush = flush
         self._metrics = metrics
         self._reads: SingleFlight[str, _Fetched] = SingleFlight(self._read)
-        self._heads = HeadReads(history.read_heads, _READ_TIMEOUT_S)
+        self._heads: SingleFlight[str, DurableId | None] = SingleFlight(self._read_head)
 
     async def resume(
         self, stream: Stream, last_id: str, held: list[Entry], gap: bool
@@ -112,9 +111,14 @@ class DurableReplay:
         return _bridgeable(head, last)
 
     async def _head(self, merchant_id: str) -> DurableId | None:
-        """The merchant's newest durable id in Redis, read after this call (a read sent
-        earlier may predate the client's own event). Raises on a Redis fault."""
-        return await self._heads.read(merchant_id)
+        """The merchant's newest durable id in Redis: one HMGET, sent after this call
+        (an HMGET sent earlier may predate the client's own event), shared by the
+        merchant's reconnects arriving meanwhile. Raises on a Redis fault."""
+        head = asyncio.ensure_future(self._heads(merchant_id))
+        return await deadlines.wait(head, _READ_TIMEOUT_S)
+
+    async def _read_head(self, merchant_id: str) -> DurableId | None:
+        return await self._history.read_head(merchant_id)
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
         """Queue the durable events after `last` ahead of live ones; how many, or None
