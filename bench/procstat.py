@@ -73,31 +73,29 @@ def memory_kb(pids: list[int]) -> int:
     return total
 
 
-def tcp_buffers_kb() -> int:
-    """Kernel memory of every TCP socket's buffers on the machine, in KB (the ``mem``
-    pages of /proc/net/sockstat): both ends of loopback streams count, idle ones little."""
+def _machine_figure(path: str, prefix: str, key: str | None = None) -> int:
+    """The number after `key` (or the first one) on the `prefix` line of `path`; 0 if none."""
     try:
-        with open("/proc/net/sockstat") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("TCP:"):
+                if line.startswith(prefix):
                     fields = line.split()
-                    return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+                    return int(fields[fields.index(key) + 1] if key else fields[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def tcp_buffers_kb() -> int:
+    """Kernel memory of every TCP socket's buffers on the machine, in KB (the ``mem``
+    pages of /proc/net/sockstat): both ends of loopback streams count, idle ones little."""
+    return _machine_figure("/proc/net/sockstat", "TCP:", "mem") * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def slab_kb() -> int:
     """Kernel slab memory of the machine, in KB (/proc/meminfo ``Slab``): a socket's
     structures (sock, inode, file, epoll entry) live there, its buffers do not."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("Slab:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return _machine_figure("/proc/meminfo", "Slab:")
 
 
 def machine_busy_seconds() -> float:
