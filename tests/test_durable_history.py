@@ -18,6 +18,7 @@ from gateway.durable.ids import (
     encode_envelope,
     history_keys,
     idempotency_key,
+    job_state_keys,
     parse_envelope,
 )
 from gateway.durable.publisher import SCRIPT_SHA, AsyncPublisher, Outcome, Publication
@@ -289,3 +290,45 @@ async def test_close_closes_the_client(redis_server: RedisServer, client: aiored
     assert await held() == 1
     await history.close()
     await wait_for(released, timeout=5, message="the history's connection closed")
+
+
+async def test_job_state_keeps_the_most_recently_updated_jobs(client: aioredis.Redis) -> None:
+    """Past `jobs_kept` jobs, a new job evicts the least recently updated ones; an
+    update of a kept job evicts nothing."""
+    mid, _ = unique_merchant("dh")
+    publisher = AsyncPublisher(client, jobs_kept=3)
+    jobs, jobids = job_state_keys(mid)
+
+    async def publish(job: str) -> None:
+        assert (await publisher.send(Publication(mid, "progress", b"{}", job))).id is not None
+
+    for job in ("a", "b", "c", "a", "d"):  # "b" is now the least recently updated
+        await publish(job)
+    assert sorted(await client.hkeys(jobs)) == [b"a", b"c", b"d"]
+    assert await client.zrange(jobids, 0, -1) == [b"c", b"a", b"d"]
+    await publish("c")  # an update: nothing evicted
+    assert await client.zrange(jobids, 0, -1) == [b"a", b"d", b"c"]
+    await client.zadd(jobids, {"x": 0, "y": 0})  # more entries than kept: a new job trims all
+    await publish("e")
+    assert await client.zrange(jobids, 0, -1) == [b"d", b"c", b"e"]
+    assert sorted(await client.hkeys(jobs)) == [b"c", b"d", b"e"]
+
+
+async def test_job_keys_of_the_wrong_type_refuse_a_job_event_and_write_nothing(
+    client: aioredis.Redis,
+) -> None:
+    publisher = AsyncPublisher(client)
+    for wrong in (0, 1):
+        mid, _ = unique_merchant("dh")
+        first = await publisher.send(Publication(mid, "progress", b"{}", "j"))
+        assert first.id is not None
+        key = job_state_keys(mid)[wrong]
+        await client.delete(key)
+        await client.set(key, "not a hash or zset")
+        keys = sorted(await client.keys(f"*{{{mid}}}*"))
+        state = [await client.dump(k) for k in keys]
+        with pytest.raises(ResponseError, match="^WRONGTYPE"):
+            await publisher.send(Publication(mid, "progress", b"{}", "j"))
+        assert [await client.dump(k) for k in keys] == state, "a refused publish wrote"
+        # an event of no job does not touch the job state: published
+        assert (await publisher.send(Publication(mid, "stage", b"x"))).id is not None

@@ -47,26 +47,28 @@ if #job > 128 or (seq ~= '' and (not string.match(seq, '^[0-9]+$') or #seq > 15)
 end
 
 -- Every check that can fail comes before the first write, so a refused publish
--- changes nothing: key types, the meta hash's fields, the stream's last id. And
--- the first write is a command Redis checks against maxmemory (HSET, XADD or
--- SET, never DEL): Redis checks a flagless script for OOM only until its first
--- write, so over maxmemory the script is refused before it writes anything.
+-- changes nothing: the meta hash's type and fields, the job keys' types (read
+-- with pcall: a key of the wrong type answers WRONGTYPE), the stream's type and
+-- last id (XADD's own checks, when it is the first write). And the first write
+-- is a command Redis checks against maxmemory (HSET, XADD or SET, never DEL):
+-- Redis checks a flagless script for OOM only until its first write, so over
+-- maxmemory the script is refused before it writes anything.
 -- With an idempotency key that first write is one SET ... NX GET: it checks the
 -- key and records this publish's answer (its id, or "!stale") at once. One check
--- comes after it, XADD's own on the stream's last id: when XADD refuses, the key
--- is deleted again (it did not exist before: NX), so nothing is left.
+-- comes after it, XADD's own on the stream's type and last id: when XADD refuses,
+-- the key is deleted again (it did not exist before: NX), so nothing is left.
+-- The calls are few on purpose: each one costs Redis about a microsecond.
 local function wrongtype(key, want)
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' and kind ~= want then
     return redis.error_reply('WRONGTYPE publish.lua: ' .. key .. ' is a ' .. kind .. ', not a ' .. want)
   end
 end
-local refused = wrongtype(meta, 'hash') or wrongtype(history, 'stream')
-  or wrongtype(jobs, 'hash') or wrongtype(jobids, 'zset')
-if refused then return refused end
 
-local epoch, offset = unpack(redis.call('HMGET', meta, 'epoch', 'offset'))
-local fresh = not epoch
+local read = redis.pcall('HMGET', meta, 'epoch', 'offset')
+if read['err'] then return read end
+local epoch, offset = read[1], read[2]
+local fresh, refused = not epoch, nil
 if fresh then
   epoch, offset = ARGV[6], '1'  -- a new history: whatever an earlier one left is not part of it
 elseif not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
@@ -78,12 +80,16 @@ else
 end
 
 -- A job's record: "ID\nSEQ\nENDED\nEVENT\nPAYLOAD" (SEQ '' when never given).
-local recorded_seq, stale = '', false
-if job ~= '' and not fresh and not refused then
-  local record = redis.call('HGET', jobs, job)
-  if record then
+-- A fresh history deletes the job keys, so only an existing one is read.
+local recorded_seq, stale, new_job, job_count = '', false, true, 0
+if job ~= '' and not fresh then
+  local record = redis.pcall('HGET', jobs, job)
+  if type(record) == 'table' and record['err'] then return record end
+  job_count = redis.pcall('ZCARD', jobids)
+  if type(job_count) == 'table' then return job_count end
+  if record and not refused then
     local _, rseq, ended = string.match(record, '^([^\n]*)\n([^\n]*)\n([01])\n')
-    recorded_seq = rseq or ''
+    recorded_seq, new_job = rseq or '', false
     stale = ended == '1' or (seq ~= '' and recorded_seq ~= ''
       and tonumber(recorded_seq) >= tonumber(seq))
   end
@@ -115,10 +121,11 @@ if fresh or maxlen == 0 then
   end
 else
   -- first write (without a key), OOM-checked; refused (nothing written) when the
-  -- stream already holds this id or a later one (entries not written by this script)
+  -- stream is of another type or already holds this id or a later one (entries
+  -- not written by this script)
   local xadd = idem and redis.pcall or redis.call
   local added = xadd('XADD', history, 'MAXLEN', maxlen, entry, 'e', ARGV[2], 'd', ARGV[3])
-  if type(added) == 'table' then  -- refused, with a key: the SET above is taken back
+  if type(added) == 'table' and added['err'] then  -- refused, with a key: the SET above is taken back
     redis.call('DEL', idem)
     return added
   end
@@ -134,11 +141,11 @@ if job ~= '' then
   local new_seq = seq ~= '' and seq or recorded_seq
   redis.call('HSET', jobs, job, id .. '\n' .. new_seq .. '\n' .. ended .. '\n' .. ARGV[2] .. '\n' .. ARGV[3])
   redis.call('ZADD', jobids, tonumber(offset), job)
-  local over = redis.call('ZCARD', jobids) - kept
-  if over > 0 then  -- keep the most recently updated jobs
-    local gone = redis.call('ZRANGE', jobids, 0, over - 1)
+  local over = job_count + 1 - kept
+  if new_job and over > 0 then  -- keep the most recently updated jobs
+    local popped, gone = redis.call('ZPOPMIN', jobids, over), {}
+    for i = 1, #popped, 2 do gone[#gone + 1] = popped[i] end  -- members (scores between)
     redis.call('HDEL', jobs, unpack(gone))
-    redis.call('ZREMRANGEBYRANK', jobids, 0, over - 1)
   end
 end
 redis.call('EXPIRE', jobs, ttl)
