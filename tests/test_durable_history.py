@@ -327,7 +327,7 @@ async def test_job_keys_of_the_wrong_type_refuse_a_job_event_and_write_nothing(
         await client.set(key, "not a hash or zset")
         keys = sorted(await client.keys(f"*{{{mid}}}*"))
         state = [await client.dump(k) for k in keys]
-        with pytest.raises(ResponseError, match="^WRONGTYPE"):
+        with pytest.raises(ResponseError, match=r"^WRONGTYPE"):
             await publisher.send(Publication(mid, "progress", b"{}", "j"))
         assert [await client.dump(k) for k in keys] == state, "a refused publish wrote"
         # an event of no job does not touch the job state: published
