@@ -2,7 +2,8 @@
 
 For each system in turn (``gateway1``, ``nchan-memory``, ``aiohttp-floor``: a bare
 aiohttp handler that prepares a streaming response and writes one frame,
-``bench/floor_app.py``), in the same run:
+``bench/floor_app.py``; ``aiohttp-lowlevel``: the same handler on aiohttp's
+low-level server, what is left of aiohttp below its web layer), in the same run:
 
 1. start it (the gateway with the shipped log level, INFO, and a PostgreSQL
    holding merchants ``m0..m{M-1}``) and open one stream per merchant, held:
@@ -44,7 +45,8 @@ __all__ = ["main", "ratios", "report", "run"]
 
 RECORD = records.DOCS / "connect.jsonl"
 FLOOR = "aiohttp-floor"
-DEFAULT_SYSTEMS = f"gateway1,nchan-memory,{FLOOR}"
+LOW_LEVEL_FLOOR = "aiohttp-lowlevel"  # the same handler on aiohttp's low-level server
+DEFAULT_SYSTEMS = f"gateway1,nchan-memory,{FLOOR},{LOW_LEVEL_FLOOR}"
 
 
 class ShippedLogGateway(Gateway):
@@ -56,8 +58,8 @@ class ShippedLogGateway(Gateway):
 
 
 def make_system(name: str, tmp: Path, pg, streams: int) -> System:
-    if name == FLOOR:
-        return Floor(name, 1, tmp)
+    if name in (FLOOR, LOW_LEVEL_FLOOR):
+        return Floor(name, 1, tmp, low_level=name == LOW_LEVEL_FLOOR)
     kind, workers = parse_system(name)
     if kind == "gateway" and not name.endswith("-durable"):
         return ShippedLogGateway(name, workers, tmp, pg.dsn, streams)

@@ -280,9 +280,14 @@ def connect_block(rows: Rows) -> str:
         for rate in sorted({k[1] for k in m}):
             g, f, n = (m.get((s, rate)) for s in ("gateway1", "aiohttp-floor", "nchan-memory"))
             if g and f and n:
-                parts.append(f"{g['us_per_stream'] / f['us_per_stream']:.2f}x the floor's and "
-                             f"{g['us_per_stream'] / n['us_per_stream']:.2f}x nchan's at "
-                             f"{rate:,.0f}/s")
+                text = (f"{g['us_per_stream'] / f['us_per_stream']:.2f}x the floor's and "
+                        f"{g['us_per_stream'] / n['us_per_stream']:.2f}x nchan's")
+                low = m.get(("aiohttp-lowlevel", rate))
+                if low:
+                    cost = low["us_per_stream"]
+                    text += (f" (aiohttp's low-level server: {cost / f['us_per_stream']:.2f}x "
+                             f"the floor's, {cost / n['us_per_stream']:.2f}x nchan's)")
+                parts.append(f"{text} at {rate:,.0f}/s")
         if parts:
             row0 = by_run[ts_, cmd_][0]
             lines.append(f"- `{cmd_}` ({row0['ts'][:10]}, bench at {row0.get('commit', '?')}, "

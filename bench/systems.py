@@ -150,12 +150,17 @@ class Floor(System):
 
     kind = "floor"
 
+    def __init__(self, name: str, workers: int, tmp: Path, low_level: bool = False) -> None:
+        super().__init__(name, workers, tmp)
+        self.low_level = low_level
+
     def start(self) -> None:
         self.port = free_port()
         self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
         log = self.log = open(self.tmp / f"{self.name}.log", "wb")
         self.proc = subprocess.Popen(
-            [PY, "-m", "bench.floor_app", "--port", str(self.port)],
+            [PY, "-m", "bench.floor_app", "--port", str(self.port),
+             *(["--low-level"] if self.low_level else [])],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -44,3 +44,28 @@ def test_only_systems_it_knows_are_accepted() -> None:
         assert "does not run" in str(e)
     else:
         raise AssertionError("naive accepted")
+
+
+def test_both_floors_serve_the_first_frame(tmp_path) -> None:
+    """The reference systems really stream: aiohttp's web layer and its low-level server."""
+    import socket
+
+    from bench.systems import Floor
+
+    for name in (connect.FLOOR, connect.LOW_LEVEL_FLOOR):
+        floor = connect.make_system(name, tmp_path, None, 1)
+        assert isinstance(floor, Floor) and floor.low_level == (name == connect.LOW_LEVEL_FLOOR)
+        floor.start()
+        try:
+            with socket.create_connection(("127.0.0.1", floor.port), timeout=10) as sock:
+                path = floor.path_template.format(i=7)
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                seen = b""
+                while b"event: connected" not in seen:
+                    chunk = sock.recv(4096)
+                    assert chunk, seen
+                    seen += chunk
+            assert seen.startswith(b"HTTP/1.1 200") and b"text/event-stream" in seen
+            assert b'"merchantId":"m7"' in seen
+        finally:
+            floor.stop()
