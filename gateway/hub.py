@@ -9,6 +9,7 @@ fall between replay and live delivery or arrive twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +20,7 @@ from .topic import Subscriber, Topic
 
 __all__ = ["Hub", "Subscriber", "Topic", "process_epoch"]
 
+log = logging.getLogger(__name__)
 
 
 def process_epoch() -> str:
@@ -105,25 +107,39 @@ class Hub:
         return entry
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool) -> None:
-        """The held envelope checked: delivered with its id when the history holds it
-        and it is newer than the proven head, else as a plain event; then the
-        messages held behind it go on, until the next one that needs a check. When
-        events before it never arrived, `on_missed` comes first (its streams resync)."""
+        """The held envelope checked: delivered with its id when the history holds it,
+        else as a plain event; then the messages held behind it go on, until the next
+        one that needs a check. When events before it never arrived, `on_missed`
+        comes first (its streams resync).
+
+        A genuine id at or below the proven head is either an event that went out
+        under it published again (sent as plain: never twice) or the history was
+        rolled back: a failover lost the writes the head came from (delivered live,
+        or read from the deposed primary) and the new primary gave their ids to other
+        events (`Topic.sent_before` tells which). Then the streams resync (some got
+        the lost events) and the event goes out with its id, the new head."""
         pending = topic.pending
         if pending is None or self._topics.get(merchant_id) is not topic:
             return
         topic.pending = None
-        if genuine and missed:
-            self.mark_gap([merchant_id])
-            self._on_missed([merchant_id])
         (event, payload, event_id), rest = pending[0], pending[1:]
         durable = DurableId.parse(event_id)
         head = topic.durable_head
-        if durable is None or not genuine or (
-            head is not None and head.epoch == durable.epoch and durable.offset <= head.offset
-        ):
+        if durable is None or event_id is None or not genuine:
             self.forged += 1
             event_id = None
+        elif head is not None and head.epoch == durable.epoch and durable.offset <= head.offset:
+            if topic.sent_before(event_id, durable, event, payload):
+                self.forged += 1
+                event_id = None
+            else:
+                log.warning("merchant=%s: durable id %s is another event's now, at or below "
+                            "the head %s proved here (a failover lost writes): resync",
+                            merchant_id, durable, head)
+                missed = True
+        if genuine and missed:
+            self.mark_gap([merchant_id])
+            self._on_missed([merchant_id])
         self._fan_out(topic, event, payload, event_id)
         for event, payload, event_id in rest:
             self.publish(merchant_id, event, payload, event_id)

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Protocol
 
 from .durable.ids import DurableId
-from .frames import Control, Entry
+from .frames import Control, Entry, event_frame
 
 __all__ = ["Subscriber", "Topic"]
 
@@ -48,6 +48,22 @@ class Topic:
         if durable is not None:
             self.durable_head = durable
             self.next_durable = f"{durable.epoch}:{durable.offset + 1}"
+
+    def sent_before(self, event_id: str, durable: DurableId, event: str, payload: bytes) -> bool:
+        """Whether a genuine envelope at or below the proven head is a copy of an event
+        that went out here (published again), not another event that the history now
+        holds under that id (a failover lost the writes the head came from, and the
+        new primary gave their ids again). The ring tells: it holds this very event
+        under the id, or another one; or it does not hold the id though it reaches
+        back past it (never sent here); or it does not reach back that far (a copy)."""
+        reaches = False
+        for entry in self.history:
+            if entry.id == event_id:
+                return entry.event == event and entry.wire[0] == event_frame(
+                    event_id, event, payload)
+            if not reaches and (held := DurableId.parse(entry.id)) is not None:
+                reaches = held.epoch == durable.epoch and held.offset < durable.offset
+        return not reaches
 
     def after(self, last_event_id: str) -> list[Entry] | None:
         """The entries after `last_event_id` in the ring, None when it does not hold

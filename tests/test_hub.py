@@ -366,14 +366,49 @@ def test_an_envelope_the_history_does_not_hold_goes_out_as_a_plain_event(forged:
     hub.publish("m", "stage", b"1", "ep:1")
     checks.asked[0][2](True)
     hub.publish("m", "stage", b"2", "ep:2")
-    hub.publish("m", "stage", b"forged", forged)  # a plain PUBLISH imitating the envelope
+    payload = b"2" if forged == "ep:2" else b"forged"  # ep:2: the real one, a copy of it
+    hub.publish("m", "stage", payload, forged)  # a plain PUBLISH imitating the envelope
     hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
-    assert checks.asked[-1][:2] == (forged, "forged")
+    assert checks.asked[-1][:2] == (forged, payload.decode())
     checks.asked[-1][2](forged == "ep:2")  # even a real old id published again: not twice
     assert shown(sink.got) == ["ep:1", "ep:2", "plain", "ep:3"]
     assert hub.forged == 1
     replay, gap = hub.attach("m", Sink(), sink.got[2].id)  # resuming after the forgery
     assert not gap and ids(replay) == ["ep:3"]
+
+
+@pytest.mark.parametrize("how", ["delivered", "read"])
+def test_an_id_the_history_gave_another_event_resyncs_and_keeps_it(how: str) -> None:
+    """A failover lost writes the head came from (delivered live, or learnt from a
+    read of the deposed primary) and the new primary gave their ids to other
+    events: those are genuine, not old ids published again."""
+    hub, checks, missed, sink = proven_at_ep1()
+    if how == "delivered":
+        hub.publish("m", "stage", b"lost", "ep:2")  # continues: no check
+    else:
+        hub.learn_head("m", DurableId("ep", 2), hub.gap_mark("m"))
+    hub.publish("m", "stage", b"2", "ep:2")  # the new primary's ep:2
+    checks.asked[-1][2](True)
+    hub.publish("m", "stage", b"3", "ep:3")  # continues it: no check
+    assert missed == [["m"]] and hub.forged == 0
+    assert ids(sink.got)[-2:] == ["ep:2", "ep:3"]
+    assert sink.got[-2].wire[0].tobytes().endswith(b"data: 2\n\n")
+    assert len(checks.asked) == 2
+
+
+def test_a_copy_of_an_event_older_than_the_ring_still_goes_out_as_plain() -> None:
+    checks = Checks()
+    hub = Hub(history=2, epoch="local", verify=checks)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.learn_head("m", DurableId("ep", 1), hub.gap_mark("m"))
+    for n in (2, 3, 4):
+        hub.publish("m", "stage", str(n).encode(), f"ep:{n}")
+    hub.publish("m", "stage", b"3", "ep:3")  # in the ring: a copy
+    checks.asked[-1][2](True)
+    hub.publish("m", "stage", b"2", "ep:2")  # before the ring: nothing says otherwise
+    checks.asked[-1][2](True)
+    assert shown(sink.got) == ["ep:2", "ep:3", "ep:4", "plain", "plain"] and hub.forged == 2
 
 
 def test_a_gap_makes_the_next_envelope_checked_again() -> None:

@@ -1,0 +1,68 @@
+"""A durable id given twice: a failover lost the write the gateway had delivered.
+
+Redis Cluster replicates asynchronously. A primary that is killed, or frozen
+long enough to be failed over and then thawed, may acknowledge and publish a
+durable event its replica never got; the gateway delivers it (on the old
+primary's link, or on the new one: the cluster bus still carries the deposed
+primary's SPUBLISH), and the promoted replica gives the same offset to the
+next event. That event is genuine (the history holds it) but at or below the
+head the gateway proved, so it used to go out as a plain event, as if an old
+envelope had been published again: under a process-local id, with no
+`resync` (chaos, cluster seed 2002). It must go out with its id, after a
+`resync` for the streams that got the lost one.
+
+Here the loss is made exactly: the merchant's history and meta are dumped
+before the lost event is published and restored after it, which is what the
+promoted replica holds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from support import open_stream
+from test_durable_e2e import DURABLE, connected, publish_durably
+
+from gateway.durable.ids import history_keys
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("resubscribed", [False, True], ids=["same_link", "after_reconnect"])
+async def test_an_id_a_failover_gave_again_reaches_streams_with_it(
+    gateway_factory: Any, merchant: Any, redis_server: Any, resubscribed: bool
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with open_stream(gw.stream_url(shop)) as s:
+            await connected(s)
+            first = await publish_durably(gw, mid, "d1")
+            assert (await s.next_event(10)).id == first
+            replica = {key: await client.dump(key) for key in history_keys(mid)}
+            assert None not in replica.values()
+            lost = await publish_durably(gw, mid, "lost")  # the replica never gets it
+            assert (await s.next_event(10)).id == lost
+            for key, value in replica.items():  # failed over: the replica's history
+                await client.restore(key, 0, value or b"", replace=True)
+            if resubscribed:  # the failover moved the merchant: its streams resync
+                await client.client_kill_filter(_type="pubsub")
+                resync = await s.next_event(10)
+                assert resync.event == "resync", resync
+            again = await publish_durably(gw, mid, "d2")
+            assert again == lost  # the same id, now another event's
+            got = await s.next_event(10)
+            assert got.event == "resync", f"no resync before {got}"
+            assert json.loads(got.data) == {"reason": "redis_reconnected"}
+            got = await s.next_event(10)
+    finally:
+        await client.aclose()
+    assert (got.id, got.data) == (again, "d2")
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": first}) as s:
+        await connected(s)  # another tab resuming from before the loss: the history's d2
+        got = await s.next_event(10)
+    assert (got.id, got.data) == (again, "d2")
