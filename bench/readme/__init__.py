@@ -32,7 +32,7 @@ from bench.validate import TOLERANCE_PCT, compare, within
 
 __all__ = ["README", "check", "render", "stray_figures"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = records.DOCS
 SELF = "`python -m bench.readme`"
@@ -583,6 +583,3 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr)
     return 1 if problems else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
