@@ -174,7 +174,7 @@ async def missed(
         return False
     stream = history_keys(merchant_id)[0]
     last = durable.offset - 1
-    entries = await client.xrange(stream, f"0-{expected.offset}", f"0-{last}")
+    entries = await client.xrange(stream, f"0-{expected.offset}", f"0-{last}") or []
     if len(entries) != last - expected.offset + 1:
         return True
     return any(_entry(durable.epoch, *raw).event in events for raw in entries)
