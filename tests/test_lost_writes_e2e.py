@@ -3,7 +3,7 @@
 Redis Cluster replicates asynchronously. A primary that is killed, or frozen
 long enough to be failed over and then thawed, may acknowledge and publish a
 durable event its replica never got; the gateway delivers it (on the old
-primary's link, or on the new one: the cluster bus still carries the deposed
+primary's link, or on the new one: the cluster bus can still carry the deposed
 primary's SPUBLISH), and the promoted replica gives the same offset to the
 next event. That event is genuine (the history holds it) but at or below the
 head the gateway proved, so it used to go out as a plain event, as if an old
