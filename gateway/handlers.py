@@ -176,6 +176,8 @@ def _spread_retry_after() -> int:
 
 
 async def stream_view(request: web.Request) -> web.StreamResponse:
+    """Admit, open and hold one stream; its frame is the only one of ours awaiting
+    while the stream is open (each coroutine held per stream costs memory)."""
     gw = request.app[GATEWAY]
     cors = _cors_headers(request, gw)
     try:
@@ -191,60 +193,60 @@ async def stream_view(request: web.Request) -> web.StreamResponse:
         except UnavailableError as exc:
             refused = Refusal(503, "unavailable", str(exc), _RETRY_AFTER_SUBSCRIBE_S)
             return _refuse(gw, refused, cors or {})
+        response = SharedHeartbeatResponse(headers=cors or {}, sep="\n")
+        started = time.monotonic()
+        reason = CloseReason.CLIENT_GONE
         try:
-            return await _serve(request, gw, stream, cors or {})
+            await _open(request, gw, stream, response)
+            reason = await stream.run()
+        except ConnectionError:
+            pass  # the client left before or while the stream opened: client_gone
         finally:
+            gw.hub.detach(stream.merchant_id, stream)  # a no-op when never attached
+            _closed(gw, stream, stream.close_reason or reason, started)
             gw.broker.release(merchant.id)
+        return response
     finally:
         gw.admission.leave(stream)
 
 
-async def _serve(
-    request: web.Request, gw: Gateway, stream: Stream, cors: dict[str, str]
-) -> web.StreamResponse:
+async def _open(
+    request: web.Request, gw: Gateway, stream: Stream, response: SharedHeartbeatResponse
+) -> None:
+    """Send the headers, attach to the hub, queue a replay or snapshot, write the
+    `connected` frame and bind the stream to the socket."""
     sse = gw.cfg.sse
-    response = SharedHeartbeatResponse(headers=cors, sep="\n")
     response.headers["Cache-Control"] = "no-cache, no-transform"
     last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
-    started = time.monotonic()
-    reason = CloseReason.CLIENT_GONE
-    attached = False
-    try:
-        writer = await response.prepare(request)
-        held, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
-        attached = True
-        replayed = 0
-        if last_id:
-            resumed = await gw.replay.resume(stream, last_id, held, gap)
-            gap, replayed = resumed is None, resumed or 0
-        first = [Control("resync", {"reason": "history_gap"})] if gap else []
-        if gap:
-            gw.metrics.replay_misses += 1
-        elif last_id:
-            gw.metrics.replay_hits += 1
-        # no Last-Event-ID, or one that cannot be replayed: the job state comes first
-        wants_snapshot = sse.snapshot and (gap or not last_id)
-        if not (wants_snapshot and await gw.snapshots.open(stream, first)) and first:
-            stream.put_first(first)  # resync before what queued meanwhile
-        connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
-        await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
-        socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use
-        stream.bind(socket, chunked=socket.chunked)
-        gw.metrics.streams_opened += 1
-        if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_OPEN_LINE, stream.merchant_id):
-            log.info(_OPEN_LINE, stream.merchant_id, stream.shop, stream.client, replayed)
-        reason = await stream.run()
-    except ConnectionError:
-        pass  # the client left before or while the stream opened: client_gone
-    finally:
-        if attached:
-            gw.hub.detach(stream.merchant_id, stream)
-        final = stream.close_reason or reason
-        gw.metrics.closed(final)
-        if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_CLOSE_LINE, stream.merchant_id):
-            log.info(_CLOSE_LINE, stream.merchant_id, stream.shop, stream.client, final,
-                     time.monotonic() - started)
-    return response
+    writer = await response.prepare(request)
+    held, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
+    replayed = 0
+    if last_id:
+        resumed = await gw.replay.resume(stream, last_id, held, gap)
+        gap, replayed = resumed is None, resumed or 0
+    first = [Control("resync", {"reason": "history_gap"})] if gap else []
+    if gap:
+        gw.metrics.replay_misses += 1
+    elif last_id:
+        gw.metrics.replay_hits += 1
+    # no Last-Event-ID, or one that cannot be replayed: the job state comes first
+    wants_snapshot = sse.snapshot and (gap or not last_id)
+    if not (wants_snapshot and await gw.snapshots.open(stream, first)) and first:
+        stream.put_first(first)  # resync before what queued meanwhile
+    connected = {"merchantId": stream.merchant_id, "shop": stream.shop}
+    await response.write(control_frame("connected", connected, retry_ms=sse.retry_ms))
+    socket = payload_writer(writer)  # RuntimeError if aiohttp renamed what we use
+    stream.bind(socket, chunked=socket.chunked)
+    gw.metrics.streams_opened += 1
+    if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_OPEN_LINE, stream.merchant_id):
+        log.info(_OPEN_LINE, stream.merchant_id, stream.shop, stream.client, replayed)
+
+
+def _closed(gw: Gateway, stream: Stream, reason: CloseReason, started: float) -> None:
+    gw.metrics.closed(reason)
+    if log.isEnabledFor(logging.INFO) and STREAM_LINES.allow(_CLOSE_LINE, stream.merchant_id):
+        log.info(_CLOSE_LINE, stream.merchant_id, stream.shop, stream.client, reason,
+                 time.monotonic() - started)
 
 
 async def ticket_view(request: web.Request) -> web.Response:
