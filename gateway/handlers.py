@@ -19,6 +19,7 @@ from .state import GATEWAY, Gateway
 from .stream import CloseReason, Stream
 from .web.forwarded import client_address
 from .web.sse import SharedHeartbeatResponse
+from .web.stream_only import stream_only
 from .web.writer import payload_writer
 
 __all__ = ["stream_view", "ticket_preflight", "ticket_view"]
@@ -219,6 +220,7 @@ async def _open(
     response.headers["Cache-Control"] = "no-cache, no-transform"
     last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     writer = await response.prepare(request)
+    stream_only(request.protocol)  # no next request on this connection: nothing kept for one
     held, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
     replayed = 0
     if last_id:

@@ -6,7 +6,8 @@
   (gateway/web/sse.py replicates EventSourceResponse.prepare without it);
 - aiohttp: a stream writes to the payload writer's transport, honours
   `protocol.writing_paused`, awaits `drain()` and frames by `chunked`
-  (gateway/web/writer.py: payload_writer).
+  (gateway/web/writer.py: payload_writer); a stream's connection keeps no
+  parser, request queue or keep-alive timer (gateway/web/stream_only.py).
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import inspect
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
 
 from gateway.broker.connection import socket_reader
-from gateway.web.sse import SharedHeartbeatResponse
 from gateway.web import writer as writer_adapter
+from gateway.web.sse import SharedHeartbeatResponse
+from gateway.web.stream_only import stream_only
 from gateway.web.writer import payload_writer
 from tools.services import RedisServer
 
@@ -111,3 +114,43 @@ async def test_the_writer_tripwire_fires_without_flow_control(
     monkeypatch.delattr(BaseProtocol, "writing_paused")
     with pytest.raises(RuntimeError, match=r"protocol\.writing_paused"):
         payload_writer(StreamWriter(BaseProtocol(loop), loop))
+
+
+async def test_a_stream_only_connection_ignores_what_follows_and_closes_after() -> None:
+    """Once `stream_only`: no keep-alive timer, parser or queue kept; a request sent
+    behind the stream is never served, and the connection closes when it ends."""
+    seen: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(request.path)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        protocol = request.protocol
+        stream_only(protocol)
+        assert protocol._keepalive_handle is None and protocol._parser is None
+        await response.write(b"frame")
+        await release.wait()
+        assert not protocol._messages, "the request sent behind the stream was kept"
+        return response
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(web.Server(handler), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b"frame" not in received:
+            received += await asyncio.wait_for(reader.read(4096), 5)
+        writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        release.set()
+        while await asyncio.wait_for(reader.read(4096), 5):  # until the server closes
+            pass
+        assert seen == ["/stream"]
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
