@@ -17,7 +17,7 @@ from pathlib import Path
 from tools.gateway import GatewayServer
 
 from .records import Fault
-from .schedule import FaultPlan, due
+from .schedule import LOSSY_FAULTS, FaultPlan, due
 from .topology import Topology
 
 __all__ = ["FaultRunner"]
@@ -55,7 +55,8 @@ class FaultRunner:
             await self._one(plan)
 
     async def _one(self, plan: FaultPlan) -> None:
-        fault = Fault(plan.kind, plan.target, time.monotonic(), 0.0)
+        fault = Fault(plan.kind, plan.target, time.monotonic(), 0.0,
+                      lossy=plan.kind in LOSSY_FAULTS[self.topo.profile])
         try:
             if plan.kind == "redis_freeze":
                 await self._freeze(plan, fault)
@@ -70,7 +71,6 @@ class FaultRunner:
         fault.redis = True
         topo = self.topo
         if topo.cluster is not None:  # a primary frozen past the node timeout fails over
-            fault.lossy = True
             port = topo.cluster.primaries()[plan.index % 3].port
             server = topo.cluster.servers[port]
             fault.detail = f"primary {port} for {plan.seconds}s"
@@ -97,12 +97,12 @@ class FaultRunner:
             topo.redis.restart()  # SIGTERM: the AOF is complete, the history survives
         elif kind == "redis_restart_lossy":
             assert topo.redis is not None
-            fault.redis = fault.lossy = True
+            fault.redis = True
             topo.redis.stop()  # its directory (and AOF) goes: the history is lost
             topo.redis.start()
         elif kind == "cluster_failover":
             assert topo.cluster is not None
-            fault.redis = fault.lossy = True  # acknowledged writes may not have replicated
+            fault.redis = True
             port = topo.cluster.primaries()[plan.index % 3].port
             fault.detail = f"primary {port}"
             topo.cluster.kill_primary(port)

@@ -97,9 +97,10 @@ class Published:
 class Fault:
     """One injected fault, from its first action to the moment all was running again.
 
-    ``redis``: it touches Redis (resyncs expected); ``lossy``: the durable history
-    may be lost (a restart without persistence, a failover); ``gateway``: the gateway
-    name it hit; ``sigterm``: streams got ``shutdown``.
+    ``redis``: it touches Redis (resyncs expected); ``lossy``: acknowledged durable
+    writes, or the whole history, may be lost (``schedule.LOSSY_FAULTS``: a restart
+    without persistence, a cluster failover or a cluster primary's freeze); ``target``:
+    the gateway name it hit; ``sigterm``: streams got ``shutdown``.
     """
 
     kind: str
@@ -113,4 +114,4 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "start": round(self.start, 3),
-                "end": round(self.end, 3), "detail": self.detail}
+                "end": round(self.end, 3), "lossy": self.lossy, "detail": self.detail}

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-__all__ = ["ClientPlan", "FaultPlan", "Plan", "PublisherPlan", "StormPlan", "due", "has_jobs",
-           "make_plan", "shop_of"]
+__all__ = ["LOSSY_FAULTS", "ClientPlan", "FaultPlan", "Plan", "PublisherPlan", "StormPlan",
+           "due", "has_jobs", "make_plan", "shop_of"]
 
 GATEWAYS = ("workers", "gw-1", "gw-2")  # workers: one process with server.workers 2
 LAGGED = "gw-2"  # on the single profile it reaches Redis through tools.chaos.lag
@@ -25,6 +25,12 @@ SINGLE_FAULTS = ("gw_kill", "redis_restart_aof", "pg_restart", "gw_term", "redis
                  "nginx_reload", "redis_restart_lossy")
 CLUSTER_FAULTS = ("gw_kill", "cluster_failover", "pg_restart", "gw_term", "redis_freeze",
                   "nginx_reload")
+# Faults that can lose acknowledged durable writes. Redis Cluster replicates
+# asynchronously: a primary killed, or frozen until its replica takes over, may not
+# have passed on what it acknowledged. A single Redis keeps them (AOF, stopped with
+# SIGTERM) unless its data is wiped.
+LOSSY_FAULTS = {"single": frozenset({"redis_restart_lossy"}),
+                "cluster": frozenset({"cluster_failover", "redis_freeze"})}
 
 
 @dataclass(frozen=True, slots=True)
