@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tools.gateway import REPO_ROOT
 
-from .report import summary, write_report
+from .report import lost_lines, summary, write_report
 from .runner import run
 
 __all__ = ["main"]
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or run_dir / "report.json"
     write_report(result, report)
     print(summary(result))
+    for line in lost_lines(result):
+        print(line)
     print(f"chaos: report {report} (gateway logs beside it: {run_dir})")
     return 1 if result.anomalies else 0
 

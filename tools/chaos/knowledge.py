@@ -17,7 +17,7 @@ from typing import Any
 
 from .records import MERCHANT_EVENTS, ClientLog, Published, durable_id
 
-__all__ = ["Held", "Ident", "Knowledge", "LostWrite", "ident_of", "job_of", "learn"]
+__all__ = ["Ack", "Held", "Ident", "Knowledge", "LostWrite", "ident_of", "job_of", "learn"]
 
 Offset = tuple[str, int]
 Ident = tuple[str, int]  # (publisher, seq)
@@ -33,14 +33,29 @@ class Held:
 
 
 @dataclass(frozen=True, slots=True)
+class Ack:
+    """One durable publish acknowledged with an id."""
+
+    ident: Ident
+    event: str
+    job: str | None
+    sent: float
+    acked: float
+
+
+@dataclass(frozen=True, slots=True)
 class LostWrite:
-    """An acknowledged durable id that Redis' final history contradicts."""
+    """An acknowledged durable id whose event Redis lost after acknowledging it: its
+    final history holds another event there (or none though it reaches back past it),
+    or the id was acknowledged again for another event (``reused``: a promoted
+    replica that never got the write gave its id to the next one)."""
 
     merchant: str
     offset: Offset
     ident: Ident
     acked: float
-    found: Ident | None  # what the history holds at that offset now (None: nothing)
+    found: Ident | None  # the event that holds the id now (None: none)
+    reused: bool = False
 
 
 def job_of(data: Any) -> str | None:
@@ -61,9 +76,10 @@ class Knowledge:
 
     def __init__(self) -> None:
         self.kind: dict[Offset, tuple[str, str | None]] = {}
-        self.ident: dict[Offset, Ident] = {}  # from acks, else from the final history
-        self.acked: dict[Offset, tuple[Ident, float]] = {}
-        self.lost: dict[Offset, LostWrite] = {}
+        self.ident: dict[Offset, Ident] = {}  # the event an id stands for now
+        self.acks: dict[Offset, list[Ack]] = defaultdict(list)  # every ack of each id
+        self.lost: dict[Offset, list[LostWrite]] = {}
+        self.vanished: set[Offset] = set()  # acknowledged ids no acknowledged event holds now
         self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
         self._sent: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._unacked: list[float] = []  # send times of durable publishes without an id
@@ -116,13 +132,13 @@ class Knowledge:
 
     def sent_after(self, epoch: str, t: float, below: int, above: int = 0) -> list[int]:
         """Offsets in (above, below) of the epoch acknowledged to publishers that sent
-        them after ``t``, ascending."""
+        them after ``t``, ascending, each once (an id acknowledged twice is one offset)."""
         offsets = self._offsets.get(epoch, [])
         times, running = self._times.get(epoch, []), self._time_max.get(epoch, [])
-        out = []
+        out: list[int] = []
         i = bisect.bisect_left(offsets, below) - 1
         while i >= 0 and offsets[i] > above and running[i] > t:  # earlier ones: all sent <= t
-            if times[i] > t:
+            if times[i] > t and (not out or out[-1] != offsets[i]):
                 out.append(offsets[i])
             i -= 1
         return out[::-1]
@@ -136,13 +152,14 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
         k = out[p.merchant]
         d = durable_id(p.id)
         if d is not None:
-            k.kind[d] = (p.event, p.job)
-            k.ident[d] = (p.publisher, p.seq)
-            k.acked[d] = ((p.publisher, p.seq), p.acked or p.sent)
+            k.acks[d].append(Ack((p.publisher, p.seq), p.event, p.job, p.sent,
+                                 p.acked or p.sent))
             k._sent[d[0]].append((d[1], p.sent))
             k.seen_at[d] = min(k.seen_at.get(d, p.sent), p.sent)
         elif p.durable:
             k._unacked.append(p.sent)
+    for merchant in {*out, *history}:
+        _settle(merchant, out[merchant], history.get(merchant, {}))
     for c in clients:
         k = out[c.merchant]
         for s in c.sessions:
@@ -158,23 +175,35 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
             k.kind.setdefault(d, (held.event, held.job))
             if held.ident is not None:
                 k.ident.setdefault(d, held.ident)
-        _contradictions(merchant, k, entries)
     for k in out.values():
         k.index()
     return out
 
 
-def _contradictions(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
-    """Acked ids of the final history's epoch that it holds as another event, or lacks
-    though it reaches back past them (trimmed ids are not contradictions; one past the
-    head is: the head went back)."""
-    if not entries:
-        return
-    epoch = next(iter(entries))[0]
-    first = min(o for e, o in entries if e == epoch)
-    for d, (ident, acked) in k.acked.items():
-        if d[0] != epoch or d[1] < first:
-            continue
+def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
+    """Which acknowledged event each id stands for now, and the lost writes. The event
+    is the one Redis' final history holds there when it reaches back past the id
+    (trimmed ids are not contradictions; one past the head is: the head went back),
+    else the last one acknowledged with the id (a lost write's id is given again after
+    it); every other event acknowledged with the id was lost."""
+    epoch = next(iter(entries))[0] if entries else None
+    first = min((o for e, o in entries if e == epoch), default=0)
+    for d, acks in k.acks.items():
+        acks.sort(key=lambda a: a.acked)
+        first_ack: dict[Ident, Ack] = {}
+        for a in acks:
+            first_ack.setdefault(a.ident, a)
+        now: Ident | None = acks[-1].ident
         held = entries.get(d)
-        if held is None or (held.ident is not None and held.ident != ident):
-            k.lost[d] = LostWrite(merchant, d, ident, acked, held.ident if held else None)
+        if d[0] == epoch and d[1] >= first and (held is None or held.ident is not None):
+            now = held.ident if held else None
+        keep = first_ack.get(now) if now is not None else None
+        if keep is None:
+            k.vanished.add(d)
+        source = keep or held or acks[-1]
+        k.kind[d] = (source.event, source.job)
+        k.ident[d] = now or acks[-1].ident
+        lost = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1)
+                for a in first_ack.values() if a.ident != now]
+        if lost:
+            k.lost[d] = lost

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .checker import Anomaly
-from .knowledge import LostWrite
+from .losses import Loss, report_rows
 from .records import ClientLog, Fault, Published
 from .storms import StormRecord
 
@@ -34,7 +34,7 @@ class Result:
     storms: list[StormRecord] = field(default_factory=list)
     herd: str = "same"
     burst_max: int = 200
-    losses: list[LostWrite] = field(default_factory=list)  # explained by a lossy fault
+    losses: list[Loss] = field(default_factory=list)  # lost writes, explained or not
 
     @property
     def events(self) -> int:
@@ -46,16 +46,24 @@ def faults_near(faults: list[Fault], t: float, span: float = 15.0) -> list[Fault
     return [f for f in faults if f.start - span <= t <= f.end + span]
 
 
-def explained_losses(losses: list[LostWrite]) -> list[dict[str, Any]]:
-    """Acknowledged writes Redis lost in a lossy fault (listed, not anomalies)."""
-    return [{"merchant": x.merchant, "id": f"{x.offset[0]}:{x.offset[1]}",
-             "acknowledged_for": list(x.ident), "history_holds": x.found and list(x.found)}
-            for x in losses]
-
-
 def summary(r: Result) -> str:
     return (f"chaos: seed {r.seed}, {r.events} events, {len(r.clients)} clients, "
-            f"{len(r.faults)} faults, {len(r.anomalies)} anomalies")
+            f"{len(r.faults)} faults, {len(r.anomalies)} anomalies, "
+            f"{len(r.losses)} lost writes")
+
+
+def lost_lines(r: Result, limit: int = 20) -> list[str]:
+    """One line per lost write (at most ``limit``), times since the load started."""
+    out = []
+    for x in r.losses[:limit]:
+        w, f = x.write, x.fault
+        where = (f"in {f.kind} {f.detail or f.target} ({f.start - r.t0:.1f}-"
+                 f"{f.end - r.t0:.1f} s)" if f else "ANOMALY: no fault that can lose it")
+        out.append(f"chaos: lost write {w.merchant} {w.offset[0]}:{w.offset[1]} acknowledged "
+                   f"for {w.ident} at {w.acked - r.t0:.1f} s, {x.now()}; {where}")
+    if len(r.losses) > limit:
+        out.append(f"chaos: ... {len(r.losses) - limit} more lost writes in the report")
+    return out
 
 
 def _rel(value: float, t0: float) -> float:
@@ -122,7 +130,7 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
             if f.event not in ("progress", "stage", "completion", "error"))),
         "faults": [_shift(f.to_json(), r.t0, "start", "end") for f in r.faults],
         "storms": [s.to_json(r.t0) for s in r.storms],
-        "lost_writes_explained": explained_losses(r.losses),
+        "lost_writes": report_rows(r.losses, r.t0),
         "anomaly_kinds": dict(Counter(a.kind for a in r.anomalies)),
         "anomalies": anomalies,
     }

@@ -18,7 +18,8 @@ from gateway.durable.ids import history_keys
 from .checker import Settings, check
 from .clients import BrowserClient, Steering
 from .faults import FaultRunner
-from .knowledge import Held, LostWrite, ident_of, job_of
+from .knowledge import Held, ident_of, job_of
+from .losses import Loss
 from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, helper_for, redis_client
 from .records import Fault, Published, durable_id
 from .report import Result
@@ -99,9 +100,9 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await http.close()
         await slow.close()
         await redis.aclose()
-    losses: list[LostWrite] = []
-    anomalies = check(logs, published, faults, heads, Settings(history=HISTORY, history_ttl=HISTORY_TTL), history,
-                      losses)
+    losses: list[Loss] = []
+    anomalies = check(logs, published, faults, heads,
+                      Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
                   t0, converged=converged, storms=storms, herd=plan.herd, losses=losses,
                   burst_max=plan.burst_max)
