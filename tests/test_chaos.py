@@ -335,7 +335,25 @@ def test_the_record_shows_runs_and_broken_builds_as_they_were_written() -> None:
                               "-        queued = newer(q, last)\n+        queued = list(q)\n"}
     text = markdown([base, broken])
     assert "| single | 30 min | 170,655 (143,821) | 120, 31,847 | 81: 40 gw_kill, " \
-           "41 redis_freeze | 3,187 history_gap | **0** | abc1234 |" in text, text
+           "41 redis_freeze | 3,187 history_gap | n/a | **0** | abc1234 |" in text, text
     assert "`queued = newer(q, last)` → `queued = list(q)`" in text
     assert "(918 duplicate; exit 1)" in text
     assert text.count("| single |") == 1  # a broken build is never a row of the table
+
+
+def test_the_record_counts_lost_writes_by_fault_and_old_rows_stay_readable() -> None:
+    from tools.chaos.record import markdown
+
+    base: dict[str, Any] = {
+        "command": "python -m tools.chaos --seed 2 --duration 600", "profile": "cluster",
+        "duration_s": 600.0, "clients": 120, "sessions": 13000, "commit": "abc1234",
+        "events": {"published": 55000, "durable_acked": 45000}, "faults": {"redis_freeze": 15},
+        "resyncs": {"resync:history_gap": 400}, "anomaly_kinds": {}, "anomalies": 0,
+        "summary": "chaos: seed 2, 55000 events, 120 clients, 15 faults, 0 anomalies",
+        "gateway_diff": "", "lost_writes_explained": 0}
+    new = {**base, "commit": "def5678", "lost_writes": 3,
+           "lost_writes_by_fault": {"redis_freeze": 2, "cluster_failover": 1}}
+    text = markdown([base, new])
+    assert "| 400 history_gap | n/a | **0** | abc1234 |" in text, text
+    assert "| 400 history_gap | 3: 1 cluster_failover, 2 redis_freeze | **0** | def5678 |" \
+        in text, text
