@@ -220,6 +220,7 @@ async def _open(
     response.headers["Cache-Control"] = "no-cache, no-transform"
     last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
     writer = await response.prepare(request)
+    response.headers.clear()  # sent: nothing reads them again (~1.5 KB kept per stream)
     stream_only(request.protocol)  # no next request on this connection: nothing kept for one
     held, gap = gw.hub.attach(stream.merchant_id, stream, last_id)
     replayed = 0
