@@ -71,7 +71,7 @@ class Stream:
         self._policy = policy
         self._queue: OrderedDict[int, Deliverable] | None = OrderedDict()
         self._queued_bytes = 0
-        self._jobs: dict[tuple[str, str], int] = {}
+        self._jobs: dict[tuple[str, str], int] | None = None  # queued coalescing jobs
         self._replay_allowance = 0
         self._replay_allowance_bytes = 0
         self._wake: asyncio.Future[None] | None = None
@@ -178,7 +178,7 @@ class Stream:
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
         self._queued_bytes = 0
-        self._jobs.clear()
+        self._jobs = None
         self.replay(entries)
         self._wakeup()
 
@@ -194,7 +194,7 @@ class Stream:
         if reason in _ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._queued_bytes = 0
-            self._jobs.clear()
+            self._jobs = None
             if self._transport is not None:
                 self._transport.abort()
         elif final is not None:
@@ -217,14 +217,17 @@ class Stream:
             job = entry.job(policy.job_key)
             if job is not None:
                 key = (entry.event, job)
-                older = self._jobs.get(key)
+                jobs = self._jobs
+                if jobs is None:
+                    jobs = self._jobs = {}
+                older = jobs.get(key)
                 dropped = queue.pop(older, None) if older is not None else None
                 if dropped is not None:
                     self._queued_bytes -= dropped.size
                     self.metrics.coalesced += 1
-                self._jobs[key] = entry.seq
-                if len(self._jobs) > 2 * policy.max_queue:  # forget jobs already flushed
-                    self._jobs = {k: v for k, v in self._jobs.items() if v in queue}
+                jobs[key] = entry.seq
+                if len(jobs) > 2 * policy.max_queue:  # forget jobs already flushed
+                    self._jobs = {k: v for k, v in jobs.items() if v in queue}
         queue[entry.seq] = entry
         self._queued_bytes += entry.size
         if len(queue) > policy.max_queue + self._replay_allowance or (
@@ -262,9 +265,10 @@ class Stream:
                     if queue is not None and self._transport is not None and not self._held:
                         self._queue = None  # caught up: back to direct writes
                         self._queued_bytes = 0
-                        self._jobs.clear()
+                        self._jobs = None
                         self._replay_allowance = 0
                         self._replay_allowance_bytes = 0
+                    queue = None  # an idle stream's frame keeps no emptied queue alive
                     self._wake = loop.create_future()
                     await self._wake
                     self._wake = None
