@@ -21,7 +21,14 @@ from gateway.durable.ids import (
     job_state_keys,
     parse_envelope,
 )
-from gateway.durable.publisher import SCRIPT_SHA, AsyncPublisher, Outcome, Publication
+from gateway.durable.publisher import (
+    BATCH,
+    SCRIPT_SHA,
+    AsyncPublisher,
+    Outcome,
+    PartialPublish,
+    Publication,
+)
 from tools.services import RedisServer
 
 
@@ -332,3 +339,63 @@ async def test_job_keys_of_the_wrong_type_refuse_a_job_event_and_write_nothing(
         assert [await client.dump(k) for k in keys] == state, "a refused publish wrote"
         # an event of no job does not touch the job state: published
         assert (await publisher.send(Publication(mid, "stage", b"x"))).id is not None
+
+
+async def test_a_batch_runs_once_per_hundred_events_and_answers_each(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """publish_many sends one script run per BATCH events (several merchants in one run
+    on a single Redis); each event gets its own answer, a refused one does not stop
+    the others, and each merchant's ids follow its order in the batch."""
+    redis = redis_factory()
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        publisher = AsyncPublisher(client)
+        mids = [unique_merchant("dh")[0] for _ in range(3)]
+        first = await publisher.send(Publication(mids[0], "progress", b"{}", "j", None, "k"))
+        await publisher.send(Publication(mids[2], "stage", b"x"))
+        await client.delete(job_state_keys(mids[2])[0])
+        await client.set(job_state_keys(mids[2])[0], "not a hash")
+        items = [Publication(mids[n % 3], "progress", b'{"n":%d}' % n, "j", None,
+                             "k" if n == 0 else None) for n in range(BATCH + 50)]
+        await client.config_resetstat()
+        with pytest.raises(PartialPublish, match=r"^WRONGTYPE") as refused:
+            await publisher.publish_many(items)
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 2  # 150 events: two runs
+        ids = refused.value.ids
+        assert ids[0] is None  # a repeated key: the first publish's answer, not a new id
+        assert all(i is None for i in ids[2::3])  # mids[2]'s job state is of the wrong type
+        for m in (0, 1):
+            offsets = [DurableId.parse(i).offset for i in ids[m::3] if i]  # type: ignore[union-attr]
+            assert offsets == list(range(1 + (m == 0), 1 + (m == 0) + len(offsets)))
+        assert len(offsets) == 50 and first.id is not None
+        assert await client.xlen(history_keys(mids[2])[0]) == 1  # its first event only
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_started_over_maxmemory_writes_nothing(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    redis = redis_factory()
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        publisher = AsyncPublisher(client)
+        mid, _ = unique_merchant("dh")
+        await publisher.send(Publication(mid, "progress", b"{}", "j"))
+        await client.set("ballast", b"b" * (4 << 20))
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", str(used - (1 << 20)))
+        await client.config_set("maxmemory-policy", "noeviction")
+        keys = sorted(await client.keys("*"))
+        state = [await client.dump(k) for k in keys]
+        items = [(m, "stage", b"x") for m in (mid, unique_merchant("dh")[0], mid)]
+        with pytest.raises(PartialPublish) as refused:
+            await publisher.publish_many(items)
+        assert refused.value.ids == [None, None, None]
+        assert isinstance(refused.value.error, OutOfMemoryError)
+        assert sorted(await client.keys("*")) == keys
+        assert [await client.dump(k) for k in keys] == state, "a refused batch wrote"
+    finally:
+        await client.aclose()

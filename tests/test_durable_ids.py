@@ -141,24 +141,28 @@ def test_encode_data_refuses_what_has_no_json_text(data: object) -> None:
 
 def test_script_args_single_source_of_keys_and_argv() -> None:
     keys, argv = script_args(
-        "merchant:{merchant_id}:{event}", "m1", "progress", b"p",
+        "merchant:{merchant_id}:{event}", [("m1", "progress", b"p", None, None, None)],
         history=100, ttl_s=60, sharded=False, epoch="abc",
     )
     assert keys == ["gateway:history:{m1}", "gateway:meta:{m1}", "gateway:jobs:{m1}",
                     "gateway:jobids:{m1}"]
-    assert argv == ["merchant:m1:progress", "progress", b"p", 100, 60, "abc", "PUBLISH",
-                    "", "", 100, 600]
+    assert argv == [100, 60, "abc", "PUBLISH", 100, 600,
+                    "merchant:m1:progress", "progress", b"p", "", "", "0"]
     keys, argv = script_args(
-        "merchant:{merchant_id}:{event}", "m1", "progress", b"p", history=100, ttl_s=60,
-        sharded=False, job="po-42", seq=7, key="k.1", jobs_kept=5, idempotency_ttl_s=30,
+        "merchant:{merchant_id}:{event}",
+        [("m1", "progress", b"p", "po-42", 7, "k.1"), ("m2", "stage", b"q", None, None, None)],
+        history=100, ttl_s=60, sharded=False, jobs_kept=5, idempotency_ttl_s=30,
     )
-    assert keys[4:] == ["gateway:idem:{m1}:k.1"]  # every key in KEYS, one hash tag
-    assert argv[7:] == ["po-42", 7, 5, 30]
+    assert keys[4:6] == ["gateway:idem:{m1}:k.1", "gateway:history:{m2}"]  # every key in KEYS
+    assert len(keys) == 9 and argv[4:6] == [5, 30]
+    assert argv[6:] == ["merchant:m1:progress", "progress", b"p", "po-42", 7, "1",
+                        "merchant:m2:stage", "stage", b"q", "", "", "0"]
     _, argv = script_args(
-        "merchant:{{{merchant_id}}}:{event}", "m1", "stage", b"", history=0, ttl_s=1, sharded=True
+        "merchant:{{{merchant_id}}}:{event}", [("m1", "stage", b"", None, None, None)],
+        history=0, ttl_s=1, sharded=True,
     )
-    assert argv[0] == "merchant:{m1}:stage" and argv[6] == "SPUBLISH"
-    assert DurableId.parse(f"{argv[5]}:1") is not None
+    assert argv[6] == "merchant:{m1}:stage" and argv[3] == "SPUBLISH"
+    assert DurableId.parse(f"{argv[2]}:1") is not None
 
 
 def _events(epoch: str, offsets: range) -> tuple[DurableEvent, ...]:

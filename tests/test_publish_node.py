@@ -203,6 +203,13 @@ const { publishDurable } = require('./gateway-publish');
     await publishDurable(redis, mid, 'completion', { jobId: 'n1' }, { seq: 3 }),
     await publishDurable(redis, mid, 'progress', { jobId: 'n1', percent: 99 }),
   ];
+  await redis.set(`gateway:jobs:{${mid}}`, 'not a hash');
+  try {  // Redis's refusal of the event is thrown
+    await publishDurable(redis, mid, 'progress', { jobId: 'n2', percent: 1 });
+    answers.push('published');
+  } catch (err) {
+    answers.push(String(err.message).split(' ')[0]);
+  }
   console.log(JSON.stringify(answers));
   await redis.quit();
 })().catch((err) => { console.error(err); process.exit(1); });
@@ -213,7 +220,8 @@ async def test_node_snippet_takes_seq_and_key(
     redis_server: RedisServer, merchant: tuple[str, str], tmp_path: Path
 ) -> None:
     """A repeated key answers the first id; a lower seq and an event after the job's
-    completion answer null (stale): the same answers as the API and the Python helper."""
+    completion answer null (stale): the same answers as the API and the Python helper.
+    A refused event (a job key of the wrong type) is thrown."""
     node = require_node_with_ioredis()
     (tmp_path / "gateway-publish.js").write_text(snippet())
     shutil.copy(SCRIPT_PATH, tmp_path / "publish.lua")
@@ -224,8 +232,9 @@ async def test_node_snippet_takes_seq_and_key(
         timeout=30, check=False, env={**NODE_ENV, "REDIS_URL": redis_server.url},
     )
     assert done.returncode == 0, done.stderr
-    first, repeat, lower, completion, late = json.loads(done.stdout)
+    first, repeat, lower, completion, late, refused = json.loads(done.stdout)
     assert first and repeat == first and lower is None and late is None
+    assert refused == "WRONGTYPE"
     assert completion not in (None, first)
     client = redis.Redis.from_url(redis_server.url)
     try:

@@ -29,6 +29,7 @@ __all__ = [
     "DurableId",
     "HistorySnapshot",
     "InvalidData",
+    "ScriptEvent",
     "bridge",
     "encode_data",
     "encode_envelope",
@@ -144,32 +145,35 @@ def encode_data(data: Any) -> bytes:
         raise InvalidData("data is not valid Unicode (lone surrogate)") from None
 
 
+ScriptEvent = tuple[str, str, bytes, str | None, int | None, str | None]
+"""One event of a publish script run: (merchant id, event, payload, job, seq, key)."""
+
+
 def script_args(
     channel_template: str,
-    merchant_id: str,
-    event: str,
-    payload: bytes,
+    events: Sequence[ScriptEvent],
     *,
     history: int,
     ttl_s: int,
     sharded: bool,
-    job: str | None = None,
-    seq: int | None = None,
-    key: str | None = None,
     jobs_kept: int = 100,
     idempotency_ttl_s: int = 600,
     epoch: str | None = None,
 ) -> tuple[list[str], list[str | bytes | int]]:
-    """(KEYS, ARGV) of one run of `gateway/durable/publish.lua` (the only copy of them)."""
-    keys = [*history_keys(merchant_id), *job_state_keys(merchant_id)]
-    if key is not None:
-        keys.append(idempotency_key(merchant_id, key))
-    channel = channel_template.format(merchant_id=merchant_id, event=event)
-    command = "SPUBLISH" if sharded else "PUBLISH"
-    return keys, [
-        channel, event, payload, history, ttl_s, epoch or epoch_candidate(), command,
-        job or "", "" if seq is None else seq, jobs_kept, idempotency_ttl_s,
+    """(KEYS, ARGV) of one run of `gateway/durable/publish.lua` publishing `events` in
+    order (the only copy of its layout)."""
+    keys: list[str] = []
+    argv: list[str | bytes | int] = [
+        history, ttl_s, epoch or epoch_candidate(), "SPUBLISH" if sharded else "PUBLISH",
+        jobs_kept, idempotency_ttl_s,
     ]
+    for merchant_id, event, payload, job, seq, key in events:
+        keys += (*history_keys(merchant_id), *job_state_keys(merchant_id))
+        if key is not None:
+            keys.append(idempotency_key(merchant_id, key))
+        argv += (channel_template.format(merchant_id=merchant_id, event=event), event, payload,
+                 job or "", "" if seq is None else seq, "0" if key is None else "1")
+    return keys, argv
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,12 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .ids import encode_data, script_args
 from .jobs import job_of
 
 __all__ = [
+    "BATCH",
     "DEFAULT_CHANNEL",
     "DEFAULT_HISTORY",
     "DEFAULT_TTL_S",
@@ -83,8 +86,15 @@ class Outcome(NamedTuple):
 Item = Publication | tuple[str, str, bytes]
 
 
+BATCH = 100
+"""Events per script run at most: one run holds Redis for about 30 us per event."""
+
+Run = tuple[list[int], list[Any]]
+"""One script run: the indexes of the items it publishes, and [numkeys, *KEYS, *ARGV]."""
+
+
 class _Settings:
-    """What every publish passes besides the event: the gateway's config values."""
+    """What every publish passes besides the events: the gateway's config values."""
 
     def __init__(self, channel: str, history: int, ttl_s: int, sharded: bool, job_key: str,
                  jobs_kept: int, idempotency_ttl_s: int) -> None:
@@ -99,17 +109,37 @@ class _Settings:
         self.jobs_kept = jobs_kept
         self.idempotency_ttl_s = idempotency_ttl_s
 
-    def call(self, item: Item) -> list[Any]:
-        """[numkeys, *KEYS, *ARGV] of one script run."""
+    def runs(self, items: Sequence[Item], per_merchant: bool) -> list[Run]:
+        """The script runs that publish `items`, in order: runs of up to `BATCH`
+        events; with `per_merchant` (Redis Cluster: a run's keys share one slot)
+        each run holds one merchant's events, so only each merchant's order is kept."""
+        publications = [self._publication(item) for item in items]
+        if per_merchant:
+            by_merchant: dict[str, list[int]] = {}
+            for i, publication in enumerate(publications):
+                by_merchant.setdefault(publication.merchant_id, []).append(i)
+            groups = list(by_merchant.values())
+        else:
+            groups = [list(range(len(publications)))]
+        runs: list[Run] = []
+        for group in groups:
+            for start in range(0, len(group), BATCH):
+                indexes = group[start:start + BATCH]
+                keys, argv = script_args(
+                    self.channel, [publications[i] for i in indexes], history=self.history,
+                    ttl_s=self.ttl_s, sharded=self.sharded, jobs_kept=self.jobs_kept,
+                    idempotency_ttl_s=self.idempotency_ttl_s,
+                )
+                runs.append((indexes, [len(keys), *keys, *argv]))
+        return runs
+
+    def _publication(self, item: Item) -> Publication:
         pub = item if isinstance(item, Publication) else Publication(*item)
-        job = pub.job if pub.job is not None else _job_in(pub.payload, self.job_key)
-        keys, argv = script_args(
-            self.channel, pub.merchant_id, pub.event, pub.payload,
-            history=self.history, ttl_s=self.ttl_s, sharded=self.sharded, job=job,
-            seq=pub.seq, key=pub.key, jobs_kept=self.jobs_kept,
-            idempotency_ttl_s=self.idempotency_ttl_s,
-        )
-        return [len(keys), *keys, *argv]
+        if pub.job is None:
+            job = _job_in(pub.payload, self.job_key)
+            if job is not None:
+                pub = pub._replace(job=job)
+        return pub
 
 
 def _job_in(payload: bytes, job_key: str) -> str | None:
@@ -169,6 +199,20 @@ class _Publisher:
         self._client = client
         self._settings = _Settings(channel, history, ttl_s, sharded, job_key, jobs_kept,
                                    idempotency_ttl_s)
+        self._per_merchant = sharded or isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+    def _one(self, publication: Item) -> list[Any]:
+        """[numkeys, *KEYS, *ARGV] of the run that publishes one item."""
+        ((_, call),) = self._settings.runs([publication], per_merchant=False)
+        return call
+
+
+def _only(reply: list[Any]) -> Outcome:
+    """The outcome of a run of one event; Redis's refusal of it raised."""
+    (answer,) = reply
+    if isinstance(answer, Exception):
+        raise answer
+    return outcome(answer)
 
 
 class Publisher(_Publisher):
@@ -183,12 +227,12 @@ class Publisher(_Publisher):
 
     def send(self, publication: Item) -> Outcome:
         """One publish with its payload bytes as given; what it did."""
-        call = self._settings.call(publication)
+        call = self._one(publication)
         try:
             reply = self._client.evalsha(SCRIPT_SHA, *call)
         except NoScriptError:
             reply = self._client.eval(SCRIPT, *call)
-        return outcome(reply)
+        return _only(reply)
 
 
 class AsyncPublisher(_Publisher):
@@ -204,15 +248,17 @@ class AsyncPublisher(_Publisher):
 
     async def send(self, publication: Item) -> Outcome:
         """One publish with its payload bytes as given; what it did."""
-        call = self._settings.call(publication)
+        call = self._one(publication)
         try:
             reply = await self._client.evalsha(SCRIPT_SHA, *call)
         except NoScriptError:
             reply = await self._client.eval(SCRIPT, *call)
-        return outcome(reply)
+        return _only(reply)
 
     async def publish_many(self, items: Sequence[Item]) -> list[Outcome]:
-        """Publish items in order over one pipeline; what each did.
+        """Publish items in order over one pipeline of script runs (up to `BATCH`
+        events each; on Redis Cluster one merchant's per run, so only each merchant's
+        order is kept); what each did.
 
         Not a transaction: when Redis refuses some items (an error reply: out of
         memory, a key of the wrong type) the others are still published, and
@@ -221,17 +267,22 @@ class AsyncPublisher(_Publisher):
         (EVAL), so a flush racing the retry cannot fail it. A connection fault is
         raised as it is: then what was published is unknown.
         """
-        calls = [self._settings.call(item) for item in items]
+        runs = self._settings.runs(items, self._per_merchant)
+        calls = [call for _, call in runs]
         replies = await self._pipeline(calls, range(len(calls)), "EVALSHA")
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             for i, reply in zip(missing, await self._pipeline(calls, missing, "EVAL"), strict=True):
                 replies[i] = reply
-        for reply in replies:
+        answers: list[Any] = [None] * len(items)
+        for (indexes, _), reply in zip(runs, replies, strict=True):
             if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
                 raise reply  # a connection fault: the outcome of every item is unknown
-        outcomes = [None if isinstance(r, Exception) else outcome(r) for r in replies]
-        errors = [r for r in replies if isinstance(r, ResponseError)]
+            each = [reply] * len(indexes) if isinstance(reply, ResponseError) else reply
+            for i, answer in zip(indexes, each, strict=True):
+                answers[i] = answer
+        outcomes = [None if isinstance(a, Exception) else outcome(a) for a in answers]
+        errors = [a for a in answers if isinstance(a, ResponseError)]
         if errors:
             ids = [o.id if o is not None and not o.duplicate else None for o in outcomes]
             raise PartialPublish(ids, errors[0])
