@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -63,8 +64,18 @@ def _cors_headers(request: web.Request, gw: Gateway) -> dict[str, str] | None:
     return None
 
 
-def _shop(request: web.Request) -> str:
-    shop = request.query.get("shop", "")
+def _query(request: web.Request) -> dict[str, str]:
+    """The first value of each query parameter, parsed as `request.query` parses it
+    (yarl: `parse_qsl`, blank values kept), without the copy yarl would cache on the
+    request's URL, which lives as long as the stream (~0.5 KB each)."""
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True):
+        query.setdefault(name, value)
+    return query
+
+
+def _shop(query: dict[str, str]) -> str:
+    shop = query.get("shop", "")
     if not SHOP_PATTERN.fullmatch(shop):
         raise Refusal(400, "invalid_shop", "shop must be a *.myshopify.com domain")
     return shop
@@ -83,6 +94,7 @@ class _Admitting:
     request: web.Request
     gw: Gateway
     cors: dict[str, str] | None
+    query: dict[str, str]
     shop: str = ""
     merchant: Merchant | None = None
     unavailable: str | None = None  # a 503 found early, answered in its own (last) row
@@ -90,7 +102,7 @@ class _Admitting:
 
 async def _valid_shop(a: _Admitting) -> None:
     """400 invalid_shop."""
-    a.shop = _shop(a.request)
+    a.shop = _shop(a.query)
 
 
 async def _valid_token(a: _Admitting) -> None:
@@ -99,11 +111,11 @@ async def _valid_token(a: _Admitting) -> None:
     if not gw.auth.enabled:
         return
     try:
-        ticket = a.request.query.get("ticket")
+        ticket = a.query.get("ticket")
         if ticket:
             gw.auth.check_ticket(ticket, a.shop)
         else:
-            gw.auth.check_session_token(a.request.query.get("token") or _bearer(a.request), a.shop)
+            gw.auth.check_session_token(a.query.get("token") or _bearer(a.request), a.shop)
     except InvalidTokenError as exc:
         raise Refusal(401, "invalid_token", str(exc)) from None
 
@@ -162,7 +174,7 @@ _REFUSAL_TABLE: tuple[Callable[[_Admitting], Awaitable[None]], ...] = (
 
 async def _admit(request: web.Request, gw: Gateway, cors: dict[str, str] | None) -> Merchant:
     """The merchant of an admitted stream; `Refusal` of the first row that applies."""
-    admitting = _Admitting(request, gw, cors)
+    admitting = _Admitting(request, gw, cors, _query(request))
     for check in _REFUSAL_TABLE:
         await check(admitting)
     merchant = admitting.merchant
@@ -218,7 +230,7 @@ async def _open(
     `connected` frame and bind the stream to the socket."""
     sse = gw.cfg.sse
     response.headers["Cache-Control"] = "no-cache, no-transform"
-    last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+    last_id = request.headers.get("Last-Event-ID") or _query(request).get("lastEventId")
     writer = await response.prepare(request)
     response.headers.clear()  # sent: nothing reads them again (~1.5 KB kept per stream)
     stream_only(request.protocol)  # no next request on this connection: nothing kept for one
@@ -256,7 +268,7 @@ async def ticket_view(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     cors = _cors_headers(request, gw)
     try:
-        shop = _shop(request)
+        shop = _shop(_query(request))
         if not gw.auth.enabled:
             raise Refusal(404, "tickets_disabled", "auth.session_token_secret is not set")
         try:
