@@ -146,8 +146,13 @@ class Stream:
         head: DurableId | None = None,
     ) -> None:
         """Put `first` (a resync) and a `snapshot` read at `head` before what queued
-        live (nothing written yet), as `after_snapshot` says."""
+        live (nothing written yet), as `after_snapshot` says. During a hold they
+        count as queued before it: its release keeps them first."""
         queued = list((self._queue or {}).values())
+        if self._held is not None:
+            number, held = self._held
+            lead = [*first, *([snapshot] if snapshot is not None else [])]
+            self._held = (number, [*held, *(entry.seq for entry in lead)])
         if snapshot is None:
             self._requeue([*first, *queued])
             return

@@ -543,3 +543,34 @@ async def test_a_held_stream_writes_nothing_until_its_snapshot_then_only_newer_e
         assert data.count(b"event: stage\ndata: 4") == 0  # ep:4 is in the snapshot
     finally:
         await finish(task)
+
+
+async def test_a_resync_put_first_during_a_hold_stays_before_the_held_events() -> None:
+    """A stream still opening (its history read failed) gets `resync history_gap` first
+    while a broker resync holds it for a snapshot: the release must not move the
+    opening's resync behind events queued before the hold (chaos, cluster seed 2002:
+    a tab resuming from :422 got :447-:454 before its resync: a silent gap)."""
+
+    def durable(n: int) -> Entry:
+        return Entry(5000 + n, f"ep:{n}", "stage", b"%d" % n)
+
+    stream, _ = make_stream()
+    early = [durable(447), durable(448)]
+    for live in early:  # queued live while the opening read the history
+        stream.deliver(live)
+    reconnected = Control("resync", {"reason": "redis_reconnected"})
+    stream.deliver(reconnected)
+    stream.hold(1)  # the broker's resync: the merchant's snapshot is being read
+    gap = Control("resync", {"reason": "history_gap"})
+    stream.put_first([gap])  # the opening's answer: its replay could not be had
+    stream.deliver(durable(456))
+    stream.release(1)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        await poll(lambda: b"ep:456" in writer.transport.data, what="written")
+        data = writer.transport.data
+        assert data.index(b"history_gap") < data.index(b"ep:447"), data
+        assert ids_in(data) == ["ep:447", "ep:448", "ep:456"]
+    finally:
+        await finish(task)
