@@ -151,8 +151,10 @@ class Stream:
         queued = list((self._queue or {}).values())
         if self._held is not None:
             number, held = self._held
-            lead = [*first, *([snapshot] if snapshot is not None else [])]
-            self._held = (number, [*held, *(entry.seq for entry in lead)])
+            lead = [entry.seq for entry in first]
+            if snapshot is not None:
+                lead.append(snapshot.seq)
+            self._held = (number, [*held, *lead])
         if snapshot is None:
             self._requeue([*first, *queued])
             return
