@@ -357,3 +357,22 @@ def test_the_record_counts_lost_writes_by_fault_and_old_rows_stay_readable() -> 
     assert "| 400 history_gap | n/a | **0** | abc1234 |" in text, text
     assert "| 400 history_gap | 3: 1 cluster_failover, 2 redis_freeze | **0** | def5678 |" \
         in text, text
+
+
+def test_an_unacknowledged_progress_no_tab_got_is_known_from_the_history_seen() -> None:
+    # offset 3: a publish whose answer was lost (Redis unreachable), that no tab received
+    # live (none connected) and every replay coalesced; the final history trimmed it
+    unacked = [Published("p", 99, "m1", "progress", "j1", True, 0.025)]
+    c = client(session([connected(1), progress(2, 1), progress(2.2, 2)]),
+               session([connected(5), progress(5.1, 4)], last=f"{EPOCH}:2"))
+    published = acked([1, 2, 4]) + unacked
+
+    def with_seen(*kinds: tuple[str, str | None]) -> list[str]:
+        seen = {"m1": {(EPOCH, 3): set(kinds)}}
+        return [a.kind for a in check([c], published, [], {"m1": None}, Settings(), None,
+                                      None, seen)]
+
+    assert kinds(c, published) == ["gap"]  # nothing tells what offset 3 was
+    assert with_seen(("progress", "j1")) == []
+    assert with_seen(("completion", "j1")) == ["gap"]
+    assert with_seen(("progress", "j1"), ("completion", "j1")) == ["gap"]  # given twice

@@ -57,7 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .knowledge import Held, Ident, Knowledge, ident_of, job_of, learn
+from .knowledge import Held, Ident, Kind, Knowledge, ident_of, job_of, learn
 from .losses import Loss, explain
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
 from .scan import queued_first, resync_follows, shown, snapshot_has
@@ -302,10 +302,11 @@ class _Client:
 def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: Sequence[Fault],
           heads: dict[str, Offset | None], settings: Settings = Settings(),
           history: dict[str, dict[Offset, Held]] | None = None,
-          losses: list[Loss] | None = None) -> list[Anomaly]:
+          losses: list[Loss] | None = None,
+          seen: dict[str, dict[Offset, set[Kind]]] | None = None) -> list[Anomaly]:
     """Every anomaly: per merchant (lost writes no lossy fault explains), then per client
     in client order. ``losses`` collects every lost write (for the report)."""
-    know = learn(published, clients, history or {})
+    know = learn(published, clients, history or {}, seen)
     out: list[Anomaly] = []
     excused: dict[str, set[Offset]] = {}
     for merchant, k in sorted(know.items()):

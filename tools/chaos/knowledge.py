@@ -17,10 +17,11 @@ from typing import Any
 
 from .records import MERCHANT_EVENTS, ClientLog, Published, durable_id
 
-__all__ = ["Ack", "Held", "Ident", "Knowledge", "LostWrite", "ident_of", "job_of", "learn"]
+__all__ = ["Ack", "Held", "Ident", "Kind", "Knowledge", "LostWrite", "ident_of", "job_of", "learn"]
 
 Offset = tuple[str, int]
 Ident = tuple[str, int]  # (publisher, seq)
+Kind = tuple[str, str | None]  # (event, job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +146,13 @@ class Knowledge:
 
 
 def learn(published: Iterable[Published], clients: Iterable[ClientLog],
-          history: dict[str, dict[Offset, Held]]) -> dict[str, Knowledge]:
-    """Every source of what each durable offset was: acks, receipts, Redis' final history."""
+          history: dict[str, dict[Offset, Held]],
+          seen: dict[str, dict[Offset, set[Kind]]] | None = None) -> dict[str, Knowledge]:
+    """Every source of what each durable offset was: acks, receipts, Redis' final history,
+    then what Redis' history held while the run went on (``seen``): the one source of an
+    event whose publish was never acknowledged, that no tab received (a replay coalesced
+    it) and that the final history no longer holds. An offset ``seen`` as two kinds (a
+    failover gave its id again) stays unknown."""
     out: dict[str, Knowledge] = defaultdict(Knowledge)
     for p in published:
         k = out[p.merchant]
@@ -175,6 +181,11 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
             k.kind.setdefault(d, (held.event, held.job))
             if held.ident is not None:
                 k.ident.setdefault(d, held.ident)
+    for merchant, kinds in (seen or {}).items():
+        k = out[merchant]
+        for d, found in kinds.items():
+            if d not in k.kind and len(found) == 1:
+                k.kind[d] = next(iter(found))
     for k in out.values():
         k.index()
     return out

@@ -18,7 +18,7 @@ from gateway.durable.ids import history_keys
 from .checker import Settings, check
 from .clients import BrowserClient, Steering
 from .faults import FaultRunner
-from .knowledge import Held, ident_of, job_of
+from .knowledge import Held, Kind, ident_of, job_of
 from .losses import Loss
 from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, helper_for, redis_client
 from .records import Fault, Published, durable_id
@@ -31,6 +31,7 @@ __all__ = ["run"]
 
 Offset = tuple[str, int]
 _QUIET_S = 20.0  # at most this long for every client to hold its merchant's last event
+_TAP_EVERY_S = 0.25  # how often the history tap reads what each history gained
 
 
 def _small_socket(addr: Any) -> socket.socket:
@@ -82,6 +83,8 @@ async def _load(plan: Plan, topo: Topology) -> Result:
             FaultRunner(topo, plan.faults, t0, faults, lock).run(stop)))
         bursts = BurstPublisher(published, http, topo.entries, topo.path, topo.key, redis,
                                 cluster, HISTORY)
+        seen: dict[str, dict[Offset, set[Kind]]] = {}
+        tap = asyncio.create_task(_tap(plan, redis, seen, stop))
         tasks.append(asyncio.create_task(StormRunner(
             plan.storms, tabs, steering, topo.lag, plan.lag_ms / 1000, bursts, storms, lock,
             t0).run(stop)))
@@ -95,6 +98,8 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         done.set()
         logs = await asyncio.wait_for(asyncio.gather(*tab_tasks), 30)
         history = await _history(plan, redis)
+        tap.cancel()
+        await asyncio.gather(tap, return_exceptions=True)
     finally:
         done.set()
         await http.close()
@@ -102,7 +107,7 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await redis.aclose()
     losses: list[Loss] = []
     anomalies = check(logs, published, faults, heads,
-                      Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses)
+                      Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses, seen)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
                   t0, converged=converged, storms=storms, herd=plan.herd, losses=losses,
                   burst_max=plan.burst_max)
@@ -139,6 +144,44 @@ async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None]) -> 
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def _tap(plan: Plan, redis: Any, seen: dict[str, dict[Offset, set[Kind]]],
+               stop: asyncio.Event) -> None:
+    """Note the kind (event, job) of every entry each merchant's history gains while the
+    run goes on: the checker's only source for an event whose publish was never
+    acknowledged (Redis unreachable meanwhile), that no tab received (every replay
+    coalesced it) and that the final history no longer holds (trimmed). Each tick reads
+    what follows the newest offset seen (all again when the head went back or the epoch
+    changed); a read a fault fails waits for the next tick; entries trimmed meanwhile
+    stay unknown."""
+    last: dict[str, tuple[str, int]] = {}  # merchant -> (epoch, newest offset read)
+    while not stop.is_set():
+        for merchant in plan.merchants:
+            stream, meta = history_keys(merchant)
+            try:
+                raw_epoch, raw_head = await redis.hmget(meta, "epoch", "offset")
+                if raw_epoch is None or raw_head is None:
+                    continue
+                epoch, head = raw_epoch.decode(), int(raw_head)
+                known = last.get(merchant)
+                after = known[1] if known and known[0] == epoch and known[1] <= head else 0
+                entries = await redis.xrange(stream, f"0-{after + 1}", "+") if head > after \
+                    else []
+            except Exception:  # a fault under way: the next tick
+                continue
+            kinds = seen.setdefault(merchant, {})
+            for raw_id, fields in entries:
+                offset = int(raw_id.decode().partition("-")[2])
+                try:
+                    data = json.loads(fields.get(b"d", b""))
+                except ValueError:
+                    data = None
+                kinds.setdefault((epoch, offset), set()).add(
+                    (fields.get(b"e", b"").decode(), job_of(data)))
+                after = max(after, offset)
+            last[merchant] = (epoch, after)
+        await asyncio.sleep(_TAP_EVERY_S)
 
 
 async def _history(plan: Plan, redis: Any) -> dict[str, dict[Offset, Held]]:
