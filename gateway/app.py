@@ -80,8 +80,9 @@ def create_app(cfg: Config) -> web.Application:
         resync(merchant_ids)
         live_again(merchant_ids)
 
+    history = DurableHistory(redis_client, **publisher_settings(cfg))
     hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes,
-              on_missed=missed)
+              on_missed=missed, on_lost=history.remember_lost)
     metrics = Metrics(max_connections=cfg.sse.max_connections)
 
     async def flush() -> float:
@@ -95,7 +96,6 @@ def create_app(cfg: Config) -> web.Application:
         cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync,
         on_live=live_again,
     )
-    history = DurableHistory(redis_client, **publisher_settings(cfg))
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
     app[GATEWAY] = Gateway(
         cfg=cfg,

@@ -45,14 +45,18 @@ class Hub:
         epoch: str | None = None,
         verify: Verify | None = None,
         on_missed: Callable[[list[str]], None] = lambda merchant_ids: None,
+        on_lost: Callable[[str, DurableId, DurableId], None] = lambda m, first, last: None,
     ) -> None:
         """`verify` checks, later, that the durable history holds an event (without it
         every envelope is trusted); `on_missed(merchants)` is called when it finds that
         messages of theirs never reached this process, before the next one is
-        delivered (the subscriber lost them: a failover, a replica resyncing)."""
+        delivered (the subscriber lost them: a failover, a replica resyncing);
+        `on_lost(merchant, first, last)` when a failover lost the events this process
+        had under the ids `first`..`last` and gave those ids to other events."""
         self.epoch = epoch or process_epoch()
         self._verify = verify
         self._on_missed = on_missed
+        self._on_lost = on_lost
         self._history = history
         self._coalesce = coalesce
         self._seq = 0
@@ -137,6 +141,7 @@ class Hub:
                             "the head %s proved here (a failover lost writes): resync",
                             merchant_id, durable, head)
                 missed = True
+                self._on_lost(merchant_id, durable, head)
         if genuine and missed:
             self.mark_gap([merchant_id])
             self._on_missed([merchant_id])

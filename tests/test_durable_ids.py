@@ -12,6 +12,7 @@ from gateway.durable.ids import (
     ENVELOPE_PREFIX,
     DurableEvent,
     DurableId,
+    HistoryHead,
     HistorySnapshot,
     InvalidData,
     bridge,
@@ -19,6 +20,7 @@ from gateway.durable.ids import (
     encode_envelope,
     epoch_candidate,
     history_keys,
+    lost_offsets,
     parse_envelope,
     script_args,
     valid_merchant_id,
@@ -195,3 +197,15 @@ def test_bridge_limit() -> None:
     assert bridge("e", 10, entries, DurableId("e", 6), limit=3) is None
     snapshot = HistorySnapshot("e", 10, entries)
     assert snapshot.after(DurableId("e", 8)) == list(entries[8:])
+
+
+def test_an_id_a_failover_gave_again_bridges_nothing() -> None:
+    lost = lost_offsets("e", [b"e:4", "e:5", b"other:6", b"junk"])
+    assert lost == frozenset({4, 5})
+    head = HistoryHead(DurableId("e", 10), lost)
+    assert head.bridges(DurableId("e", 3)) and head.bridges(DurableId("e", 6))
+    assert not head.bridges(DurableId("e", 4)) and not head.bridges(DurableId("other", 3))
+    assert not HistoryHead(None).bridges(DurableId("e", 3))
+    snapshot = HistorySnapshot("e", 10, _events("e", range(1, 11)), lost)
+    assert snapshot.after(DurableId("e", 5)) is None and snapshot.lost_id(DurableId("e", 5))
+    assert len(snapshot.after(DurableId("e", 6)) or []) == 4

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support import open_stream
+from support import open_stream, wait_for
 from test_durable_e2e import DURABLE, connected, publish_durably
 
-from gateway.durable.ids import history_keys
+from gateway.durable.ids import history_keys, lost_ids_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,3 +66,48 @@ async def test_an_id_a_failover_gave_again_reaches_streams_with_it(
         await connected(s)  # another tab resuming from before the loss: the history's d2
         got = await s.next_event(10)
     assert (got.id, got.data) == (again, "d2")
+
+
+async def test_a_tab_that_got_a_lost_event_resyncs_on_another_process(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    """The tab got the lost event on one process (which then saw its id given again)
+    and resumes with its id on another one that never saw it: the history holds an
+    event under that id, so a replay would go on after it and the tab would never get
+    the event that now holds the id. The first process records the loss in Redis;
+    every process answers such an id with `resync`, from a history read and from
+    its ring (chaos, cluster seed 2002: `reuse_missed`)."""
+    mid, shop = merchant
+    one = gateway_factory.start(config=DURABLE)
+    other = gateway_factory.start(config=DURABLE)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with open_stream(one.stream_url(shop)) as s:
+            await connected(s)
+            first = await publish_durably(one, mid, "d1")
+            assert (await s.next_event(10)).id == first
+            replica = {key: await client.dump(key) for key in history_keys(mid)}
+            lost = await publish_durably(one, mid, "lost")
+            assert (await s.next_event(10)).id == lost  # the tab holds the lost event
+            for key, value in replica.items():
+                await client.restore(key, 0, value or b"", replace=True)
+            again = await publish_durably(one, mid, "d2")
+            assert again == lost
+            assert (await s.next_event(10)).event == "resync"
+            assert (await s.next_event(10)).data == "d2"
+        await wait_for(lambda: client.sismember(lost_ids_key(mid), lost),
+                       message="the loss recorded in Redis")
+        after = await publish_durably(one, mid, "d3")
+        for path in ("history read", "ring"):  # the second reconnect finds d2 in the ring
+            async with open_stream(other.stream_url(shop), headers={"Last-Event-ID": lost}) as s:
+                await connected(s)
+                got = await s.next_event(10)
+                assert got.event == "resync", f"{path}: {got} (d2 skipped)"
+                assert json.loads(got.data) == {"reason": "history_gap"}
+        # (a tab that got d2 under that id resyncs too: the id cannot tell them apart)
+        async with open_stream(other.stream_url(shop), headers={"Last-Event-ID": first}) as s:
+            await connected(s)  # a tab from before the loss: what the history holds
+            got = await s.events(2, 10)
+        assert [(e.id, e.data) for e in got] == [(again, "d2"), (after, "d3")]
+    finally:
+        await client.aclose()

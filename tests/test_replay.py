@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.durable.ids import DurableEvent, DurableId, HistorySnapshot
+from gateway.durable.ids import DurableEvent, DurableId, HistoryHead, HistorySnapshot
 from gateway.durable.replay import DurableReplay
 from gateway.frames import Entry
 from gateway.hub import Hub
@@ -37,9 +37,9 @@ class FakeHistory:
         )
         return HistorySnapshot("ep", head, events)
 
-    async def read_head(self, merchant_id: str) -> DurableId | None:
+    async def read_head(self, merchant_id: str) -> HistoryHead:
         self.head_reads += 1
-        return DurableId("ep", self.head)
+        return HistoryHead(DurableId("ep", self.head))
 
 
 def offsets(entries: list[Entry] | None) -> list[int]:

@@ -14,15 +14,27 @@ whether the history still reaches a client's Last-Event-ID.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..config import Config
-from .ids import DurableEvent, DurableId, HistorySnapshot, history_keys, job_state_keys
+from ..runtime.supervision import stop_tasks
+from .ids import (
+    DurableEvent,
+    DurableId,
+    HistoryHead,
+    HistorySnapshot,
+    history_keys,
+    job_state_keys,
+    lost_ids_key,
+    lost_offsets,
+)
 from .jobs import JobRecord
 from .publisher import (
     DEFAULT_IDEMPOTENCY_TTL_S,
@@ -36,6 +48,8 @@ from .publisher import (
 __all__ = ["DurableHistory", "publisher_settings"]
 
 log = logging.getLogger(__name__)
+
+_LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
 
 
 def publisher_settings(cfg: Config) -> dict[str, Any]:
@@ -68,12 +82,15 @@ class DurableHistory:
         idempotency_ttl_s: int = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> None:
         self._client = client
+        self._ttl_s = ttl_s
+        self._recording: set[asyncio.Task[None]] = set()
         self._publisher = AsyncPublisher(
             client, channel=channel, history=history, ttl_s=ttl_s, sharded=sharded,
             job_key=job_key, jobs_kept=jobs_kept, idempotency_ttl_s=idempotency_ttl_s,
         )
 
     async def close(self) -> None:
+        await stop_tasks(list(self._recording))
         if isinstance(self._client, RedisCluster):
             await self._client.aclose()
         else:
@@ -99,12 +116,36 @@ class DurableHistory:
         records = (JobRecord.parse(job, raw) for job, raw in state.items())
         return DurableId(_text(epoch), int(head)), [r for r in records if r is not None]
 
-    async def read_head(self, merchant_id: str) -> DurableId | None:
-        """The id of the merchant's newest durable event, None when it has no history."""
-        epoch, head = await self._client.hmget(history_keys(merchant_id)[1], "epoch", "offset")
+    async def read_head(self, merchant_id: str) -> HistoryHead:
+        """The id of the merchant's newest durable event (None when it has no history)
+        and the ids of its epoch a failover lost, read atomically."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(history_keys(merchant_id)[1], "epoch", "offset")
+            pipe.smembers(lost_ids_key(merchant_id))
+            (epoch, head), lost = await pipe.execute()
         if epoch is None or head is None:
-            return None
-        return DurableId(_text(epoch), int(head))
+            return HistoryHead(None)
+        return HistoryHead(DurableId(_text(epoch), int(head)), lost_offsets(_text(epoch), lost))
+
+    def remember_lost(self, merchant_id: str, first: DurableId, last: DurableId) -> None:
+        """Record, in the background, that the events this process had under the ids
+        `first`..`last` (one epoch) were lost in a failover and the ids went to other
+        events: a tab resuming from one of them, on any process, gets `resync`."""
+        task = asyncio.create_task(self._record_lost(merchant_id, first, last))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_lost(self, merchant_id: str, first: DurableId, last: DurableId) -> None:
+        offsets = range(first.offset, min(last.offset, first.offset + _LOST_MAX - 1) + 1)
+        key = lost_ids_key(merchant_id)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, *(f"{first.epoch}:{offset}" for offset in offsets))
+                pipe.expire(key, self._ttl_s)  # kept as long as the history
+                await pipe.execute()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            log.warning("lost ids not recorded merchant=%s ids=%s..%s: %s", merchant_id,
+                        first, last, type(exc).__name__)
 
     async def read_all(self, merchant_id: str) -> HistorySnapshot:
         """The merchant's whole history, read atomically; `HistorySnapshot.after(last)`
@@ -113,7 +154,8 @@ class DurableHistory:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hmget(meta, "epoch", "offset")
             pipe.xrange(stream, "-", "+")
-            (epoch, head), entries = await pipe.execute()
+            pipe.smembers(lost_ids_key(merchant_id))
+            (epoch, head), entries, lost = await pipe.execute()
         if epoch is None:  # no history (an orphaned stream is not part of any)
             return HistorySnapshot(None, 0, ())
         epoch = _text(epoch)
@@ -121,6 +163,7 @@ class DurableHistory:
             epoch=epoch,
             head=int(head) if head is not None else 0,
             entries=tuple(_entry(epoch, raw_id, fields) for raw_id, fields in entries),
+            lost=lost_offsets(epoch, lost),
         )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -27,6 +27,7 @@ __all__ = [
     "MERCHANT_ID_PATTERN",
     "DurableEvent",
     "DurableId",
+    "HistoryHead",
     "HistorySnapshot",
     "InvalidData",
     "ScriptEvent",
@@ -37,6 +38,8 @@ __all__ = [
     "history_keys",
     "idempotency_key",
     "job_state_keys",
+    "lost_ids_key",
+    "lost_offsets",
     "parse_envelope",
     "script_args",
     "valid_merchant_id",
@@ -178,15 +181,56 @@ def script_args(
 
 @dataclass(frozen=True, slots=True)
 class HistorySnapshot:
-    """One atomic read of a merchant's history: its epoch, last offset and entries."""
+    """One atomic read of a merchant's history: its epoch, last offset and entries,
+    and the offsets of that epoch a failover gave to other events (`lost`)."""
 
     epoch: str | None
     head: int
     entries: tuple[DurableEvent, ...]
+    lost: frozenset[int] = frozenset()
 
     def after(self, last: DurableId, limit: int | None = None) -> list[DurableEvent] | None:
-        """`bridge(self.epoch, self.head, self.entries, last, limit)`."""
+        """`bridge(self.epoch, self.head, self.entries, last, limit)`; None for an id
+        a failover gave again (the client's event under it was lost)."""
+        if self.lost_id(last):
+            return None
         return bridge(self.epoch, self.head, self.entries, last, limit)
+
+    def lost_id(self, last: DurableId) -> bool:
+        """Whether a failover gave `last` to another event (the client's was lost)."""
+        return last.epoch == self.epoch and last.offset in self.lost
+
+
+class HistoryHead(NamedTuple):
+    """The newest id of a merchant's history (None: no history) and the offsets of its
+    epoch a failover gave to other events."""
+
+    id: DurableId | None
+    lost: frozenset[int] = frozenset()
+
+    def bridges(self, last: DurableId) -> bool:
+        """Whether this history may hold the events after `last`: same epoch, not past
+        the head, and not an id whose event a failover lost."""
+        head = self.id
+        return (head is not None and head.epoch == last.epoch and head.offset >= last.offset
+                and last.offset not in self.lost)
+
+
+def lost_ids_key(merchant_id: str) -> str:
+    """The set of durable ids ("EPOCH:OFFSET") whose events a failover lost, after a
+    gateway saw the promoted replica give them to other events."""
+    return f"gateway:lost:{{{merchant_id}}}"
+
+
+def lost_offsets(epoch: str | None, members: Iterable[bytes | str]) -> frozenset[int]:
+    """The offsets of `epoch` among the lost ids `members`."""
+    out = set()
+    for member in members:
+        lost = DurableId.parse(member.decode("ascii", "replace") if isinstance(member, bytes)
+                               else member)
+        if lost is not None and lost.epoch == epoch:
+            out.add(lost.offset)
+    return frozenset(out)
 
 
 def bridge(

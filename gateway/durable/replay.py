@@ -39,7 +39,7 @@ from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
 from ..stream import Stream
 from .history import DurableHistory
-from .ids import DurableId, HistorySnapshot
+from .ids import DurableId, HistoryHead, HistorySnapshot
 
 __all__ = ["DurableReplay"]
 
@@ -79,7 +79,7 @@ class DurableReplay:
         self._flush = flush
         self._metrics = metrics
         self._reads: SingleFlight[str, _Fetched] = SingleFlight(self._read)
-        self._heads: SingleFlight[str, DurableId | None] = SingleFlight(self._read_head)
+        self._heads: SingleFlight[str, HistoryHead] = SingleFlight(self._read_head)
 
     async def resume(
         self, stream: Stream, last_id: str, held: list[Entry], gap: bool
@@ -108,16 +108,17 @@ class DurableReplay:
         except _FAULTS as exc:
             log.warning("history check failed merchant=%s: %s", merchant_id, type(exc).__name__)
             return True
-        return _bridgeable(head, last)
+        return head.bridges(last)
 
-    async def _head(self, merchant_id: str) -> DurableId | None:
-        """The merchant's newest durable id in Redis: one HMGET, sent after this call
+    async def _head(self, merchant_id: str) -> HistoryHead:
+        """The merchant's newest durable id in Redis (and the ids a failover lost): one
+        read, sent after this call
         (an HMGET sent earlier may predate the client's own event), shared by the
         merchant's reconnects arriving meanwhile. Raises on a Redis fault."""
         head = asyncio.ensure_future(self._heads(merchant_id))
         return await deadlines.wait(head, _READ_TIMEOUT_S)
 
-    async def _read_head(self, merchant_id: str) -> DurableId | None:
+    async def _read_head(self, merchant_id: str) -> HistoryHead:
         return await self._history.read_head(merchant_id)
 
     async def replay_into(self, stream: Stream, last: DurableId) -> int | None:
@@ -135,11 +136,14 @@ class DurableReplay:
             # too), or the id is within the head this process proved: a reconnect storm
             # must not queue thousands of them ahead of its reads
             if not (self._reads.busy(merchant_id) or self._hub.proves(merchant_id, last)
-                    or _bridgeable(await self._head(merchant_id), last)):
+                    or (await self._head(merchant_id)).bridges(last)):
                 return None
             in_flight = self._reads.in_flight(merchant_id)
             if in_flight is not None:  # its read backfills the ring: that may answer this one
                 await asyncio.wait({in_flight})
+                if not in_flight.cancelled() and in_flight.exception() is None \
+                        and in_flight.result().snapshot.lost_id(last):
+                    return None  # the client's event under that id was lost in a failover
                 held = self._hub.held_after(merchant_id, str(last))
                 if held is not None:
                     used = stream.replay_before_live(held, last)
@@ -186,7 +190,3 @@ class DurableReplay:
     async def close(self) -> None:
         await stop_tasks([*self._heads.tasks(), *self._reads.tasks()])
 
-
-def _bridgeable(head: DurableId | None, last: DurableId) -> bool:
-    """Whether a history whose newest id is `head` may hold the events after `last`."""
-    return head is not None and head.epoch == last.epoch and head.offset >= last.offset
