@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -233,6 +234,16 @@ async def test_a_refused_keyed_publish_leaves_its_key_unused(client: aioredis.Re
     assert 590 <= await client.ttl(idempotency_key(mid, "new")) <= 600
 
 
+async def _over_maxmemory(client: aioredis.Redis) -> tuple[list[bytes], list[Any]]:
+    """Put Redis 1 MiB over its `maxmemory` (noeviction); its keys and their dumps."""
+    await client.set("ballast", b"b" * (4 << 20))
+    used = int((await client.info("memory"))["used_memory"])
+    await client.config_set("maxmemory", str(used - (1 << 20)))
+    await client.config_set("maxmemory-policy", "noeviction")
+    keys = sorted(await client.keys("*"))
+    return keys, [await client.dump(k) for k in keys]
+
+
 async def test_over_maxmemory_a_used_key_answers_and_a_new_one_writes_nothing(
     redis_factory: Callable[..., RedisServer],
 ) -> None:
@@ -244,12 +255,7 @@ async def test_over_maxmemory_a_used_key_answers_and_a_new_one_writes_nothing(
         first = await publisher.send(job_event(mid, "used"))
         stale = await publisher.send(Publication(mid, "completion", b"{}", "done", None, "s1"))
         assert stale.id is not None  # job "done" ended: its next event is stale
-        await client.set("ballast", b"b" * (4 << 20))
-        used = int((await client.info("memory"))["used_memory"])
-        await client.config_set("maxmemory", str(used - (1 << 20)))
-        await client.config_set("maxmemory-policy", "noeviction")
-        keys = sorted(await client.keys("*"))
-        state = [await client.dump(k) for k in keys]
+        keys, state = await _over_maxmemory(client)
         for publication in (job_event(mid, "new"), job_event(mid, "new", "completion"),
                             Publication(mid, "progress", b"{}", "done", None, "s2"),
                             Publication(unique_merchant("dh")[0], "stage", b"x", None, None, "k")):
@@ -384,12 +390,7 @@ async def test_a_batch_started_over_maxmemory_writes_nothing(
         publisher = AsyncPublisher(client)
         mid, _ = unique_merchant("dh")
         await publisher.send(Publication(mid, "progress", b"{}", "j"))
-        await client.set("ballast", b"b" * (4 << 20))
-        used = int((await client.info("memory"))["used_memory"])
-        await client.config_set("maxmemory", str(used - (1 << 20)))
-        await client.config_set("maxmemory-policy", "noeviction")
-        keys = sorted(await client.keys("*"))
-        state = [await client.dump(k) for k in keys]
+        keys, state = await _over_maxmemory(client)
         items = [(m, "stage", b"x") for m in (mid, unique_merchant("dh")[0], mid)]
         with pytest.raises(PartialPublish) as refused:
             await publisher.publish_many(items)

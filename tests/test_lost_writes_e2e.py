@@ -31,6 +31,21 @@ from gateway.durable.ids import history_keys, lost_ids_key
 pytestmark = pytest.mark.timeout(60)
 
 
+async def _lose_a_write(gw: Any, client: aioredis.Redis, mid: str, s: Any) -> tuple[str, str]:
+    """Publish d1, then an event the replica never gets, then fail over: the merchant's
+    history and meta go back to before it. (d1's id, the lost event's id); the stream
+    `s` received both."""
+    first = await publish_durably(gw, mid, "d1")
+    assert (await s.next_event(10)).id == first
+    replica = {key: await client.dump(key) for key in history_keys(mid)}
+    assert None not in replica.values()
+    lost = await publish_durably(gw, mid, "lost")
+    assert (await s.next_event(10)).id == lost
+    for key, value in replica.items():  # failed over: the replica's history
+        await client.restore(key, 0, value or b"", replace=True)
+    return first, lost
+
+
 @pytest.mark.parametrize("resubscribed", [False, True], ids=["same_link", "after_reconnect"])
 async def test_an_id_a_failover_gave_again_reaches_streams_with_it(
     gateway_factory: Any, merchant: Any, redis_server: Any, resubscribed: bool
@@ -41,14 +56,7 @@ async def test_an_id_a_failover_gave_again_reaches_streams_with_it(
     try:
         async with open_stream(gw.stream_url(shop)) as s:
             await connected(s)
-            first = await publish_durably(gw, mid, "d1")
-            assert (await s.next_event(10)).id == first
-            replica = {key: await client.dump(key) for key in history_keys(mid)}
-            assert None not in replica.values()
-            lost = await publish_durably(gw, mid, "lost")  # the replica never gets it
-            assert (await s.next_event(10)).id == lost
-            for key, value in replica.items():  # failed over: the replica's history
-                await client.restore(key, 0, value or b"", replace=True)
+            first, lost = await _lose_a_write(gw, client, mid, s)
             if resubscribed:  # the failover moved the merchant: its streams resync
                 await client.client_kill_filter(_type="pubsub")
                 resync = await s.next_event(10)
@@ -84,13 +92,7 @@ async def test_a_tab_that_got_a_lost_event_resyncs_on_another_process(
     try:
         async with open_stream(one.stream_url(shop)) as s:
             await connected(s)
-            first = await publish_durably(one, mid, "d1")
-            assert (await s.next_event(10)).id == first
-            replica = {key: await client.dump(key) for key in history_keys(mid)}
-            lost = await publish_durably(one, mid, "lost")
-            assert (await s.next_event(10)).id == lost  # the tab holds the lost event
-            for key, value in replica.items():
-                await client.restore(key, 0, value or b"", replace=True)
+            first, lost = await _lose_a_write(one, client, mid, s)  # the tab got the lost one
             again = await publish_durably(one, mid, "d2")
             assert again == lost
             assert (await s.next_event(10)).event == "resync"
