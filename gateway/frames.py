@@ -12,10 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
-
-from .durable.ids import DurableId
 
 __all__ = [
     "HEARTBEAT",
@@ -25,12 +22,9 @@ __all__ = [
     "Entry",
     "Heartbeat",
     "Wire",
-    "after_snapshot",
-    "at_or_before",
     "chunk",
     "control_frame",
     "event_frame",
-    "newer",
     "wire",
 ]
 
@@ -168,33 +162,3 @@ HEARTBEAT = Heartbeat()
 
 Deliverable: TypeAlias = "Entry | Control | Heartbeat"
 """What a stream writes: an event, a gateway frame, or the heartbeat."""
-
-
-def at_or_before(frame: Deliverable, last: DurableId) -> bool:
-    """Whether `frame` is a durable event at or before `last` (of the same history)."""
-    if not isinstance(frame, Entry):
-        return False
-    durable = DurableId.parse(frame.id)
-    return durable is not None and durable.epoch == last.epoch and durable.offset <= last.offset
-
-
-def newer(frames: Iterable[Deliverable], last: DurableId) -> list[Deliverable]:
-    """`frames` without the durable events at or before `last`."""
-    return [frame for frame in frames if not at_or_before(frame, last)]
-
-
-
-def after_snapshot(frames: Sequence[Deliverable], head: DurableId | None) -> list[Deliverable]:
-    """Queued `frames` as they follow a snapshot read at `head` (None: no history yet).
-
-    The durable events up to `head` are in the snapshot: dropped. Plain events
-    queued before the last of them lose their `id:` line: the client's
-    Last-Event-ID stays the snapshot's, so a reconnect resumes after it. Their
-    own id would resume the ring from before those durable events and replay
-    what the snapshot already held.
-    """
-    if head is None:
-        return list(frames)
-    cut = max((i + 1 for i, frame in enumerate(frames) if at_or_before(frame, head)), default=0)
-    earlier = [f.without_id() if isinstance(f, Entry) else f for f in newer(frames[:cut], head)]
-    return [*earlier, *frames[cut:]]

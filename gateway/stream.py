@@ -8,7 +8,7 @@ that still grows past `max_queue` events or `max_queue_bytes` bytes cuts the
 client (`slow_client`). `run` is the stream's single loop: it flushes the queue
 as the socket drains and ends on close, whatever the reason. A replay or a
 snapshot meets live events in the queue (`replay_before_live`, `put_first`,
-`hold`/`release`) before anything is written.
+`hold`/`release`, by the rules of `catch_up.py`) before anything is written.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .catch_up import before_live, with_snapshot
 from .durable.ids import DurableId
-from .frames import HEARTBEAT, Control, Deliverable, Entry, after_snapshot, newer
+from .frames import HEARTBEAT, Control, Deliverable, Entry
 from .metrics import Metrics
 from .web.writer import PayloadWriter, WriterProtocol
 
@@ -126,19 +127,9 @@ class Stream:
 
     def replay_before_live(self, entries: Sequence[Entry], last: DurableId) -> int:
         """Put a reconnect's replay, fetched while live events queued (nothing written
-        yet), before them; how many of `entries` were used.
-
-        `entries` is an unbroken run of what the client missed after `last`, and
-        everything published after its first live one queued live too: so the
-        replay stops at its first event that also queued, which keeps its live
-        place (after a plain event published just before it). Queued durable
-        events up to `last` are dropped: the client came from a process that
-        delivered them before this one's subscriber had read them.
-        """
-        queued = newer((self._queue or {}).values(), last)
-        live_ids = {entry.id for entry in queued if isinstance(entry, Entry)}
-        used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
-        self._requeue([*entries[:used], *queued])
+        yet), before them (`catch_up.before_live`); how many of `entries` were used."""
+        ordered, used = before_live(entries, (self._queue or {}).values(), last)
+        self._requeue(ordered)
         return used
 
     def put_first(
@@ -146,19 +137,15 @@ class Stream:
         head: DurableId | None = None,
     ) -> None:
         """Put `first` (a resync) and a `snapshot` read at `head` before what queued
-        live (nothing written yet), as `after_snapshot` says. During a hold they
-        count as queued before it: its release keeps them first."""
-        queued = list((self._queue or {}).values())
+        live (nothing written yet), as `catch_up.after_snapshot` says. During a hold
+        they count as queued before it: its release keeps them first."""
         if self._held is not None:
             number, held = self._held
             lead = [entry.seq for entry in first]
             if snapshot is not None:
                 lead.append(snapshot.seq)
             self._held = (number, [*held, *lead])
-        if snapshot is None:
-            self._requeue([*first, *queued])
-            return
-        self._requeue([*first, snapshot, *after_snapshot(queued, head)])
+        self._requeue(with_snapshot(first, snapshot, head, list((self._queue or {}).values())))
 
     def hold(self, number: int) -> None:
         """Write nothing from now until `release(number)`: a snapshot is being read."""
@@ -170,17 +157,14 @@ class Stream:
         self, number: int, snapshot: Entry | None = None, head: DurableId | None = None
     ) -> None:
         """End hold `number`: a `snapshot` read at `head` goes after what was queued
-        before it, then what queued meanwhile as `after_snapshot` says."""
+        before it, then what queued meanwhile as `catch_up.after_snapshot` says."""
         if self._held is None or self._held[0] != number or self.close_reason is not None:
             return
         queue, held = self._queue or OrderedDict(), set(self._held[1])
         self._held = None
         earlier = [entry for key, entry in queue.items() if key in held]
         later = [entry for key, entry in queue.items() if key not in held]
-        if snapshot is None:
-            self._requeue([*earlier, *later])
-            return
-        self._requeue([*earlier, snapshot, *after_snapshot(later, head)])
+        self._requeue(with_snapshot(earlier, snapshot, head, later))
 
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
