@@ -396,12 +396,18 @@ def test_an_id_the_history_gave_another_event_resyncs_and_keeps_it(how: str) -> 
     assert len(checks.asked) == 2
 
 
-def test_a_copy_of_an_event_older_than_the_ring_still_goes_out_as_plain() -> None:
+def head_learnt(history: int, offset: int) -> tuple[Hub, Checks, Sink]:
+    """A hub whose merchant "m" learnt head ep:`offset` from a read, one stream attached."""
     checks = Checks()
-    hub = Hub(history=2, epoch="local", verify=checks)
+    hub = Hub(history=history, epoch="local", verify=checks)
     sink = Sink()
     hub.attach("m", sink, None)
-    hub.learn_head("m", DurableId("ep", 1), hub.gap_mark("m"))
+    hub.learn_head("m", DurableId("ep", offset), hub.gap_mark("m"))
+    return hub, checks, sink
+
+
+def test_a_copy_of_an_event_older_than_the_ring_still_goes_out_as_plain() -> None:
+    hub, checks, sink = head_learnt(history=2, offset=1)
     for n in (2, 3, 4):
         hub.publish("m", "stage", str(n).encode(), f"ep:{n}")
     hub.publish("m", "stage", b"3", "ep:3")  # in the ring: a copy
@@ -460,11 +466,7 @@ def test_a_jump_over_events_not_subscribed_to_is_no_loss() -> None:
 
 
 def test_a_flushed_history_read_makes_the_next_envelope_need_no_check() -> None:
-    checks = Checks()
-    hub = Hub(history=10, epoch="local", verify=checks)
-    sink = Sink()
-    hub.attach("m", sink, None)
-    hub.learn_head("m", DurableId("ep", 4), hub.gap_mark("m"))
+    hub, checks, sink = head_learnt(history=10, offset=4)
     hub.publish("m", "stage", b"5", "ep:5")
     assert checks.asked == [] and ids(sink.got) == ["ep:5"]
     hub.learn_head("m", DurableId("ep", 3), hub.gap_mark("m"))  # an older read: no step back
