@@ -118,8 +118,10 @@ class DurableHistory:
 
     async def read_head(self, merchant_id: str) -> HistoryHead:
         """The id of the merchant's newest durable event (None when it has no history)
-        and the ids of its epoch a failover lost, read atomically."""
-        async with self._client.pipeline(transaction=True) as pipe:
+        and the ids of its epoch a failover lost: two reads in one round trip (no
+        MULTI: the set only grows, and an id recorded between them is as recorded a
+        moment later)."""
+        async with self._client.pipeline(transaction=False) as pipe:
             pipe.hmget(history_keys(merchant_id)[1], "epoch", "offset")
             pipe.smembers(lost_ids_key(merchant_id))
             (epoch, head), lost = await pipe.execute()
