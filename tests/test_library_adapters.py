@@ -1,7 +1,8 @@
-"""The three places that rely on library internals fail here, loudly, after an upgrade.
+"""The places that rely on library internals fail here, loudly, after an upgrade.
 
 - redis-py: the subscriber reads its connection's StreamReader directly
-  (gateway/broker/connection.py: socket_reader);
+  (gateway/broker/connection.py: socket_reader), and still packs commands
+  through the `pack_command` the gateway's connections override;
 - aiohttp-sse: the per-stream ping task is replaced by one shared timer
   (gateway/web/sse.py replicates EventSourceResponse.prepare without it);
 - aiohttp: a stream writes to the payload writer's transport, honours
@@ -23,8 +24,9 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 from aiohttp_sse import EventSourceResponse
+from redis.exceptions import DataError
 
-from gateway.broker.connection import socket_reader
+from gateway.broker.connection import make_client, socket_reader
 from gateway.web import writer as writer_adapter
 from gateway.web.sse import SharedHeartbeatResponse
 from gateway.web.stream_only import stream_only
@@ -44,6 +46,37 @@ async def test_redis_py_exposes_the_subscriber_socket(redis_server: RedisServer)
     finally:
         await pubsub.aclose()
         await client.aclose()
+
+
+async def test_redis_py_packs_through_our_hiredis_packer(redis_server: RedisServer) -> None:
+    client = make_client(redis_server.url, 2)
+    plain = aioredis.Connection()
+    try:
+        connection = await client.connection_pool.get_connection()
+        try:
+            assert type(connection).__name__ == "HiredisPackingConnection"  # the URL's kind kept
+            calls: list[tuple[object, ...]] = []
+            pack = connection.pack_command
+            connection.pack_command = lambda *args: calls.append(args) or pack(*args)
+            commands = [("EVALSHA", "x" * 40, 1, "k", b"\0raw", "t\u00e9xt", 7, 2.5, 1e-05),
+                        ("SCRIPT LOAD", "return 1"), ("SET", "k", bytearray(b"v")),
+                        ("SET", "k", memoryview(b"v"))]
+            def wire(chunks: list[bytes | memoryview]) -> bytes:
+                return b"".join(bytes(chunk) for chunk in chunks)
+
+            assert wire(connection.pack_commands(commands)) == wire(plain.pack_commands(commands))
+            assert len(calls) == len(commands)  # redis-py still packs through pack_command
+        finally:
+            await client.connection_pool.release(connection)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("adapter:\u00e9", "\u00fc").get("adapter:\u00e9")
+            assert await pipe.execute() == [True, "\u00fc".encode()]
+        for bad in (True, None):
+            with pytest.raises(DataError):  # redis-py's refusal, as before
+                await client.set("adapter:bad", bad)  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+        await client.connection_pool.disconnect()  # a pool handed in is not closed with it
 
 
 # sha256 of aiohttp-sse 3.0's EventSourceResponse.prepare source, which

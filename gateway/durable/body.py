@@ -122,6 +122,10 @@ def _item(value: Any, where: str, events: tuple[str, ...], job_key: str) -> Item
     return Publication(value["merchantId"], value["event"], payload, job, seq, key)
 
 
+# built once: json.loads with options builds a new decoder per call
+_STRICT = json.JSONDecoder(parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+
+
 def parse_items(
     body: bytes, events: tuple[str, ...], job_key: str = "jobId"
 ) -> tuple[list[Item], bool]:
@@ -131,7 +135,7 @@ def parse_items(
     except UnicodeDecodeError:
         raise _bad("body must be UTF-8 JSON") from None
     try:
-        doc = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+        doc = _STRICT.decode(text)
     except _DuplicateKey as exc:
         raise _bad(f"body must be UTF-8 JSON ({exc})") from None
     except ValueError:

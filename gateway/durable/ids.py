@@ -133,13 +133,17 @@ class InvalidData(ValueError):
     """A value with no UTF-8 JSON text (NaN, infinity, a lone surrogate, a non-JSON type)."""
 
 
+# built once: json.dumps with options builds a new encoder per call
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_data(data: Any) -> bytes:
     """The payload for `data`: a string as its text, anything else as compact JSON."""
     if isinstance(data, str):
         text = data
     else:
         try:
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = _COMPACT.encode(data)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidData(f"data is not a JSON value: {exc}") from None
     try:
