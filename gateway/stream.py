@@ -8,7 +8,7 @@ that still grows past `max_queue` events or `max_queue_bytes` bytes cuts the
 client (`slow_client`). `run` is the stream's single loop: it flushes the queue
 as the socket drains and ends on close, whatever the reason. A replay or a
 snapshot meets live events in the queue (`replay_before_live`, `put_first`,
-`hold`/`release`, by the rules of `catch_up.py`) before anything is written.
+`hold`/`release`, by the rules of `durable/catch_up.py`) before anything is written.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .catch_up import before_live, with_snapshot
+from .durable.catch_up import before_live, with_snapshot
 from .durable.ids import DurableId
 from .frames import HEARTBEAT, Control, Deliverable, Entry
 from .metrics import Metrics

@@ -12,6 +12,8 @@ durable Last-Event-ID is resumed by `replay.py` from the ring or the history.
 - `history.py`    history reads and the gateway's own publishes;
 - `envelopes.py`  the hub's check that an enveloped message is in the history;
 - `replay.py`     resuming a reconnect: ring, then Redis history;
+- `catch_up.py`   where a replay or snapshot goes among the live events queued
+                  meanwhile (pure; the stream applies it);
 - `jobs.py`, `snapshots.py`  job state (pure) and the `snapshot` frame read from it;
 - `api.py`, `body.py`, `gate.py`  `POST {path}/publish`: view, body, publish budget;
 - `cli.py`        `python -m gateway publish`.

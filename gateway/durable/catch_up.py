@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .durable.ids import DurableId
-from .frames import Deliverable, Entry
+from ..frames import Deliverable, Entry
+from .ids import DurableId
 
 __all__ = ["after_snapshot", "at_or_before", "before_live", "newer", "with_snapshot"]
 
