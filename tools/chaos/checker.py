@@ -57,23 +57,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .knowledge import Held, Ident, Kind, Knowledge, ident_of, job_of, learn
-from .losses import Loss, explain
+from .excuses import Excuses, Settings
+from .knowledge import Held, Ident, Kind, ident_of, job_of, learn
+from .losses import Loss
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
 from .scan import queued_first, resync_follows, shown, snapshot_has
 
 __all__ = ["Anomaly", "Settings", "check"]
 
 Offset = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    history: int = 100  # sse.history
-    history_ttl: float = 600.0  # redis.history_ttl: an idle merchant's history expires
-    redis_before_s: float = 1.0  # a Redis fault explains resyncs from this long before it
-    redis_after_s: float = 10.0  # ... to this long after it ended (reconnect backoff, canary)
-    lost_before_s: float = 30.0  # a lossy fault explains lost writes acked this long before it
+DEFAULTS = Settings()  # check()'s settings unless given (frozen: one shared instance)
 
 
 @dataclass(slots=True)
@@ -96,12 +89,9 @@ class Anomaly:
 class _Client:
     """The walk over one client's sessions."""
 
-    def __init__(self, log: ClientLog, know: Knowledge, faults: Sequence[Fault],
-                 settings: Settings, final_head: Offset | None,
-                 excused: set[Offset]) -> None:
-        self.log, self.know, self.faults, self.settings = log, know, faults, settings
+    def __init__(self, log: ClientLog, excuses: Excuses, final_head: Offset | None) -> None:
+        self.log, self.excuses, self.know = log, excuses, excuses.know
         self.final_head = final_head
-        self.excused = excused  # ids whose every acknowledged event a lossy fault lost
         self.anomalies: list[Anomaly] = []
         self.baseline: Offset | None = None
         self.t_base = float("-inf")  # when the client had no baseline: its live point
@@ -148,7 +138,7 @@ class _Client:
                     self.got_at.setdefault(f.id, f.t)
                 self.resynced_blind = False  # nothing at or below its id may follow
             elif f.event == "shutdown":
-                if not self.terminated(s, f):
+                if not self.excuses.terminated(s, f):
                     self.flag("unexplained_shutdown", si, fi, f.t, "shutdown with no SIGTERM")
             elif f.event == "revoked":
                 self.flag("revoked", si, fi, f.t, "revoked: merchants stay active in chaos runs")
@@ -230,7 +220,7 @@ class _Client:
                           f"{epoch}:{upto[1]}")
             return
         missing = [o for o in missing if not self.coalesced(epoch, o, frames[fi:])
-                   and not self.lost_to_fault((epoch, o))]
+                   and (epoch, o) not in self.excuses.lost]
         plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.plain]
         if plain:
             self.flag("downgraded", si, fi, t, f"{epoch}: offsets {shown(plain)} received as "
@@ -241,9 +231,6 @@ class _Client:
                 frames[fi + 1:]) else "gap"
             self.flag(kind, si, fi, t, f"{epoch}: offsets {shown(missing)} not received"
                       f"{' before the resync' if kind == 'late_resync' else ''}")
-
-    def lost_to_fault(self, d: Offset) -> bool:
-        return d in self.excused
 
     def coalesced(self, epoch: str, offset: int, later: list[Frame]) -> bool:
         kind = self.know.kind.get((epoch, offset))
@@ -261,46 +248,13 @@ class _Client:
     def resync(self, si: int, fi: int, s: Session, f: Frame) -> None:
         data = f.payload()
         reason = data.get("reason") if isinstance(data, dict) else None
-        redis = self.near(f.t, lambda x: x.redis, self.settings.redis_before_s,
-                          self.settings.redis_after_s)
-        if reason == "redis_reconnected" and redis:
-            return
-        if reason == "history_gap" and self.gap_explained(s, f):
-            return
-        self.flag("unexplained_resync", si, fi, f.t,
-                  f"resync {reason} after Last-Event-ID {s.last_event_id!r}, no fault explains it")
-
-    def gap_explained(self, s: Session, f: Frame) -> bool:
-        if not s.last_event_id:
-            return False
-        d = durable_id(s.last_event_id)
-        if d is None:
-            return True  # a plain id: honoured only by the ring of the process that issued it
-        st = self.settings
-        if self.near(s.started, lambda x: x.redis, 4.0, st.redis_after_s):
-            return True  # the history could not be read (the read waits up to 3 s)
-        got = self.got_at.get(s.last_event_id, s.started)  # an event's or a snapshot's id
-        if self.near_span(got - 1.0, f.t, lambda x: x.lossy):
-            return True  # the history (its epoch) may be gone
-        if s.started - self.know.idle_since(s.started) > st.history_ttl - 1.0:
-            return True  # no durable publish for redis.history_ttl: the history expired
-        return self.know.upper_head(d[0], f.t) - d[1] > st.history  # trimmed
-
-    def terminated(self, s: Session, f: Frame) -> bool:
-        """A SIGTERM hit the session's gateway while it was open (a paused tab reads
-        the ``shutdown`` frame late, so its receipt time alone does not tell)."""
-        return any(x.sigterm and (x.target == s.entry or s.entry == "nginx")
-                   and s.started - 0.5 <= x.start <= f.t + 0.5 for x in self.faults)
-
-    def near(self, t: float, what: Any, before: float, after: float) -> bool:
-        return any(what(x) and x.start - before <= t <= x.end + after for x in self.faults)
-
-    def near_span(self, lo: float, hi: float, what: Any) -> bool:
-        return any(what(x) and x.start <= hi and x.end >= lo for x in self.faults)
+        if not self.excuses.resync(reason, s, f, self.got_at):
+            self.flag("unexplained_resync", si, fi, f.t, f"resync {reason} after Last-Event-ID "
+                      f"{s.last_event_id!r}, no fault explains it")
 
 
 def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: Sequence[Fault],
-          heads: dict[str, Offset | None], settings: Settings = Settings(),
+          heads: dict[str, Offset | None], settings: Settings = DEFAULTS,
           history: dict[str, dict[Offset, Held]] | None = None,
           losses: list[Loss] | None = None,
           seen: dict[str, dict[Offset, set[Kind]]] | None = None) -> list[Anomaly]:
@@ -308,14 +262,11 @@ def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: 
     in client order. ``losses`` collects every lost write (for the report)."""
     know = learn(published, clients, history or {}, seen)
     out: list[Anomaly] = []
-    excused: dict[str, set[Offset]] = {}
-    for merchant, k in sorted(know.items()):
-        found = [explain(x, faults, settings.lost_before_s)
-                 for d in sorted(k.lost) for x in k.lost[d]]
-        excused[merchant] = k.vanished - {x.write.offset for x in found if x.fault is None}
+    excuses = {merchant: Excuses(faults, settings, k) for merchant, k in sorted(know.items())}
+    for merchant, e in excuses.items():
         if losses is not None:
-            losses += found
-        for x in found:
+            losses += e.losses
+        for x in e.losses:
             if x.fault is None:
                 w = x.write
                 out.append(Anomaly("lost_write", "-", merchant, -1, -1, w.acked,
@@ -323,6 +274,5 @@ def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: 
                                    f"{x.now()}, and no fault that can lose acknowledged "
                                    "writes came around it"))
     for c in clients:
-        out += _Client(c, know[c.merchant], faults, settings, heads.get(c.merchant),
-                       excused.get(c.merchant, set())).run()
+        out += _Client(c, excuses[c.merchant], heads.get(c.merchant)).run()
     return out
