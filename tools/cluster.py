@@ -20,12 +20,12 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import redis
-from redis.crc import key_slot
 
+from tools.cluster_nodes import ClusterNode, parse_nodes, slot_of
 from tools.services import HOST, RedisServer, ServiceError, free_port, port_open
 
 __all__ = ["ClusterNode", "RedisCluster", "cluster_port", "slot_of", "start_local_cluster"]
@@ -42,27 +42,6 @@ def cluster_port() -> int:
         if port + BUS_OFFSET < 65536 and not port_open(port + BUS_OFFSET):
             return port
     raise ServiceError("no free port pair for a cluster node")
-
-
-def slot_of(key: str | bytes) -> int:
-    """The cluster slot of a key or sharded channel (hash tags honoured)."""
-    return int(key_slot(key.encode() if isinstance(key, str) else key))
-
-
-@dataclass(frozen=True)
-class ClusterNode:
-    """One node as the cluster sees it now."""
-
-    port: int
-    node_id: str
-    role: str  # "primary" or "replica"
-    primary_id: str | None  # the primary a replica follows
-    slots: tuple[tuple[int, int], ...]  # inclusive ranges owned (primaries)
-    pid: int | None
-    alive: bool
-
-    def owns(self, slot: int) -> bool:
-        return any(lo <= slot <= hi for lo, hi in self.slots)
 
 
 class RedisCluster:
@@ -164,31 +143,11 @@ class RedisCluster:
         view: dict[int, ClusterNode] = {}
         for port in self.live_ports():
             with contextlib.suppress(redis.RedisError):
-                view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
+                view = parse_nodes(self.call(port, "CLUSTER", "NODES"))
                 break
         unknown = ClusterNode(0, "", "unknown", None, (), None, False)
         return [replace(view.get(port, unknown), port=port, pid=server.pid, alive=server.running)
                 for port, server in self.servers.items()]
-
-    def _parse_nodes(self, text: Any) -> dict[int, ClusterNode]:
-        out: dict[int, ClusterNode] = {}
-        for line in str(text).splitlines():
-            parts = line.split()
-            if len(parts) < 8:
-                continue
-            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-            flags = parts[2].split(",")
-            slots = []
-            for item in parts[8:]:
-                if item.startswith("["):
-                    continue  # a slot being imported or migrated
-                lo, _, hi = item.partition("-")
-                slots.append((int(lo), int(hi or lo)))
-            role = "primary" if "master" in flags else "replica"
-            alive = not {"fail", "fail?", "noaddr"} & set(flags)
-            primary = None if parts[3] == "-" else parts[3]
-            out[port] = ClusterNode(port, parts[0], role, primary, tuple(slots), None, alive)
-        return out
 
     def primaries(self) -> list[ClusterNode]:
         """Live primaries that own slots."""
@@ -217,7 +176,7 @@ class RedisCluster:
                 info = dict(line.split(":", 1) for line in text.split() if ":" in line)
                 if info.get("cluster_state") != "ok":
                     problems.append(f"{port}: cluster_state {info.get('cluster_state')}")
-                view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
+                view = parse_nodes(self.call(port, "CLUSTER", "NODES"))
                 owners = tuple(sorted((n.slots, n.port) for n in view.values() if n.slots))
                 roles = tuple(sorted((p, n.role) for p, n in view.items() if p in live))
                 maps.add((owners, roles))
@@ -289,7 +248,7 @@ class RedisCluster:
 
         def moved() -> bool:
             for port in self.live_ports():
-                view = self._parse_nodes(self.call(port, "CLUSTER", "NODES"))
+                view = parse_nodes(self.call(port, "CLUSTER", "NODES"))
                 if not view[target.port].owns(slot) or view[source.port].owns(slot):
                     return False
             return True
