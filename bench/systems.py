@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -22,6 +23,7 @@ from tools.services import NginxServer, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+STREAM_PATH = "/api/realtime/events?shop=m{i}.myshopify.com"  # the gateway's, and its peers'
 
 
 def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -87,7 +89,7 @@ class System:
         self.redis: RedisServer | None = None
         self.proc: subprocess.Popen | None = None
         self.pids: list[int] = []
-        self.log = None
+        self.log: IO[bytes] | None = None
 
     @property
     def root_pid(self) -> int:
@@ -115,6 +117,16 @@ class System:
     def start(self) -> None:
         raise NotImplementedError
 
+    def spawn_app(self, module: str, *args: str) -> None:
+        """Run one of bench's aiohttp apps, ``python -m module --port P *args``, on a free
+        port with the gateway's stream path; return once it answers."""
+        self.port = free_port()
+        self.path_template = STREAM_PATH
+        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen([PY, "-m", module, "--port", str(self.port), *args],
+                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wait_http(self.port, "/health/live", 30, self.proc)
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_pid_tree(self.proc, self.pids, 15)
@@ -133,16 +145,7 @@ class Naive(System):
     def start(self) -> None:
         self.redis = RedisServer(extra_args=["--maxclients", "100000"])
         self.redis.start()
-        self.port = free_port()
-        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
-        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "bench.naive_app", "--port", str(self.port), "--redis-url", self.redis.url],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_http(self.port, "/health/live", 30, self.proc)
+        self.spawn_app("bench.naive_app", "--redis-url", self.redis.url)
 
 
 class Floor(System):
@@ -155,17 +158,7 @@ class Floor(System):
         self.low_level = low_level
 
     def start(self) -> None:
-        self.port = free_port()
-        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
-        log = self.log = open(self.tmp / f"{self.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [PY, "-m", "bench.floor_app", "--port", str(self.port),
-             *(["--low-level"] if self.low_level else [])],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_http(self.port, "/health/live", 30, self.proc)
+        self.spawn_app("bench.floor_app", *(["--low-level"] if self.low_level else []))
 
 
 class Gateway(System):
@@ -215,7 +208,7 @@ class Gateway(System):
         """Write the config and have `check-config` accept it (before any timing starts)."""
         redis_url = self.redis_url()
         self.port = self.port or free_port()
-        self.path_template = "/api/realtime/events?shop=m{i}.myshopify.com"
+        self.path_template = STREAM_PATH
         env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=self.dsn)
         src = gateway_src()
         env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
