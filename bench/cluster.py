@@ -33,9 +33,10 @@ import redis.asyncio as aioredis
 from bench import procstat, records
 from bench.__main__ import raise_nofile, start_postgres
 from bench.cluster_report import cmdstat, failures, kv_info, markdown, stats_delta, tables
+from bench.gateway_system import Gateway
 from bench.pool import ClientPool, merge_results
 from bench.publishers import payload, publish_loop
-from bench.systems import ROOT, Gateway, make_tmp
+from bench.systems import ROOT, make_tmp
 from tools.cluster import RedisCluster, slot_of
 from tools.services import HOST
 
@@ -113,7 +114,7 @@ class Publisher:
 
 
 class ClusterGateway(Gateway):
-    """bench.systems.Gateway with ``redis.cluster: true`` on an existing cluster."""
+    """bench.gateway_system.Gateway with ``redis.cluster: true`` on an existing cluster."""
 
     def __init__(self, cluster: RedisCluster, *args, **kw) -> None:
         super().__init__(*args, **kw)

@@ -35,10 +35,11 @@ from pathlib import Path
 
 from bench import jobs_record, procstat
 from bench.__main__ import start_postgres
+from bench.gateway_system import Gateway
 from bench.jobs_record import KEYED
 from bench.publishers import PipelinedHttp
 from bench.redis_costs import command_calls
-from bench.systems import Gateway, Nchan, System, make_tmp
+from bench.systems import Nchan, System, make_tmp
 from bench.trial import gateway_samples
 
 __all__ = ["failures", "main"]
@@ -47,7 +48,7 @@ KEY = "bench-publish-key-0123456789"
 
 
 class PublishingGateway(Gateway):
-    """bench.systems.Gateway with the HTTP publish API switched on."""
+    """bench.gateway_system.Gateway with the HTTP publish API switched on."""
 
     def config_text(self, admission: bool) -> str:
         return super().config_text(admission) + f"auth:\n  publish_key: {KEY}\n"

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from bench import hist, procstat, records
 from bench.__main__ import raise_nofile, start_postgres
+from bench.gateway_system import Gateway
 from bench.redis_costs import command_calls
-from bench.systems import Gateway, make_tmp
+from bench.systems import make_tmp
 from bench.trial import gateway_samples
 from tools.services import RedisServer
 

@@ -12,9 +12,10 @@ import urllib.request
 from pathlib import Path
 
 from bench import procstat
+from bench.gateway_system import Gateway
 from bench.pool import ClientPool
 from bench.report import ok
-from bench.systems import Gateway, Naive, Nchan, System, parse_system
+from bench.systems import Naive, Nchan, System, parse_system
 
 __all__ = ["make_system", "run_trial"]
 
