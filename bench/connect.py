@@ -37,9 +37,9 @@ from pathlib import Path
 
 from bench import hist, procstat, records
 from bench.__main__ import raise_nofile, start_postgres
+from bench.client_proc import ClientProc
 from bench.gateway_src import rerun_under
 from bench.gateway_system import Gateway
-from bench.storm import ClientProc
 from bench.systems import Floor, Nchan, System, make_tmp, parse_system
 
 __all__ = ["main", "ratios", "report", "run"]

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from bench import hist, jobs_record, procstat
 from bench.__main__ import STREAMS_PER_CLIENT, raise_nofile, start_postgres
+from bench.client_proc import ClientProc
 from bench.pool import split
 from bench.redis_costs import command_calls
-from bench.storm import ClientProc, SharedRedisGateway, publish_round
+from bench.storm import SharedRedisGateway, publish_round
 from bench.systems import make_tmp
 from bench.trial import gateway_samples
 from tools.services import RedisServer, free_port

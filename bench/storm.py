@@ -24,7 +24,6 @@ import asyncio
 import json
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,13 +31,12 @@ from pathlib import Path
 
 from bench import hist, procstat, records
 from bench.__main__ import raise_nofile, start_postgres
+from bench.client_proc import ClientProc
 from bench.gateway_system import Gateway
 from bench.redis_costs import command_calls
 from bench.systems import make_tmp
 from bench.trial import gateway_samples
 from tools.services import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = ["main", "run_storm"]
 
@@ -64,45 +62,6 @@ class SharedRedisGateway(Gateway):
             return text
         dsn = "postgres:\n  dsn: ${DATABASE_URL}\n"
         return text.replace(dsn, f"{dsn}  query_timeout: {self.query_timeout:g}\n")
-
-
-class ClientProc:
-    """The storm client process, driven one command line at a time."""
-
-    def __init__(self, args: list[str], module: str = "bench.storm_client") -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args],
-                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
-
-    def ask(self, line: str) -> dict:
-        self.send(line)
-        return self.receive(line)
-
-    def send(self, line: str) -> None:
-        """One command, not waiting for its answer (so several clients run it at once)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def receive(self, line: str) -> dict:
-        """The answer to the command ``line`` sent last (the client bounds every wait)."""
-        assert self.proc.stdout is not None
-        answer = self.proc.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"storm client exited ({self.proc.poll()}) after {line!r}")
-        return json.loads(answer)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]  # EOF: the client quits
-                self.proc.wait(30)
-            except (subprocess.TimeoutExpired, OSError):
-                self.proc.kill()
-                self.proc.wait(5)
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()
 
 
 def publish_round(redis_url: str, merchants: int, rounds: int) -> float:
