@@ -23,11 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import sys
 import time
 
 from bench import hist
+from bench.client_proc import emit
 from bench.publishers import Publisher
 from bench.streams import Stats, Stream, cpu_seconds, expected_count, run_client
 
@@ -168,11 +168,6 @@ class Client:
                 tr.close()
             if self.publisher is not None:
                 await self.publisher.close()
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,7 @@
-"""A load client in its own process, driven one command line at a time (each
-answered with one JSON line): the storm, snapshot and new-stream clients."""
+"""A load client in its own process, driven one command line at a time, each
+answered with one JSON line: every client's answer (:func:`emit`), and the
+bench's end of the storm, snapshot and new-stream clients (:class:`ClientProc`;
+``bench/pool.py`` drives the trials' clients)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ClientProc"]
+__all__ = ["ClientProc", "emit"]
 
 
 class ClientProc:
@@ -50,3 +52,9 @@ class ClientProc:
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def emit(obj: dict) -> None:
+    """The client's answer to one command: one JSON line on stdout, flushed."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()

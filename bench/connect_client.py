@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 
+from bench.client_proc import emit
 from bench.hist import from_samples
 from bench.streams import Stats, Stream, cpu_seconds, run_client
 
@@ -160,11 +160,6 @@ class ConnectClient:
             for stream in [*self.warm, *self.ramped]:
                 if stream.transport is not None:
                     stream.transport.close()
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:

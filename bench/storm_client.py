@@ -26,6 +26,7 @@ import random
 import sys
 import time
 
+from bench.client_proc import emit
 from bench.hist import from_samples
 from bench.streams import cpu_seconds, response_head, run_client
 
@@ -229,11 +230,6 @@ class StormClient:
         for s in self.streams:
             if s.transport is not None:
                 s.transport.close()
-
-
-def emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
