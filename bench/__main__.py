@@ -14,15 +14,15 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench import records
-from bench.gateway_src import rerun_under
+from bench.entry import run_main
 from bench.report import ok, table
+from bench.streams import raise_nofile
 from bench.systems import make_tmp, parse_system
 from bench.trial import run_trial
 
@@ -33,13 +33,6 @@ DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
 STREAMS_PER_CLIENT = 12_500  # well under the 20,000 open files one process may hold
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def start_postgres(m: int):
@@ -111,12 +104,12 @@ def print_durable_ratio(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    code = rerun_under(args.gateway_src, "bench", argv)  # --gateway-src: a child measures
-    if code is not None:
-        return code
-    hard = raise_nofile()
+    return run_main("bench", parse_args, compare, argv)
+
+
+def compare(argv: list[str], args: argparse.Namespace) -> int:
+    """Every trial, the tables, the record (the open-file limit already raised)."""
+    hard = raise_nofile()  # raised by run_main already: this reads the hard limit
     if hard < args.streams / args.procs + 1000:
         print(f"warning: RLIMIT_NOFILE {hard} is low for {args.streams} streams in {args.procs} "
               "client process(es); use --procs", file=sys.stderr)

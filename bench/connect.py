@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 
 from bench import hist, procstat, records
-from bench.__main__ import raise_nofile, start_postgres
+from bench.__main__ import start_postgres
 from bench.client_proc import ClientProc
-from bench.gateway_src import rerun_under
+from bench.entry import run_main
 from bench.gateway_system import Gateway
 from bench.systems import Floor, Nchan, System, make_tmp, parse_system
 
@@ -231,12 +231,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    a = parse_args(argv)
-    code = rerun_under(a.gateway_src, "bench.connect", argv)  # --gateway-src: a child measures
-    if code is not None:
-        return code
-    raise_nofile()
+    return run_main("bench.connect", parse_args, measure, argv)
+
+
+def measure(argv: list[str], a: argparse.Namespace) -> int:
+    """Every system's ramps, the report, the record."""
     rows = run(a)
     print(report(rows, a))
     if a.record:

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from bench import records
-from bench.__main__ import raise_nofile, start_postgres
-from bench.gateway_src import rerun_under
+from bench.__main__ import start_postgres
+from bench.entry import run_main
 from bench.redis_costs import measure_redis
 from bench.report import cluster_costs
 from bench.systems import make_tmp
@@ -250,12 +250,11 @@ def measure(a: argparse.Namespace) -> tuple[list[dict], dict, dict] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    a = parse_args(argv)
-    code = rerun_under(a.gateway_src, "bench.unitcosts", argv)  # --gateway-src: a child measures
-    if code is not None:
-        return code
-    raise_nofile()
+    return run_main("bench.unitcosts", parse_args, write_costs, argv)
+
+
+def write_costs(argv: list[str], a: argparse.Namespace) -> int:
+    """Measure the unit costs; write and print them."""
     measured = measure(a)
     if measured is None:
         return 1
