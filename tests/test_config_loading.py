@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -10,6 +12,7 @@ import pytest
 from config_support import BASE_ENV, DSN, PUBLISH_KEY, REPO_ROOT, config_error, load, write
 
 from gateway.config import load_config
+from gateway.config.model import Config
 from gateway.errors import ConfigError
 
 
@@ -47,6 +50,20 @@ def test_empty_file_and_no_file_give_the_same_defaults(tmp_path: Path) -> None:
 def test_shipped_config_file_is_valid_and_matches_defaults() -> None:
     shipped = load_config(str(REPO_ROOT / "config" / "gateway.yaml"), BASE_ENV)
     assert shipped == load_config(None, BASE_ENV)
+
+
+def test_shipped_config_file_names_every_key() -> None:
+    """Each key of the config, under its section, as a key or a commented-out one
+    (redis.channel, whose default depends on redis.cluster)."""
+    text = (REPO_ROOT / "config" / "gateway.yaml").read_text()
+    sections = re.split(r"^(?=\w+:)", text, flags=re.MULTILINE)
+    named = {m[1]: set(re.findall(r"^ +(?:# )?(\w+):", body, re.MULTILINE))
+             for body in sections if (m := re.match(r"(\w+):", body))}
+    missing = [f"{section.name}.{key.name}" for section in dataclasses.fields(Config)
+               if not section.metadata.get("internal")
+               for key in dataclasses.fields(section.default_factory())  # type: ignore[misc]
+               if key.name not in named.get(section.name, set())]
+    assert missing == [], missing
 
 
 def test_shipped_config_takes_the_publish_key_from_gateway_publish_key() -> None:
