@@ -88,6 +88,31 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(
         assert secret not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"sse": {"snapshot": "off"}}, "sse.snapshot"),
+        ({"sse": {"snapshot_jobs": 10001}}, "sse.snapshot_jobs"),
+        ({"redis": {"idempotency_ttl": 0}}, "redis.idempotency_ttl"),
+    ],
+)
+@pytest.mark.parametrize("command", [["check-config"], []])
+def test_a_bad_job_state_key_exits_2_with_one_line_naming_it(
+    tmp_path: Path, data: Any, key: str, command: list[str]
+) -> None:
+    res = run_cli([*command, "--config", write(tmp_path, data)], secret_env())
+    one_line_exit_2(res, key)
+    assert res.stdout == ""
+
+
+def test_check_config_prints_the_job_state_keys(tmp_path: Path) -> None:
+    res = run_cli(["check-config", "--config", write(tmp_path, {})], secret_env())
+    assert res.returncode == 0, res.stderr
+    printed = yaml.safe_load(res.stdout)
+    assert (printed["sse"]["snapshot"], printed["sse"]["snapshot_jobs"]) == (True, 100)
+    assert printed["redis"]["idempotency_ttl"] == 600
+
+
 def test_bad_redis_url_error_does_not_leak_password(tmp_path: Path) -> None:
     env = {**secret_env(), "REDIS_URL": f"http://admin:{REDIS_PW}@127.0.0.1:6379/0"}
     res = run_cli(["check-config", "--config", write(tmp_path, {})], env)

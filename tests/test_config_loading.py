@@ -174,6 +174,55 @@ def test_invalid_values_name_the_dotted_key(tmp_path: Path, data: Any, key: str)
     assert str(err).startswith(f"{key}:"), str(err)
 
 
+# -- job state: sse.snapshot, sse.snapshot_jobs, redis.idempotency_ttl -----------------
+
+
+def test_job_state_keys_default_as_readme_says(tmp_path: Path) -> None:
+    cfg = load(tmp_path, {})
+    assert (cfg.sse.snapshot, cfg.sse.snapshot_jobs, cfg.redis.idempotency_ttl) == (True, 100, 600)
+
+
+@pytest.mark.parametrize(("snapshot", "jobs", "ttl"), [(False, 1, 1), (True, 10000, 86400)])
+def test_job_state_keys_take_values_within_their_bounds(
+    tmp_path: Path, snapshot: bool, jobs: int, ttl: int
+) -> None:
+    data = {"sse": {"snapshot": snapshot, "snapshot_jobs": jobs}, "redis": {"idempotency_ttl": ttl}}
+    cfg = load(tmp_path, data)
+    assert (cfg.sse.snapshot, cfg.sse.snapshot_jobs, cfg.redis.idempotency_ttl) == (
+        snapshot, jobs, ttl)
+
+
+def test_job_state_keys_take_expanded_variables(tmp_path: Path) -> None:
+    data = {"sse": {"snapshot": "${SNAP:-true}", "snapshot_jobs": "${JOBS:-100}"},
+            "redis": {"idempotency_ttl": "${IDEM:-600}"}}
+    cfg = load(tmp_path, data, {"SNAP": "false", "JOBS": "7", "IDEM": "30"})
+    assert (cfg.sse.snapshot, cfg.sse.snapshot_jobs, cfg.redis.idempotency_ttl) == (False, 7, 30)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"sse": {"snapshot": "yes"}}, "sse.snapshot"),
+        ({"sse": {"snapshot": 1}}, "sse.snapshot"),
+        ({"sse": {"snapshot": None}}, "sse.snapshot"),
+        ({"sse": {"snapshot_jobs": 0}}, "sse.snapshot_jobs"),
+        ({"sse": {"snapshot_jobs": 10001}}, "sse.snapshot_jobs"),
+        ({"sse": {"snapshot_jobs": 2.5}}, "sse.snapshot_jobs"),
+        ({"sse": {"snapshot_jobs": "100"}}, "sse.snapshot_jobs"),
+        ({"sse": {"snapshot_jobs": True}}, "sse.snapshot_jobs"),
+        ({"redis": {"idempotency_ttl": 0}}, "redis.idempotency_ttl"),
+        ({"redis": {"idempotency_ttl": -600}}, "redis.idempotency_ttl"),
+        ({"redis": {"idempotency_ttl": 0.5}}, "redis.idempotency_ttl"),
+        ({"redis": {"idempotency_ttl": "600"}}, "redis.idempotency_ttl"),
+        ({"redis": {"idempotency_ttl": [600]}}, "redis.idempotency_ttl"),
+    ],
+)
+def test_a_bad_job_state_key_names_the_dotted_key(tmp_path: Path, data: Any, key: str) -> None:
+    err = config_error(tmp_path, data)
+    assert err.key == key
+    assert str(err).startswith(f"{key}:"), str(err)
+
+
 def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
     err = config_error(tmp_path, "server: [unclosed\n")
     assert "yaml" in str(err).lower()
