@@ -39,6 +39,11 @@ def offset(event_id: str) -> int:
     return parsed.offset
 
 
+def foreign(event_id: str) -> str:
+    """`event_id` under another epoch: a Last-Event-ID the history cannot replay."""
+    return f"{'0' if event_id[0] != '0' else '1'}{event_id[1:]}"
+
+
 async def snapshot_after_connected(s: Any) -> Event:
     await connected(s)
     frame = await s.next_event(10)
@@ -73,14 +78,56 @@ async def test_a_stream_opened_mid_job_gets_the_state_then_only_newer_events(
         await connected(s)  # a replay brings the client up to date: no snapshot
         # (a2 is skipped by coalescing: `later`, a newer progress of job A, is in the replay)
         assert [e.id for e in await s.events(4, 10)] == [b1, b2, head, later]
-    foreign = f"{'0' if head[0] != '0' else '1'}{head[1:]}"
-    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": foreign}) as s:
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": foreign(head)}) as s:
         await connected(s)
         resync, frame = await s.events(2, 10)
         assert (resync.event, resync.json()) == ("resync", {"reason": "history_gap"})
         assert frame.event == "snapshot" and frame.id == later
         assert [j["id"] for j in frame.json()["jobs"]] == [b2, later]
     assert metric(await get_metrics(gw), "gateway_snapshots_total") == 2
+
+
+async def test_after_a_history_gap_the_snapshot_is_followed_by_every_newer_event_once(
+    gateway_factory: Any, merchant: Any
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    # each progress names its own job: no queued progress may make way for a newer
+    # one of its job (sse.coalesce), so every later event must arrive
+    jobs = {await publish(gw, mid, "progress", {"jobId": "A", "percent": 10}): "A"}
+    head = await publish(gw, mid, "stage", "no job")
+    ids = [*jobs, head]
+
+    async def publish_meanwhile() -> None:  # while the stream opens and the state is read
+        for n in range(6):
+            event_id = await publish(gw, mid, "progress", {"jobId": f"c{n}", "percent": n})
+            jobs[event_id] = f"c{n}"
+            ids.append(event_id)
+
+    meanwhile = asyncio.create_task(publish_meanwhile())
+    try:
+        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": foreign(head)}) as s:
+            await connected(s)
+            resync, frame = await s.events(2, 10)
+            await meanwhile
+            assert (resync.event, resync.json()) == ("resync", {"reason": "history_gap"})
+            assert frame.event == "snapshot" and frame.id in ids, frame
+            seen = DurableId.parse(frame.id)
+            assert seen is not None and seen.offset >= offset(head)
+            latest = {job: i for i, job in jobs.items() if offset(i) <= seen.offset}
+            assert [(j["job"], j["id"]) for j in frame.json()["jobs"]] == sorted(
+                latest.items(), key=lambda item: offset(item[1]))
+            after = [await publish(gw, mid, "completion", {"jobId": "A"}),
+                     await publish(gw, mid, "progress", {"jobId": "d", "percent": 5}),
+                     await publish(gw, mid, "stage", "end")]
+            expected = [event_id for event_id in ids if offset(event_id) > seen.offset] + after
+            got = await s.events(len(expected), 10)
+            assert [e.id for e in got] == expected  # each once, in order: `end` comes last
+            assert {str(e.id).split(":")[0] for e in got} == {seen.epoch}
+            assert [offset(e.id) for e in got] == sorted({offset(e.id) for e in got})
+            assert offset(got[0].id) > seen.offset  # each id greater than the snapshot's
+    finally:
+        meanwhile.cancel()
 
 
 async def test_after_a_redis_restart_the_resync_is_followed_by_the_state(
