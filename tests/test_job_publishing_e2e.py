@@ -12,11 +12,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
-from support import open_stream, unique_merchant
+from support import open_stream, unique_merchant, wait_for
 from test_durable_e2e import AUTH, DURABLE, REPO_ROOT, connected
 from test_durable_e2e import post as post_as
 
-from gateway.durable.ids import history_keys
+from gateway.durable.ids import history_keys, idempotency_key
 from gateway.durable.publisher import AsyncPublisher, Publisher
 from tools.services import RedisServer
 
@@ -92,6 +92,37 @@ async def test_an_array_answers_stale_and_duplicate_by_index(
     ids = reply["ids"]
     assert ids[1] == ids[0] and ids[2] is None and ids[3] is None and ids[4]
     assert reply["stale"] == [2, 3] and reply["duplicate"] == [1]
+
+
+async def test_a_key_publishes_again_once_redis_idempotency_ttl_has_passed(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config={**DURABLE, "redis": {**DURABLE["redis"],
+                                                            "idempotency_ttl": 1}})
+    client = aioredis.Redis.from_url(redis_server.url)
+    body = event(mid, "stage", {"jobId": "g", "stage": "sync"}, key="g-sync")
+    remembered = idempotency_key(mid, "g-sync")
+    try:
+        async with open_stream(gw.stream_url(shop)) as s:
+            await connected(s)
+            status, _, reply = await post(gw, [body, body])  # one script run: no clock between
+            assert status == 200, reply
+            first = reply["ids"][0]
+            assert reply["ids"] == [first, first] and reply["duplicate"] == [1], reply
+            ttl = await client.pttl(remembered)
+            assert ttl == -2 or 0 < ttl <= 1000, ttl  # 1 s (-2: gone already), not 600 s
+
+            async def forgotten() -> bool:
+                return await client.exists(remembered) == 0
+
+            await wait_for(forgotten, timeout=10, message=f"({remembered} to expire)")
+            status, _, again = await post(gw, body)
+            assert status == 200 and "duplicate" not in again, again
+            assert again["id"] not in (None, first)
+            assert [e.id for e in await s.events(2, 10)] == [first, again["id"]]
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.parametrize(("extra", "field"), [

@@ -10,14 +10,15 @@ import random
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
 from rolling_support import upstream_conf
-from support import Event, open_stream
+from support import Event, open_stream, wait_for
 from test_durable_e2e import AUTH, DURABLE, connected
 from test_durable_e2e import post as post_as
 
-from gateway.durable.ids import DurableId
+from gateway.durable.ids import DurableId, job_state_keys
 from gateway.durable.publisher import AsyncPublisher
 from tools.services import RedisServer, free_port
 
@@ -152,6 +153,66 @@ async def test_after_a_redis_restart_the_resync_is_followed_by_the_state(
             status, _, reply = await post_as(
                 gw, {"merchantId": mid, "event": "progress", "data": {"jobId": "J"}}, JSON)
         assert (await s.next_event(10)).id == reply["id"]
+
+
+async def test_with_sse_snapshot_false_no_frame_on_connect_after_a_gap_or_a_restart(
+    gateway_factory: Any, merchant: Any, redis_factory: Any
+) -> None:
+    mid, shop = merchant
+    aof = ["--appendonly", "yes", "--appendfsync", "always"]  # the job state survives
+    server: RedisServer = redis_factory(extra_args=aof)
+    config = {**DURABLE, "sse": {**DURABLE["sse"], "snapshot": False}}
+    gw = gateway_factory.start(config=config, redis=server.url)
+    job = await publish(gw, mid, "progress", {"jobId": "J", "percent": 30})  # job state exists
+    async with open_stream(gw.stream_url(shop)) as s:
+        await connected(s)
+        marker = await publish(gw, mid, "stage", "after connected")
+        assert (await s.next_event(10)).id == marker  # not a snapshot
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": foreign(job)}) as s:
+        await connected(s)
+        resync = await s.next_event(10)
+        assert (resync.event, resync.json()) == ("resync", {"reason": "history_gap"})
+        marker = await publish(gw, mid, "stage", "after the gap")
+        assert (await s.next_event(10)).id == marker
+    assert metric(await get_metrics(gw), "gateway_snapshots_total") == 0
+    async with open_stream(gw.stream_url(shop)) as s:
+        await connected(s)
+        await asyncio.to_thread(server.restart)
+        resync = await s.next_event(30)
+        assert (resync.event, resync.json()) == ("resync", {"reason": "redis_reconnected"})
+        body = {"merchantId": mid, "event": "stage", "data": "after the restart",
+                "key": "after-the-restart"}  # a retried publish is published once
+
+        async def published() -> str | None:  # the publish budget may still wait for the link
+            status, _, reply = await post_as(gw, body, JSON)
+            assert status in (200, 503), reply
+            return str(reply["id"]) if status == 200 else None
+
+        marker = await wait_for(published, timeout=20, interval=0.2,
+                                message="(a publish after the restart)")
+        assert (await s.next_event(10)).id == marker  # a snapshot would come first
+    assert metric(await get_metrics(gw), "gateway_snapshots_total") == 0
+
+
+async def test_sse_snapshot_jobs_keeps_only_the_most_recently_updated_jobs(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config={**DURABLE, "sse": {**DURABLE["sse"], "snapshot_jobs": 2}})
+    await publish(gw, mid, "progress", {"jobId": "A", "percent": 10})
+    b = await publish(gw, mid, "progress", {"jobId": "B", "percent": 10})
+    c = await publish(gw, mid, "progress", {"jobId": "C", "percent": 10})
+    a = await publish(gw, mid, "progress", {"jobId": "A", "percent": 20})  # A is newer than C
+    async with open_stream(gw.stream_url(shop)) as s:
+        frame = await snapshot_after_connected(s)
+    assert frame.id == a
+    assert [(j["job"], j["id"]) for j in frame.json()["jobs"]] == [("C", c), ("A", a)], b
+    client = redis.Redis.from_url(redis_server.url)
+    try:  # the publish script capped the state in Redis, not the read
+        jobs, jobids = job_state_keys(mid)
+        assert (client.hlen(jobs), client.zcard(jobids)) == (2, 2)
+    finally:
+        client.close()
 
 
 async def test_streams_opening_under_a_publisher_see_state_then_every_later_event_once(
