@@ -17,7 +17,7 @@ from test_durable_e2e import AUTH, DURABLE, REPO_ROOT, connected
 from test_durable_e2e import post as post_as
 
 from gateway.durable.ids import history_keys, idempotency_key
-from gateway.durable.publisher import AsyncPublisher, Publisher
+from gateway.durable.publisher import AsyncPublisher, Outcome, Publication, Publisher
 from tools.services import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
@@ -92,6 +92,79 @@ async def test_an_array_answers_stale_and_duplicate_by_index(
     ids = reply["ids"]
     assert ids[1] == ids[0] and ids[2] is None and ids[3] is None and ids[4]
     assert reply["stale"] == [2, 3] and reply["duplicate"] == [1]
+
+
+async def test_a_key_repeated_in_an_array_and_across_requests_reaches_every_stream_once(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    async with open_stream(gw.stream_url(shop)) as s1, open_stream(gw.stream_url(shop)) as s2:
+        for s in (s1, s2):
+            await connected(s)
+        status, _, first = await post(gw, [
+            event(mid, "progress", {"jobId": "d", "percent": 10}, key="d-10"),
+            event(mid, "progress", {"jobId": "d", "percent": 10}, key="d-10"),  # in the array
+            event(mid, "stage", {"jobId": "e", "stage": "parse"}, key="e-parse"),
+        ])
+        assert status == 200, first
+        d10, again, parse = first["ids"]
+        assert again == d10 and first["duplicate"] == [1] and parse not in (None, d10)
+        status, _, second = await post(gw, [
+            event(mid, "stage", {"jobId": "e", "stage": "parse"}, key="e-parse"),  # across
+            event(mid, "progress", {"jobId": "d", "percent": 10}, key="d-10"),
+            event(mid, "completion", {"jobId": "e"}, key="e-done"),
+        ])
+        assert status == 200, second
+        assert second["ids"][:2] == [parse, d10] and second["duplicate"] == [0, 1]
+        done = second["ids"][2]
+        status, _, later = await post(gw, event(mid, "stage", "later"))
+        assert status == 200, later
+        published = [d10, parse, done, later["id"]]
+        for s in (s1, s2):  # a repeat would come before `later`, published after it
+            assert [e.id for e in await s.events(len(published), 10)] == published
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.xlen(history_keys(mid)[0]) == len(published)
+    finally:
+        client.close()
+
+
+async def test_the_python_helper_repeating_a_key_reaches_every_stream_once(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    sync_client = redis.Redis.from_url(redis_server.url)
+    async_client = aioredis.Redis.from_url(redis_server.url)
+    settings = {"history": DURABLE["sse"]["history"], "ttl_s": DURABLE["redis"]["history_ttl"]}
+    try:
+        publisher = Publisher(sync_client, **settings)
+        apublisher = AsyncPublisher(async_client, **settings)
+        async with open_stream(gw.stream_url(shop)) as s1, \
+                open_stream(gw.stream_url(shop)) as s2:
+            for s in (s1, s2):
+                await connected(s)
+            data = {"jobId": "h", "percent": 10}
+            first = publisher.publish(mid, "progress", data, key="h-10")
+            assert first is not None
+            assert publisher.publish(mid, "progress", data, key="h-10") == first
+            assert await apublisher.publish(mid, "progress", data, key="h-10") == first
+            batch = await apublisher.publish_many([
+                Publication(mid, "stage", b'{"jobId":"i","stage":"a"}', key="i-a"),
+                Publication(mid, "stage", b'{"jobId":"i","stage":"a"}', key="i-a"),
+                Publication(mid, "progress", b'{"jobId":"h","percent":10}', key="h-10"),
+            ])
+            stage = batch[0].id
+            assert stage not in (None, first) and batch[1:] == [
+                Outcome(stage, duplicate=True), Outcome(first, duplicate=True)]
+            later = await apublisher.publish(mid, "completion", {"jobId": "h"}, key="h-done")
+            assert later not in (None, first, stage)
+            for s in (s1, s2):  # a repeat would come before `later`, published after it
+                assert [e.id for e in await s.events(3, 10)] == [first, stage, later]
+    finally:
+        sync_client.close()
+        await async_client.aclose()
 
 
 async def test_a_key_publishes_again_once_redis_idempotency_ttl_has_passed(
