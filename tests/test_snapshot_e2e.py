@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
 from rolling_support import upstream_conf
 from support import Event, open_stream, wait_for
+from support import publish as publish_plain
 from test_durable_e2e import AUTH, DURABLE, connected
 from test_durable_e2e import post as post_as
 
@@ -285,20 +286,43 @@ async def test_streams_opening_under_a_publisher_see_state_then_every_later_even
 
 
 async def test_every_process_serves_the_same_snapshot(
-    gateway_factory: Any, nginx_factory: Any, merchant: Any
+    gateway_factory: Any, nginx_factory: Any, merchant: Any, redis_server: RedisServer
 ) -> None:
     mid, shop = merchant
     pair = gateway_factory.start(config={**DURABLE, "server": {"workers": 2}})
     other = gateway_factory.start(config=DURABLE)
+    await wait_for(  # /health answered from the first worker to listen; wait for both
+        lambda: pair.log_text().count(f"listening on 127.0.0.1:{pair.port}") == 2,
+        timeout=15, message="(both workers listening)")
     for n in range(5):
         await publish(pair, mid, "progress", {"jobId": f"j{n % 3}", "percent": n * 10})
     port = free_port()
     nginx = nginx_factory(upstream_conf(port, [pair.port, other.port]), port=port)
-    urls = [pair.stream_url(shop), other.stream_url(shop),
-            f"http://127.0.0.1:{nginx.port}{STREAM_PATH}?shop={shop}"]
-    frames = []
-    for url in urls:
-        for _ in range(4):  # workers: 2 shares one port; several connects reach both
-            async with open_stream(url) as s:
-                frames.append(await snapshot_after_connected(s))
+    frames: list[Event] = []
+
+    async def served_by(url: str) -> str:
+        """Compare one more snapshot; the process that served it: a plain marker's
+        process-local id (`PREFIX-N`) names it."""
+        async with open_stream(url) as s:
+            frames.append(await snapshot_after_connected(s))
+            marker = f"where-{len(frames)}"
+            assert await publish_plain(redis_server.url, f"merchant:{mid}:stage", marker) >= 1
+            probe = await s.next_event(10)
+            while probe.data != marker:  # an earlier marker this process got late
+                assert probe.event == "stage" and probe.data.startswith("where-"), probe
+                probe = await s.next_event(10)
+            assert probe.id and ":" not in probe.id, probe
+            return probe.id.rsplit("-", 1)[0]
+
+    workers: list[str] = []
+    for _ in range(20):  # workers: 2 share one port: each connect's new source port picks
+        workers.append(await served_by(pair.stream_url(shop)))  # one (20 on one: 2**-19)
+        if len(workers) >= 4 and len(set(workers)) == 2:
+            break
+    assert len(set(workers)) == 2, workers  # both workers served some of the connects
+    others = {await served_by(other.stream_url(shop)) for _ in range(4)}
+    proxied = {await served_by(f"http://127.0.0.1:{nginx.port}{STREAM_PATH}?shop={shop}")
+               for _ in range(4)}
+    assert len(others) == 1 and not others & set(workers), (others, workers)
+    assert proxied <= others | set(workers), proxied
     assert len({(f.id, json.dumps(f.json(), sort_keys=True)) for f in frames}) == 1, frames
