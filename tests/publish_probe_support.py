@@ -5,6 +5,7 @@ to every endpoint, media types and encodings, stalled bodies, echoing 400 pages.
     bomb()                                  # 1 MB of gzip that inflates to 1000 MiB
     status = await send_with_body(port, head, body)
     cpu_seconds(pid)                        # the process and its children (workers)
+    shipped_nginx(nginx_factory, gw.port)   # config/nginx.conf in front of a gateway
 """
 
 from __future__ import annotations
@@ -16,10 +17,18 @@ import time
 import zlib
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from hostile_support import status_of
 
-__all__ = ["BOMB_INFLATED", "bomb", "cpu_seconds", "p99", "read_until_closed", "send_with_body"]
+from tools.services import NginxServer, free_port, nginx_main_conf
+
+__all__ = [
+    "BOMB_INFLATED", "bomb", "cpu_seconds", "p99", "read_until_closed", "send_with_body",
+    "shipped_nginx",
+]
+
+NGINX_CONF = Path(__file__).resolve().parent.parent / "config" / "nginx.conf"
 
 MiB = 1024 * 1024
 BOMB_INFLATED = 1000 * MiB
@@ -108,3 +117,16 @@ def cpu_seconds(pid: int) -> float:
 def p99(samples: list[float]) -> float:
     ordered = sorted(samples)
     return ordered[int(0.99 * (len(ordered) - 1))] if ordered else float("inf")
+
+
+def shipped_nginx(nginx_factory: Any, gateway_port: int) -> NginxServer:
+    """The shipped config/nginx.conf in front of the gateway, its body timeout at 2 s."""
+    text = NGINX_CONF.read_text()
+    port = free_port()
+    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    text = text.replace("/var/log/nginx/gateway_access.log", "@PREFIX@/logs/gateway_access.log")
+    assert "client_body_timeout 10s;" in text
+    text = text.replace("client_body_timeout 10s;", "client_body_timeout 2s;")
+    server: NginxServer = nginx_factory(nginx_main_conf(text), port=port)
+    return server

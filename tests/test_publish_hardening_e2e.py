@@ -14,35 +14,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hostile_support import LivenessProbe, session_token, status_of
-from publish_probe_support import bomb, cpu_seconds, p99, read_until_closed, send_with_body
+from publish_probe_support import (
+    bomb,
+    cpu_seconds,
+    p99,
+    read_until_closed,
+    send_with_body,
+    shipped_nginx,
+)
 from support import http_json
-
-from tools.services import NginxServer, free_port, nginx_main_conf
 
 pytestmark = pytest.mark.timeout(90)
 
 KEY = "probe-publish-key-5e4d3c2b1a"
 SECRET = "probe-session-secret-0f1e2d3c4b5a6978"
 LEAK = b"Bearer leak-me-9c8b7a"
-NGINX_CONF = Path(__file__).resolve().parent.parent / "config" / "nginx.conf"
-
-
-def _nginx(nginx_factory: Any, gateway_port: int) -> NginxServer:
-    """The shipped config/nginx.conf in front of the gateway, its body timeout at 2 s."""
-    text = NGINX_CONF.read_text()
-    port = free_port()
-    text = text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway_port}")
-    text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
-    text = text.replace("/var/log/nginx/gateway_access.log", "@PREFIX@/logs/gateway_access.log")
-    assert "client_body_timeout 10s;" in text
-    text = text.replace("client_body_timeout 10s;", "client_body_timeout 2s;")
-    server: NginxServer = nginx_factory(nginx_main_conf(text), port=port)
-    return server
 
 
 def _publish_head(path: str, extra: bytes = b"", key: str = KEY) -> bytes:
@@ -162,7 +152,7 @@ async def test_request_bodies_never_inflated_nor_waited_for(
     assert gw.pid is not None
     port = gw.port
     if mode == "nginx":
-        port = _nginx(nginx_factory, gw.port).port
+        port = shipped_nginx(nginx_factory, gw.port).port
     await _probe(port, gw.path, shop, session_token(shop, SECRET), via_nginx=mode == "nginx",
                  pid=gw.pid, live_port=gw.port, body_timeout=1)
     assert gw.returncode is None
