@@ -6,6 +6,9 @@ reconnect: the newest id (one shared HMGET) already says `resync`.
 
 Crafted ids (odd digits, huge, negative) are served or refused, never a closed 200
 that leaves a phantom subscriber behind.
+
+The looping and forged-envelope cases run directly, with `server.workers: 2`, and
+through the shipped nginx config.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
+from publish_probe_support import shipped_nginx
 from support import open_stream, publish
 from test_durable_e2e import AUTH, DURABLE, connected
 from test_durable_e2e import post as post_as
@@ -25,18 +29,30 @@ pytestmark = pytest.mark.timeout(120)
 
 LOOPS, ROUNDS = 20, 10  # 200 reconnects
 JSON = {**AUTH, "Content-Type": "application/json"}
+MODES = ["direct", "workers", "nginx"]
+
+
+def _config(mode: str) -> dict[str, Any]:
+    return {**DURABLE, "server": {"workers": 2 if mode == "workers" else 1}}
+
+
+def _stream_url(gw: Any, shop: str, nginx: Any = None) -> str:
+    """The stream URL of `shop` on `gw`, or through `nginx` in front of it."""
+    url = gw.stream_url(shop)
+    return url if nginx is None else f"http://127.0.0.1:{nginx.port}{url[len(gw.base_url):]}"
 
 
 async def post(gw: Any, body: Any) -> tuple[int, Any, Any]:
     return await post_as(gw, body, JSON)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("mode", MODES)
 async def test_foreign_and_past_head_ids_resync_without_a_history_read(
-    gateway_factory: Any, merchant: Any, workers: int
+    gateway_factory: Any, nginx_factory: Any, merchant: Any, mode: str
 ) -> None:
     mid, shop = merchant
-    gw = gateway_factory.start(config={**DURABLE, "server": {"workers": workers}})
+    gw = gateway_factory.start(config=_config(mode))
+    url = _stream_url(gw, shop, shipped_nginx(nginx_factory, gw.port) if mode == "nginx" else None)
     status, _, reply = await post(gw, [{"merchantId": mid, "event": "stage", "data": n}
                                        for n in range(3)])
     assert status == 200, reply
@@ -48,7 +64,7 @@ async def test_foreign_and_past_head_ids_resync_without_a_history_read(
         reasons = []
         for n in range(ROUNDS):
             last_id = hostile[(k + n) % 2]
-            async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": last_id}) as s:
+            async with open_stream(url, headers={"Last-Event-ID": last_id}) as s:
                 await connected(s)
                 first = await s.next_event(10)
                 assert first.event == "resync", first
@@ -72,16 +88,17 @@ async def test_foreign_and_past_head_ids_resync_without_a_history_read(
     assert reads == reads0  # not one history read
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("mode", MODES)
 async def test_a_forged_envelope_cannot_make_a_client_skip_real_events(
-    gateway_factory: Any, merchant: Any, redis_server: Any, workers: int
+    gateway_factory: Any, nginx_factory: Any, merchant: Any, redis_server: Any, mode: str
 ) -> None:
     """A plain PUBLISH imitating the envelope, with an id ahead of the history, is
     delivered as a plain event: resuming after it, here or on another process,
-    brings every real durable event after it."""
+    brings every real durable event after it. (In mode "nginx" the streams of `a`
+    go through the shipped nginx config in front of it.)"""
     mid, shop = merchant
-    config = {**DURABLE, "server": {"workers": workers}}
-    a, b = gateway_factory.start(config=config), gateway_factory.start(config=config)
+    a, b = gateway_factory.start(config=_config(mode)), gateway_factory.start(config=_config(mode))
+    front = {a: shipped_nginx(nginx_factory, a.port) if mode == "nginx" else None, b: None}
 
     async def durable(n: int) -> str:
         status, _, reply = await post(a, {"merchantId": mid, "event": "stage", "data": f"d{n}"})
@@ -90,7 +107,7 @@ async def test_a_forged_envelope_cannot_make_a_client_skip_real_events(
 
     client = aioredis.Redis.from_url(redis_server.url)
     try:
-        async with open_stream(a.stream_url(shop)) as s:
+        async with open_stream(_stream_url(a, shop, front[a])) as s:
             await connected(s)
             real = [await durable(n) for n in range(1, 5)]
             epoch = real[0].partition(":")[0]
@@ -108,11 +125,12 @@ async def test_a_forged_envelope_cannot_make_a_client_skip_real_events(
     assert forged.id != forged_id and ":" not in forged.id  # a plain event's local id
     assert [e.id for e in got if e.data != "forged"] == real
     for gw in (a, b):  # resuming after the forged event: the same process, another one
-        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": forged.id}) as s:
+        resume = _stream_url(gw, shop, front[gw])
+        async with open_stream(resume, headers={"Last-Event-ID": forged.id}) as s:
             await connected(s)
             first = await s.next_event(10)
             if first.event == "resync":  # another process: a local id is foreign there
-                assert gw is b or workers == 2, first
+                assert gw is b or mode == "workers", first
             else:
                 assert [first.data, *[e.data for e in await s.events(4, 10)]] == [
                     f"d{n}" for n in range(5, 10)
