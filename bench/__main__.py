@@ -23,12 +23,12 @@ from bench import records
 from bench.entry import run_main
 from bench.report import ok, table
 from bench.streams import raise_nofile
-from bench.systems import make_tmp, parse_system
+from bench.systems import durable_split, make_tmp, parse_system
 from bench.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_SYSTEMS = "gateway1,gateway1-durable,gateway2,nchan-memory,nchan-redis,naive"
+DEFAULT_SYSTEMS = "gateway1,gateway1-durable,gateway1-durable-http,gateway2,nchan-memory,nchan-redis,naive"
 DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
@@ -92,15 +92,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_durable_ratio(rows: list[dict]) -> None:
-    """Server CPU per delivery of durable over plain publishing, per rate (same run)."""
-    for durable in (r for r in rows if r["system"].endswith("-durable") and "error" not in r):
-        plain = next((r for r in rows if r["system"] == durable["system"][:-8]
+    """CPU per delivery of durable over plain publishing, per rate (same run): the
+    server's, and the server's and Redis's together."""
+    for durable in (r for r in rows if durable_split(r["system"]) and "error" not in r):
+        plain_name, kind = durable_split(durable["system"]) or ("", "")
+        plain = next((r for r in rows if r["system"] == plain_name
                       and r.get("rate") == durable["rate"] and "error" not in r), None)
-        if plain and plain.get("us_per_event_server"):
-            ratio = durable["us_per_event_server"] / plain["us_per_event_server"]
-            print(f"durable/plain server CPU per delivery at R={durable['rate']:g}: "
-                  f"{ratio:.3f} ({durable['us_per_event_server']} vs "
-                  f"{plain['us_per_event_server']} us)")
+        if plain and plain.get("us_per_event_server") and plain.get("us_per_event"):
+            server = durable["us_per_event_server"] / plain["us_per_event_server"]
+            total = durable["us_per_event"] / plain["us_per_event"]
+            print(f"{kind}/plain CPU per delivery at R={durable['rate']:g}: server {server:.3f} "
+                  f"({durable['us_per_event_server']} vs {plain['us_per_event_server']} us), "
+                  f"server+Redis {total:.3f} ({durable['us_per_event']} vs "
+                  f"{plain['us_per_event']} us)")
 
 
 def main(argv: list[str] | None = None) -> int:

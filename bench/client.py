@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offset", type=int, default=0, help="global index of the first stream")
     p.add_argument("--merchants", type=int, default=200)
     p.add_argument("--drain", type=float, default=5)
-    p.add_argument("--publish", choices=["redis", "durable", "nchan"], default="redis")
+    p.add_argument("--publish", choices=["redis", "durable", "durable-http", "nchan"],
+                   default="redis")
     p.add_argument("--redis-url", default="")
     p.add_argument("--pub-port", type=int, default=0)
     p.add_argument("--payload", type=int, default=0, help="bytes of padding per message")

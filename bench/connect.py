@@ -40,7 +40,7 @@ from bench.__main__ import start_postgres
 from bench.client_proc import ClientProc
 from bench.entry import run_main
 from bench.gateway_system import Gateway
-from bench.systems import Floor, Nchan, System, make_tmp, parse_system
+from bench.systems import Floor, Nchan, System, durable_split, make_tmp, parse_system
 
 __all__ = ["main", "ratios", "report", "run"]
 
@@ -62,7 +62,7 @@ def make_system(name: str, tmp: Path, pg, streams: int) -> System:
     if name in (FLOOR, LOW_LEVEL_FLOOR):
         return Floor(name, 1, tmp, low_level=name == LOW_LEVEL_FLOOR)
     kind, workers = parse_system(name)
-    if kind == "gateway" and not name.endswith("-durable"):
+    if kind == "gateway" and durable_split(name) is None:
         return ShippedLogGateway(name, workers, tmp, pg.dsn, streams)
     if kind.startswith("nchan"):
         return Nchan(name, workers, tmp, use_redis=(kind == "nchan-redis"))

@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from bench.gateway_src import gateway_src
-from bench.systems import PY, STREAM_PATH, System
+from bench.publishers import PUBLISH_KEY
+from bench.systems import PY, STREAM_PATH, System, durable_split
 from tools.gateway import GatewayServer
 from tools.services import RedisServer, free_port
 
@@ -30,8 +31,9 @@ class Gateway(System):
         self.notes: list[str] = []
         self.server: GatewayServer | None = None
         self._launch: tuple[Path, dict[str, str], Path] | None = None  # set by configure()
-        if name.endswith("-durable"):
-            self.publish = "durable"
+        durable = durable_split(name)
+        if durable is not None:
+            self.publish = durable[1]
 
     def config_text(self, admission: bool) -> str:
         n = max(self.streams + 1000, 1000)
@@ -49,6 +51,7 @@ class Gateway(System):
             f"  max_connections: {n}\n"
             f"  max_connections_per_merchant: {n}\n"
             "logging:\n  level: WARNING\n"
+            + (f"auth:\n  publish_key: {PUBLISH_KEY}\n" if self.publish == "durable-http" else "")
         )
 
     def redis_url(self) -> str:

@@ -36,7 +36,8 @@ from bench import jobs_record, procstat
 from bench.__main__ import start_postgres
 from bench.gateway_system import Gateway
 from bench.jobs_record import KEYED
-from bench.publish_load import KEY, JobRequests, Requests, cycled, drive, nchan_requests
+from bench.publish_load import JobRequests, Requests, cycled, drive, nchan_requests
+from bench.publishers import PUBLISH_KEY
 from bench.redis_costs import command_calls
 from bench.systems import Nchan, System, make_tmp
 from bench.trial import gateway_samples
@@ -48,7 +49,7 @@ class PublishingGateway(Gateway):
     """bench.gateway_system.Gateway with the HTTP publish API switched on."""
 
     def config_text(self, admission: bool) -> str:
-        return super().config_text(admission) + f"auth:\n  publish_key: {KEY}\n"
+        return super().config_text(admission) + f"auth:\n  publish_key: {PUBLISH_KEY}\n"
 
 
 def recorded(system: System) -> int:

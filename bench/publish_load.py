@@ -8,11 +8,10 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from bench.publishers import PipelinedHttp
+from bench.publishers import PUBLISH_KEY, PipelinedHttp
 
-__all__ = ["KEY", "ClosedLoop", "JobRequests", "Requests", "cycled", "drive", "nchan_requests"]
+__all__ = ["ClosedLoop", "JobRequests", "Requests", "cycled", "drive", "nchan_requests"]
 
-KEY = "bench-publish-key-0123456789"  # auth.publish_key of the gateway under test
 
 
 class ClosedLoop(PipelinedHttp):
@@ -60,9 +59,9 @@ class JobRequests:
     without ``seq`` and ``key`` (the only difference between the two)."""
 
     def __init__(self, port: int, batch: int, merchants: int, conn: int, keyed: bool) -> None:
-        self.head = (f"POST /api/realtime/events/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}"
-                     f"\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
-                     ).encode()
+        self.head = (f"POST /api/realtime/events/publish HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Authorization: Bearer {PUBLISH_KEY}\r\n"
+                     "Content-Type: application/json\r\n").encode()
         self.batch, self.merchants, self.conn, self.keyed = batch, merchants, conn, keyed
 
     def item(self, e: int) -> bytes:

@@ -1,5 +1,7 @@
 """Publishers used by the load client: pipelined Redis PUBLISH, durable publishes
-(`gateway/broker/publish.lua`, pipelined) or nchan HTTP POSTs.
+(`gateway/durable/publish.lua` run by the Python helper, pipelined), the same
+events as one JSON array per tick through the gateway's `POST .../publish`
+(``durable-http``), or nchan HTTP POSTs.
 
 Message ``k`` goes to merchant ``m{k % M}`` with payload
 ``{"jobId":"j{k}","t":<time_ns>,"seq":k}`` (every jobId unique: never coalesced).
@@ -11,7 +13,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["PipelinedHttp", "Publisher", "payload", "publish_loop"]
+__all__ = ["PUBLISH_KEY", "PipelinedHttp", "Publisher", "payload", "publish_loop"]
+
+PUBLISH_KEY = "bench-publish-key-0123456789"  # auth.publish_key of a gateway taking HTTP publishes
 
 
 def payload(k: int, pad: bytes = b"") -> bytes:
@@ -93,6 +97,21 @@ class PipelinedHttp(asyncio.Protocol):
         self.buf = buf
 
 
+def _publish_request(host: str, events: list[tuple[str, bytes]]) -> bytes:
+    """One POST of the gateway's publish API: `progress` events as a JSON array."""
+    body = b"[" + b",".join(b'{"merchantId":"%s","event":"progress","data":%s}' % (
+        merchant.encode(), data) for merchant, data in events) + b"]"
+    return (f"POST /api/realtime/events/publish HTTP/1.1\r\n{host}"
+            f"Authorization: Bearer {PUBLISH_KEY}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _nchan_request(host: str, channel: str, body: bytes) -> bytes:
+    """One POST of nchan's publisher endpoint: one message."""
+    return (f"POST /pub/{channel} HTTP/1.1\r\n{host}Content-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 class Publisher:
     """One publishing connection (Redis or nchan), reused across windows."""
 
@@ -143,17 +162,14 @@ class Publisher:
             return
         assert self._tr is not None and self._proto is not None
         host = f"Host: 127.0.0.1:{self.pub_port}\r\n"
-        parts = []
-        for k in range(a, b):
-            body = payload(k, pad)
-            parts.append(
-                f"POST /pub/m{k % m} HTTP/1.1\r\n{host}Content-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n".encode()
-            )
-            parts.append(body)
-        self._tr.write(b"".join(parts))
+        if self.kind == "durable-http":  # one array per tick
+            requests = [_publish_request(host, [(f"m{k % m}", payload(k, pad))
+                                                for k in range(a, b)])]
+        else:  # nchan: one message per request
+            requests = [_nchan_request(host, f"m{k % m}", payload(k, pad)) for k in range(a, b)]
+        self._tr.write(b"".join(requests))
+        self.sent_total += len(requests)  # requests sent: each is answered once
         proto = self._proto
-        self.sent_total += b - a
         proto.backlog_max = max(proto.backlog_max, self.sent_total - proto.responses)
         for _ in range(2000):  # bounded backlog of unanswered requests
             if self.sent_total - proto.responses < 20000:

@@ -60,16 +60,29 @@ def stop_pid_tree(proc: subprocess.Popen, pids: list[int], timeout: float) -> No
             pass
 
 
+DURABLE_KINDS = {"-durable": "durable", "-durable-http": "durable-http"}
+
+
 def parse_system(name: str) -> tuple[str, int]:
     """``gateway2`` -> (``gateway``, 2); ``nchan-memory`` -> (``nchan-memory``, 1).
 
-    ``gatewayW-durable`` is the gateway fed by durable publishes (``publish.lua``)
-    instead of plain PUBLISH: the same trial, so the two compare in one run.
+    ``gatewayW-durable`` is the gateway fed by durable publishes (``publish.lua``
+    run by the Python helper) instead of plain PUBLISH, ``gatewayW-durable-http``
+    by the same events through its HTTP publish API (arrays, one per tick): the
+    same trial, so they compare with plain in one run.
     """
-    m = re.fullmatch(r"(gateway|nchan-memory|nchan-redis|naive)(\d*)(-durable)?", name)
+    m = re.fullmatch(r"(gateway|nchan-memory|nchan-redis|naive)(\d*)(-durable(?:-http)?)?", name)
     if not m or (m.group(3) and m.group(1) != "gateway"):
         raise ValueError(f"unknown system {name!r}")
     return m.group(1), int(m.group(2) or 1)
+
+
+def durable_split(name: str) -> tuple[str, str] | None:
+    """``gateway1-durable-http`` -> (``gateway1``, ``durable-http``); None for a plain one."""
+    for suffix, kind in sorted(DURABLE_KINDS.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return None
 
 
 class System:
@@ -99,7 +112,9 @@ class System:
     def client_args(self) -> list[str]:
         args = ["--port", str(self.port), "--path-template", self.path_template]
         args += ["--publish", self.publish]
-        if self.publish in ("redis", "durable"):
+        if self.publish == "durable-http":
+            args += ["--pub-port", str(self.port)]
+        elif self.publish in ("redis", "durable"):
             assert self.redis is not None
             args += ["--redis-url", self.redis.url]
         else:

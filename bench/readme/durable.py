@@ -7,8 +7,9 @@ from collections import defaultdict
 
 from bench import jobs_record
 from bench.readme.common import SELF, Rows, averaged, ms, no_record, runs, stamp_text
+from bench.systems import durable_split
 
-DURABLE = "python -m bench --systems gateway1,gateway1-durable"
+DURABLE = "python -m bench --systems gateway1,gateway1-durable,gateway1-durable-http"
 STORMS = ("python -m bench.storm", "python -m bench.storm --query-timeout 6")
 
 
@@ -21,29 +22,41 @@ def durable_block(compare_rows: Rows, jobs: Rows, storms: Rows) -> str:
     return "\n".join(lines)
 
 
+_KIND_TEXT = {"durable": "durable (the Python helper runs publish.lua)",
+              "durable-http": "durable through `POST /publish` (one array per 5 ms tick)"}
+
+
 def _durable_delivery(rows: Rows) -> str:
+    """One line per durable kind of the newest compare run that has it, against plain."""
     found = [(c, run) for c, run in runs(rows).items()
-             if any(r["system"].endswith("-durable") for r in run)]
+             if any(durable_split(r["system"]) for r in run)]
     if not found:
         return no_record("Delivery, durable over plain", (DURABLE,), "compare.jsonl")
     command, run = max(found, key=lambda cr: cr[1][-1].get("ts", ""))
     mean = averaged(run)
-    pairs = sorted((rate, d, mean[s[:-8], rate]) for (s, rate), d in mean.items()
-                   if s.endswith("-durable") and (s[:-8], rate) in mean)
-    if not pairs:
-        return no_record("Delivery, durable over plain", (DURABLE,), "compare.jsonl")
     first = run[0]
-    srv = [(d["us_per_event_server"], p["us_per_event_server"]) for _, d, p in pairs]
-    tot = [(d["us_per_event"], p["us_per_event"]) for _, d, p in pairs]
-    ratio = " / ".join(f"{d / p:.2f}" for d, p in srv)
-    both = " / ".join(f"{d / p:.2f}" for d, p in tot)
-    return (f"- **Delivery** (`{command}`, {stamp_text(first)}; N={first['streams']:,}, "
-            f"M={first['merchants']:,}): server CPU per delivery, durable over plain, was "
-            f"{ratio} at {' / '.join(f'{r:g}' for r, _, _ in pairs)} msg/s ("
+    lines = []
+    for kind, text in _KIND_TEXT.items():
+        pairs = sorted((rate, d, mean[split[0], rate]) for (s, rate), d in mean.items()
+                       if (split := durable_split(s)) and split[1] == kind
+                       and (split[0], rate) in mean)
+        if not pairs:
+            continue
+        srv = [(d["us_per_event_server"], p["us_per_event_server"]) for _, d, p in pairs]
+        tot = [(d["us_per_event"], p["us_per_event"]) for _, d, p in pairs]
+        lines.append(
+            f"- **Delivery, {text}** (`{command}`, {stamp_text(first)}; "
+            f"N={first['streams']:,}, M={first['merchants']:,}): server CPU per delivery, "
+            f"durable over plain, was " + " / ".join(f"{d / p:.2f}" for d, p in srv)
+            + f" at {' / '.join(f'{r:g}' for r, _, _ in pairs)} msg/s ("
             + ", ".join(f"{d:.1f} vs {p:.1f}" for d, p in srv) + " µs); gateway and Redis "
-            f"together {both} (" + ", ".join(f"{d:.1f} vs {p:.1f}" for d, p in tot)
-            + " µs); p99 " + " / ".join(ms(d["p99_ms"]) for _, d, _ in pairs) + " ms against "
+            "together " + " / ".join(f"{d / p:.2f}" for d, p in tot) + " ("
+            + ", ".join(f"{d:.1f} vs {p:.1f}" for d, p in tot) + " µs); p99 "
+            + " / ".join(ms(d["p99_ms"]) for _, d, _ in pairs) + " ms against "
             + " / ".join(ms(p["p99_ms"]) for _, _, p in pairs) + " ms.")
+    if not lines:
+        return no_record("Delivery, durable over plain", (DURABLE,), "compare.jsonl")
+    return "\n".join(lines)
 
 
 def _http_publish(rows: Rows) -> str:
