@@ -39,6 +39,7 @@ __all__ = [
     "http_json",
     "open_stream",
     "publish",
+    "report",
     "stream_session",
     "unique_merchant",
     "wait_for",
@@ -459,3 +460,17 @@ def unique_merchant(prefix: str = "m") -> tuple[str, str]:
     n = next(_counter)
     tag = f"{prefix}-{os.getpid()}-{n}-{time.monotonic_ns() % 100000}".lower()
     return f"{tag}-id", f"{tag}.myshopify.com"
+
+
+def report(config: Any, text: str) -> None:
+    """Write `text` to the terminal even while pytest captures output (a test's figures,
+    such as an image's size or a drain's reconnect histogram, belong in `make test`'s
+    output). `config` is pytest's (`request.config`)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        print(text)
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        for line in text.splitlines():
+            reporter.write_line(line)

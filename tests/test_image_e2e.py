@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import http_status, open_stream, publish, wait_until
+from support import http_status, open_stream, publish, report, wait_until
 
 from tools.image import ImageError, Podman, build_image
 from tools.services import PostgresServer, RedisServer, free_port
@@ -38,13 +38,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/event-gateway:test"
 HOST_FROM_CONTAINER = "10.0.2.2"  # slirp4netns: the host's loopback
 SHUTDOWN_TIMEOUT = 10  # config/gateway.yaml, server.shutdown_timeout (the image's default)
-
-
-def _report(request: pytest.FixtureRequest, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    print(line)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,8 @@ def image(request: pytest.FixtureRequest) -> tuple[Podman, str]:
     except ImageError as e:
         pytest.fail(str(e))
     size = podman.size(tag)
-    _report(request, f"\nimage {tag}: {size / 1e6:.0f} MB (built in {time.monotonic() - t0:.0f}s)")
+    report(request.config, f"\nimage {tag}: {size / 1e6:.0f} MB (built in "
+                           f"{time.monotonic() - t0:.0f}s)")
     return podman, tag
 
 

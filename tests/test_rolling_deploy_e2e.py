@@ -34,7 +34,7 @@ import pytest
 from delivery_support import metric_value
 from redis.asyncio import Redis
 from rolling_support import Follower, histogram, reload_upstream, upstream_conf
-from support import http_json, unique_merchant, wait_for
+from support import http_json, report, unique_merchant, wait_for
 
 from gateway.durable.publisher import AsyncPublisher
 from tools.gateway import GatewayServer
@@ -82,6 +82,7 @@ async def publish_throughout(redis_url: str, merchants: list[str], stop: asyncio
 
 async def test_rolling_restart_of_three_gateways_loses_and_duplicates_nothing(
     gateway_factory: Any, nginx_factory: Any, redis_server: Any, postgres_server: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
     t_start = time.monotonic()
     merchants = [unique_merchant("roll") for _ in range(MERCHANTS)]
@@ -108,8 +109,8 @@ async def test_rolling_restart_of_three_gateways_loses_and_duplicates_nothing(
             await asyncio.wait_for(asyncio.gather(*(f.connected.wait() for f in followers)), 60)
             per_gateway = [await metric_value(f"{g.base_url}/metrics", "gateway_connections")
                            for g in olds]
-            print(f"\n{CLIENTS} clients connected in {time.monotonic() - t_start:.1f}s; "
-                  f"streams per gateway: {per_gateway}")
+            report(request.config, f"\n{CLIENTS} clients connected in "
+                   f"{time.monotonic() - t_start:.1f}s; streams per gateway: {per_gateway}")
             assert all(per_gateway), per_gateway  # every gateway has streams to drain
             publisher = publishing = asyncio.create_task(
                 publish_throughout(redis_server.url, [m for m, _ in merchants],
@@ -151,14 +152,15 @@ async def test_rolling_restart_of_three_gateways_loses_and_duplicates_nothing(
     assert sum(f.resyncs for f in followers) == 0
 
     total = sum(len(v) for v in acked.values())
-    print(f"{total} durable events acknowledged, "
-          f"{sum(len(f.ids) for f in followers)} delivered exactly once to {CLIENTS} clients; "
-          f"wall time {time.monotonic() - t_start:.1f}s")
+    report(request.config, f"{total} durable events acknowledged, "
+           f"{sum(len(f.ids) for f in followers)} delivered exactly once to {CLIENTS} clients; "
+           f"wall time {time.monotonic() - t_start:.1f}s")
     for k, (sigterm, exited) in enumerate(drains, 1):
         offsets = [next(t for t in f.opened if t > s) - sigterm
                    for f in followers for s in f.shutdowns if sigterm <= s <= exited]
-        print(f"gateway {k}: exit {exited - sigterm:.1f}s after SIGTERM, {len(offsets)} "
-              f"streams drained; their reconnects, seconds after SIGTERM:\n{histogram(offsets)}")
+        report(request.config, f"gateway {k}: exit {exited - sigterm:.1f}s after SIGTERM, "
+               f"{len(offsets)} streams drained; their reconnects, seconds after SIGTERM:\n"
+               f"{histogram(offsets)}")
         assert offsets, f"gateway {k} drained no stream"
         assert max(offsets) - min(offsets) >= DRAIN_S / 2, offsets  # not one storm
         # the gateway's part of the spread is the `retry:` it announced; when the
