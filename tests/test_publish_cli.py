@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import redis
-from support import unique_merchant
+from support import ISOLATED_ENV, unique_merchant
 
 from gateway.config import Config, load_config
 from gateway.durable.cli import run_publish
 from gateway.durable.ids import DurableId, history_keys
 from tools.services import RedisServer, free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(redis_url: str) -> Config:
@@ -60,3 +67,20 @@ def test_redis_down_exit_1_without_the_password(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr()
     assert out.out == "" and out.err.count("\n") == 1
     assert "hunter2secret" not in out.err and "***" in out.err
+
+
+def test_the_cli_needs_no_database_url(redis_server: RedisServer) -> None:
+    """`python -m gateway publish` with only REDIS_URL set: a publisher host has no
+    PostgreSQL; the server itself still requires it (exit 2 naming it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env.update(REDIS_URL=redis_server.url, PYTHONPATH=str(REPO_ROOT))
+    mid, _ = unique_merchant("cli")
+    published = subprocess.run(
+        [sys.executable, "-m", "gateway", "publish", mid, "stage", '{"n": 1}'],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert published.returncode == 0, published.stderr
+    assert DurableId.parse(published.stdout.strip()) is not None, published.stdout
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert checked.returncode == 2 and "postgres" in checked.stderr.lower(), checked.stderr

@@ -13,12 +13,12 @@ rewritten and reloaded as endpoints change):
 
 Meanwhile 500 EventSource-like clients (25 merchants, spread over the gateways
 by nginx's consistent hash on `shop`) follow durable events that a backend
-publishes throughout with the Python library (gateway.publisher). Asserted:
+publishes throughout with the Python helper (gateway.durable.publisher). Asserted:
 every client got every acknowledged event of its merchant exactly once, in
 order; no client saw a non-200 answer, a connection error or `resync`; every
 old gateway exited 0; and each drained gateway announced reconnection times
 (`retry:`) spread over its drain window (its clients' reconnects: histogram
-printed). Wall time about 40 s.
+printed). Wall time about 15 s.
 """
 
 from __future__ import annotations
