@@ -6,7 +6,8 @@
   gateway's transport pauses and the gateway starts queueing for it.
 * :class:`CountingClient` — a cheap fast reader for large volumes: keeps the
   sequence numbers (``"n"`` in the JSON payload) of every event, not the bytes.
-* :func:`parse_sse` / :func:`dechunk` — offline parsing of captured bytes.
+* :func:`dechunk` — HTTP/1.1 chunked coding of captured bytes removed (the
+  events in them: ``support.parse_events``).
 * :func:`metric_value`, :func:`rss_bytes`.
 """
 
@@ -19,22 +20,20 @@ import re
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from support import Event, parse_events
 
 __all__ = [
     "CountingClient",
     "LaggingClient",
     "PeakRss",
     "Publisher",
-    "SseEvent",
     "dechunk",
     "metric_value",
     "padded",
-    "parse_sse",
     "rss_bytes",
     "stalled_stream",
 ]
@@ -79,22 +78,6 @@ class Publisher:
 # -- parsing ----------------------------------------------------------------------
 
 
-@dataclass
-class SseEvent:
-    id: str | None
-    event: str
-    data: str
-    fields: list[tuple[str, str]] = field(default_factory=list)
-
-    def json(self) -> Any:
-        return json.loads(self.data)
-
-    @property
-    def seq(self) -> int:
-        assert self.id is not None
-        return int(self.id.rpartition("-")[2])
-
-
 def dechunk(body: bytes) -> bytes:
     """Decode HTTP/1.1 chunked transfer coding; a truncated tail is kept as is."""
     out = bytearray()
@@ -116,30 +99,16 @@ def dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def parse_sse(text: bytes) -> list[SseEvent]:
-    """Dispatched events of a complete SSE byte string (LF line ends, as we send)."""
-    events: list[SseEvent] = []
-    for block in text.decode("utf-8", errors="replace").split("\n\n"):
-        fields: list[tuple[str, str]] = []
-        for line in block.split("\n"):
-            if not line or line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            fields.append((name, value[1:] if value.startswith(" ") else value))
-        data = [v for k, v in fields if k == "data"]
-        if not data:
-            continue
-        ident = next((v for k, v in reversed(fields) if k == "id"), None)
-        event = next((v for k, v in reversed(fields) if k == "event"), "message")
-        events.append(SseEvent(ident, event, "\n".join(data), fields))
-    return events
-
-
 # -- clients ----------------------------------------------------------------------
 
 
 class LaggingClient:
-    """A raw SSE client that stops reading after the first frame."""
+    """A raw SSE client that stops reading after the first frame.
+
+    Not support.open_stream: the point is a socket with a 4 KiB receive buffer set
+    before connecting and a reader that stops pulling from it, which aiohttp does not
+    offer. Its bytes are parsed by the suite's parser (``support.parse_events``).
+    """
 
     def __init__(self, host: str, port: int, target: str, rcvbuf: int = 4096) -> None:
         self.host = host
@@ -212,12 +181,14 @@ class LaggingClient:
                 return
             self.body += data
 
-    def events(self) -> list[SseEvent]:
+    def events(self) -> list[Event]:
+        """The events received so far, by the suite's SSE parser (a frame cut short
+        by the end of what was read is not an event)."""
         body = bytes(self.body)
         # the first frame was read with readuntil(b"\n\n"): it starts with a chunk size line
         if self.chunked:
             body = dechunk(body)
-        return parse_sse(body)
+        return parse_events(body)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -231,7 +202,14 @@ _N = re.compile(rb'data: \{"n": (\d+)')
 
 
 class CountingClient:
-    """A fast SSE reader for volume: records the ``n`` of every event payload."""
+    """A fast SSE reader for volume: records the ``n`` of every event payload.
+
+    Not support.open_stream: its streams get thousands of 10 KiB events (100 MiB in
+    the memory test) and must keep up, or the gateway queues for them too. The suite's
+    client keeps every byte and every parsed event and parses line by line: memory
+    and CPU taken on the machine running the gateway under test. This one keeps
+    one integer per event.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url

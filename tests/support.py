@@ -9,7 +9,8 @@
 
 The event parser and the raw reader have independent cursors: reading raw
 bytes does not consume events and vice versa.  ``s.raw`` holds every byte
-received so far.
+received so far.  ``parse_events(body)`` parses bytes a raw client captured
+with the same parser.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "SSEStream",
     "http_json",
     "open_stream",
+    "parse_events",
     "publish",
     "report",
     "stream_session",
@@ -93,13 +95,18 @@ class SSEStream:
         self.raw = bytearray()
         self.closed = False
         self.error: BaseException | None = None
+        self._cond = asyncio.Condition()
+        self._raw_pos = 0
+        self._init_parser()
+        self._task = asyncio.create_task(self._reader())
+
+    def _init_parser(self) -> None:
+        """The WHATWG parser's state (also used alone by :func:`parse_events`)."""
         # every comment line ever received (without ':'), in order
         self.comments: list[str] = []
         # blocks that had fields but were not dispatched (no data)
         self.undispatched: list[list[tuple[str, str]]] = []
         self.last_event_id = ""
-        self._cond = asyncio.Condition()
-        self._raw_pos = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
         self._text_pos = 0
@@ -111,7 +118,6 @@ class SSEStream:
         self._block_id: str | None = None
         self._retry: int | None = None
         self._bom_checked = False
-        self._task = asyncio.create_task(self._reader())
 
     # -- reading -----------------------------------------------------------
     async def _reader(self) -> None:
@@ -296,6 +302,16 @@ class SSEStream:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
         self.resp.close()
+
+
+def parse_events(body: bytes) -> list[Event]:
+    """The events in bytes already received whole (a raw client's body), parsed as
+    :class:`SSEStream` parses a live stream: a last block without its blank line is
+    not an event (a browser would not dispatch it either)."""
+    parser = SSEStream.__new__(SSEStream)  # the parser alone: no response, no reader task
+    parser._init_parser()
+    parser._feed(parser._decoder.decode(body, final=True), final=True)
+    return parser.pending_events()
 
 
 def stream_session(connect_timeout: float = 10) -> aiohttp.ClientSession:
