@@ -183,21 +183,31 @@ def _entry(epoch: str, raw_id: bytes | str, fields: dict[Any, Any]) -> DurableEv
     return DurableEvent(DurableId(epoch, offset), _text(event), payload)
 
 
-async def holds(
-    client: aioredis.Redis | Any, merchant_id: str, durable: DurableId, event: str, payload: bytes
-) -> bool:
-    """Whether the merchant's history has this event under `durable` (a message
-    claiming that id may be a plain PUBLISH imitating the envelope).
+Claim = tuple[str, DurableId, str, bytes]
+"""A message claiming a durable id: (merchant id, its id, event, payload)."""
+
+
+async def holds_many(client: aioredis.Redis | Any, claims: Sequence[Claim]) -> list[bool]:
+    """For each claim, whether the merchant's history has that event under that id (a
+    message claiming an id may be a plain PUBLISH imitating the envelope), read in one
+    MULTI (on Redis Cluster, where a MULTI stays in one slot, pass one claim at a time).
 
     An entry no longer kept (trimmed, or `sse.history: 0`) counts when the id is
     of the current epoch and not past its newest: no replay can start from it.
     """
-    stream, meta = history_keys(merchant_id)
-    entry_id = f"0-{durable.offset}"
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(meta, "epoch", "offset")
-        pipe.xrange(stream, entry_id, entry_id)
-        (epoch, head), entries = await pipe.execute()
+        for merchant_id, durable, _, _ in claims:
+            stream, meta = history_keys(merchant_id)
+            pipe.hmget(meta, "epoch", "offset")
+            pipe.xrange(stream, f"0-{durable.offset}", f"0-{durable.offset}")
+        replies = await pipe.execute()
+    return [_holds(durable, event, payload, *replies[2 * i: 2 * i + 2])
+            for i, (_, durable, event, payload) in enumerate(claims)]
+
+
+def _holds(durable: DurableId, event: str, payload: bytes, meta: list[Any],
+           entries: list[Any]) -> bool:
+    epoch, head = meta
     if epoch is None or _text(epoch) != durable.epoch or int(head or 0) < durable.offset:
         return False
     if not entries:

@@ -134,7 +134,7 @@ async def _late_resync(http: aiohttp.ClientSession, gw: GatewayServer, link: Lag
 
 async def _moved() -> int:
     from gateway.broker.connection import make_cluster_client
-    from gateway.durable.history import holds  # the envelope check's read
+    from gateway.durable.history import holds_many  # the envelope check's read
     from gateway.durable.ids import DurableId
     from tools.cluster import RedisCluster
 
@@ -144,8 +144,8 @@ async def _moved() -> int:
         pub = helper_for(client, "merchant:{{{merchant_id}}}:{event}", 100, True)
         durable = DurableId.parse(await pub.publish("m1", "stage", {"n": 1}))
         assert durable is not None
-        print("before failover: holds ->", await holds(client, "m1", durable, "stage",
-                                                       b'{"n":1}'))
+        claim = [("m1", durable, "stage", b'{"n":1}')]
+        print("before failover: holds ->", await holds_many(client, claim))
         primary = cluster.primary_for("gateway:meta:{m1}")
         replica = cluster.replicas_of(primary.port)[0]
         cluster.call(replica.port, "CLUSTER", "FAILOVER")  # clean: no write is lost
@@ -155,7 +155,7 @@ async def _moved() -> int:
         for attempt in (1, 2):
             try:
                 print(f"after failover, check {attempt}: holds ->",
-                      await holds(client, "m1", durable, "stage", b'{"n":1}'))
+                      await holds_many(client, claim))
             except Exception as exc:
                 failed = True
                 print(f"after failover, check {attempt}: {type(exc).__name__}: {exc}")
