@@ -4,17 +4,20 @@ A `Follower` behaves as a browser's EventSource does: it reconnects when a
 stream ends (after the last `retry:` it was sent), sends `Last-Event-ID`, and
 records every event it receives. A non-200 answer would make a browser give up;
 here it is recorded (the test asserts there are none) and the follower retries.
+Each response is read with the suite's SSE client (support.open_stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from support import SSEStream, open_stream
 
 from tools.services import NginxServer, nginx_main_conf
 
@@ -46,35 +49,32 @@ class Follower:
         for _ in range(MAX_CONNECTS):
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
             try:
-                async with session.get(self.url, headers=headers) as resp:
-                    if resp.status != 200:
-                        self.bad_statuses.append(resp.status)
+                async with open_stream(self.url, headers, session=session) as stream:
+                    if stream.status != 200:
+                        self.bad_statuses.append(stream.status)
                     else:
                         self.opened.append(time.monotonic())
-                        await self._read(resp.content)
+                        await self._read(stream)
             except (aiohttp.ClientError, OSError) as e:
                 self.errors.append(f"{time.monotonic():.3f} {e!r}")
             await asyncio.sleep(self.retry_ms / 1000)  # EventSource's reconnection time
 
-    async def _read(self, content: aiohttp.StreamReader) -> None:
-        block: dict[str, str] = {}
-        data: list[str] = []
-        async for raw in content:
-            line = raw.decode().rstrip("\r\n")
-            if line:
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    data.append(value)
-                elif name == "retry" and value.isdigit():
-                    self.retry_ms = int(value)
-                elif name in ("id", "event"):
-                    block[name] = value
-                continue
-            if "id" in block:
-                self.last_id = block["id"]
-            self._dispatch(block.get("event", "message"), block.get("id"))
-            block, data = {}, []
+    async def _read(self, stream: SSEStream) -> None:
+        """Every event of one response, as it comes, until the stream ends."""
+        while True:
+            try:  # an EventSource waits for the next event as long as the stream is open
+                ev = await stream.next_event(timeout=math.inf)
+            except EOFError:
+                break
+            if ev.retry is not None:
+                self.retry_ms = ev.retry
+            if ev.id is not None:
+                self.last_id = ev.id
+            self._dispatch(ev.event, ev.id)
+        if stream.error is not None:
+            self.errors.append(f"{time.monotonic():.3f} {stream.error!r}")
+        if stream.undispatched:  # the gateway sends none: this follower would not apply them
+            self.errors.append(f"blocks without data (not events): {stream.undispatched[:3]}")
 
     def _dispatch(self, event: str, event_id: str | None) -> None:
         if event == "connected":
