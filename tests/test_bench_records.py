@@ -75,7 +75,7 @@ def test_missing_records_say_so_and_name_the_command() -> None:
     assert "`python -m bench --step --duration 5`" in text
     durable = readme.durable_block([], [], [])
     assert "`python -m bench.storm --query-timeout 6`" in durable
-    assert "`python -m bench --systems gateway1,gateway1-durable`" in durable
+    assert "`python -m bench --systems gateway1,gateway1-durable,gateway1-durable-http`" in durable
 
 
 def test_recorded_rows_become_text() -> None:
