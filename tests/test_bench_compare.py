@@ -51,6 +51,23 @@ def test_a_toy_compare_run_records_charts_and_exits_0(tmp_path) -> None:
     assert list(tmp_path.glob("*.png")), "no chart written"
 
 
+@pytest.mark.timeout(180)
+def test_a_toy_durable_run_compares_both_durable_peers_with_plain(tmp_path) -> None:
+    out = tmp_path / "latest.jsonl"
+    proc = _bench("--systems", "gateway1,gateway1-durable,gateway1-durable-http", "--streams",
+                  "40", "--merchants", "4", "--rates", "100", "--duration", "1", "--drain", "2",
+                  "--json", str(out), "--record", "", "--charts", "")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["system"]: r for r in _rows(out)}
+    assert set(rows) == {"gateway1", "gateway1-durable", "gateway1-durable-http"}, rows
+    for row in rows.values():
+        assert row["delivered"] == row["expected"] > 0, row
+    http = rows["gateway1-durable-http"]
+    assert http["publish_responses"] > 0 and http["publish_bad"] == 0, http  # every POST 200
+    for kind in ("durable", "durable-http"):
+        assert f"{kind}/plain CPU per delivery at R=100: server " in proc.stdout, proc.stdout
+
+
 @pytest.mark.timeout(120)
 def test_a_toy_scale_run_sets_the_model_beside_it_and_exits_by_its_tolerance(tmp_path) -> None:
     out = tmp_path / "scale.jsonl"
