@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from support import SSEStream, open_stream
+from support import SSEStream, open_stream, wait_for
 
 from tools.services import NginxServer, nginx_main_conf
 
@@ -112,10 +112,11 @@ async def reload_upstream(nginx: NginxServer, gateway_ports: list[int]) -> None:
     before = workers_started()
     nginx.conf_text = upstream_conf(nginx.port, gateway_ports)
     nginx.reload()
-    deadline = time.monotonic() + 10
-    while workers_started() <= before:
-        assert time.monotonic() < deadline, f"nginx did not reload:\n{nginx.error_log_text()}"
-        await asyncio.sleep(0.02)
+    try:
+        await wait_for(lambda: workers_started() > before, timeout=10, interval=0.02,
+                       message="for nginx's new worker processes")
+    except TimeoutError as exc:
+        raise AssertionError(f"nginx did not reload ({exc}):\n{nginx.error_log_text()}") from None
 
 
 def histogram(offsets: list[float], bucket: float = 0.5) -> str:

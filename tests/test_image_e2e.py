@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import http_status, open_stream, publish, report, wait_until
+from support import http_status, open_stream, publish, report, wait_for, wait_until
 
 from tools.image import ImageError, Podman, build_image
 from tools.services import PostgresServer, RedisServer, free_port
@@ -186,8 +186,9 @@ async def test_image_runs_read_only_as_non_root_and_drains_on_sigterm(
 
         # a plain PUBLISH from the host reaches the stream through the container
         channel = f"merchant:{mid}:progress"
-        await wait_until_async(lambda: publish(redis_server.url, channel, {"jobId": "j1",
-                                                                           "percent": 5}))
+        # publish until one subscriber got it (the merchant's subscription is async)
+        await wait_for(lambda: publish(redis_server.url, channel, {"jobId": "j1", "percent": 5}),
+                       timeout=10, interval=0.1, message="(no subscriber for the channel)")
         ev = await stream.next_event_of("progress", timeout=10)
         assert ev.json() == {"jobId": "j1", "percent": 5}
 
@@ -215,14 +216,6 @@ async def test_image_runs_read_only_as_non_root_and_drains_on_sigterm(
         elapsed = time.monotonic() - t0
     assert waited.stdout.strip() == "0", (waited, c.logs())
     assert elapsed < SHUTDOWN_TIMEOUT + 2, f"exited after {elapsed:.1f}s"
-
-
-async def wait_until_async(publish_once: Any, within: float = 10) -> None:
-    """Publish until one subscriber got it (the merchant's subscription is async)."""
-    deadline = time.monotonic() + within
-    while await publish_once() < 1:
-        assert time.monotonic() < deadline, "no subscriber for the channel"
-        await asyncio.sleep(0.1)
 
 
 def test_podman_state_stays_under_run(image: tuple[Podman, str]) -> None:

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
 from publish_probe_support import shipped_nginx
-from support import SSEStream, http_json, open_stream, unique_merchant
+from support import SSEStream, http_json, open_stream, unique_merchant, wait_for
 
 from gateway.durable.ids import history_keys
 
@@ -171,10 +171,13 @@ async def test_publish_flood_never_gets_the_subscriber_cut(
             markers = {}
             for mid, _ in merchants:
                 body = f'{{"merchantId":"{mid}","event":"completion","data":"end"}}'.encode()
-                status, reply = (503, None)
-                while status != 200:
+
+                async def accepted(body: bytes = body) -> str | None:  # 503s while backlogged
                     status, reply = await _post(session, url, body)
-                markers[mid] = reply["id"]
+                    return str(reply["id"]) if status == 200 else None
+
+                markers[mid] = await wait_for(accepted, timeout=30,
+                                              message=f"(the end marker of {mid} accepted)")
         for (mid, _), pair in zip(merchants, (streams[0:2], streams[2:4], streams[4:6]),
                                   strict=True):
             for stream in pair:

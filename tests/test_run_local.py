@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import ISOLATED_ENV, http_status
+from support import ISOLATED_ENV, http_status, wait_until
 
 from tools.local_port import port_problem, served_by_tree
 from tools.services import PostgresServer, RedisServer, free_port
@@ -63,11 +63,21 @@ def _run_local(env: dict[str, str], tmp_path: Path,
 
 def _output_once(out: Path, proc: subprocess.Popen[bytes], text: str, timeout: float,
                  interval: float = 0.1) -> str:
-    """run_local's output once it says ``text`` (or ``timeout`` passed); it must not exit."""
-    deadline = time.monotonic() + timeout
-    while text not in out.read_text() and time.monotonic() < deadline:
-        assert proc.poll() is None, out.read_text()
-        time.sleep(interval)
+    """run_local's output once it says ``text``; exiting first fails at once (pytest.fail:
+    the poller would take an AssertionError for "not yet"), taking over ``timeout`` too."""
+
+    def said() -> bool:
+        if text in out.read_text():
+            return True
+        if proc.poll() is not None:
+            pytest.fail(f"run_local exited ({proc.returncode}) before {text!r}:\n"
+                        f"{out.read_text()}")
+        return False
+
+    try:
+        wait_until(said, timeout, interval, f"for {text!r} from run_local")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; its output:\n{out.read_text()}") from None
     return out.read_text()
 
 

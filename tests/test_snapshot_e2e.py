@@ -147,12 +147,14 @@ async def test_after_a_redis_restart_the_resync_is_followed_by_the_state(
         assert (resync.event, resync.json()) == ("resync", {"reason": "redis_reconnected"})
         assert frame.event == "snapshot" and frame.id == job, frame
         assert frame.json()["jobs"][0]["data"] == {"jobId": "J", "percent": 30}
-        status, _, reply = await post_as(
-            gw, {"merchantId": mid, "event": "progress", "data": {"jobId": "J"}}, JSON)
-        while status == 503:  # the publish budget may still wait for the link
-            await asyncio.sleep(0.2)
+
+        async def answered() -> Any:  # the publish budget may still wait for the link
             status, _, reply = await post_as(
                 gw, {"merchantId": mid, "event": "progress", "data": {"jobId": "J"}}, JSON)
+            return None if status == 503 else reply
+
+        reply = await wait_for(answered, timeout=20, interval=0.2,
+                               message="(a publish after the restart)")
         assert (await s.next_event(10)).id == reply["id"]
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 
 import pytest
+from support import wait_for
 
 from gateway.durable.ids import DurableId
 from gateway.frames import Control, Entry
@@ -81,12 +81,10 @@ def make_stream(max_queue: int = 100, max_queue_bytes: int = 1 << 30) -> tuple[S
     return Stream("mid", "s.myshopify.com", "127.0.0.1", policy, metrics), metrics
 
 
-async def poll(pred: Callable[[], object], within: float = 2.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met: {what}")
-        await asyncio.sleep(0.001)
+async def poll(pred: Callable[[], object], what: str = "") -> None:
+    """support.wait_for at the pace of these in-process tests (the stream runs in
+    this loop: a millisecond is many of its turns)."""
+    await wait_for(pred, timeout=2.0, interval=0.001, message=what)
 
 
 def frames(data: bytes) -> list[bytes]:
