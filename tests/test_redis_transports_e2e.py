@@ -14,7 +14,6 @@ import json
 import re
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import redis.asyncio as aioredis
 from ops_support import get_health, poll
 from support import open_stream, publish
 
-from tools.services import HOST, RedisServer, ServiceError, free_port
+from tools.services import HOST, RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,22 +104,13 @@ class _TransportRedis(RedisServer):
         return redis.Redis(socket_timeout=2, socket_connect_timeout=2, **self.client_kwargs)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise ServiceError(
-                    f"redis-server exited ({self.proc and self.proc.returncode}); "
-                    f"log:\n{self.log_text()[-4000:]}"
-                )
-            try:
-                with self.client() as c:
-                    if c.ping():
-                        return
-            except redis.RedisError as e:
-                last = e
-            time.sleep(0.03)
-        raise ServiceError(f"redis-server not ready after {timeout}s: {last!r}")
+        """The services' one readiness wait, its check a PING over the transport."""
+
+        def pong() -> bool:
+            with self.client() as c:
+                return bool(c.ping())
+
+        self.await_ready(pong, timeout, interval=0.03, errors=(redis.RedisError,))
 
 
 def _channel(mid: str, event: str = "progress") -> str:
