@@ -57,6 +57,9 @@ class RawStream:
     of MB here) and parses line by line; on two cores that parsing would take CPU
     from the gateway under test and change what the flood measures (how much is
     acknowledged, how much refused). Other tests use support.open_stream.
+
+    :meth:`wait_for` waits on its reader's condition, as SSEStream's waits do, not
+    with support.wait_for: nothing to poll, the reader says when ids arrive.
     """
 
     def __init__(self, port: int, target: str) -> None:
@@ -66,7 +69,7 @@ class RawStream:
         self.resyncs = 0
         self.closed = False
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     async def open(self) -> RawStream:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
@@ -85,22 +88,26 @@ class RawStream:
                 text = tail + chunk
                 cut = text.rfind(b"\n\n") + 1
                 block, tail = text[:cut], text[cut:]
-                self.ids.update(m.decode() for m in _ID.findall(b"\n" + block))
-                self.resyncs += block.count(b"event: resync")
-                self._changed.set()
+                async with self._changed:
+                    self.ids.update(m.decode() for m in _ID.findall(b"\n" + block))
+                    self.resyncs += block.count(b"event: resync")
+                    self._changed.notify_all()
         finally:
             self.closed = True
-            self._changed.set()
+            async with self._changed:
+                self._changed.notify_all()
             writer.close()
 
     async def wait_for(self, event_id: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while event_id not in self.ids and not self.closed:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(0.01, deadline - time.monotonic()))
-            if time.monotonic() >= deadline:
-                break
+        """Until ``event_id`` has arrived; AssertionError when the stream ends or
+        ``timeout`` passes first."""
+
+        async def arrived() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: event_id in self.ids or self.closed)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived(), timeout)
         assert event_id in self.ids, f"{event_id} never arrived ({len(self.ids)} ids)"
 
     async def close(self) -> None:
