@@ -7,10 +7,11 @@ Redis can keep its socket open while delivering nothing). A token stuck behind
 a backlog is not a frozen Redis: while messages keep arriving on the
 subscriber, `watch` waits for it (up to `_BACKLOG_CAP_S`) instead of cutting.
 
-`backlog()` reads how many bytes Redis holds for the subscriber connection
-(CLIENT LIST `omem`, found by the connection's local address): the publish
-API's backpressure (durable/gate.py) keeps it well under Redis's
-`client-output-buffer-limit pubsub`, which would cut the connection.
+`backlog()` reads how many bytes Redis holds for the slowest pub/sub
+connection of the node (CLIENT LIST `omem`): this subscriber's, or another
+gateway process's (workers, other hosts), which this process's publishes feed
+too. The publish API's backpressure (durable/gate.py) keeps it well under
+Redis's `client-output-buffer-limit pubsub`, which would cut the connection.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class Canary:
         self._client = client
         self._address = address  # the subscriber connection's local "host:port"
         self._progress = progress  # messages the subscriber has read so far
-        self._client_id: int | None = None
         self._no_client_list = False
         self.channel = channel
         self._publish = "SPUBLISH" if sharded else "PUBLISH"
@@ -114,26 +114,23 @@ class Canary:
             work.cancel()
 
     async def backlog(self) -> int | None:
-        """Bytes Redis holds unsent for the subscriber connection (CLIENT LIST `omem`);
-        None when unknown (a Unix socket, a proxy, or a Redis without CLIENT LIST)."""
+        """Bytes Redis holds unsent for the slowest pub/sub connection of this node (CLIENT
+        LIST `omem`): this subscriber's, or another gateway process's, whose backlog this
+        process's publishes feed as much as its own; None when this subscriber is not
+        found (a Unix socket, a proxy) or Redis refuses CLIENT LIST."""
         address = self._address()
         if address is None or self._no_client_list:
             return None
         try:
-            if self._client_id is not None:
-                found = _find(await self._client.client_list(client_id=[self._client_id]), address)
-                if found is not None:
-                    return found[1]
-            found = _find(await self._client.client_list(_type="pubsub"), address)
+            clients = await self._client.client_list(_type="pubsub")
         except ResponseError as exc:  # managed Redis may refuse CLIENT LIST
             self._no_client_list = True
             log.warning("redis: CLIENT LIST refused (%s); publish backpressure uses "
                         "delivery round trips only", exc)
             return None
-        if found is None:
+        if not any(entry.get("addr") == address for entry in clients):
             return None
-        self._client_id = found[0]
-        return found[1]
+        return max(int(entry.get("omem", 0)) for entry in clients)
 
     def received(self, token: bytes) -> None:
         future = self._waiting.get(token)
@@ -157,11 +154,3 @@ class Canary:
                 if connected():
                     log.warning("redis: delivery canary failed; reconnecting")
                     cut()
-
-
-def _find(clients: list[dict[str, str]], address: str) -> tuple[int, int] | None:
-    """(id, omem) of the CLIENT LIST entry whose `addr` is `address`."""
-    for entry in clients:
-        if entry.get("addr") == address:
-            return int(entry["id"]), int(entry.get("omem", 0))
-    return None

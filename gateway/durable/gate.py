@@ -10,9 +10,11 @@ which would `resync` every stream of the process. So a publish
    process (each body is at most 1 MiB: the memory they hold is bounded);
 2. waits for one of `CONCURRENCY` turns (the Redis pool has 4 connections,
    shared with history reads: a publish never waits on the pool itself);
-3. goes ahead only while the backlog Redis holds for the subscriber (CLIENT
-   LIST `omem`, sampled at most every `_SAMPLE_S`, plus what this process
-   published since) is under `BACKLOG_LIMIT`. Where it cannot be measured it
+3. goes ahead only while the backlog Redis holds for the slowest pub/sub
+   connection (this process's subscriber, or another gateway process's, which
+   this process's publishes feed too: CLIENT LIST `omem`, sampled at most
+   every `_SAMPLE_S`, plus what this process published since) is under
+   `BACKLOG_LIMIT`. Where it cannot be measured it
    goes ahead only while what this process published since the last delivery
    round trip came back is under that limit (else it runs one first).
 
