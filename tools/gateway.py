@@ -107,11 +107,20 @@ class GatewayServer(Service):
             return False
 
     def wait_ready(self, timeout: float = 30) -> GatewayServer:
-        """Poll GET /health/live until 200; fail fast if the process exits.
+        """Poll GET /health/live until 200 and, with `server.workers` > 1 (and INFO
+        logged), until every worker logs `listening on HOST:PORT` (/health/live answers
+        from the first one); fail fast if the process exits.
 
         ServiceError (a RuntimeError) on exit, NotReadyError (a TimeoutError) on time.
         """
-        self.await_ready(lambda: self.live(0.5), timeout, interval=0.05)
+        workers = int((self.config.get("server") or {}).get("workers", 1))
+        level = str((self.config.get("logging") or {}).get("level", "INFO")).upper()
+        if level not in ("DEBUG", "INFO"):
+            workers = 1  # the lines are not logged: /health/live only
+        line = f"listening on {self.host}:{self.port}"
+        self.await_ready(
+            lambda: self.live(0.5) and (workers == 1 or self.log_text().count(line) >= workers),
+            timeout, interval=0.05)
         return self
 
     def stop(self, timeout: float | None = None) -> int | None:  # type: ignore[override]
