@@ -29,12 +29,7 @@ async def test_two_workers_share_port_fan_out_metrics_and_drain(
     gw = await gateway_factory.astart(
         config={"server": {"workers": 2, "shutdown_timeout": 3}, "sse": {"linger": 1}}
     )
-    # /health/live answered from the first worker to listen; wait for both
-    await wait_for(
-        lambda: gw.log_text().count(f"listening on 127.0.0.1:{gw.port}") == 2,
-        timeout=15,
-        message="(both workers listening)",
-    )
+    # ready once both workers listen (tools/gateway.py: wait_ready)
     url = gw.stream_url(shop)
     channel = f"merchant:{mid}:progress"
     rds = aioredis.Redis.from_url(redis_server.url)
@@ -106,11 +101,6 @@ async def test_durable_id_replayed_from_redis_by_the_other_worker(
     mid, shop = merchant
     gw = await gateway_factory.astart(
         config={"server": {"workers": 2}, "auth": {"publish_key": KEY}}
-    )
-    await wait_for(
-        lambda: gw.log_text().count(f"listening on 127.0.0.1:{gw.port}") == 2,
-        timeout=15,
-        message="(both workers listening)",
     )
     url = gw.stream_url(shop)
 
