@@ -10,7 +10,7 @@
   without an entry, every 200 lists exactly what was published.
 
 Each of the three runs directly, through the shipped nginx config and with
-`server.workers: 2`.
+`server.workers: 2` (the flood 12 s directly, 6 s in the other two).
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ async def test_publish_flood_never_gets_the_subscriber_cut(
     acked: dict[str, set[str]] = {mid: set() for mid, _ in merchants}
     statuses: dict[int, int] = {}
     url = f"http://127.0.0.1:{port}{gw.path}/publish"
-    deadline = time.monotonic() + 12
+    seconds = 12 if mode == "direct" else 6  # the probe's 12 s once; its variants shorter
+    deadline = time.monotonic() + seconds
 
     async def loop(n: int) -> None:
         mid = merchants[n % 2][0]
@@ -190,7 +191,7 @@ async def test_publish_flood_never_gets_the_subscriber_cut(
             for stream in pair:
                 await stream.wait_for(markers[mid], timeout=60)
         total = sum(len(ids) for ids in acked.values())
-        print(f"\nflood ({mode}): {total} events acknowledged in 12 s, answers {statuses}")
+        print(f"\nflood ({mode}): {total} events acknowledged in {seconds} s, answers {statuses}")
         for (mid, _), pair in zip(merchants, (streams[0:2], streams[2:4], streams[4:6]),
                                   strict=True):
             for stream in pair:
