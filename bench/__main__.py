@@ -28,7 +28,8 @@ from bench.trial import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_SYSTEMS = "gateway1,gateway1-durable,gateway1-durable-http,gateway2,nchan-memory,nchan-redis,naive"
+DEFAULT_SYSTEMS = ("gateway1,gateway1-durable,gateway1-durable-http,gateway2,nchan-memory,"
+                   "nchan-redis,naive")
 DEFAULT_RATES = "500,1000,2000"
 STEP_RATES = "500,1000,2000,3000,5000,8000"
 SCALE_RATES = "1000,3000"
