@@ -235,11 +235,9 @@ class AsyncPublisher(_Publisher):
 
     async def send(self, publication: Item) -> Outcome:
         """One publish with its payload bytes as given; what it did."""
-        call = self._one(publication)
-        try:
-            reply = await self._client.evalsha(SCRIPT_SHA, *call)
-        except NoScriptError:
-            reply = await self._client.eval(SCRIPT, *call)
+        reply = await self._run(self._one(publication))
+        if isinstance(reply, ResponseError):
+            raise reply  # the whole run refused
         return _only(reply)
 
     async def publish_many(self, items: Sequence[Item]) -> list[Outcome]:
