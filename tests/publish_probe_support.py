@@ -24,9 +24,20 @@ from hostile_support import status_of
 from tools.services import NginxServer, free_port, nginx_main_conf
 
 __all__ = [
-    "BOMB_INFLATED", "bomb", "cpu_seconds", "p99", "read_until_closed", "send_with_body",
+    "BOMB_INFLATED",
+    "MODES",
+    "bomb",
+    "cpu_seconds",
+    "p99",
+    "read_until_closed",
+    "send_with_body",
     "shipped_nginx",
+    "workers_in",
 ]
+
+MODES = ("direct", "nginx", "workers")
+"""How a hostile case reaches the gateway: directly, through the shipped nginx config
+(`shipped_nginx`), or with `server.workers: 2` (`workers_in`)."""
 
 NGINX_CONF = Path(__file__).resolve().parent.parent / "config" / "nginx.conf"
 
@@ -130,3 +141,8 @@ def shipped_nginx(nginx_factory: Any, gateway_port: int) -> NginxServer:
     text = text.replace("client_body_timeout 10s;", "client_body_timeout 2s;")
     server: NginxServer = nginx_factory(nginx_main_conf(text), port=port)
     return server
+
+
+def workers_in(mode: str) -> int:
+    """`server.workers` for a mode of `MODES`."""
+    return 2 if mode == "workers" else 1

@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 from hostile_support import LivenessProbe, session_token, status_of
 from publish_probe_support import (
+    MODES,
     bomb,
     cpu_seconds,
     p99,
     read_until_closed,
     send_with_body,
     shipped_nginx,
+    workers_in,
 )
 from support import http_json
 
@@ -139,13 +141,13 @@ def _check_log(log: str) -> None:
     assert not not_json, f"log lines that are not JSON: {not_json[:5]}"
 
 
-@pytest.mark.parametrize("mode", ["direct", "nginx", "workers"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_request_bodies_never_inflated_nor_waited_for(
     mode: str, gateway_factory: Any, nginx_factory: Any, merchant: Any
 ) -> None:
     _, shop = merchant
     gw = await gateway_factory.astart(config={
-        "server": {"body_timeout": 1, "workers": 2 if mode == "workers" else 1},
+        "server": {"body_timeout": 1, "workers": workers_in(mode)},
         "auth": {"publish_key": KEY, "session_token_secret": SECRET},
         "logging": {"format": "json"},
     })

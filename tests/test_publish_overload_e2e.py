@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
-from publish_probe_support import shipped_nginx
+from publish_probe_support import MODES, shipped_nginx, workers_in
 from support import SSEStream, http_json, open_stream, unique_merchant, wait_for
 
 from gateway.durable.ids import history_keys
@@ -35,14 +35,13 @@ pytestmark = pytest.mark.timeout(120)
 KEY = "overload-publish-key-7f6e5d4c3b2a"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 _ID = re.compile(rb"\nid: ([0-9a-z]+:[0-9]+)\n")
-MODES = ["direct", "nginx", "workers"]
 
 
 async def _gateway(mode: str, gateway_factory: Any, nginx_factory: Any, config: dict[str, Any],
                    **options: Any) -> tuple[Any, int]:
     """The gateway (`workers: 2` in mode "workers") and the port the test talks to:
     the shipped nginx config's in front of it in mode "nginx", else its own."""
-    server = {**config.get("server", {}), "workers": 2 if mode == "workers" else 1}
+    server = {**config.get("server", {}), "workers": workers_in(mode)}
     gw = await gateway_factory.astart(config={**config, "server": server}, **options)
     port = shipped_nginx(nginx_factory, gw.port).port if mode == "nginx" else gw.port
     return gw, port

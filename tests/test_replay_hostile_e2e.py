@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric, poll
-from publish_probe_support import shipped_nginx
+from publish_probe_support import MODES, shipped_nginx, workers_in
 from support import open_stream, publish
 from test_durable_e2e import AUTH, DURABLE, connected
 from test_durable_e2e import post as post_as
@@ -29,11 +29,10 @@ pytestmark = pytest.mark.timeout(120)
 
 LOOPS, ROUNDS = 20, 10  # 200 reconnects
 JSON = {**AUTH, "Content-Type": "application/json"}
-MODES = ["direct", "workers", "nginx"]
 
 
 def _config(mode: str) -> dict[str, Any]:
-    return {**DURABLE, "server": {"workers": 2 if mode == "workers" else 1}}
+    return {**DURABLE, "server": {"workers": workers_in(mode)}}
 
 
 def _stream_url(gw: Any, shop: str, nginx: Any = None) -> str:
