@@ -127,8 +127,13 @@ class Stream:
 
     def replay_before_live(self, entries: Sequence[Entry], last: DurableId) -> int:
         """Put a reconnect's replay, fetched while live events queued (nothing written
-        yet), before them (`catch_up.before_live`); how many of `entries` were used."""
+        yet), before them (`catch_up.before_live`); how many of `entries` were used.
+        During a hold the replay counts as queued before it, as what it precedes:
+        the release keeps it ahead of the snapshot, which would drop it otherwise."""
         ordered, used = before_live(entries, (self._queue or {}).values(), last)
+        if self._held is not None:
+            number, held = self._held
+            self._held = (number, [*held, *(entry.seq for entry in entries[:used])])
         self._requeue(ordered)
         return used
 

@@ -572,3 +572,31 @@ async def test_a_resync_put_first_during_a_hold_stays_before_the_held_events() -
         assert ids_in(data) == ["ep:447", "ep:448", "ep:456"]
     finally:
         await finish(task)
+
+
+async def test_a_replay_that_lands_during_a_hold_stays_before_the_held_events() -> None:
+    """A reconnect's history read answers while a broker resync holds the stream for a
+    snapshot: the replay goes before the live events queued before the hold, and the
+    release must not treat it as queued after the hold (the snapshot would then drop
+    it as older than its head: a silent gap). Chaos, cluster seed 2102: a tab resuming
+    from :891 got :896, then its resync, and never :892-:895."""
+
+    def durable(n: int) -> Entry:
+        return Entry(6000 + n, f"ep:{n}", "stage", b"%d" % n)
+
+    stream, _ = make_stream()
+    stream.deliver(durable(896))  # queued live while the opening read the history
+    stream.deliver(Control("resync", {"reason": "redis_reconnected"}))
+    stream.hold(1)  # the broker's resync: the merchant's snapshot is being read
+    replay = [Entry(6100 + n, f"ep:{n}", "stage", b"%d" % n) for n in range(892, 897)]
+    assert stream.replay_before_live(replay, DurableId("ep", 891)) == 4  # :896 queued live
+    stream.release(1, Entry(6200, "ep:895", "snapshot", b'{"jobs":[]}'), DurableId("ep", 895))
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        await poll(lambda: b"snapshot" in writer.transport.data, what="written")
+        data = writer.transport.data
+        assert ids_in(data) == ["ep:892", "ep:893", "ep:894", "ep:895", "ep:896", "ep:895"]
+        assert data.index(b"ep:896") < data.index(b"redis_reconnected") < data.index(b"snapshot")
+    finally:
+        await finish(task)
