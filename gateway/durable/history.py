@@ -9,19 +9,23 @@ seconds after the merchant's last durable publish.
 
 Reads take the meta hash and the stream in one MULTI/EXEC, so an entry and
 the offset that counts it are always seen together; `durable.bridge` decides
-whether the history still reaches a client's Last-Event-ID.
+whether the history still reaches a client's Last-Event-ID. A MULTI that meets
+a moved slot on Redis Cluster is sent once more (`_in_multi`): the gateway's
+cluster client retries nothing by itself (a publish retried could run twice),
+and without this the first read of every moved merchant after a failover
+failed, costing its streams their snapshot or their replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import AskError, RedisClusterException, RedisError
 
 from ..config import Config
 from ..runtime.supervision import stop_tasks
@@ -50,6 +54,22 @@ __all__ = ["DurableHistory", "publisher_settings"]
 log = logging.getLogger(__name__)
 
 _LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
+
+
+async def _in_multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
+    """The replies of the commands `queue` adds to a MULTI; sent once more when a Redis
+    Cluster slot moved (MOVED, or ASK during a migration): the aborted MULTI ran
+    nothing, and the redirect taught the client the slot's owner."""
+    try:
+        return await _multi(client, queue)
+    except AskError:  # MovedError is one
+        return await _multi(client, queue)
+
+
+async def _multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
+    async with client.pipeline(transaction=True) as pipe:
+        queue(pipe)
+        return list(await pipe.execute())
 
 
 def publisher_settings(cfg: Config) -> dict[str, Any]:
@@ -106,11 +126,9 @@ class DurableHistory:
 
     async def read_jobs(self, merchant_id: str) -> tuple[DurableId | None, list[JobRecord]]:
         """The merchant's newest durable id and job state, read atomically."""
-        meta = history_keys(merchant_id)[1]
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.hmget(meta, "epoch", "offset")
-            pipe.hgetall(job_state_keys(merchant_id)[0])
-            (epoch, head), state = await pipe.execute()
+        meta, state_key = history_keys(merchant_id)[1], job_state_keys(merchant_id)[0]
+        (epoch, head), state = await _in_multi(
+            self._client, lambda pipe: pipe.hmget(meta, "epoch", "offset").hgetall(state_key))
         if epoch is None or head is None:
             return None, []
         records = (JobRecord.parse(job, raw) for job, raw in state.items())
@@ -141,10 +159,9 @@ class DurableHistory:
         offsets = range(first.offset, min(last.offset, first.offset + _LOST_MAX - 1) + 1)
         key = lost_ids_key(merchant_id)
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.sadd(key, *(f"{first.epoch}:{offset}" for offset in offsets))
-                pipe.expire(key, self._ttl_s)  # kept as long as the history
-                await pipe.execute()
+            ids = [f"{first.epoch}:{offset}" for offset in offsets]
+            ttl_s = self._ttl_s  # kept as long as the history
+            await _in_multi(self._client, lambda pipe: pipe.sadd(key, *ids).expire(key, ttl_s))
         except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("lost ids not recorded merchant=%s ids=%s..%s: %s", merchant_id,
                         first, last, type(exc).__name__)
@@ -153,11 +170,14 @@ class DurableHistory:
         """The merchant's whole history, read atomically; `HistorySnapshot.after(last)`
         bridges it to a client's Last-Event-ID (one read serves many replays)."""
         stream, meta = history_keys(merchant_id)
-        async with self._client.pipeline(transaction=True) as pipe:
+        lost_key = lost_ids_key(merchant_id)
+
+        def queue(pipe: Any) -> None:
             pipe.hmget(meta, "epoch", "offset")
             pipe.xrange(stream, "-", "+")
-            pipe.smembers(lost_ids_key(merchant_id))
-            (epoch, head), entries, lost = await pipe.execute()
+            pipe.smembers(lost_key)
+
+        (epoch, head), entries, lost = await _in_multi(self._client, queue)
         if epoch is None:  # no history (an orphaned stream is not part of any)
             return HistorySnapshot(None, 0, ())
         epoch = _text(epoch)
@@ -195,12 +215,13 @@ async def holds_many(client: aioredis.Redis | Any, claims: Sequence[Claim]) -> l
     An entry no longer kept (trimmed, or `sse.history: 0`) counts when the id is
     of the current epoch and not past its newest: no replay can start from it.
     """
-    async with client.pipeline(transaction=True) as pipe:
+    def queue(pipe: Any) -> None:
         for merchant_id, durable, _, _ in claims:
             stream, meta = history_keys(merchant_id)
             pipe.hmget(meta, "epoch", "offset")
             pipe.xrange(stream, f"0-{durable.offset}", f"0-{durable.offset}")
-        replies = await pipe.execute()
+
+    replies = await _in_multi(client, queue)
     return [_holds(durable, event, payload, *replies[2 * i: 2 * i + 2])
             for i, (_, durable, event, payload) in enumerate(claims)]
 

@@ -8,11 +8,12 @@ history_gap`` for an id the history holds, then that very event again (fixed
 in 9b843a7). ``late-resync``: a reconnect whose id is trimmed gets the live
 events queued while the history was read *before* its ``resync`` (fixed in
 9b843a7). ``moved``: after a Redis Cluster failover the gateway's cluster
-client (no retries) fails the first command of a moved slot with MOVED. Until
+client (no retries) failed the first MULTI of a moved slot with MOVED. Until
 9b843a7 the envelope check read that as "not in the history" and sent a
-genuine durable event as a plain one (chaos cluster seed 11); it now trusts
-the id, but a snapshot or history read that meets the MOVED still fails
-(a resync without snapshot, or ``history_gap`` for a reconnect).
+genuine durable event as a plain one (chaos cluster seed 11); then it trusted
+the id, but a snapshot or history read that met the MOVED still failed (a
+resync without snapshot, or ``history_gap`` for a reconnect). A MULTI is now
+sent once more after a MOVED (``durable/history.py``).
 
 ``head`` and ``late-resync`` slow one gateway's link to Redis with
 :class:`~tools.chaos.lag.LagLink` so the window is hundreds of milliseconds
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -134,35 +136,48 @@ async def _late_resync(http: aiohttp.ClientSession, gw: GatewayServer, link: Lag
 
 async def _moved() -> int:
     from gateway.broker.connection import make_cluster_client
-    from gateway.durable.history import holds_many  # the envelope check's read
-    from gateway.durable.ids import DurableId
+    from gateway.durable.history import DurableHistory, holds_many
+    from gateway.durable.ids import DurableId, history_keys
     from tools.cluster import RedisCluster
 
     cluster = RedisCluster().start()
     try:
-        client = make_cluster_client(cluster.url, 4)  # what the gateway gives EnvelopeCheck
-        pub = helper_for(client, "merchant:{{{merchant_id}}}:{event}", 100, True)
-        durable = DurableId.parse(await pub.publish("m1", "stage", {"n": 1}))
+        client = make_cluster_client(cluster.url, 4)  # what the gateway reads through
+        history = DurableHistory(client, channel="merchant:{{{merchant_id}}}:{event}",
+                                 history=100, ttl_s=600, sharded=True)
+        owners: dict[int, str] = {}  # one merchant per primary: each read meets its own MOVED
+        for n in range(200):
+            owners.setdefault(cluster.primary_for(history_keys(f"m{n}")[1]).port, f"m{n}")
+        check, snapshot, replay = owners.values()
+        durable = DurableId.parse(await history.publish(check, "stage", b'{"n":1}'))
         assert durable is not None
-        claim = [("m1", durable, "stage", b'{"n":1}')]
+        claim = [(check, durable, "stage", b'{"n":1}')]
         print("before failover: holds ->", await holds_many(client, claim))
-        primary = cluster.primary_for("gateway:meta:{m1}")
-        replica = cluster.replicas_of(primary.port)[0]
-        cluster.call(replica.port, "CLUSTER", "FAILOVER")  # clean: no write is lost
-        cluster.wait_healthy(30, extra=lambda: cluster.primary_for(
-            "gateway:meta:{m1}").port == replica.port)
+        for primary in list(owners):
+            replica = cluster.replicas_of(primary)[0].port
+            cluster.call(replica, "CLUSTER", "FAILOVER")  # clean: no write is lost
+            cluster.wait_healthy(30, extra=_deposed(cluster, primary))
+        reads = {
+            "envelope check": lambda: holds_many(client, claim),
+            "snapshot read": lambda: history.read_jobs(snapshot),
+            "history read": lambda: history.read_all(replay),
+        }
         failed = False
-        for attempt in (1, 2):
+        for what, read in reads.items():  # each the first command of its slot since it moved
             try:
-                print(f"after failover, check {attempt}: holds ->",
-                      await holds_many(client, claim))
+                print(f"after failover, {what}: ok ({type(await read()).__name__})")
             except Exception as exc:
                 failed = True
-                print(f"after failover, check {attempt}: {type(exc).__name__}: {exc}")
-        await client.aclose()
+                print(f"after failover, {what}: {type(exc).__name__}: {exc}")
+        await history.close()
         return int(failed)
     finally:
         cluster.stop()
+
+
+def _deposed(cluster: Any, port: int) -> Callable[[], bool]:
+    """Whether the node on `port` is no longer a primary (a failover's end)."""
+    return lambda: all(node.port != port for node in cluster.primaries())
 
 
 def main(argv: list[str] | None = None) -> int:
