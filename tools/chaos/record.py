@@ -135,7 +135,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                    f"({e['durable_acked']:,}) | {r['clients']}, {r['sessions']:,} | "
                    f"{sum(r['faults'].values())}: {_faults(r)} | {resyncs} | "
                    f"{_lost_cell(r)} | **{r['anomalies']}** | {r['commit']} |")
-    out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in clean)]
+    commands = dict.fromkeys(r["command"] for r in clean)  # each once, in table order
+    out += ["", "Commands: " + "; ".join(f"`{command}`" for command in commands)]
     if broken:
         out += ["", "The same short run against builds broken on purpose (the checker must "
                     "fail them):", ""]
