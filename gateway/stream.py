@@ -130,6 +130,8 @@ class Stream:
         yet), before them (`catch_up.before_live`); how many of `entries` were used.
         During a hold the replay counts as queued before it, as what it precedes:
         the release keeps it ahead of the snapshot, which would drop it otherwise."""
+        if self.close_reason is not None:
+            return 0  # closing: what it writes is decided (a final frame stays last)
         ordered, used = before_live(entries, (self._queue or {}).values(), last)
         if self._held is not None:
             number, held = self._held
@@ -144,6 +146,8 @@ class Stream:
         """Put `first` (a resync) and a `snapshot` read at `head` before what queued
         live (nothing written yet), as `catch_up.after_snapshot` says. During a hold
         they count as queued before it: its release keeps them first."""
+        if self.close_reason is not None:
+            return
         if self._held is not None:
             number, held = self._held
             lead = [entry.seq for entry in first]
@@ -153,7 +157,10 @@ class Stream:
         self._requeue(with_snapshot(first, snapshot, head, list((self._queue or {}).values())))
 
     def hold(self, number: int) -> None:
-        """Write nothing from now until `release(number)`: a snapshot is being read."""
+        """Write nothing from now until `release(number)`: a snapshot is being read
+        (a closing stream is not held: its final frame must go out)."""
+        if self.close_reason is not None:
+            return
         if self._queue is None:
             self._queue = OrderedDict()
         self._held = (number, list(self._queue))
@@ -179,7 +186,8 @@ class Stream:
         self._wakeup()
 
     def close(self, reason: CloseReason, final: Control | None = None) -> None:
-        """End the stream; a `final` frame is written after what is already queued.
+        """End the stream; a `final` frame is written after what is already queued
+        (alone when the stream has written nothing yet).
 
         A stream already closing can still be escalated to an aborting reason.
         """
@@ -194,10 +202,13 @@ class Stream:
             if self._transport is not None:
                 self._transport.abort()
         elif final is not None:
-            queue = self._queue if self._queue is not None else OrderedDict()
-            queue[final.seq] = final
+            if self._queue is None or self._transport is None:
+                # direct writes; or still opening, nothing written: its live events without
+                # the replay still to come would skip some, and the client resumes from the
+                # same Last-Event-ID anyway, so the final frame goes alone
+                self._queue, self._queued_bytes, self._jobs = OrderedDict(), 0, None
+            self._queue[final.seq] = final
             self._queued_bytes += final.size
-            self._queue = queue
         self._wakeup()
 
     @property

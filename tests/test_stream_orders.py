@@ -3,11 +3,14 @@
 A stream attaches before its replay or snapshot is read, so live events, broker
 resyncs with their holds, and snapshot releases can come before, between and
 after the opening's answer, and before or after the stream starts writing.
-Hypothesis draws those schedules; a client-side check of what the stream wrote
-states the delivery promise: from the client's Last-Event-ID, every durable id
-once and in order, a gap or a step back only right after `resync`, and the
-newest event at the end. Two chaos finds were single orders of this kind
-(cluster seeds 2002 and 2102); this test explores them all.
+A shutdown can close the stream at any point too. Hypothesis draws those
+schedules; a client-side check of what the stream wrote states the delivery
+promise: from the client's Last-Event-ID, every durable id once and in order,
+a gap or a step back only right after `resync`, the snapshot a resync was
+answered with after it, every plain event once and in order, and the newest
+event at the end (or, once closed, the `shutdown` frame last). Two chaos finds
+were single orders of this kind (cluster seeds 2002 and 2102); this test
+explores them all.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ from support import wait_for
 from gateway.durable.ids import DurableId
 from gateway.frames import Control, Entry
 from gateway.metrics import Metrics
-from gateway.stream import QueuePolicy, Stream
+from gateway.stream import CloseReason, QueuePolicy, Stream
 
 EPOCH = "ep"
 RESUMED_FROM = 10  # the client's Last-Event-ID offset
+
+
+def _stream() -> Stream:
+    policy = QueuePolicy(10_000, frozenset(), "jobId", 1 << 30)
+    return Stream("m", "s.myshopify.com", "127.0.0.1", policy, Metrics())
 
 
 class _Protocol:
@@ -67,6 +75,10 @@ class _World:
     holds: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     held: list[tuple[int, int]] = field(default_factory=list)  # (hold, newest offset then)
     read_head: int = 0  # the head of the last state read: reads of a merchant run one at a time
+    plains: list[str] = field(default_factory=list)  # the plain events delivered, in order
+    latest_hold: int | None = None
+    snapshot_owed: bool = False  # the last resync was answered with a snapshot
+    closed: bool = False
 
     def __post_init__(self) -> None:
         self.next_offset = self.attached_at + 1
@@ -84,7 +96,13 @@ class _World:
 
     def plain(self) -> None:
         seq = next(self.seqs)
-        self.stream.deliver(Entry(seq, f"plain-{seq}", "stage", b"plain"))
+        if not self.closed:
+            self.plains.append(f"p{seq}")
+        self.stream.deliver(Entry(seq, f"plain-{seq}", "stage", b"p%d" % seq))
+
+    def shutdown(self) -> None:
+        self.closed = True
+        self.stream.close(CloseReason.SHUTDOWN, Control("shutdown", {"reconnectAfterMs": 1}))
 
     def broker_resync(self, lost: int) -> None:
         """The subscriber reconnected: `lost` events were published meanwhile and never
@@ -94,6 +112,7 @@ class _World:
         number = next(self.holds)
         self.stream.hold(number)
         self.held.append((number, self.newest))
+        self.latest_hold, self.snapshot_owed = number, False
 
     def release(self, pick: int, read: bool, head_pick: int) -> None:
         """The snapshot read of one hold answers (`read`) or fails. A read is sent
@@ -107,6 +126,8 @@ class _World:
             return
         head = self.state_read(newest_then, head_pick)
         self.stream.release(number, self.snapshot(head), DurableId(EPOCH, head))
+        if number == self.latest_hold:  # an earlier hold's answer is superseded
+            self.snapshot_owed = True
 
     def head_between(self, low: int, pick: int) -> int:
         return low + pick % (self.newest - low + 1)
@@ -132,25 +153,33 @@ class _World:
             head = self.state_read(self.attached_at, head_pick)
             self.stream.put_first([Control("resync", {"reason": "history_gap"})],
                                   self.snapshot(head), DurableId(EPOCH, head))
+            if self.latest_hold is None:  # else the hold's answer comes after its resync
+                self.snapshot_owed = True
 
 
-def client_view(data: bytes) -> list[tuple[str, int | None]]:
-    """(event, durable offset) per frame written, as an EventSource reads them."""
+Frame = tuple[str, int | None, str]  # (event, durable offset, data) as the client reads it
+
+
+def client_view(data: bytes) -> list[Frame]:
+    """The frames written, as an EventSource reads them."""
     view = []
-    for frame in bytes(data).split(b"\n\n"):
+    for frame in data.split(b"\n\n"):
         fields = dict(line.split(": ", 1) for line in frame.decode().split("\n") if ": " in line)
         if "event" not in fields:
             continue
         durable = DurableId.parse(fields.get("id", ""))
-        view.append((fields["event"], durable.offset if durable is not None else None))
+        view.append((fields["event"], durable.offset if durable is not None else None,
+                     fields.get("data", "")))
     return view
 
 
-def broken_promises(view: list[tuple[str, int | None]], newest: int) -> list[str]:
-    """What the client would see wrong: a gap, a repeat or a step back not preceded by
-    `resync`, a snapshot without one, or a stream that never reached `newest`."""
+def broken_promises(view: list[Frame], world: _World) -> list[str]:
+    """What the client would see wrong: a gap, a repeat or a step back not right after
+    `resync`; a snapshot without one, or missing after the last one when it was
+    answered with a snapshot; a plain event lost, repeated or out of order; a stream
+    that never reached the newest event, or, once closed, did not end with `shutdown`."""
     last, resynced, wrong = RESUMED_FROM, False, []
-    for i, (event, offset) in enumerate(view):
+    for i, (event, offset, _) in enumerate(view):
         if event == "resync":
             resynced = True
         elif event == "snapshot":
@@ -161,8 +190,22 @@ def broken_promises(view: list[tuple[str, int | None]], newest: int) -> list[str
             if not resynced and offset != last + 1:
                 wrong.append(f"frame {i}: :{offset} after :{last}")
             last, resynced = offset, False
-    if last != newest:
-        wrong.append(f"ended at :{last}, newest :{newest}")
+    plains = [data for event, offset, data in view if event == "stage" and offset is None]
+    events = [event for event, _, _ in view]
+    if world.closed:
+        if events[-1:] != ["shutdown"]:
+            wrong.append(f"closed, but the last frame is {events[-1:]}")
+        if plains != world.plains[:len(plains)]:
+            wrong.append(f"plain events {plains}, delivered {world.plains}")
+        return wrong
+    if plains != world.plains:
+        wrong.append(f"plain events {plains}, delivered {world.plains}")
+    since_resync = events[len(events) - events[::-1].index("resync"):] if "resync" in events \
+        else []
+    if world.snapshot_owed and "snapshot" not in since_resync:
+        wrong.append("the snapshot answering the last resync is missing")
+    if last != world.newest:
+        wrong.append(f"ended at :{last}, newest :{world.newest}")
     return wrong
 
 
@@ -176,11 +219,10 @@ STEP = st.one_of(
 
 
 async def _run(
-    steps: list[tuple], open_at: int, bind_at: int, answer: str, head_pick: int,
-    behind: int,
-) -> tuple[list[tuple[str, int | None]], int]:
-    policy = QueuePolicy(10_000, frozenset(), "jobId", 1 << 30)
-    stream = Stream("m", "s.myshopify.com", "127.0.0.1", policy, Metrics())
+    steps: list[tuple], open_at: int, bind_at: int, close_at: int | None, answer: str,
+    head_pick: int, behind: int,
+) -> tuple[list[Frame], _World]:
+    stream = _stream()
     world = _World(stream, attached_at=RESUMED_FROM + behind)
     writer, task = _Writer(), None
     try:
@@ -200,15 +242,18 @@ async def _run(
                 world.release(step[1], step[2], step[3])
             elif step[0] == "yield":
                 await asyncio.sleep(0)
+            if i == close_at:
+                world.shutdown()
         while world.held:  # every snapshot read answers in the end
             world.release(-1, True, 0)
         world.live()  # and one more event comes live
-        await wait_for(lambda: not stream.queued, timeout=2.0, interval=0.001,
+        assert task is not None  # bound at the latest before the end
+        await wait_for(lambda: not stream.queued or task.done(), timeout=2.0, interval=0.001,
                        message="the stream drained its queue")
     finally:
         if task is not None:
             task.cancel()
-    return client_view(bytes(writer.transport.data)), world.newest
+    return client_view(bytes(writer.transport.data)), world
 
 
 @settings(max_examples=1000, deadline=None, derandomize=True)  # the same schedules every run
@@ -219,19 +264,31 @@ async def _run(
     answer=st.sampled_from(["replay", "gap", "gap+snapshot"]),
     head_pick=st.integers(0, 50),
     behind=st.integers(0, 3),
+    close_pick=st.none() | st.integers(0, 14),  # a shutdown, after that step
 )
 def test_every_opening_order_keeps_the_delivery_promise(
     steps: list[tuple], open_pick: int, bind_pick: int, answer: str, head_pick: int,
-    behind: int,
+    behind: int, close_pick: int | None,
 ) -> None:
     open_at = open_pick % (len(steps) + 1)
     bind_at = open_at + bind_pick % (len(steps) + 1 - open_at)  # the handler binds after
-    view, newest = asyncio.run(_run(steps, open_at, bind_at, answer, head_pick, behind))
-    assert broken_promises(view, newest) == [], view
+    close_at = None if close_pick is None else close_pick % (len(steps) + 1)
+    view, world = asyncio.run(
+        _run(steps, open_at, bind_at, close_at, answer, head_pick, behind))
+    assert broken_promises(view, world) == [], view
 
 
-def test_the_check_sees_a_gap_without_resync() -> None:
-    """The client-side check itself: it must catch the seed-2102 order."""
-    view = [("connected", None), ("stage", 16), ("resync", None), ("snapshot", 15),
-            ("stage", 16)]
-    assert broken_promises(view, 16) == ["frame 1: :16 after :10"]
+def test_the_check_sees_what_the_client_would() -> None:
+    """The client-side check itself: the seed-2102 order, a lost plain event, a resync
+    whose snapshot never came, a stream closed without its `shutdown` frame."""
+    world = _World(_stream(), attached_at=16)
+    world.plains = ["p1"]
+    view: list[Frame] = [("connected", None, ""), ("stage", 16, "16"), ("resync", None, ""),
+                         ("snapshot", 15, "{}"), ("stage", 16, "16")]
+    assert broken_promises(view, world) == ["frame 1: :16 after :10",
+                                            "plain events [], delivered ['p1']"]
+    world.snapshot_owed = True
+    assert "the snapshot answering the last resync is missing" in broken_promises(
+        [*view, ("resync", None, "")], world)
+    world.closed = True
+    assert "closed, but the last frame is ['stage']" in broken_promises(view, world)
