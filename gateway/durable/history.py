@@ -10,7 +10,7 @@ seconds after the merchant's last durable publish.
 Reads take the meta hash and the stream in one MULTI/EXEC, so an entry and
 the offset that counts it are always seen together; `durable.bridge` decides
 whether the history still reaches a client's Last-Event-ID. A MULTI that meets
-a moved slot on Redis Cluster is sent once more (`_in_multi`): the gateway's
+a moved slot on Redis Cluster (MOVED) is sent once more (`_in_multi`): the gateway's
 cluster client retries nothing by itself (a publish retried could run twice),
 and without this the first read of every moved merchant after a failover
 failed, costing its streams their snapshot or their replay.
@@ -25,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AskError, RedisClusterException, RedisError
+from redis.exceptions import MovedError, RedisClusterException, RedisError
 
 from ..config import Config
 from ..runtime.supervision import stop_tasks
@@ -58,11 +58,12 @@ _LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
 
 async def _in_multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
     """The replies of the commands `queue` adds to a MULTI; sent once more when a Redis
-    Cluster slot moved (MOVED, or ASK during a migration): the aborted MULTI ran
-    nothing, and the redirect taught the client the slot's owner."""
+    Cluster slot moved (MOVED): the aborted MULTI ran nothing, and the redirect taught
+    the client the slot's owner. Not on ASK (a slot migrating): redis-py sends no
+    ASKING before a MULTI, so a resend would be refused the same way."""
     try:
         return await _multi(client, queue)
-    except AskError:  # MovedError is one
+    except MovedError:
         return await _multi(client, queue)
 
 
