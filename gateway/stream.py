@@ -82,7 +82,7 @@ class Stream:
         self._chunked = 0
         # while a snapshot is read after a resync: the keys queued before it, and
         # the hold's number (a later resync's hold replaces an earlier one)
-        self._held: tuple[int, list[int]] | None = None
+        self._held: tuple[int, set[int]] | None = None
 
     def bind(self, writer: PayloadWriter, chunked: bool) -> None:
         """Start writing to `writer` (aiohttp's payload writer, headers already sent)."""
@@ -127,34 +127,32 @@ class Stream:
 
     def replay_before_live(self, entries: Sequence[Entry], last: DurableId) -> int:
         """Put a reconnect's replay, fetched while live events queued (nothing written
-        yet), before them (`catch_up.before_live`); how many of `entries` were used.
-        During a hold the replay counts as queued before it, as what it precedes:
-        the release keeps it ahead of the snapshot, which would drop it otherwise."""
-        if self.close_reason is not None:
-            return 0  # closing: what it writes is decided (a final frame stays last)
+        yet), before them (`catch_up.before_live`); how many of `entries` were used."""
         ordered, used = before_live(entries, (self._queue or {}).values(), last)
-        if self._held is not None:
-            number, held = self._held
-            self._held = (number, [*held, *(entry.seq for entry in entries[:used])])
-        self._requeue(ordered)
-        return used
+        return used if self._put_ahead(ordered, used) else 0
 
     def put_first(
         self, first: Sequence[Control], snapshot: Entry | None = None,
         head: DurableId | None = None,
     ) -> None:
         """Put `first` (a resync) and a `snapshot` read at `head` before what queued
-        live (nothing written yet), as `catch_up.after_snapshot` says. During a hold
-        they count as queued before it: its release keeps them first."""
+        live (nothing written yet), as `catch_up.after_snapshot` says."""
+        queued = list((self._queue or {}).values())
+        self._put_ahead(with_snapshot(first, snapshot, head, queued),
+                        len(first) + (snapshot is not None))
+
+    def _put_ahead(self, ordered: list[Deliverable], lead: int) -> bool:
+        """Queue `ordered` (nothing written yet), whose first `lead` frames went ahead
+        of everything queued: during a hold they count as queued before it, as what
+        they precede, so its release keeps them ahead of the snapshot (which would
+        drop a replay as older). False for a closing stream: what it writes is decided."""
         if self.close_reason is not None:
-            return
+            return False
         if self._held is not None:
             number, held = self._held
-            lead = [entry.seq for entry in first]
-            if snapshot is not None:
-                lead.append(snapshot.seq)
-            self._held = (number, [*held, *lead])
-        self._requeue(with_snapshot(first, snapshot, head, list((self._queue or {}).values())))
+            self._held = (number, held | {entry.seq for entry in ordered[:lead]})
+        self._requeue(ordered)
+        return True
 
     def hold(self, number: int) -> None:
         """Write nothing from now until `release(number)`: a snapshot is being read
@@ -163,7 +161,7 @@ class Stream:
             return
         if self._queue is None:
             self._queue = OrderedDict()
-        self._held = (number, list(self._queue))
+        self._held = (number, set(self._queue))
 
     def release(
         self, number: int, snapshot: Entry | None = None, head: DurableId | None = None
@@ -172,7 +170,7 @@ class Stream:
         before it, then what queued meanwhile as `catch_up.after_snapshot` says."""
         if self._held is None or self._held[0] != number or self.close_reason is not None:
             return
-        queue, held = self._queue or OrderedDict(), set(self._held[1])
+        queue, held = self._queue or OrderedDict(), self._held[1]
         self._held = None
         earlier = [entry for key, entry in queue.items() if key in held]
         later = [entry for key, entry in queue.items() if key not in held]
