@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 from .config import Config
 from .frames import Control
-from .stream import CloseReason, Stream
+from .stream import Stream
+from .stream_policy import CloseReason
 
 __all__ = ["Admission"]
 

@@ -43,7 +43,8 @@ from .runtime import deadlines
 from .runtime.gc_policy import run_gc_policy
 from .runtime.supervision import stop_tasks, supervised
 from .state import GATEWAY, Gateway
-from .stream import CloseReason, Stream
+from .stream import Stream
+from .stream_policy import CloseReason
 
 __all__ = ["create_app", "start_jobs"]
 

@@ -17,7 +17,8 @@ from .frames import Control, control_frame
 from .logs import STREAM_LINES
 from .merchants import Merchant
 from .state import GATEWAY, Gateway
-from .stream import CloseReason, Stream
+from .stream import Stream
+from .stream_policy import CloseReason
 from .web.forwarded import client_address
 from .web.sse import SharedHeartbeatResponse
 from .web.stream_only import stream_only

@@ -18,7 +18,7 @@ from .durable.snapshots import Snapshots
 from .hub import Hub
 from .merchants import MerchantDirectory
 from .metrics import Dependencies, Metrics
-from .stream import QueuePolicy
+from .stream_policy import QueuePolicy
 
 __all__ = ["GATEWAY", "Gateway"]
 

@@ -14,44 +14,22 @@ snapshot meets live events in the queue (`replay_before_live`, `put_first`,
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .durable.catch_up import before_live, with_snapshot
 from .durable.ids import DurableId
 from .frames import HEARTBEAT, Control, Deliverable, Entry
 from .metrics import Metrics
+from .stream_policy import ABORTING, CloseReason, QueuePolicy
 from .web.writer import PayloadWriter, WriterProtocol
 
-__all__ = ["CloseReason", "QueuePolicy", "Stream"]
+__all__ = ["Stream"]
 
 log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
-
-
-class CloseReason(enum.StrEnum):
-    """Why a stream ended; logged and counted (`gateway_stream_closes_total{reason}`)."""
-
-    CLIENT_GONE = "client_gone"
-    SLOW_CLIENT = "slow_client"
-    SHUTDOWN = "shutdown"
-    REVOKED = "revoked"
-    DRAIN_TIMEOUT = "drain_timeout"  # still open when the shutdown budget ran out
-
-
-_ABORTING = (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE, CloseReason.DRAIN_TIMEOUT)
-
-
-@dataclass(frozen=True, slots=True)
-class QueuePolicy:
-    max_queue: int
-    coalesce: frozenset[str]
-    job_key: str
-    max_queue_bytes: int
 
 
 class Stream:
@@ -189,11 +167,11 @@ class Stream:
 
         A stream already closing can still be escalated to an aborting reason.
         """
-        if self.close_reason is not None and reason not in _ABORTING:
+        if self.close_reason is not None and reason not in ABORTING:
             return
         self.close_reason = reason
         self._held = None  # a final frame is not held back for a snapshot
-        if reason in _ABORTING:
+        if reason in ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._queued_bytes = 0
             self._jobs = None

@@ -13,7 +13,8 @@ from gateway.durable.replay import DurableReplay
 from gateway.frames import Entry
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.stream import QueuePolicy, Stream
+from gateway.stream import Stream
+from gateway.stream_policy import QueuePolicy
 
 
 class FakeHistory:

@@ -15,7 +15,8 @@ from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
 from gateway.hub import Hub
 from gateway.metrics import Metrics
-from gateway.stream import QueuePolicy, Stream
+from gateway.stream import Stream
+from gateway.stream_policy import QueuePolicy
 
 MID = "m1"
 POLICY = QueuePolicy(max_queue=100, coalesce=frozenset(), job_key="jobId",

@@ -26,7 +26,8 @@ from support import wait_for
 from gateway.durable.ids import DurableId
 from gateway.frames import Control, Entry
 from gateway.metrics import Metrics
-from gateway.stream import CloseReason, QueuePolicy, Stream
+from gateway.stream import Stream
+from gateway.stream_policy import CloseReason, QueuePolicy
 
 EPOCH = "ep"
 RESUMED_FROM = 10  # the client's Last-Event-ID offset
