@@ -217,6 +217,14 @@ class RedisCluster:
         self.servers[port].kill()
         return node
 
+    def failover(self, port: int, timeout: float = 30.0) -> ClusterNode:
+        """A clean failover of the primary on ``port`` (CLUSTER FAILOVER on a replica: no
+        write is lost); the replica that took over, once the cluster is ok."""
+        followers = self.replicas_of(port)
+        self._followers[port] = {n.port for n in followers}
+        self.call(followers[0].port, "CLUSTER", "FAILOVER")
+        return self.wait_failover(port, timeout)
+
     def wait_failover(self, port: int, timeout: float = 30.0) -> ClusterNode:
         """Wait until a former replica of ``port`` owns its slots and the cluster is ok."""
         candidates = self._followers.get(port) or {p.port for p in self.replicas_of(port)}

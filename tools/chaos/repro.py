@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -154,9 +153,7 @@ async def _moved() -> int:
         claim = [(check, durable, "stage", b'{"n":1}')]
         print("before failover: holds ->", await holds_many(client, claim))
         for primary in list(owners):
-            replica = cluster.replicas_of(primary)[0].port
-            cluster.call(replica, "CLUSTER", "FAILOVER")  # clean: no write is lost
-            cluster.wait_healthy(30, extra=_deposed(cluster, primary))
+            cluster.failover(primary)
         reads = {
             "envelope check": lambda: holds_many(client, claim),
             "snapshot read": lambda: history.read_jobs(snapshot),
@@ -173,11 +170,6 @@ async def _moved() -> int:
         return int(failed)
     finally:
         cluster.stop()
-
-
-def _deposed(cluster: Any, port: int) -> Callable[[], bool]:
-    """Whether the node on `port` is no longer a primary (a failover's end)."""
-    return lambda: all(node.port != port for node in cluster.primaries())
 
 
 def main(argv: list[str] | None = None) -> int:
