@@ -144,16 +144,16 @@ class _World:
 
     def open(self, answer: str, head_pick: int) -> None:
         """The opening's answer, from a read sent after attach and flushed."""
-        head = self.head_between(self.attached_at, head_pick)
-        if answer == "replay":
+        gap = Control("resync", {"reason": "history_gap"})
+        if answer == "replay":  # a history read: its head is the replay's last event
+            head = self.head_between(self.attached_at, head_pick)
             entries = [self.durable(n) for n in range(RESUMED_FROM + 1, head + 1)]
             self.stream.replay_before_live(entries, DurableId(EPOCH, RESUMED_FROM))
         elif answer == "gap":
-            self.stream.put_first([Control("resync", {"reason": "history_gap"})])
+            self.stream.put_first([gap])
         else:
             head = self.state_read(self.attached_at, head_pick)
-            self.stream.put_first([Control("resync", {"reason": "history_gap"})],
-                                  self.snapshot(head), DurableId(EPOCH, head))
+            self.stream.put_first([gap], self.snapshot(head), DurableId(EPOCH, head))
             if self.latest_hold is None:  # else the hold's answer comes after its resync
                 self.snapshot_owed = True
 
