@@ -150,6 +150,18 @@ def test_a_progress_whose_newer_one_made_way_for_a_snapshot_is_coalescing() -> N
     assert kinds(c, published, [restart]) == ["gap"]
 
 
+def test_a_snapshot_comes_right_after_connected_or_resync() -> None:
+    """Its id may skip durable events: only a resync may announce that."""
+    jobs = {"jobs": [{"job": "j1", "event": "progress", "id": f"{EPOCH}:3", "data": {}}]}
+    snap = frame(3, "snapshot", f"{EPOCH}:3", jobs)
+    assert kinds(client(session([connected(1), snap])), acked(range(1, 4))) == []
+    resync = frame(2.5, "resync", None, {"reason": "history_gap"})
+    c = client(session([connected(1), progress(2, 1), resync, snap], last="local-7"))
+    assert kinds(c, acked(range(1, 4))) == []
+    c = client(session([connected(1), progress(2, 1), snap]))
+    assert kinds(c, acked(range(1, 4))) == ["unannounced_snapshot"]
+
+
 def test_events_sent_after_a_fresh_connect_are_owed_and_the_head_at_the_end() -> None:
     late = [Published("p", 1, "m1", "stage", None, True, 5.0, 5.1, f"{EPOCH}:1")]
     c = client(session([connected(1), frame(6, "stage", f"{EPOCH}:2", "b")]))

@@ -46,6 +46,9 @@ to its own id). Anomalies:
   replicates asynchronously) it is explained, not an anomaly, but counted and
   listed in the report; a client missing an id no acknowledged event holds any
   more is not a ``gap``.
+- ``unannounced_snapshot``: a ``snapshot`` that is not the first frame after
+  ``connected`` or after a ``resync``: its id may skip durable events, and only a
+  ``resync`` may announce that.
 - ``unexplained_shutdown`` (no SIGTERM of its gateway while the session was open),
   ``revoked`` (never expected),
   ``plain_repeat`` (a plain event's data twice in one session).
@@ -122,7 +125,9 @@ class _Client:
     def session(self, si: int, s: Session) -> None:
         plain: set[str] = set()
         self.resynced_blind = False
+        previous = ""
         for fi, f in enumerate(s.frames):
+            previous, before = f.event, previous
             if f.event == "connected":
                 if self.baseline is None and self.t_base == float("-inf"):
                     self.t_base = f.t
@@ -133,6 +138,10 @@ class _Client:
                 self.stale.clear()
                 self.resynced_blind = durable_id(s.last_event_id) is None
             elif f.event == "snapshot":
+                if before not in ("connected", "resync"):
+                    self.flag("unannounced_snapshot", si, fi, f.t,
+                              f"snapshot {f.id} after {before or 'nothing'}, not after "
+                              "connected or resync")
                 self.baseline, self.t_base = durable_id(f.id), f.t
                 if f.id is not None:
                     self.got_at.setdefault(f.id, f.t)
