@@ -66,13 +66,17 @@ def create_app(cfg: Config) -> web.Application:
     redis_client = make(cfg.redis.url, _HISTORY_POOL_SIZE)
     envelopes = EnvelopeCheck(redis_client, cfg.redis.events)
 
+    def reconnected() -> Control:  # one per broadcast: a stream queues it by its key
+        return Control("resync", {"reason": "redis_reconnected"})
+
     def resync(merchant_ids: list[str]) -> None:
         """Messages of these merchants may have been lost (Redis reconnected or moved)."""
-        hub.mark_gap(merchant_ids)
-        hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
+        hub.resync(merchant_ids, reconnected())
 
     def live_again(merchant_ids: list[str]) -> None:
-        """Their channels are subscribed again after `resync`: the job state can be read."""
+        """Their channels are subscribed again after `resync`: streams attached since
+        get it too, then the job state can be read."""
+        hub.live_again(merchant_ids, reconnected())
         if cfg.sse.snapshot:
             snapshots.after_resync(merchant_ids)
 

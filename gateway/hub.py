@@ -187,6 +187,8 @@ class Hub:
         topic = self.open(merchant_id)
         replay = [] if not last_event_id else topic.after(last_event_id)
         topic.subscribers.add(subscriber)
+        if topic.late is not None:
+            topic.late.add(subscriber)
         return replay or [], replay is None
 
     def held_after(self, merchant_id: str, last_event_id: str) -> list[Entry] | None:
@@ -198,6 +200,8 @@ class Hub:
         topic = self._topics.get(merchant_id)
         if topic is not None:
             topic.subscribers.discard(subscriber)
+            if topic.late:
+                topic.late.discard(subscriber)
 
     def gap_mark(self, merchant_id: str) -> int:
         """The merchant's gap mark: pass it to `backfill` after a history read."""
@@ -265,6 +269,28 @@ class Hub:
                 topic.gap_after = self._seq
                 topic.new_mark()
                 topic.next_durable = None  # what follows may not continue the proven head
+
+    def resync(self, merchant_ids: Iterable[str], control: Control) -> None:
+        """Messages of these merchants may have been lost (Redis reconnected): mark
+        the gap and send `control` (a `resync`) to their streams; a stream that
+        attaches before `live_again` gets it then, as it may have missed them too."""
+        merchant_ids = list(merchant_ids)
+        self.mark_gap(merchant_ids)
+        for merchant_id in merchant_ids:
+            if (topic := self._topics.get(merchant_id)) is not None:
+                topic.late = set()
+        self.broadcast(control, merchant_ids)
+
+    def live_again(self, merchant_ids: Iterable[str], control: Control) -> None:
+        """Their channels are subscribed again after `resync`: the streams attached
+        since it went out get `control` now, before anything that follows."""
+        for merchant_id in merchant_ids:
+            topic = self._topics.get(merchant_id)
+            if topic is None or topic.late is None:
+                continue
+            late, topic.late = topic.late, None
+            for subscriber in late & topic.subscribers:
+                subscriber.deliver(control)
 
     def subscribers(self, merchant_id: str) -> list[Subscriber]:
         """The merchant's open streams (a copy)."""

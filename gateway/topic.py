@@ -22,8 +22,8 @@ class Subscriber(Protocol):
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("durable_head", "gap_after", "history", "mark", "next_durable", "pending",
-                 "subscribers")
+    __slots__ = ("durable_head", "gap_after", "history", "late", "mark", "next_durable",
+                 "pending", "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
@@ -37,6 +37,9 @@ class Topic:
         # new at every gap and for every topic: a read begun under another mark (or
         # under an earlier subscription of the merchant) may not backfill this ring
         self.mark = next(_marks)
+        # from a resync until its channels are live again: the streams attached since,
+        # which the resync did not reach
+        self.late: set[Subscriber] | None = None
 
     def new_mark(self) -> None:
         """A gap: reads begun before it may not backfill the ring."""

@@ -472,3 +472,22 @@ def test_a_flushed_history_read_makes_the_next_envelope_need_no_check() -> None:
     hub.learn_head("m", DurableId("ep", 3), hub.gap_mark("m"))  # an older read: no step back
     hub.publish("m", "stage", b"6", "ep:6")
     assert checks.asked == [] and ids(sink.got) == ["ep:5", "ep:6"]
+
+
+def test_a_stream_attached_between_resync_and_live_again_gets_the_resync() -> None:
+    """The resync went out before it attached, yet it may have missed the same
+    messages (its replay or snapshot was read while Redis was reconnecting): it
+    gets the resync once the channels are live again, before the snapshot hold."""
+    hub = Hub(history=10)
+    early, late, gone, later = Sink(), Sink(), Sink(), Sink()
+    hub.attach("m1", early, None)
+    hub.resync(["m1"], Control("resync", {"reason": "redis_reconnected"}))
+    hub.attach("m1", late, None)
+    hub.attach("m1", gone, None)
+    hub.detach("m1", gone)
+    hub.live_again(["m1"], Control("resync", {"reason": "redis_reconnected"}))
+    hub.attach("m1", later, None)
+    hub.live_again(["m1"], Control("resync", {"reason": "redis_reconnected"}))
+    assert [c.event for c in early.got] == ["resync"]
+    assert [c.event for c in late.got] == ["resync"]
+    assert gone.got == [] and later.got == []

@@ -35,8 +35,7 @@ async def test_a_message_read_before_the_control_ack_follows_the_resync(
     live: list[list[str]] = []
 
     def resync(merchant_ids: list[str]) -> None:
-        hub.mark_gap(merchant_ids)
-        hub.broadcast(Control("resync", {"reason": "redis_reconnected"}), merchant_ids)
+        hub.resync(merchant_ids, Control("resync", {"reason": "redis_reconnected"}))
 
     cfg = RedisConfig(url=redis_server.url, events=("progress",))
     broker = RedisBroker(cfg, hub, Metrics(), linger_s=60, on_resync=resync,
