@@ -22,7 +22,7 @@ from .durable.catch_up import before_live, with_snapshot
 from .durable.ids import DurableId
 from .frames import HEARTBEAT, Control, Deliverable, Entry
 from .metrics import Metrics
-from .stream_policy import ABORTING, CloseReason, QueuePolicy
+from .stream_policy import ABORTING, HOLD_ALLOWANCE, CloseReason, QueuePolicy
 from .web.writer import PayloadWriter, WriterProtocol
 
 __all__ = ["Stream"]
@@ -213,11 +213,14 @@ class Stream:
                     self._jobs = {k: v for k, v in jobs.items() if v in queue}
         queue[entry.seq] = entry
         self._queued_bytes += entry.size
-        if len(queue) > policy.max_queue + self._replay_allowance or (
+        most, most_bytes = (policy.max_queue + self._replay_allowance,
+                            policy.max_queue_bytes + self._replay_allowance_bytes)
+        if self._held is not None:  # not behind: held by the gateway for a snapshot
+            most, most_bytes = most * HOLD_ALLOWANCE, most_bytes * HOLD_ALLOWANCE
+        if len(queue) > most or (
             # one event larger than the budget may wait alone: a reader that is briefly
             # behind on a big event is not cut; a second one behind it is
-            self._queued_bytes > policy.max_queue_bytes + self._replay_allowance_bytes
-            and len(queue) > 1
+            self._queued_bytes > most_bytes and len(queue) > 1
         ):
             self.metrics.slow_client_disconnects += 1
             log.info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ABORTING", "CloseReason", "QueuePolicy"]
+__all__ = ["ABORTING", "HOLD_ALLOWANCE", "CloseReason", "QueuePolicy"]
 
 
 class CloseReason(enum.StrEnum):
@@ -25,6 +25,13 @@ class CloseReason(enum.StrEnum):
 
 ABORTING = (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE, CloseReason.DRAIN_TIMEOUT)
 """Reasons that drop what is queued and abort the socket (no final frame)."""
+
+
+HOLD_ALLOWANCE = 4
+"""While the gateway holds a stream for a snapshot after a resync (at most the read's
+timeout), it may queue this many times `max_queue` and `max_queue_bytes`: a reader
+that is not behind is not cut for what the hold kept from it. The queued events are
+the hub's, shared by every stream of the merchant."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from gateway.durable.ids import DurableId
 from gateway.frames import Control, Entry
 from gateway.metrics import Metrics
 from gateway.stream import Stream
-from gateway.stream_policy import CloseReason, QueuePolicy
+from gateway.stream_policy import HOLD_ALLOWANCE, CloseReason, QueuePolicy
 
 
 class FakeProtocol:
@@ -599,5 +599,29 @@ async def test_a_replay_that_lands_during_a_hold_stays_before_the_held_events() 
         data = writer.transport.data
         assert ids_in(data) == ["ep:892", "ep:893", "ep:894", "ep:895", "ep:896", "ep:895"]
         assert data.index(b"ep:896") < data.index(b"redis_reconnected") < data.index(b"snapshot")
+    finally:
+        await finish(task)
+
+
+async def test_a_held_stream_may_queue_past_its_limit_but_not_without_bound() -> None:
+    """A hold keeps a reader that is not behind from writing while the merchant's
+    snapshot is read: events queued meanwhile, past `max_queue`, do not cut it; its
+    release lets it catch up. The allowance is bounded: past it, the stream is cut."""
+    stream, metrics = make_stream(max_queue=5)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        stream.hold(1)
+        held = [entry("stage", {"n": n}) for n in range(5 * HOLD_ALLOWANCE)]
+        for e in held:
+            stream.deliver(e)
+        assert stream.close_reason is None and metrics.slow_client_disconnects == 0
+        stream.release(1)
+        await poll(lambda: held[-1].id.encode() in writer.transport.data, what="caught up")
+        assert ids_in(writer.transport.data) == [e.id for e in held]
+        stream.hold(2)
+        for _ in range(5 * HOLD_ALLOWANCE + 1):
+            stream.deliver(entry("stage", {}))
+        assert stream.close_reason == CloseReason.SLOW_CLIENT
     finally:
         await finish(task)
