@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from support import unique_merchant, wait_for
 
-from gateway.durable.history import DurableHistory, missed
+from gateway.broker.connection import make_client
+from gateway.durable.history import DurableHistory, holds_many, missed
 from gateway.durable.ids import (
     DurableEvent,
     DurableId,
@@ -400,3 +402,35 @@ async def test_a_batch_started_over_maxmemory_writes_nothing(
         assert [await client.dump(k) for k in keys] == state, "a refused batch wrote"
     finally:
         await client.aclose()
+
+
+async def test_every_read_answers_on_a_pooled_connection_redis_closed(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """After a Redis restart each pooled connection's next command meets a closed
+    socket. The gateway's client retries nothing (a publish must not run twice), so
+    the first read on it failed: a reconnecting tab got `resync` instead of its
+    replay, or no snapshot. Reads are sent once more on a fresh connection."""
+    redis = redis_factory()
+    history = DurableHistory(make_client(redis.url, 1), channel=CHANNEL, history=5, ttl_s=600)
+    client = history._client
+    first = DurableId.parse(await history.publish("m1", "progress", b"{}"))
+    assert first is not None
+    reads: dict[str, Callable[[], Any]] = {  # each, by name, must answer once restarted
+        "read_all": lambda: history.read_all("m1"),
+        "read_head": lambda: history.read_head("m1"),
+        "read_jobs": lambda: history.read_jobs("m1"),
+        "holds_many": lambda: holds_many(client, [("m1", first, "progress", b"{}")]),
+        "missed": lambda: missed(client, "m1", first, DurableId(first.epoch, first.offset + 2),
+                                 ("progress",)),
+    }
+    try:
+        for name, read in reads.items():
+            await read()  # the pool's one connection, open
+            redis.restart()
+            try:
+                await read()
+            except RedisConnectionError as exc:  # "Connection closed by server", before
+                raise AssertionError(f"{name} failed after the restart") from exc
+    finally:
+        await history.close()

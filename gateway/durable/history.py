@@ -9,22 +9,24 @@ seconds after the merchant's last durable publish.
 
 Reads take the meta hash and the stream in one MULTI/EXEC, so an entry and
 the offset that counts it are always seen together; `durable.bridge` decides
-whether the history still reaches a client's Last-Event-ID. A MULTI that meets
-a moved slot on Redis Cluster (MOVED) is sent once more (`_in_multi`): the gateway's
-cluster client retries nothing by itself (a publish retried could run twice),
-and without this the first read of every moved merchant after a failover
-failed, costing its streams their snapshot or their replay.
+whether the history still reaches a client's Last-Event-ID. A read that meets
+a moved slot on Redis Cluster (MOVED) or a pooled connection Redis closed (a
+restart) is sent once more (`_resent`): the gateway's clients retry nothing by
+themselves (a publish retried could run twice), and without this the first
+read of every moved merchant after a failover, and of every pooled connection
+after a restart, failed, costing its stream its snapshot or its replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisClusterException, RedisError
 
 from ..config import Config
@@ -52,25 +54,32 @@ from .publisher import (
 __all__ = ["DurableHistory", "publisher_settings"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
 
 
-async def _in_multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
-    """The replies of the commands `queue` adds to a MULTI; sent once more when a Redis
-    Cluster slot moved (MOVED): the aborted MULTI ran nothing, and the redirect taught
-    the client the slot's owner. Not on ASK (a slot migrating): redis-py sends no
-    ASKING before a MULTI, so a resend would be refused the same way."""
+async def _resent(send: Callable[[], Awaitable[_T]]) -> _T:
+    """`send()`, which only reads (or writes what it may write twice), sent once more
+    when a Redis Cluster slot moved (MOVED: an aborted MULTI ran nothing, and the
+    redirect taught the client the slot's owner) or the pooled connection was closed
+    by Redis (a restart: the next try connects afresh). Not on ASK (a slot migrating:
+    redis-py sends no ASKING before a MULTI, so a resend would be refused the same
+    way), nor on a timeout (the caller's deadline decides)."""
     try:
-        return await _multi(client, queue)
-    except MovedError:
-        return await _multi(client, queue)
+        return await send()
+    except (MovedError, RedisConnectionError):
+        return await send()
 
 
-async def _multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
-    async with client.pipeline(transaction=True) as pipe:
-        queue(pipe)
-        return list(await pipe.execute())
+async def _in_multi(client: aioredis.Redis | Any, queue: Callable[[Any], object]) -> list[Any]:
+    """The replies of the commands `queue` adds to a MULTI (`_resent`)."""
+    async def multi() -> list[Any]:
+        async with client.pipeline(transaction=True) as pipe:
+            queue(pipe)
+            return list(await pipe.execute())
+
+    return await _resent(multi)
 
 
 def publisher_settings(cfg: Config) -> dict[str, Any]:
@@ -140,10 +149,13 @@ class DurableHistory:
         and the ids of its epoch a failover lost: two reads in one round trip (no
         MULTI: the set only grows, and an id recorded between them is as recorded a
         moment later)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.hmget(history_keys(merchant_id)[1], "epoch", "offset")
-            pipe.smembers(lost_ids_key(merchant_id))
-            (epoch, head), lost = await pipe.execute()
+        async def reads() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(history_keys(merchant_id)[1], "epoch", "offset")
+                pipe.smembers(lost_ids_key(merchant_id))
+                return list(await pipe.execute())
+
+        (epoch, head), lost = await _resent(reads)
         if epoch is None or head is None:
             return HistoryHead(None)
         return HistoryHead(DurableId(_text(epoch), int(head)), lost_offsets(_text(epoch), lost))
@@ -251,7 +263,8 @@ async def missed(
         return False
     stream = history_keys(merchant_id)[0]
     last = durable.offset - 1
-    entries = await client.xrange(stream, f"0-{expected.offset}", f"0-{last}") or []
+    entries = await _resent(
+        lambda: client.xrange(stream, f"0-{expected.offset}", f"0-{last}")) or []
     if len(entries) != last - expected.offset + 1:
         return True
     return any(_entry(durable.epoch, *raw).event in events for raw in entries)
