@@ -100,6 +100,13 @@ class Entry:
         self.wire: Wire = wire(event_frame(event_id, event, payload))
         self._job: object = _UNPARSED if keep_payload else None
 
+    def renumbered(self, seq: int) -> Entry:
+        """The same frame under queue key `seq` (a stream queues each key once)."""
+        copy = Entry.__new__(Entry)
+        copy.seq, copy.id, copy.event = seq, self.id, self.event
+        copy.payload, copy._job, copy.wire = self.payload, self._job, self.wire
+        return copy
+
     def without_id(self) -> Entry:
         """The same event framed without its `id:` line (the browser keeps its
         Last-Event-ID); `id` stays for matching."""

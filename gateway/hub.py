@@ -203,6 +203,11 @@ class Hub:
             if topic.late:
                 topic.late.discard(subscriber)
 
+    def again(self, entry: Entry) -> Entry:
+        """`entry`'s frame under the next sequence number, to queue it a second time."""
+        self._seq += 1
+        return entry.renumbered(self._seq)
+
     def gap_mark(self, merchant_id: str) -> int:
         """The merchant's gap mark: pass it to `backfill` after a history read."""
         topic = self._topics.get(merchant_id)

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
+from gateway.frames import Control
 from gateway.hub import Hub
 from gateway.metrics import Metrics
 from gateway.stream import Stream
@@ -196,3 +197,26 @@ async def test_merchants_no_longer_held_are_forgotten() -> None:
     w.hub.attach("m-last", stream, None)
     await w.snapshots.open(stream, [])
     assert len(w.snapshots._kept) <= 2 * len(w.hub) + 64
+
+
+async def test_a_stream_opening_during_a_resync_gets_a_snapshot_after_the_resync() -> None:
+    """A stream attaches while the subscriber link reconnects (after the resync went
+    out) and reads its opening snapshot; the channels come back before that read
+    starts, so the resync's hold shares the same read. The stream gets the resync
+    when live again, and a snapshot after it: the shared read's frame queued twice
+    under one key kept only its first place, before the resync."""
+    w = World()
+    w.publish(1, "A")
+    early = await w.connect()
+    w.hub.resync([MID], Control("resync", {"reason": "redis_reconnected"}))
+    late = Stream(MID, "shop", "client", POLICY, Metrics())
+    w.hub.attach(MID, late, None)
+    opening = asyncio.ensure_future(w.snapshots.open(late, []))
+    await asyncio.sleep(0)  # its read is gathering callers: not sent yet
+    w.hub.live_again([MID], Control("resync", {"reason": "redis_reconnected"}))
+    w.snapshots.after_resync([MID])  # as app.py wires the broker's on_live
+    assert await opening
+    await w.snapshots.close()  # the hold's release has run
+    assert w.history.reads == 2  # the early stream's, then the shared one
+    assert queued(late) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
+    assert queued(early) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]

@@ -138,12 +138,19 @@ class Snapshots:
         except _FAULTS as exc:  # Redis went again: the next reconnect resyncs once more
             log.warning("snapshot read failed merchant=%s: %s", merchant_id, type(exc).__name__)
         finally:
+            self._release_all(streams, number, snapshot)
+
+    def _release_all(self, streams: list[Stream], number: int, snapshot: Snapshot | None) -> None:
+        if snapshot is None:
             for stream in streams:
-                if snapshot is None:
-                    stream.release(number)
-                else:
-                    stream.release(number, snapshot.frame, snapshot.head)
-                    self._metrics.snapshots += 1
+                stream.release(number)
+            return
+        # a frame of its own: a stream that opened meanwhile may have queued the same
+        # read's frame (before the resync); it must get one after the resync too
+        frame = self._hub.again(snapshot.frame)
+        for stream in streams:
+            stream.release(number, frame, snapshot.head)
+        self._metrics.snapshots += len(streams)
 
     async def _read(self, merchant_id: str) -> Snapshot | None:
         """One state read, flushed, as a frame (None: no job state); kept in memory
