@@ -81,9 +81,11 @@ def create_app(cfg: Config) -> web.Application:
             snapshots.after_resync(merchant_ids)
 
     def missed(merchant_ids: list[str]) -> None:
-        """Messages of these merchants never arrived, though their channels are live."""
+        """Messages of these merchants never arrived, though their channels are live.
+        Not `hub.live_again`: a resync of the broker's may still be waiting for it."""
         resync(merchant_ids)
-        live_again(merchant_ids)
+        if cfg.sse.snapshot:
+            snapshots.after_resync(merchant_ids)
 
     history = DurableHistory(redis_client, **publisher_settings(cfg))
     hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes,
