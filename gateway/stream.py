@@ -153,6 +153,12 @@ class Stream:
         earlier = [entry for key, entry in queue.items() if key in held]
         later = [entry for key, entry in queue.items() if key not in held]
         self._requeue(with_snapshot(earlier, snapshot, head, later))
+        # what the hold queued may drain, but holds never add up: at most HOLD_ALLOWANCE
+        # times the limits, however many come before the reader catches up
+        over = HOLD_ALLOWANCE - 1
+        self._replay_allowance = min(self._replay_allowance, self._policy.max_queue * over)
+        self._replay_allowance_bytes = min(self._replay_allowance_bytes,
+                                           self._policy.max_queue_bytes * over)
 
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
@@ -213,10 +219,11 @@ class Stream:
                     self._jobs = {k: v for k, v in jobs.items() if v in queue}
         queue[entry.seq] = entry
         self._queued_bytes += entry.size
-        most, most_bytes = (policy.max_queue + self._replay_allowance,
-                            policy.max_queue_bytes + self._replay_allowance_bytes)
+        most = policy.max_queue + self._replay_allowance
+        most_bytes = policy.max_queue_bytes + self._replay_allowance_bytes
         if self._held is not None:  # not behind: held by the gateway for a snapshot
-            most, most_bytes = most * HOLD_ALLOWANCE, most_bytes * HOLD_ALLOWANCE
+            most = max(most, policy.max_queue * HOLD_ALLOWANCE)
+            most_bytes = max(most_bytes, policy.max_queue_bytes * HOLD_ALLOWANCE)
         if len(queue) > most or (
             # one event larger than the budget may wait alone: a reader that is briefly
             # behind on a big event is not cut; a second one behind it is

@@ -28,10 +28,12 @@ ABORTING = (CloseReason.SLOW_CLIENT, CloseReason.CLIENT_GONE, CloseReason.DRAIN_
 
 
 HOLD_ALLOWANCE = 4
-"""While the gateway holds a stream for a snapshot after a resync (at most the read's
-timeout), it may queue this many times `max_queue` and `max_queue_bytes`: a reader
-that is not behind is not cut for what the hold kept from it. The queued events are
-the hub's, shared by every stream of the merchant."""
+"""While the gateway holds a stream for a snapshot after a resync (the state read and
+the delivery round trip behind it), it may queue this many times `max_queue` and
+`max_queue_bytes`, and after the hold drain from there: a reader that is not behind
+is not cut for what the hold kept from it. Holds do not add up: a stream never queues
+more than this many times the limits. The queued events are the hub's, shared by
+every stream of the merchant."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -625,3 +625,24 @@ async def test_a_held_stream_may_queue_past_its_limit_but_not_without_bound() ->
         assert stream.close_reason == CloseReason.SLOW_CLIENT
     finally:
         await finish(task)
+
+
+async def test_holds_one_after_another_never_let_a_stalled_reader_queue_more() -> None:
+    """A reader that reads nothing while resync after resync holds it: each release
+    lets what the hold queued drain, but the next hold may not add its allowance on
+    top. Past HOLD_ALLOWANCE times `max_queue` queued in all, it is cut."""
+    stream, _ = make_stream(max_queue=5)
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    writer.pause()  # the reader has stopped reading
+    try:
+        stream.hold(1)
+        for _ in range(5 * HOLD_ALLOWANCE):  # the most a hold may queue
+            stream.deliver(entry("stage", {}))
+        stream.release(1)
+        assert stream.close_reason is None
+        stream.hold(2)  # nothing drained since: one more event is one too many
+        stream.deliver(entry("stage", {}))
+        assert stream.close_reason == CloseReason.SLOW_CLIENT
+    finally:
+        await finish(task)
