@@ -26,8 +26,16 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    MaxClientsReachedError,
+    MaxConnectionsError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisClusterException, RedisError
 
 from ..config import Config
 from ..runtime.supervision import stop_tasks
@@ -55,6 +63,8 @@ __all__ = ["DurableHistory", "publisher_settings"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_NOT_RESENT = (AuthenticationError, AuthorizationError, MaxClientsReachedError,
+               MaxConnectionsError)
 
 _LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
 
@@ -62,12 +72,15 @@ _LOST_MAX = 1000  # ids remembered per loss at most (a failover loses a few)
 async def _resent(send: Callable[[], Awaitable[_T]]) -> _T:
     """`send()`, which only reads (or writes what it may write twice), sent once more
     when a Redis Cluster slot moved (MOVED: an aborted MULTI ran nothing, and the
-    redirect taught the client the slot's owner) or the pooled connection was closed
-    by Redis (a restart: the next try connects afresh). Not on ASK (a slot migrating:
-    redis-py sends no ASKING before a MULTI, so a resend would be refused the same
-    way), nor on a timeout (the caller's deadline decides)."""
+    redirect taught the client the slot's owner) or on a connection error (a pooled
+    connection Redis closed in a restart: the next try connects afresh; also a wait
+    for a pooled connection that timed out, bounded by the caller's deadline). Not
+    when a resend cannot help: ASK (a slot migrating: redis-py sends no ASKING before
+    a MULTI), refused credentials or client limits, a socket timeout."""
     try:
         return await send()
+    except _NOT_RESENT:
+        raise
     except (MovedError, RedisConnectionError):
         return await send()
 
