@@ -39,6 +39,7 @@ from .hub import Hub
 from .logs import flush_suppressed
 from .merchants import MerchantDirectory
 from .metrics import Metrics
+from .resyncs import Resyncs
 from .runtime import deadlines
 from .runtime.gc_policy import run_gc_policy
 from .runtime.supervision import stop_tasks, supervised
@@ -66,30 +67,9 @@ def create_app(cfg: Config) -> web.Application:
     redis_client = make(cfg.redis.url, _HISTORY_POOL_SIZE)
     envelopes = EnvelopeCheck(redis_client, cfg.redis.events)
 
-    def reconnected() -> Control:  # one per broadcast: a stream queues it by its key
-        return Control("resync", {"reason": "redis_reconnected"})
-
-    def resync(merchant_ids: list[str]) -> None:
-        """Messages of these merchants may have been lost (Redis reconnected or moved)."""
-        hub.resync(merchant_ids, reconnected())
-
-    def live_again(merchant_ids: list[str]) -> None:
-        """Their channels are subscribed again after `resync`: streams attached since
-        get it too, then the job state can be read."""
-        hub.live_again(merchant_ids, reconnected())
-        if cfg.sse.snapshot:
-            snapshots.after_resync(merchant_ids)
-
-    def missed(merchant_ids: list[str]) -> None:
-        """Messages of these merchants never arrived, though their channels are live.
-        Not `hub.live_again`: a resync of the broker's may still be waiting for it."""
-        resync(merchant_ids)
-        if cfg.sse.snapshot:
-            snapshots.after_resync(merchant_ids)
-
     history = DurableHistory(redis_client, **publisher_settings(cfg))
     hub = Hub(history=cfg.sse.history, coalesce=frozenset(cfg.sse.coalesce), verify=envelopes,
-              on_missed=missed, on_lost=history.remember_lost)
+              on_missed=lambda ids: resyncs.missed(ids), on_lost=history.remember_lost)
     metrics = Metrics(max_connections=cfg.sse.max_connections)
 
     async def flush() -> float:
@@ -100,10 +80,11 @@ def create_app(cfg: Config) -> web.Application:
 
     app.on_cleanup.append(lambda _: envelopes.close())
     broker = RedisBroker(
-        cfg.redis, hub, metrics, linger_s=cfg.sse.linger, on_resync=resync,
-        on_live=live_again,
+        cfg.redis, hub, metrics, linger_s=cfg.sse.linger,
+        on_resync=lambda ids: resyncs.resync(ids), on_live=lambda ids: resyncs.live_again(ids),
     )
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
+    resyncs = Resyncs(hub, snapshots if cfg.sse.snapshot else None)
     app[GATEWAY] = Gateway(
         cfg=cfg,
         hub=hub,

@@ -13,9 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
-from gateway.frames import Control
 from gateway.hub import Hub
 from gateway.metrics import Metrics
+from gateway.resyncs import Resyncs
 from gateway.stream import Stream
 from gateway.stream_policy import QueuePolicy
 
@@ -63,6 +63,7 @@ class World:
         self.snapshots = Snapshots(self.history, self._flush, self.hub,  # type: ignore[arg-type]
                                    Metrics(), job_key="jobId")
         self.snapshots.clock = lambda: self.now
+        self.resyncs = Resyncs(self.hub, self.snapshots)  # as app.py wires the broker
 
     async def _flush(self) -> float:
         await asyncio.sleep(0)
@@ -79,6 +80,12 @@ class World:
         self.hub.attach(MID, stream, None)
         await self.snapshots.open(stream, [])
         return stream
+
+
+async def held_released(w: World) -> None:
+    """Every hold's snapshot read has answered and its streams are released."""
+    while w.snapshots._tasks:
+        await asyncio.wait(set(w.snapshots._tasks))
 
 
 def queued(stream: Stream) -> list[tuple[str, str | None]]:
@@ -208,15 +215,29 @@ async def test_a_stream_opening_during_a_resync_gets_a_snapshot_after_the_resync
     w = World()
     w.publish(1, "A")
     early = await w.connect()
-    w.hub.resync([MID], Control("resync", {"reason": "redis_reconnected"}))
+    w.resyncs.resync([MID])  # the link's first answer from Redis
     late = Stream(MID, "shop", "client", POLICY, Metrics())
     w.hub.attach(MID, late, None)
     opening = asyncio.ensure_future(w.snapshots.open(late, []))
     await asyncio.sleep(0)  # its read is gathering callers: not sent yet
-    w.hub.live_again([MID], Control("resync", {"reason": "redis_reconnected"}))
-    w.snapshots.after_resync([MID])  # as app.py wires the broker's on_live
+    w.resyncs.live_again([MID])  # every channel subscribed again
     assert await opening
-    await w.snapshots.close()  # the hold's release has run
+    await held_released(w)
     assert w.history.reads == 2  # the early stream's, then the shared one
     assert queued(late) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
     assert queued(early) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
+
+
+async def test_messages_found_missed_during_a_link_reconnect_keep_its_window_open() -> None:
+    """The hub finds messages missed (a resync with its hold, at once) while the
+    subscriber link is still reconnecting: a stream attaching after that, before the
+    link is live again, still gets the link's resync before the link's snapshot."""
+    w = World()
+    w.publish(1, "A")
+    await w.connect()
+    w.resyncs.resync([MID])  # the link's first answer from Redis
+    w.resyncs.missed([MID])  # the hub: an envelope showed messages that never came
+    late = await w.connect()  # its own snapshot, from a read of its own
+    w.resyncs.live_again([MID])
+    await held_released(w)
+    assert queued(late) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
