@@ -228,26 +228,7 @@ class Hub:
         topic = self._topics.get(merchant_id)
         if topic is None or topic.mark != gap_mark or not history:
             return 0
-        ring = topic.history
-        room = (ring.maxlen or 0) - len(ring)
-        if room <= 0 or (ring and ring[0].seq <= topic.gap_after):
-            return 0
-        oldest = DurableId.parse(history[0].id)
-        if oldest is None:
-            return 0
-        stop = oldest.offset + len(history)  # offsets in `history` are consecutive
-        for entry in ring:
-            durable = DurableId.parse(entry.id)
-            if durable is not None:
-                if durable.epoch != oldest.epoch:
-                    return 0
-                stop = durable.offset
-                break
-        if stop > oldest.offset + len(history):  # events between the read and the ring: gone
-            return 0
-        older = history[: max(stop - oldest.offset, 0)][-room:]
-        ring.extendleft(reversed(older))
-        return len(older)
+        return topic.backfill(history)
 
     def proves(self, merchant_id: str, last: DurableId) -> bool:
         """Whether `last` is of the merchant's history as this process last saw it, and

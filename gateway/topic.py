@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from .durable.ids import DurableId
@@ -44,6 +45,31 @@ class Topic:
     def new_mark(self) -> None:
         """A gap: reads begun before it may not backfill the ring."""
         self.mark = next(_marks)
+
+    def backfill(self, history: Sequence[Entry]) -> int:
+        """Put `history` (durable events in offset order, read under this topic's mark)
+        in front of the ring, up to where the ring's own durable events begin; how many
+        were added (`Hub.backfill` says when)."""
+        ring = self.history
+        room = (ring.maxlen or 0) - len(ring)
+        if room <= 0 or (ring and ring[0].seq <= self.gap_after):
+            return 0
+        oldest = DurableId.parse(history[0].id)
+        if oldest is None:
+            return 0
+        stop = oldest.offset + len(history)  # offsets in `history` are consecutive
+        for entry in ring:
+            durable = DurableId.parse(entry.id)
+            if durable is not None:
+                if durable.epoch != oldest.epoch:
+                    return 0
+                stop = durable.offset
+                break
+        if stop > oldest.offset + len(history):  # events between the read and the ring: gone
+            return 0
+        older = history[: max(stop - oldest.offset, 0)][-room:]
+        ring.extendleft(reversed(older))
+        return len(older)
 
     def advance(self, event_id: str) -> None:
         """A durable id delivered: it is the proven head; its successor continues it."""
