@@ -46,9 +46,11 @@ to its own id). Anomalies:
   replicates asynchronously) it is explained, not an anomaly, but counted and
   listed in the report; a client missing an id no acknowledged event holds any
   more is not a ``gap``.
-- ``unannounced_snapshot``: a ``snapshot`` that is not the first frame after
-  ``connected`` or after a ``resync``: its id may skip durable events, and only a
-  ``resync`` may announce that.
+- ``unannounced_snapshot``: a ``snapshot`` that no ``resync`` or fresh connect
+  announced: its id may skip durable events, and only a ``resync`` may announce
+  that. One snapshot per ``resync`` (live events may come between the two: they
+  arrive before the streams are held for it), or one right after ``connected``
+  in a session without a Last-Event-ID, before any durable event.
 - ``unexplained_shutdown`` (no SIGTERM of its gateway while the session was open),
   ``revoked`` (never expected),
   ``plain_repeat`` (a plain event's data twice in one session).
@@ -125,9 +127,13 @@ class _Client:
     def session(self, si: int, s: Session) -> None:
         plain: set[str] = set()
         self.resynced_blind = False
-        previous = ""
+        announced = "nothing"  # what may announce a snapshot: "connected", "resync"
         for fi, f in enumerate(s.frames):
-            previous, before = f.event, previous
+            if f.event in ("connected", "resync"):
+                announced = f.event
+            elif f.event in MERCHANT_EVENTS and announced == "connected" \
+                    and durable_id(f.id) is not None:
+                announced = "a durable event"
             if f.event == "connected":
                 if self.baseline is None and self.t_base == float("-inf"):
                     self.t_base = f.t
@@ -138,10 +144,13 @@ class _Client:
                 self.stale.clear()
                 self.resynced_blind = durable_id(s.last_event_id) is None
             elif f.event == "snapshot":
-                if before not in ("connected", "resync"):
+                if announced == "connected" and s.last_event_id:
+                    announced = "connected with a Last-Event-ID"
+                if announced not in ("connected", "resync"):
                     self.flag("unannounced_snapshot", si, fi, f.t,
-                              f"snapshot {f.id} after {before or 'nothing'}, not after "
-                              "connected or resync")
+                              f"snapshot {f.id} announced by {announced}, not by a resync "
+                              "or a connect without Last-Event-ID")
+                announced = "a snapshot"  # the next needs a resync of its own
                 self.baseline, self.t_base = durable_id(f.id), f.t
                 if f.id is not None:
                     self.got_at.setdefault(f.id, f.t)
