@@ -82,7 +82,7 @@ def mean_row(rows: list[dict]) -> dict:
 
 def frame_overhead() -> int:
     """Bytes an SSE frame (HTTP/1.1 chunked) adds to a payload, as the gateway encodes it."""
-    from gateway.frames import event_frame, wire
+    from gateway.fanout.frames import event_frame, wire
 
     payload = b'{"jobId":"j1","t":1764500000000000000,"seq":1}'
     return len(wire(event_frame("1a2b3c4d5e6:123456", "progress", payload))[1]) - len(payload)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .admission import Admission
-from .auth import Authenticator
+from .access.admission import Admission
+from .access.auth import Authenticator
+from .access.merchants import MerchantDirectory
 from .broker import RedisBroker
 from .broker.connection import make_client, make_cluster_client
 from .config import Config
@@ -32,20 +33,19 @@ from .durable.history import DurableHistory, publisher_settings
 from .durable.replay import DurableReplay
 from .durable.snapshots import Snapshots
 from .errors import UnavailableError
-from .frames import Control
+from .fanout.frames import Control
+from .fanout.hub import Hub
+from .fanout.stream import Stream
+from .fanout.stream_policy import CloseReason
 from .handlers import stream_view, ticket_preflight, ticket_view
 from .health import health_view, live_view, metrics_view
-from .hub import Hub
 from .logs import flush_suppressed
-from .merchants import MerchantDirectory
 from .metrics import Metrics
 from .resyncs import Resyncs
 from .runtime import deadlines
 from .runtime.gc_policy import run_gc_policy
 from .runtime.supervision import stop_tasks, supervised
 from .state import GATEWAY, Gateway
-from .stream import Stream
-from .stream_policy import CloseReason
 
 __all__ = ["create_app", "start_jobs"]
 

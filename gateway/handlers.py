@@ -12,13 +12,13 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from .access.merchants import Merchant
 from .errors import InvalidTokenError, UnavailableError, UnknownMerchantError
-from .frames import Control, control_frame
+from .fanout.frames import Control, control_frame
+from .fanout.stream import Stream
+from .fanout.stream_policy import CloseReason
 from .logs import STREAM_LINES
-from .merchants import Merchant
 from .state import GATEWAY, Gateway
-from .stream import Stream
-from .stream_policy import CloseReason
 from .web.forwarded import client_address
 from .web.sse import SharedHeartbeatResponse
 from .web.stream_only import stream_only

@@ -14,8 +14,8 @@ is read (`durable/snapshots.py`), so the snapshot follows the `resync`.
 from __future__ import annotations
 
 from .durable.snapshots import Snapshots
-from .frames import Control
-from .hub import Hub
+from .fanout.frames import Control
+from .fanout.hub import Hub
 
 __all__ = ["Resyncs"]
 

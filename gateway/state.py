@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .admission import Admission
-from .auth import Authenticator
+from .access.admission import Admission
+from .access.auth import Authenticator
+from .access.merchants import MerchantDirectory
 from .broker import RedisBroker
 from .config import Config
 from .durable.history import DurableHistory
 from .durable.replay import DurableReplay
 from .durable.snapshots import Snapshots
-from .hub import Hub
-from .merchants import MerchantDirectory
+from .fanout.hub import Hub
+from .fanout.stream_policy import QueuePolicy
 from .metrics import Dependencies, Metrics
-from .stream_policy import QueuePolicy
 
 __all__ = ["GATEWAY", "Gateway"]
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.auth.Authenticator: session tokens and stream tickets."""
+"""Unit tests of gateway.access.auth.Authenticator: session tokens and stream tickets."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import jwt
 import pytest
 
-import gateway.auth as auth_module
-from gateway.auth import Authenticator
+import gateway.access.auth as auth_module
+from gateway.access.auth import Authenticator
 from gateway.config import AuthConfig
 from gateway.errors import InvalidTokenError
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.frames: the exact SSE bytes of every frame kind."""
+"""Unit tests of gateway.fanout.frames: the exact SSE bytes of every frame kind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.frames import PING, chunk, control_frame, event_frame
+from gateway.fanout.frames import PING, chunk, control_frame, event_frame
 
 
 def parse_blocks(wire: bytes) -> list[list[tuple[str, str]]]:

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.hub: event ids, the bounded history ring, attach/replay."""
+"""Unit tests of gateway.fanout.hub: event ids, the bounded history ring, attach/replay."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from gateway.durable.ids import DurableId
-from gateway.frames import Control, Entry
-from gateway.hub import Hub, process_epoch
+from gateway.fanout.frames import Control, Entry
+from gateway.fanout.hub import Hub, process_epoch
 
 
 class Sink:

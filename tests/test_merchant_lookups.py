@@ -14,8 +14,8 @@ import time
 
 from support import unique_merchant
 
+from gateway.access.merchants import MerchantDirectory
 from gateway.config import PostgresConfig
-from gateway.merchants import MerchantDirectory
 from tools.services import PostgresServer
 
 LOOKUPS = 300

@@ -10,11 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.durable.ids import DurableEvent, DurableId, HistoryHead, HistorySnapshot
 from gateway.durable.replay import DurableReplay
-from gateway.frames import Entry
-from gateway.hub import Hub
+from gateway.fanout.frames import Entry
+from gateway.fanout.hub import Hub
+from gateway.fanout.stream import Stream
+from gateway.fanout.stream_policy import QueuePolicy
 from gateway.metrics import Metrics
-from gateway.stream import Stream
-from gateway.stream_policy import QueuePolicy
 
 
 class FakeHistory:

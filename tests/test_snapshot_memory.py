@@ -13,11 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
-from gateway.hub import Hub
+from gateway.fanout.hub import Hub
+from gateway.fanout.stream import Stream
+from gateway.fanout.stream_policy import QueuePolicy
 from gateway.metrics import Metrics
 from gateway.resyncs import Resyncs
-from gateway.stream import Stream
-from gateway.stream_policy import QueuePolicy
 
 MID = "m1"
 POLICY = QueuePolicy(max_queue=100, coalesce=frozenset(), job_key="jobId",

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from support import wait_for
 
 from gateway.durable.ids import DurableId
-from gateway.frames import Control, Entry
+from gateway.fanout.frames import Control, Entry
+from gateway.fanout.stream import Stream
+from gateway.fanout.stream_policy import CloseReason, QueuePolicy
 from gateway.metrics import Metrics
-from gateway.stream import Stream
-from gateway.stream_policy import CloseReason, QueuePolicy
 
 EPOCH = "ep"
 RESUMED_FROM = 10  # the client's Last-Event-ID offset

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.stream.Stream against a fake transport/protocol/writer.
+"""Unit tests of gateway.fanout.stream.Stream against a fake transport/protocol/writer.
 
 The fake models what the stream relies on: ``protocol.writing_paused`` (the
 kernel buffer is full), ``transport.write``/``abort``/``is_closing`` and
@@ -15,10 +15,10 @@ import pytest
 from support import wait_for
 
 from gateway.durable.ids import DurableId
-from gateway.frames import Control, Entry
+from gateway.fanout.frames import Control, Entry
+from gateway.fanout.stream import Stream
+from gateway.fanout.stream_policy import HOLD_ALLOWANCE, CloseReason, QueuePolicy
 from gateway.metrics import Metrics
-from gateway.stream import Stream
-from gateway.stream_policy import HOLD_ALLOWANCE, CloseReason, QueuePolicy
 
 
 class FakeProtocol:

@@ -11,7 +11,7 @@ from support import wait_for
 
 from gateway.broker.subscriber import RedisBroker
 from gateway.config import RedisConfig
-from gateway.hub import Hub
+from gateway.fanout.hub import Hub
 from gateway.metrics import Metrics
 
 

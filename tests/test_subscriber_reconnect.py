@@ -10,8 +10,8 @@ from support import wait_for
 
 from gateway.broker.subscriber import RedisBroker
 from gateway.config import RedisConfig
-from gateway.frames import Control, Entry
-from gateway.hub import Hub
+from gateway.fanout.frames import Control, Entry
+from gateway.fanout.hub import Hub
 from gateway.metrics import Metrics
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from ..hub import Hub
+from ..fanout.hub import Hub
 from ..logs import redact_url
 from ..metrics import Metrics
 from ..runtime.supervision import stop_tasks, supervised

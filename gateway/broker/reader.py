@@ -19,7 +19,7 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..durable.ids import parse_envelope
-from ..hub import Hub
+from ..fanout.hub import Hub
 
 __all__ = ["ReaderHooks", "read_messages"]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from ..config import RedisConfig
 from ..errors import UnavailableError
-from ..hub import Hub
+from ..fanout.hub import Hub
 from ..metrics import Metrics
 from ..runtime.supervision import stop_tasks, supervised
 from .cluster import ClusterTopology

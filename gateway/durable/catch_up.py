@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..frames import Deliverable, Entry
+from ..fanout.frames import Deliverable, Entry
 from .ids import DurableId
 
 __all__ = ["after_snapshot", "at_or_before", "before_live", "newer", "with_snapshot"]

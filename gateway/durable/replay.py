@@ -31,13 +31,13 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..frames import Entry
-from ..hub import Hub
+from ..fanout.frames import Entry
+from ..fanout.hub import Hub
+from ..fanout.stream import Stream
 from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
-from ..stream import Stream
 from .history import DurableHistory
 from .ids import DurableId, HistoryHead, HistorySnapshot
 

@@ -40,13 +40,13 @@ from typing import NamedTuple
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..frames import Control, Entry
-from ..hub import Hub
+from ..fanout.frames import Control, Entry
+from ..fanout.hub import Hub
+from ..fanout.stream import Stream
 from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
-from ..stream import Stream
 from .history import DurableHistory
 from .ids import DurableId
 from .jobs import snapshot_data

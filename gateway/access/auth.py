@@ -10,8 +10,8 @@ from typing import Any
 
 import jwt
 
-from .config import AuthConfig
-from .errors import InvalidTokenError
+from ..config import AuthConfig
+from ..errors import InvalidTokenError
 
 __all__ = ["Authenticator"]
 

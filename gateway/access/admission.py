@@ -10,10 +10,10 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 
-from .config import Config
-from .frames import Control
-from .stream import Stream
-from .stream_policy import CloseReason
+from ..config import Config
+from ..fanout.frames import Control
+from ..fanout.stream import Stream
+from ..fanout.stream_policy import CloseReason
 
 __all__ = ["Admission"]
 

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from .durable.ids import DurableId
+from ..durable.ids import DurableId
 from .frames import Control, Entry
 from .topic import Subscriber, Topic
 

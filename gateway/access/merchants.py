@@ -19,11 +19,11 @@ from typing import Any
 import aiopg
 import psycopg2
 
-from .config import PostgresConfig
-from .errors import UnavailableError, UnknownMerchantError
-from .runtime import deadlines
-from .runtime.single_flight import SingleFlight
-from .runtime.token_bucket import TokenBucket
+from ..config import PostgresConfig
+from ..errors import UnavailableError, UnknownMerchantError
+from ..runtime import deadlines
+from ..runtime.single_flight import SingleFlight
+from ..runtime.token_bucket import TokenBucket
 
 __all__ = ["Merchant", "MerchantDirectory"]
 

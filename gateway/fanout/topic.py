@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-from .durable.ids import DurableId
+from ..durable.ids import DurableId
 from .frames import Control, Entry, event_frame
 
 __all__ = ["Subscriber", "Topic"]

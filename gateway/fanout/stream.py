@@ -18,12 +18,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from .durable.catch_up import before_live, with_snapshot
-from .durable.ids import DurableId
+from ..durable.catch_up import before_live, with_snapshot
+from ..durable.ids import DurableId
+from ..metrics import Metrics
+from ..web.writer import PayloadWriter, WriterProtocol
 from .frames import HEARTBEAT, Control, Deliverable, Entry
-from .metrics import Metrics
 from .stream_policy import ABORTING, HOLD_ALLOWANCE, CloseReason, QueuePolicy
-from .web.writer import PayloadWriter, WriterProtocol
 
 __all__ = ["Stream"]
 
