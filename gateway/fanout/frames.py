@@ -102,19 +102,18 @@ class Entry:
 
     def renumbered(self, seq: int) -> Entry:
         """The same frame under queue key `seq` (a stream queues each key once)."""
-        copy = Entry.__new__(Entry)
-        copy.seq, copy.id, copy.event = seq, self.id, self.event
-        copy.payload, copy._job, copy.wire = self.payload, self._job, self.wire
-        return copy
+        return self._copy(seq, self.wire)
 
     def without_id(self) -> Entry:
         """The same event framed without its `id:` line (the browser keeps its
         Last-Event-ID); `id` stays for matching."""
-        copy = Entry.__new__(Entry)
-        copy.seq, copy.id, copy.event = self.seq, self.id, self.event
-        copy.payload, copy._job = self.payload, self._job
         framed = bytes(self.wire[0])
-        copy.wire = wire(framed[framed.index(b"\n") + 1:])
+        return self._copy(self.seq, wire(framed[framed.index(b"\n") + 1:]))
+
+    def _copy(self, seq: int, framed: Wire) -> Entry:
+        copy = Entry.__new__(Entry)
+        copy.seq, copy.id, copy.event, copy.wire = seq, self.id, self.event, framed
+        copy.payload, copy._job = self.payload, self._job
         return copy
 
     @property
