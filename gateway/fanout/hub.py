@@ -250,20 +250,17 @@ class Hub:
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
         for merchant_id in merchant_ids:
-            topic = self._topics.get(merchant_id)
-            if topic is not None:
-                topic.gap_after = self._seq
-                topic.new_mark()
-                topic.next_durable = None  # what follows may not continue the proven head
+            if (topic := self._topics.get(merchant_id)) is not None:
+                topic.mark_gap(self._seq)
 
     def resync(self, merchant_ids: Iterable[str], control: Control) -> None:
         """Messages of these merchants may have been lost (Redis reconnected): mark
         the gap and send `control` (a `resync`) to their streams; a stream that
         attaches before `live_again` gets it then, as it may have missed them too."""
         merchant_ids = list(merchant_ids)
-        self.mark_gap(merchant_ids)
         for merchant_id in merchant_ids:
             if (topic := self._topics.get(merchant_id)) is not None:
+                topic.mark_gap(self._seq)
                 topic.late = set()
         self.broadcast(control, merchant_ids)
 

@@ -42,9 +42,13 @@ class Topic:
         # which the resync did not reach
         self.late: set[Subscriber] | None = None
 
-    def new_mark(self) -> None:
-        """A gap: reads begun before it may not backfill the ring."""
+    def mark_gap(self, after_seq: int) -> None:
+        """Messages after hub sequence `after_seq` may have been lost: reads begun
+        before now may not backfill the ring, and what follows may not continue the
+        proven head."""
+        self.gap_after = after_seq
         self.mark = next(_marks)
+        self.next_durable = None
 
     def backfill(self, history: Sequence[Entry]) -> int:
         """Put `history` (durable events in offset order, read under this topic's mark)
