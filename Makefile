@@ -8,6 +8,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 RUN_STAMP := $(VENV)/.run-stamp
 PYTEST_ARGS ?=
+# make test runs the suite in this many worker processes (pytest-xdist; 0: none)
+PYTEST_WORKERS ?= 2
 # make bench                 gateway (plain and durable) vs nginx+nchan vs naive, charts in
 #                            docs/bench/, then MODE=connect's and MODE=durable's benches (~7 min)
 # make bench MODE=connect    CPU per new stream: gateway vs nginx+nchan vs a bare aiohttp
@@ -53,7 +55,7 @@ deps-run:
 	@bash tools/bootstrap.sh run
 
 test: deps venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check gateway tests tools bench

@@ -33,7 +33,8 @@ from support import open_stream, wait_until
 from tools.image import ImageError, Podman
 from tools.services import free_port
 
-pytestmark = pytest.mark.timeout(900)
+# one podman state (.run/podman): its tests run in one worker of a parallel run
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
 Factory = Callable[..., Compose]
 
 

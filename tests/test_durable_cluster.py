@@ -26,22 +26,14 @@ from gateway.durable.ids import (
     job_state_keys,
 )
 from gateway.durable.publisher import SCRIPT_SHA, Outcome, Publication, Publisher
-from tools.services import RedisServer, free_port, port_open
+from tools.cluster import cluster_port
+from tools.services import RedisServer
 
 pytestmark = [
     pytest.mark.timeout(60),
 ]
 
 CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # the hash tag that keeps a merchant in one slot
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port < 55000 and not port_open(port + 10000):
-            return port
-    raise RuntimeError("no port pair for a cluster node")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +44,7 @@ def cluster() -> Iterator[list[RedisServer]]:
     nodes: list[RedisServer] = []
     try:
         for _ in range(3):
-            nodes.append(RedisServer(port=_cluster_port(), extra_args=args).start())
+            nodes.append(RedisServer(port=cluster_port(), extra_args=args).start())
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
              "--cluster-yes"],

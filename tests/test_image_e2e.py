@@ -32,7 +32,8 @@ from support import http_status, open_stream, publish, report, wait_for, wait_un
 from tools.image import ImageError, Podman, build_image
 from tools.services import PostgresServer, RedisServer, free_port
 
-pytestmark = pytest.mark.timeout(900)
+# one podman state (.run/podman): its tests run in one worker of a parallel run
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/event-gateway:test"

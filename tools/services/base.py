@@ -44,8 +44,49 @@ class NotReadyError(ServiceError, TimeoutError):
     """A service still running that did not pass its readiness check in time."""
 
 
+# Test runs in parallel (pytest-xdist sets PYTEST_XDIST_WORKER=gw0, gw1 ...) take
+# ports from one block per worker, below the kernel's ephemeral range (32768+),
+# so that no other worker, and no client socket, can be handed a port between
+# the moment it is picked and the moment its service binds it. A block's ports
+# plus Redis Cluster's bus offset (+10000) stay below 32768 too.
+_BLOCK_START, _BLOCK_SIZE, _BLOCKS = 10000, 2500, 4
+
+
+def _worker_block() -> range | None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = worker[2:] if worker.startswith("gw") else ""
+    if not index.isdigit() or int(index) >= _BLOCKS:
+        return None
+    start = _BLOCK_START + int(index) * _BLOCK_SIZE
+    return range(start, start + _BLOCK_SIZE)
+
+
+_block = _worker_block()
+_next_in_block = int.from_bytes(os.urandom(2), "big") % _BLOCK_SIZE
+_block_lock = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    """A TCP port that was free on 127.0.0.1 a moment ago (in a parallel test run,
+    one of this worker's own block, handed out in turn: reused as late as possible)."""
+    global _next_in_block
+    if _block is not None:
+        with _block_lock:
+            for _ in range(_BLOCK_SIZE):
+                port = _block[_next_in_block]
+                _next_in_block = (_next_in_block + 1) % _BLOCK_SIZE
+                if _bindable(port):
+                    return port
+        raise ServiceError(f"no free port in {_block}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
