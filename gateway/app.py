@@ -27,7 +27,7 @@ from .broker import RedisBroker
 from .broker.connection import make_client, make_cluster_client
 from .config import Config
 from .durable.api import PUBLISH_API, PublishApi, publish_view
-from .durable.envelopes import EnvelopeCheck
+from .durable.envelopes import EnvelopeCheck, merchant_flush
 from .durable.gate import PUBLISHING, PublishGate
 from .durable.history import DurableHistory, publisher_settings
 from .durable.replay import DurableReplay
@@ -72,17 +72,12 @@ def create_app(cfg: Config) -> web.Application:
               on_missed=lambda ids: resyncs.missed(ids), on_lost=history.remember_lost)
     metrics = Metrics(max_connections=cfg.sse.max_connections)
 
-    async def flush() -> float:
-        """Every message published before this call has reached the hub, checked."""
-        elapsed = await broker.round_trip(shared=True)
-        await envelopes.settled()
-        return elapsed
-
     app.on_cleanup.append(lambda _: envelopes.close())
     broker = RedisBroker(
         cfg.redis, hub, metrics, linger_s=cfg.sse.linger,
         on_resync=lambda ids: resyncs.resync(ids), on_live=lambda ids: resyncs.live_again(ids),
     )
+    flush = merchant_flush(lambda: broker.round_trip(shared=True), envelopes, hub)
     snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
     resyncs = Resyncs(hub, snapshots if cfg.sse.snapshot else None)
     app[GATEWAY] = Gateway(

@@ -47,7 +47,7 @@ def offsets(entries: list[Entry] | None) -> list[int]:
     return [DurableId.parse(e.id).offset for e in entries or []]  # type: ignore[union-attr]
 
 
-async def _flush() -> float:
+async def _flush(merchant_id: str) -> float:
     return 0.0
 
 
@@ -132,7 +132,7 @@ class LaggingSubscriber:
         self.hub = hub
         self.lagging = lagging
 
-    async def flush(self) -> float:
+    async def flush(self, merchant_id: str) -> float:
         for n in self.lagging:  # each message reaches the hub once
             self.hub.publish("m", "progress", b"%d" % n, f"ep:{n}")
         self.lagging = range(0)

@@ -65,7 +65,7 @@ class World:
         self.snapshots.clock = lambda: self.now
         self.resyncs = Resyncs(self.hub, self.snapshots)  # as app.py wires the broker
 
-    async def _flush(self) -> float:
+    async def _flush(self, merchant_id: str) -> float:
         await asyncio.sleep(0)
         return 0.0
 

@@ -25,24 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
+from ..fanout.hub import Hub
 from ..runtime import deadlines
 from .history import holds_many, missed
 from .ids import DurableId
 
-__all__ = ["EnvelopeCheck"]
+__all__ = ["EnvelopeCheck", "Flush", "merchant_flush"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_TIMEOUT_S = 3.0
 _CONCURRENT_CHECKS = 2  # batches in flight, of the history client's few connections per node
 _BATCH = 64  # claims per MULTI
-_SETTLE_ROUNDS = 8
 _FAULTS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
@@ -118,16 +118,38 @@ class EnvelopeCheck:
                          claim.merchant_id, claim.durable)
             claim.done(real, real and gone)
 
-    async def settled(self) -> None:
-        """Once the checks under way, and those their answers start, have answered
-        (a replay's flush waits for it); bounded, a flood of forgeries cannot hold it."""
-        for _ in range(_SETTLE_ROUNDS):
-            if not self._checks:
-                return
-            await asyncio.wait(set(self._checks))
+    async def settled(self, held: Callable[[], bool]) -> None:
+        """Once `held()` is false: the checks it waits for have answered, and those
+        their answers start (a message held behind a checked one may need its own).
+        Not bounded here: the caller's read deadline is (a merchant under a flood of
+        forgeries may stay held; its read then fails, as on a Redis fault)."""
+        while held() and self._checks:
+            await asyncio.wait(set(self._checks), return_when=asyncio.FIRST_COMPLETED)
 
     async def close(self) -> None:
         self._waiting.clear()
         for task in list(self._checks):
             task.cancel()
         await asyncio.gather(*self._checks, return_exceptions=True)
+
+
+Flush = Callable[[str], Awaitable[float]]
+"""`flush(merchant_id)`: once every message of the merchant published before the call
+has reached its streams; the subscriber's round trip in ms."""
+
+
+def merchant_flush(round_trip: Callable[[], Awaitable[float]], checks: EnvelopeCheck,
+                   hub: Hub) -> Flush:
+    """What a history or state read waits for before it is merged with live events:
+    the subscriber's round trip (every message published before it has been read),
+    then the checks of the merchant's held messages. Waiting for every check under
+    way instead would end early behind a queue of other merchants' checks (after a
+    reconnect, each merchant's first durable event is checked), and the read would
+    merge while the merchant's own event is still held: that event would then reach
+    a stream twice, or after a snapshot that holds it."""
+    async def flush(merchant_id: str) -> float:
+        elapsed = await round_trip()
+        await checks.settled(lambda: hub.held_back(merchant_id))
+        return elapsed
+
+    return flush

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -38,6 +37,7 @@ from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
+from .envelopes import Flush
 from .history import DurableHistory
 from .ids import DurableId, HistoryHead, HistorySnapshot
 
@@ -70,7 +70,7 @@ class DurableReplay:
     def __init__(
         self,
         history: DurableHistory,
-        flush: Callable[[], Awaitable[float]],
+        flush: Flush,
         hub: Hub,
         metrics: Metrics,
     ) -> None:
@@ -184,7 +184,7 @@ class DurableReplay:
     async def _read_and_flush(self, merchant_id: str) -> HistorySnapshot:
         """The history, once every message published before it was read has reached the hub."""
         snapshot = await self._history.read_all(merchant_id)
-        await self._flush()
+        await self._flush(merchant_id)
         return snapshot
 
     async def close(self) -> None:

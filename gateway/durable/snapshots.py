@@ -35,7 +35,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -47,6 +47,7 @@ from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
+from .envelopes import Flush
 from .history import DurableHistory
 from .ids import DurableId
 from .jobs import snapshot_data
@@ -82,7 +83,7 @@ class Snapshots:
     def __init__(
         self,
         history: DurableHistory,
-        flush: Callable[[], Awaitable[float]],
+        flush: Flush,
         hub: Hub,
         metrics: Metrics,
         *,
@@ -161,7 +162,8 @@ class Snapshots:
         data = None if head is None else snapshot_data(records, head.epoch, self._job_key)
         snapshot = None
         if head is not None and data is not None:
-            await self._flush()  # every message published before the read is in the queues
+            # every message published before the read is in the queues
+            await self._flush(merchant_id)
             payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
             snapshot = Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
         # without job state there is nothing to flush for: a durable event published

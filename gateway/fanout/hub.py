@@ -222,11 +222,12 @@ class Hub:
         is `gap_mark(merchant_id)` from before the read. Every durable event
         published since is then in the ring, so the ring's first durable entry tells
         where the read's events stop being new. Nothing is added when a gap was
-        marked since the read began, the ring still holds entries from before a
-        gap, the ring is full, or its durable entries are of another epoch.
+        marked since the read began, a message of the merchant is held for a check
+        (it may be one the read holds too), the ring still holds entries from before
+        a gap, the ring is full, or its durable entries are of another epoch.
         """
         topic = self._topics.get(merchant_id)
-        if topic is None or topic.mark != gap_mark or not history:
+        if topic is None or topic.mark != gap_mark or topic.pending is not None or not history:
             return 0
         return topic.backfill(history)
 
