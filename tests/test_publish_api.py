@@ -186,3 +186,21 @@ async def test_redis_down_is_503_with_retry_after(make_client: MakeClient) -> No
         assert (status, reply["error"]) == (503, "unavailable")
         assert 1 <= int(headers["Retry-After"]) <= 5
     assert gw.metrics.publish_requests == {503: 2}
+
+
+async def test_a_read_only_replica_is_unavailable_not_a_refusal(
+    make_client: MakeClient, redis_factory: Callable[..., RedisServer]
+) -> None:
+    """A primary demoted to a replica (a failover) answers READONLY: 503 `unavailable`,
+    nothing recorded, and /health's publish check is not failed by it."""
+    primary = redis_factory()
+    replica = redis_factory(extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
+    client, api = await make_client(redis_url=replica.url)
+    mid, _ = unique_merchant("ro")
+    status, headers, reply = await post(client, item(mid))
+    assert (status, reply["error"]) == (503, "unavailable")
+    assert "read-only" in reply["message"] and "Retry-After" in headers
+    status, _, reply = await post(client, [item(mid), item(mid)])
+    assert (status, reply["error"], reply["ids"]) == (503, "unavailable", [None, None])
+    assert client.app is not None and client.app[PUBLISHING].failing is None
+    assert api.metrics.publish_requests == {503: 2}

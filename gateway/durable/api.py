@@ -34,8 +34,7 @@ __all__ = ["PUBLISH_API", "PublishApi", "publish_view"]
 log = logging.getLogger(__name__)
 
 _REDIS_TIMEOUT_S = 5.0
-# connection faults, and a primary that cannot take writes right now (failover)
-_FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError, ReadOnlyError)
+_FAULTS = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +96,8 @@ def _redis_refusal(exc: Exception) -> tuple[str, str]:
     cause = exc.error if isinstance(exc, PartialPublish) else exc
     if isinstance(cause, OutOfMemoryError):
         return "redis_oom", "Redis is over maxmemory: nothing was recorded"
+    if isinstance(cause, ReadOnlyError):  # a primary demoted to a replica (failover)
+        return "unavailable", "Redis is a read-only replica now: nothing was recorded"
     return "redis_error", f"Redis refused the publish ({type(cause).__name__})"
 
 
@@ -136,7 +137,8 @@ async def _publish(
         return _unavailable(api, "unavailable", "Redis is unavailable")
     except RedisError as exc:  # an error reply: nothing of the refused events was written
         code, message = _redis_refusal(exc)
-        gate.outcome(code)
+        if code != "unavailable":  # a read-only replica (a failover) is no refusal for /health
+            gate.outcome(code)
         log.warning("publish refused by Redis: %s (%s)", code, type(exc).__name__)
         partial = exc.ids if isinstance(exc, PartialPublish) and batch else None
         return _unavailable(api, code, message, partial)
