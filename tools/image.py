@@ -130,6 +130,9 @@ def slim_rootfs(rootfs: Path) -> None:
             shutil.rmtree(loc, ignore_errors=True)
 
 
+_DEBOOTSTRAP_ATTEMPTS = 3
+
+
 def debian_rootfs(podman: Podman) -> None:
     """debootstrap a minimal Debian 12 and import it (the tarball is cached)."""
     if (podman.exists(DEBIAN_ROOTFS)
@@ -142,17 +145,22 @@ def debian_rootfs(podman: Podman) -> None:
     tarball = cache / f"bookworm-minbase-{ROOTFS_RECIPE}.tar"
     if not tarball.is_file():
         rootfs = cache / "bookworm-rootfs"
-        shutil.rmtree(rootfs, ignore_errors=True)
         mirror = _mirror()
         _log(f"debootstrap --variant=minbase bookworm from {mirror} (once; ~1 min) ...")
         t0 = time.monotonic()
         log = podman.state / "debootstrap.log"
-        with open(log, "w") as fh:
-            rc = subprocess.run(
-                ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
-                stdout=fh, stderr=subprocess.STDOUT, timeout=1200,
-                env={**os.environ, "LC_ALL": "C"},
-            ).returncode
+        for attempt in range(1, _DEBOOTSTRAP_ATTEMPTS + 1):  # a mirror's download can fail
+            shutil.rmtree(rootfs, ignore_errors=True)
+            with open(log, "w") as fh:
+                rc = subprocess.run(
+                    ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
+                    stdout=fh, stderr=subprocess.STDOUT, timeout=1200,
+                    env={**os.environ, "LC_ALL": "C"},
+                ).returncode
+            if rc == 0 or "Couldn't download" not in log.read_text(errors="replace"):
+                break
+            _log(f"debootstrap: a download failed (attempt {attempt}); trying again")
+            time.sleep(5)  # a backoff: the mirror's hiccup may last a moment
         if rc != 0:
             shutil.rmtree(rootfs, ignore_errors=True)
             raise ImageError(f"debootstrap failed ({log}): "
