@@ -1,18 +1,22 @@
 """A merchant released and acquired again before Redis acknowledged its first
 SUBSCRIBE: only the acknowledgement of the new SUBSCRIBE proves the channels live
-(pure unit: the broker over a fake link whose acknowledgements the test sends)."""
+(the broker over a link whose acknowledgements the test sends: a fake link, or a
+real one on a fake connection; and a real link on a real Redis)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from support import wait_for
 
+from gateway.broker.link import SubscriberLink
 from gateway.broker.subscriber import RedisBroker
 from gateway.config import RedisConfig
 from gateway.fanout.hub import Hub
 from gateway.metrics import Metrics
+from tools.services import RedisServer
 
 
 class FakeLink:
@@ -42,27 +46,88 @@ async def acquired(broker: RedisBroker, link: FakeLink, merchant_id: str) -> fro
     return channels
 
 
-async def test_an_old_subscribe_ack_does_not_make_a_new_subscription_ready() -> None:
+class FakePubSub:
+    """The connection a SubscriberLink sends on: records the commands; Redis's answers
+    are what the test hands to the link's reader hook (`link._subscribed`)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ...]] = []
+
+    async def execute_command(self, *args: Any) -> None:
+        self.sent.append(args)
+
+
+def connected_link(on_subscribed: Callable[[SubscriberLink, bytes], None]) -> SubscriberLink:
+    """A real SubscriberLink on a fake connection (no Redis): what it sends and forwards."""
+    link = SubscriberLink(
+        "redis://127.0.0.1:1", Hub(history=10), Metrics(), control=b"control", sharded=False,
+        on_subscribed=on_subscribed, on_reconnecting=lambda link: None,
+        on_reconnect=lambda link: None, on_dropped=lambda link, channel: None)
+    link._pubsub = FakePubSub()  # type: ignore[assignment]
+    link.healthy = True
+    return link
+
+
+def sent(link: SubscriberLink) -> list[str]:
+    return [args[0] for args in link._pubsub.sent]  # type: ignore[union-attr]
+
+
+async def test_only_the_answer_to_the_last_subscribe_reaches_the_broker() -> None:
+    """Released and held again before Redis answered: the first SUBSCRIBE's answer does
+    not prove the second one live."""
+    answered: list[bytes] = []
+    link = connected_link(lambda link, channel: answered.append(channel))
+    link.subscribe([b"c"])
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE"], 1, 0.001)
+    link.unsubscribe([b"c"])
+    link.subscribe([b"c"])
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"], 1, 0.001)
+    link._subscribed(b"c")  # the first SUBSCRIBE's answer
+    assert answered == [], "forwarded the answer to a SUBSCRIBE that was undone"
+    link._subscribed(b"c")  # the second's
+    assert answered == [b"c"]
+    await link.close()
+
+
+async def test_an_answer_after_the_merchant_left_does_not_swallow_the_next_one() -> None:
+    """linger 0: a tab opens and leaves before Redis answers its SUBSCRIBE, and the answer
+    arrives after the UNSUBSCRIBE. The next tab's SUBSCRIBE must be proven by its own
+    answer. The broker used to count the first answer as still due, and took the next
+    one for it: every later stream of the merchant got 503 until Redis reconnected."""
     broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
                          linger_s=0, on_resync=lambda merchants: None)
-    link = FakeLink()
-    broker._links["fake"] = link  # type: ignore[assignment]
+    link = connected_link(broker._subscribed)
+    broker._links["fake"] = link
     first = asyncio.ensure_future(broker.acquire("m1"))
-    await wait_for(lambda: link.sent, 1, 0.001)
-    first.cancel()  # the client left before Redis answered: released, and gone at once
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE"], 1, 0.001)
+    channels = link._pubsub.sent[0][1:]  # type: ignore[union-attr]
+    first.cancel()  # the tab left: released, and gone at once (linger 0)
     await asyncio.gather(first, return_exceptions=True)
-    await wait_for(lambda: "m1" not in broker._subs, 1, 0.001)
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE", "UNSUBSCRIBE"], 1, 0.001)
+    for channel in channels:  # Redis answers the first SUBSCRIBE only now
+        link._subscribed(channel)
     second = asyncio.ensure_future(broker.acquire("m1"))
-    await wait_for(lambda: len(link.sent) == 3, 1, 0.001)
-    assert [verb for verb, _ in link.sent] == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"]
-    channels = link.sent[0][1]
-    for channel in channels:  # the first SUBSCRIBE's acks, arriving now
-        broker._subscribed(link, channel)  # type: ignore[arg-type]
-    ready = broker._subs["m1"].ready
-    assert not ready.done(), "ready on the acknowledgement of a SUBSCRIBE that was undone"
-    for channel in channels:  # the second SUBSCRIBE's acks
-        broker._subscribed(link, channel)  # type: ignore[arg-type]
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"], 1, 0.001)
+    for channel in channels:  # and the second
+        link._subscribed(channel)
     await asyncio.wait_for(second, 1)
+    await broker.close()
+
+
+async def test_a_subscribe_never_sent_leaves_no_answer_due(redis_server: RedisServer) -> None:
+    """Redis Cluster failover: a merchant moved onto a new node's link that has not
+    connected yet (its SUBSCRIBE only queued) and expired before that link's first
+    connect. Nothing was sent, so nothing is answered: the merchant's next stream is
+    subscribed at once (it used to wait 5 s for an answer the broker swallowed, then 503)."""
+    broker = RedisBroker(RedisConfig(url=redis_server.url), Hub(history=10), Metrics(),
+                         linger_s=0, on_resync=lambda merchants: None)
+    link = broker._link(redis_server.url, b"gateway:control:test-acks")
+    broker._subscribe("m1", link)  # queued: the link has no connection yet
+    broker._expire("m1")
+    await link.start()
+    await wait_for(lambda: link.healthy, 5, 0.01)
+    await asyncio.wait_for(broker.acquire("m1"), 2)
+    await broker.close()
 
 
 async def test_messages_of_an_undone_subscription_do_not_enter_the_new_ring() -> None:

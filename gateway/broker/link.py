@@ -11,6 +11,13 @@ merchants, so no stream gets a message of the new connection before its
 `resync`), and once every channel is live again (`on_reconnect`).
 
 `sharded` links (Redis Cluster) use SSUBSCRIBE/SPUBLISH, one slot per command.
+
+A channel's acknowledgement reaches the broker (`on_subscribed`) only when it
+answers the last SUBSCRIBE this connection sent for it, and the link still holds
+the channel: a merchant released and acquired again before Redis answered must
+not take the old SUBSCRIBE's answer as proof that its new one is live (its
+replay would read too early). Only the link knows which SUBSCRIBEs it sent: one
+still queued, or queued before the connection existed, is never answered.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
 import redis.asyncio as aioredis
@@ -82,6 +89,7 @@ class SubscriberLink:
         )
         self.channels: set[bytes] = set()
         self._to_subscribe: set[bytes] = set()
+        self._unanswered: Counter[bytes] = Counter()  # SUBSCRIBEs sent on this connection
         self._flusher: asyncio.Task[None] | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -158,6 +166,7 @@ class SubscriberLink:
             batch, self._to_subscribe = self._to_subscribe, set()
             try:
                 for channels in self._batches(batch):
+                    self._unanswered.update(channels)
                     await self._pubsub.execute_command(self._verb("SUBSCRIBE"), *channels)
             except FAULTS:
                 return  # the supervisor re-subscribes everything on reconnect
@@ -217,6 +226,7 @@ class SubscriberLink:
         )
         verb = self._verb("SUBSCRIBE")
         sent = set(self.channels)
+        self._unanswered = Counter(sent)  # an earlier connection's answers never come
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             for channels in self._batches(sent):
                 await pubsub.execute_command(verb, *channels)
@@ -258,7 +268,12 @@ class SubscriberLink:
         if channel == self.canary.channel:
             if self._control_ready is not None and not self._control_ready.done():
                 self._control_ready.set_result(None)
-        elif channel in self.channels:
+            return
+        if self._unanswered[channel] > 1:  # a later SUBSCRIBE of it is still on its way
+            self._unanswered[channel] -= 1
+            return
+        del self._unanswered[channel]
+        if channel in self.channels:
             self._on_subscribed(self, channel)
 
     def _unsubscribed(self, channel: bytes) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 
 from ..config import RedisConfig
@@ -59,10 +58,6 @@ class RedisBroker(ClusterPlacement):
         self._control_prefix = f"gateway:control:{hub.epoch}:{os.getpid()}"
         self._subs: dict[str, Subscription] = {}
         self._routes: dict[bytes, tuple[str, str]] = {}
-        # SUBSCRIBE acknowledgements still due on a link to subscriptions already gone:
-        # a merchant released and acquired again before its ack must not take the old
-        # one as proof that its new SUBSCRIBE is live (its replay would read too early)
-        self._stale_acks: Counter[tuple[SubscriberLink, bytes]] = Counter()
         self._links: dict[str, SubscriberLink] = {}
         self._cluster = ClusterTopology(cfg.url) if cfg.cluster else None
         self._topology_changed = asyncio.Event()  # ask placement.py to re-read it
@@ -179,8 +174,6 @@ class RedisBroker(ClusterPlacement):
         if sub is None or sub.refs > 0:
             return
         del self._subs[merchant_id]
-        if sub.link is not None:
-            self._stale_acks.update((sub.link, channel) for channel in sub.pending)
         for channel in sub.channels:
             self._routes.pop(channel, None)
             if sub.link is not None:
@@ -190,9 +183,7 @@ class RedisBroker(ClusterPlacement):
             sub.link.unsubscribe(sub.channels)
 
     def _subscribed(self, link: SubscriberLink, channel: bytes) -> None:
-        if self._stale_acks[link, channel] > 0:  # the ack of an earlier SUBSCRIBE, in order
-            self._stale_acks[link, channel] -= 1
-            return
+        """Redis answered the last SUBSCRIBE `link` sent for `channel` (link.py)."""
         target = self._routes.get(channel)
         if target is None:
             return
@@ -255,8 +246,6 @@ class RedisBroker(ClusterPlacement):
         merchants = [m for m, sub in self._subs.items() if sub.link is link]
         # the lost connection's acks never come; every channel of the link is live now
         # (the link subscribed them all before its control channel, whose ack it awaited)
-        for key in [key for key in self._stale_acks if key[0] is link]:
-            del self._stale_acks[key]
         for merchant_id in merchants:
             sub = self._subs[merchant_id]
             sub.pending.clear()
