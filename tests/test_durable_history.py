@@ -14,7 +14,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from support import unique_merchant, wait_for
 
 from gateway.broker.connection import make_client
-from gateway.durable.history import DurableHistory, holds_many, missed
+from gateway.durable.history import DurableHistory, first_lost, holds_many, missed
 from gateway.durable.ids import (
     DurableEvent,
     DurableId,
@@ -32,6 +32,7 @@ from gateway.durable.publisher import (
     PartialPublish,
     Publication,
 )
+from gateway.fanout.frames import event_frame
 from tools.services import RedisServer
 
 
@@ -201,6 +202,33 @@ async def test_missed_says_whether_a_jump_skipped_subscribed_events(
     assert not await missed(client, mid, five, five, ours)  # no jump
     assert await missed(client, mid, two, five, ours)  # :2 trimmed: cannot tell
     assert await missed(client, mid, DurableId("other", 5), seven, ours)  # another epoch
+
+
+async def test_first_lost_finds_delivered_events_whose_ids_were_given_again(
+    client: aioredis.Redis,
+) -> None:
+    """A failover: the promoted replica had the history up to :2; :3 and :4, delivered
+    by the old primary, were lost, and the new primary gave their ids to other events."""
+    mid, _ = unique_merchant("dh")
+    history = make_history(client, history=5)
+    ids = [DurableId.parse(await history.publish(mid, "stage", b"p%d" % n)) for n in (1, 2, 3, 4)]
+    assert all(ids)
+    delivered = [(d, event_frame(str(d), "stage", b"p%d" % d.offset))
+                 for d in reversed(ids) if d][:3]  # :4, :3, :2, newest first
+    assert await first_lost(client, mid, delivered) is None  # held as delivered
+
+    stream, meta = history_keys(mid)
+    kept = (await client.xrange(stream))[:2]
+    await client.delete(stream)
+    for entry_id, fields in kept:
+        await client.xadd(stream, fields, id=entry_id)
+    await client.hset(meta, "offset", 2)  # the replica's history: :1 and :2
+    for n in (3, 4):  # the new primary gives :3 and :4 to other events
+        assert await history.publish(mid, "stage", b"q%d" % n) == f"{ids[0].epoch}:{n}"
+    assert await first_lost(client, mid, delivered) == ids[2]  # :3 and :4 lost: from :3
+
+    await client.hset(meta, "epoch", "another")  # a new history: its ids are not ours
+    assert await first_lost(client, mid, delivered) is None
 
 
 def job_event(mid: str, key: str, event: str = "progress") -> Publication:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.durable.ids import DurableId
 from gateway.fanout.frames import Control, Entry
-from gateway.fanout.hub import Hub, process_epoch
+from gateway.fanout.hub import Done, Hub, Proven, process_epoch
 
 
 class Sink:
@@ -333,13 +333,16 @@ class Checks:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str, Callable[[bool], None]]] = []
         self.expected: list[str | None] = []
+        self.proven: list[list[str]] = []  # the ids asked about with each check
         self.missed = False  # what the next answers say of the events skipped
+        self.lost_from: DurableId | None = None  # ... and of the proven ones
 
     def __call__(self, merchant_id: str, durable: DurableId, event: str, payload: bytes,
-                 expected: DurableId | None, done: Callable[[bool, bool], None]) -> None:
+                 expected: DurableId | None, proven: Proven, done: Done) -> None:
         self.expected.append(str(expected) if expected else None)
+        self.proven.append([str(d) for d, _ in proven])
         self.asked.append((str(durable), payload.decode(),
-                           lambda genuine: done(genuine, self.missed)))
+                           lambda genuine: done(genuine, self.missed, self.lost_from)))
 
 
 def test_only_an_id_that_does_not_continue_the_proven_head_is_checked() -> None:
@@ -426,6 +429,37 @@ def test_a_gap_makes_the_next_envelope_checked_again() -> None:
     hub.mark_gap(["m"])
     hub.publish("m", "stage", b"2", "ep:2")
     assert [a[0] for a in checks.asked] == ["ep:1", "ep:2"]
+
+
+def test_after_a_gap_the_check_asks_after_the_events_delivered_here() -> None:
+    """A failover: the new primary gave ep:2 and ep:3 to other events before this process
+    subscribed to it, so it never sees them come again. The first check after the gap
+    asks whether the history still holds what was delivered here up to the head."""
+    hub, checks, missed, sink = proven_at_ep1()
+    lost: list[tuple[str, str, str]] = []
+    hub._on_lost = lambda m, first, last: lost.append((m, str(first), str(last)))
+    for n in (2, 3):  # continue the head: no check
+        hub.publish("m", "stage", b"lost %d" % n, f"ep:{n}")
+    assert checks.proven == [[]]  # the first check: nothing delivered yet
+    hub.mark_gap(["m"])  # the merchant moved to the promoted replica's link
+    hub.publish("m", "stage", b"4", "ep:4")
+    assert checks.proven[-1] == ["ep:3", "ep:2", "ep:1"]
+    checks.lost_from = DurableId("ep", 2)
+    checks.asked[-1][2](True)
+    assert lost == [("m", "ep:2", "ep:3")] and missed == [["m"]]  # recorded; streams resync
+    assert ids(sink.got) == ["ep:1", "ep:2", "ep:3", "ep:4"]
+    assert hub.attach("m", Sink(), "ep:3") == ([], True)  # no replay bridges the loss
+
+
+def test_after_a_gap_events_still_held_as_delivered_continue_without_a_resync() -> None:
+    hub, checks, missed, sink = proven_at_ep1()
+    hub.mark_gap(["m"])
+    hub.publish("m", "stage", b"2", "ep:2")
+    assert checks.proven[-1] == ["ep:1"]
+    checks.asked[-1][2](True)  # lost_from None: every one is held as delivered
+    assert missed == [] and ids(sink.got) == ["ep:1", "ep:2"]
+    hub.publish("m", "stage", b"3", "ep:3")  # continues: no check, nothing asked
+    assert len(checks.asked) == 2
 
 
 def proven_at_ep1() -> tuple[Hub, Checks, list[list[str]], Sink]:

@@ -19,6 +19,7 @@ promoted replica holds.
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ import redis.asyncio as aioredis
 from support import open_stream, wait_for
 from test_durable_e2e import DURABLE, connected, publish_durably
 
+from gateway.durable.history import DurableHistory
 from gateway.durable.ids import history_keys, lost_ids_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -108,6 +110,52 @@ async def test_a_tab_that_got_a_lost_event_resyncs_on_another_process(
                 assert json.loads(got.data) == {"reason": "history_gap"}
         # (a tab that got d2 under that id resyncs too: the id cannot tell them apart)
         async with open_stream(other.stream_url(shop), headers={"Last-Event-ID": first}) as s:
+            await connected(s)  # a tab from before the loss: what the history holds
+            got = await s.events(2, 10)
+        assert [(e.id, e.data) for e in got] == [(again, "d2"), (after, "d3")]
+    finally:
+        await client.aclose()
+
+
+async def test_an_id_given_again_before_the_process_resubscribed_is_found_lost(
+    gateway_factory: Any, merchant: Any, redis_server: Any
+) -> None:
+    """The new primary gave the lost event's id to another event before this process
+    subscribed to it, so no process ever sees the id come again (chaos, cluster seed
+    2306: `reuse_missed`). The first check after the gap compares what this process
+    delivered with the history: the loss is found, recorded, and the streams resync.
+    Made exactly: the gateway is stopped (SIGSTOP) while its subscriber connection is
+    cut, the replica's history restored and the id given again; then it goes on."""
+    mid, shop = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    client = aioredis.Redis.from_url(redis_server.url)
+    publisher = DurableHistory(client, channel="merchant:{merchant_id}:{event}", history=1000,
+                               ttl_s=600)
+    try:
+        async with open_stream(gw.stream_url(shop)) as s:
+            await connected(s)
+            first, lost = await _lose_a_write(gw, client, mid, s)  # the tab got the lost one
+            gw.send_signal(signal.SIGSTOP)
+            try:
+                await client.client_kill_filter(_type="pubsub")  # failed over: resubscribes
+                again = await publisher.publish(mid, "stage", b"d2")  # while not subscribed
+            finally:
+                gw.send_signal(signal.SIGCONT)
+            assert again == lost  # the same id, now another event's
+            got = await s.next_event(10)
+            assert (got.event, json.loads(got.data)) == ("resync", {"reason": "redis_reconnected"})
+            after = await publish_durably(gw, mid, "d3")  # the first event after the gap
+            got = await s.next_event(10)
+            assert got.event == "resync", f"the loss of {lost} went unnoticed: {got}"
+            got = await s.next_event(10)
+            assert (got.id, got.data) == (after, "d3")
+        await wait_for(lambda: client.sismember(lost_ids_key(mid), lost),
+                       message="the loss recorded in Redis")
+        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": lost}) as s:
+            await connected(s)  # a tab resuming from the lost event: d2 would be skipped
+            got = await s.next_event(10)
+            assert (got.event, json.loads(got.data)) == ("resync", {"reason": "history_gap"})
+        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": first}) as s:
             await connected(s)  # a tab from before the loss: what the history holds
             got = await s.events(2, 10)
         assert [(e.id, e.data) for e in got] == [(again, "d2"), (after, "d3")]

@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..fanout.hub import Hub
+from ..fanout.hub import Done, Hub, Proven
 from ..runtime import deadlines
-from .history import holds_many, missed
+from .history import first_lost, holds_many, missed
 from .ids import DurableId
 
 __all__ = ["EnvelopeCheck", "Flush", "merchant_flush"]
@@ -52,7 +52,8 @@ class _Claim(NamedTuple):
     event: str
     payload: bytes
     expected: DurableId | None  # given for a jump: what was skipped is asked too
-    done: Callable[[bool, bool], None]
+    proven: Proven  # given after a gap: whether the history still holds them is asked too
+    done: Done
 
 
 class EnvelopeCheck:
@@ -74,9 +75,11 @@ class EnvelopeCheck:
         event: str,
         payload: bytes,
         expected: DurableId | None,
-        done: Callable[[bool, bool], None],
+        proven: Proven,
+        done: Done,
     ) -> None:
-        self._waiting.append(_Claim(merchant_id, durable, event, payload, expected, done))
+        self._waiting.append(
+            _Claim(merchant_id, durable, event, payload, expected, proven, done))
         self._start()
 
     def _start(self) -> None:
@@ -93,6 +96,7 @@ class EnvelopeCheck:
 
     async def _check(self, batch: list[_Claim]) -> None:
         lost = [claim.expected is not None for claim in batch]  # asked only for a jump
+        lost_from: list[DurableId | None] = [None] * len(batch)
         try:
             claims = [(c.merchant_id, c.durable, c.event, c.payload) for c in batch]
             genuine = await deadlines.wait(
@@ -102,13 +106,16 @@ class EnvelopeCheck:
                     lost[i] = await deadlines.wait(asyncio.ensure_future(missed(
                         self._client, claim.merchant_id, claim.expected, claim.durable,
                         self._events)), _CHECK_TIMEOUT_S)
+                if genuine[i] and claim.proven:
+                    lost_from[i] = await deadlines.wait(asyncio.ensure_future(first_lost(
+                        self._client, claim.merchant_id, claim.proven)), _CHECK_TIMEOUT_S)
         except _FAULTS as exc:
             # Redis cannot answer: trusted as it comes (a forgery during an outage is far
             # less likely than a real event losing its id), a jump taken as a loss
             log.warning("envelope check failed for %d merchant(s), first %s: %s", len(batch),
                         batch[0].merchant_id, type(exc).__name__)
             genuine = [True] * len(batch)
-        for claim, real, gone in zip(batch, genuine, lost, strict=True):
+        for claim, real, gone, lost_at in zip(batch, genuine, lost, lost_from, strict=True):
             if not real:
                 log.warning("merchant=%s: a message claimed durable id %s, which the history "
                             "does not hold; delivered as a plain event", claim.merchant_id,
@@ -116,7 +123,7 @@ class EnvelopeCheck:
             elif gone:
                 log.info("merchant=%s: durable events before %s never arrived: resync",
                          claim.merchant_id, claim.durable)
-            claim.done(real, real and gone)
+            claim.done(real, real and gone, lost_at if real else None)
 
     async def settled(self, held: Callable[[], bool]) -> None:
         """Once `held()` is false: the checks it waits for have answered, and those

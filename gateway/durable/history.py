@@ -38,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config import Config
+from ..fanout.frames import event_frame
 from ..runtime.supervision import stop_tasks
 from .ids import (
     DurableEvent,
@@ -261,6 +262,27 @@ def _holds(durable: DurableId, event: str, payload: bytes, meta: list[Any],
         return True
     found = _entry(durable.epoch, *entries[0])
     return found.event == event and found.payload == payload
+
+
+async def first_lost(
+    client: aioredis.Redis | Any, merchant_id: str, proven: Sequence[tuple[DurableId, bytes]]
+) -> DurableId | None:
+    """The oldest of `proven` (durable events this process delivered, of one epoch, each
+    with its frame) that the history now holds as another event: a failover lost it and
+    the new primary gave its id again. None when each is held as delivered, trimmed, not
+    yet given again, or the history is of another epoch (no id of the old one comes again)."""
+    epoch = proven[0][0].epoch
+    offsets = [durable.offset for durable, _ in proven]
+    stream, meta = history_keys(merchant_id)
+    (held_epoch, _), entries = await _in_multi(client, lambda pipe: pipe.hmget(
+        meta, "epoch", "offset").xrange(stream, f"0-{min(offsets)}", f"0-{max(offsets)}"))
+    if held_epoch is None or _text(held_epoch) != epoch:
+        return None
+    held = {e.id.offset: e for e in (_entry(epoch, *raw) for raw in entries)}
+    lost = [durable for durable, frame in proven
+            if (e := held.get(durable.offset)) is not None
+            and event_frame(str(durable), e.event, e.payload) != frame]
+    return min(lost, key=lambda durable: durable.offset, default=None)
 
 
 async def missed(

@@ -28,12 +28,16 @@ def process_epoch() -> str:
     return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
 
 
-Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Callable[[bool, bool], None]],
-                  None]
-"""`verify(merchant_id, id, event, payload, expected, done)`: whether the history
-holds that event, answered later as `done(genuine, missed)`; `missed`: the history
-holds events of ours between `expected` (the id that would have continued the
-proven head) and it, which this process never received."""
+Proven = list[tuple[DurableId, bytes]]  # durable events delivered here, newest first, framed
+Done = Callable[[bool, bool, "DurableId | None"], None]
+Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Proven, Done], None]
+"""`verify(merchant_id, id, event, payload, expected, proven, done)`: whether the
+history holds that event, answered later as `done(genuine, missed, lost_from)`;
+`missed`: it holds events of ours between `expected` (the id that would have
+continued the proven head) and it, which this process never received;
+`lost_from`: the oldest of `proven` (after a gap) it holds as another event."""
+
+_PROVEN_CHECKED = 16  # after a gap, the newest delivered events compared with the history
 
 
 class Hub:
@@ -92,9 +96,10 @@ class Hub:
             if durable is not None:
                 topic.pending = [(event, payload, event_id)]
                 expected = DurableId.parse(topic.next_durable or "")
-                self._verify(merchant_id, durable, event, payload, expected,
-                             lambda genuine, missed: self._verified(
-                                 merchant_id, topic, genuine, missed))
+                proven = [] if expected is not None else topic.proven_tail(_PROVEN_CHECKED)
+                self._verify(merchant_id, durable, event, payload, expected, proven,
+                             lambda genuine, missed, lost_from: self._verified(
+                                 merchant_id, topic, genuine, missed, lost_from))
                 return None
         return self._fan_out(topic, event, payload, event_id)
 
@@ -110,7 +115,8 @@ class Hub:
             topic.advance(event_id)
         return entry
 
-    def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool) -> None:
+    def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool,
+                  lost_from: DurableId | None = None) -> None:
         """The held envelope checked: delivered with its id when the history holds it,
         else as a plain event; then the messages held behind it go on, until the next
         one that needs a check. When events before it never arrived, `on_missed`
@@ -121,7 +127,10 @@ class Hub:
         rolled back: a failover lost the writes the head came from (delivered live,
         or read from the deposed primary) and the new primary gave their ids to other
         events (`Topic.sent_before` tells which). Then the streams resync (some got
-        the lost events) and the event goes out with its id, the new head."""
+        the lost events) and the event goes out with its id, the new head. The same
+        when the history no longer holds events delivered here up to the head
+        (`lost_from`): the new primary gave their ids again before this process
+        subscribed to it, so it never saw them come again."""
         pending = topic.pending
         if pending is None or self._topics.get(merchant_id) is not topic:
             return
@@ -129,6 +138,11 @@ class Hub:
         (event, payload, event_id), rest = pending[0], pending[1:]
         durable = DurableId.parse(event_id)
         head = topic.durable_head
+        if genuine and lost_from is not None and head is not None:
+            log.warning("merchant=%s: the history no longer holds %s..%s as delivered here "
+                        "(a failover lost writes): resync", merchant_id, lost_from, head)
+            missed = True
+            self._on_lost(merchant_id, lost_from, head)
         if durable is None or event_id is None or not genuine:
             self.forged += 1
             event_id = None

@@ -98,6 +98,23 @@ class Topic:
                 reaches = held.epoch == durable.epoch and held.offset < durable.offset
         return not reaches
 
+    def proven_tail(self, limit: int) -> list[tuple[DurableId, bytes]]:
+        """Up to `limit` durable events of the ring, newest first, of the proven head's
+        epoch and not past it, each with its frame: what this process delivered (from
+        before a gap too) and may have to compare with the history."""
+        head = self.durable_head
+        tail: list[tuple[DurableId, bytes]] = []
+        if head is None:
+            return tail
+        for entry in reversed(self.history):
+            durable = DurableId.parse(entry.id)
+            if durable is None or durable.epoch != head.epoch or durable.offset > head.offset:
+                continue
+            tail.append((durable, bytes(entry.wire[0])))
+            if len(tail) >= limit:
+                break
+        return tail
+
     def after(self, last_event_id: str) -> list[Entry] | None:
         """The entries after `last_event_id` in the ring, None when it does not hold
         that id (or holds it from before a gap)."""
