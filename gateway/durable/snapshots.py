@@ -155,24 +155,27 @@ class Snapshots:
 
     async def _read(self, merchant_id: str) -> Snapshot | None:
         """One state read, flushed, as a frame (None: no job state); kept in memory
-        when no durable event of the merchant was delivered while it was read."""
+        when no durable event of the merchant was delivered while it was read. The
+        read and its flush share one deadline: the streams it holds write nothing."""
         sent_at, before = self.clock(), self._position(merchant_id)
-        work = asyncio.ensure_future(self._history.read_jobs(merchant_id))
-        head, records = await deadlines.wait(work, _READ_TIMEOUT_S)
-        data = None if head is None else snapshot_data(records, head.epoch, self._job_key)
-        snapshot = None
-        if head is not None and data is not None:
-            # every message published before the read is in the queues
-            await self._flush(merchant_id)
-            payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-            snapshot = Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
-        # without job state there is nothing to flush for: a durable event published
-        # before the read would be in it, and one published after moves the topic's head
+        work = asyncio.ensure_future(self._read_flushed(merchant_id))
+        snapshot = await deadlines.wait(work, _READ_TIMEOUT_S)
         if before is not None and self._position(merchant_id) == before:
             self._keep(merchant_id, _Kept(before, snapshot, sent_at + _KEPT_S))
         else:
             self._kept.pop(merchant_id, None)
         return snapshot
+
+    async def _read_flushed(self, merchant_id: str) -> Snapshot | None:
+        head, records = await self._history.read_jobs(merchant_id)
+        data = None if head is None else snapshot_data(records, head.epoch, self._job_key)
+        if head is None or data is None:
+            # without job state there is nothing to flush for: a durable event published
+            # before the read would be in it, and one published after moves the topic's head
+            return None
+        await self._flush(merchant_id)  # every message published before the read is queued
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
 
     def _position(self, merchant_id: str) -> _Position | None:
         """Where the merchant's topic stands (None: no topic, or an envelope under check)."""
