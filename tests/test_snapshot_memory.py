@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.durable import snapshots as snapshots_module
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
@@ -241,3 +243,28 @@ async def test_messages_found_missed_during_a_link_reconnect_keep_its_window_ope
     w.resyncs.live_again([MID])
     await held_released(w)
     assert queued(late) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
+
+
+async def test_a_flush_that_never_ends_releases_the_held_streams_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read and its flush share one deadline: a flush kept waiting (a merchant whose
+    messages stay held for checks) cannot hold the merchant's streams forever; they are
+    released without a snapshot, as on a Redis fault."""
+    monkeypatch.setattr(snapshots_module, "_READ_TIMEOUT_S", 0.2)
+    w = World()
+    w.publish(1, "A")
+    stream = Stream(MID, "shop", "client", POLICY, Metrics())
+    w.hub.attach(MID, stream, None)
+    never = asyncio.Event()
+
+    async def stuck(merchant_id: str) -> float:
+        await never.wait()
+        return 0.0
+
+    w.snapshots._flush = stuck
+    w.resyncs.missed([MID])  # resync, and hold the streams for the snapshot
+    assert stream._held is not None
+    async with asyncio.timeout(5):
+        await held_released(w)
+    assert stream._held is None and [e for e, _ in queued(stream)] == ["resync"]
