@@ -55,7 +55,7 @@ deps-run:
 	@bash tools/bootstrap.sh run
 
 test: deps venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check gateway tests tools bench

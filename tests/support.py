@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import fcntl
 import inspect
 import itertools
 import json
@@ -25,8 +26,9 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -39,7 +41,9 @@ __all__ = [
     "SSEStream",
     "http_json",
     "open_stream",
+    "over_maxmemory",
     "parse_events",
+    "podman_turn",
     "publish",
     "report",
     "stream_session",
@@ -490,3 +494,30 @@ def report(config: Any, text: str) -> None:
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         for line in text.splitlines():
             reporter.write_line(line)
+
+
+@contextlib.contextmanager
+def podman_turn(state: Path) -> Iterator[None]:
+    """The podman state `state` (.run/podman) to this process alone meanwhile: the image
+    and compose test modules build into and run from one state, and `make test` runs
+    them in different xdist workers (two debootstraps into one directory fail)."""
+    state.parent.mkdir(parents=True, exist_ok=True)
+    with open(state.parent / f"{state.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def over_maxmemory(client: Any) -> int:
+    """Put a Redis (redis.asyncio client) 1 MiB over its `maxmemory`, `noeviction`;
+    its `used_memory` then. The 4 MiB ballast goes in 64 KiB values: one 4 MiB
+    command leaves a 4 MiB query buffer that Redis frees a moment later, which would
+    bring it back under the limit in the middle of a test."""
+    for i in range(64):
+        await client.set(f"ballast:{i}", b"b" * (64 << 10))
+    used = int((await client.info("memory"))["used_memory"])
+    await client.config_set("maxmemory", str(used - (1 << 20)))
+    await client.config_set("maxmemory-policy", "noeviction")
+    return used

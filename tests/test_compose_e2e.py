@@ -28,14 +28,21 @@ from typing import Any
 
 import pytest
 from compose_support import DEBIAN_ROOTFS, Compose, build_images, compose_command, override
-from support import open_stream, wait_until
+from support import open_stream, podman_turn, wait_until
 
 from tools.image import ImageError, Podman
+from tools.podman import STATE
 from tools.services import free_port
 
-# one podman state (.run/podman): its tests run in one worker of a parallel run
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
+pytestmark = pytest.mark.timeout(900)
 Factory = Callable[..., Compose]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _podman_to_this_module() -> Iterator[None]:
+    """First set up, last torn down: the module's containers are gone before it ends."""
+    with podman_turn(STATE):
+        yield
 
 
 @pytest.fixture(scope="module")

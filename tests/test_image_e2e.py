@@ -27,18 +27,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import http_status, open_stream, publish, report, wait_for, wait_until
+from support import http_status, open_stream, podman_turn, publish, report, wait_for, wait_until
 
 from tools.image import ImageError, Podman, build_image
+from tools.podman import STATE
 from tools.services import PostgresServer, RedisServer, free_port
 
-# one podman state (.run/podman): its tests run in one worker of a parallel run
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("podman")]
+pytestmark = pytest.mark.timeout(900)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/event-gateway:test"
 HOST_FROM_CONTAINER = "10.0.2.2"  # slirp4netns: the host's loopback
 SHUTDOWN_TIMEOUT = 10  # config/gateway.yaml, server.shutdown_timeout (the image's default)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _podman_to_this_module() -> Iterator[None]:
+    """First set up, last torn down: the module's containers are gone before it ends."""
+    with podman_turn(STATE):
+        yield
 
 
 @pytest.fixture(scope="module")
