@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
-from support import unique_merchant, wait_for
+from support import over_maxmemory, unique_merchant, wait_for
 
 from gateway.broker.connection import make_client
 from gateway.durable.history import DurableHistory, first_lost, holds_many, missed
@@ -266,10 +266,7 @@ async def test_a_refused_keyed_publish_leaves_its_key_unused(client: aioredis.Re
 
 async def _over_maxmemory(client: aioredis.Redis) -> tuple[list[bytes], list[Any]]:
     """Put Redis 1 MiB over its `maxmemory` (noeviction); its keys and their dumps."""
-    await client.set("ballast", b"b" * (4 << 20))
-    used = int((await client.info("memory"))["used_memory"])
-    await client.config_set("maxmemory", str(used - (1 << 20)))
-    await client.config_set("maxmemory-policy", "noeviction")
+    await over_maxmemory(client)
     keys = sorted(await client.keys("*"))
     return keys, [await client.dump(k) for k in keys]
 

@@ -26,7 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from ops_support import get_metrics, metric
 from publish_probe_support import MODES, shipped_nginx, workers_in
-from support import SSEStream, http_json, open_stream, unique_merchant, wait_for
+from support import SSEStream, http_json, open_stream, over_maxmemory, unique_merchant, wait_for
 
 from gateway.durable.ids import history_keys
 
@@ -222,10 +222,7 @@ async def test_over_maxmemory_every_publish_is_refused_and_nothing_grows(
     assert status == 200, reply
     client = aioredis.Redis.from_url(redis.url)
     try:
-        await client.set("ballast", b"b" * (4 << 20))
-        used = int((await client.info("memory"))["used_memory"])
-        await client.config_set("maxmemory", str(used - (1 << 20)))
-        await client.config_set("maxmemory-policy", "noeviction")
+        used = await over_maxmemory(client)
         before = (await client.dbsize(), await client.hgetall(history_keys(old)[1]))
         fresh = [unique_merchant("oom")[0] for _ in range(20)]
         bodies: list[Any] = [{"merchantId": m, "event": "stage", "data": "x" * 500} for m in fresh]
