@@ -17,6 +17,8 @@ import json
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -56,6 +58,8 @@ async def fast_stream(
 ) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         async with session.get(url) as response:
+            if response.status != 200:
+                raise RuntimeError(f"a fast stream was refused: {response.status}")
             ready.set()
             async for line in response.content:
                 if line.startswith(b'data: {"t"'):
@@ -107,6 +111,21 @@ async def measure(args: argparse.Namespace, gw: GatewayServer, redis_url: str) -
             "rss_growth_mib": round((peak - rss_before) / 2**20, 1), "cut": cut}
 
 
+def wait_healthy(gw: GatewayServer, timeout_s: float = 30) -> None:
+    """Until GET /health answers 200. `gw.start()` waits for /health/live only: the
+    subscriber may still be connecting to Redis, and a stream opened meanwhile gets 503."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(gw.url("/health"), timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # 503 (not ready yet) or not answering
+        time.sleep(0.05)
+    raise RuntimeError(f"the gateway was not healthy within {timeout_s:g} s")
+
+
 async def slow_cuts(gw: GatewayServer) -> int:
     """gateway_slow_client_disconnects_total from /metrics."""
     async with aiohttp.ClientSession() as session, session.get(gw.url("/metrics")) as r:
@@ -150,6 +169,7 @@ def main() -> int:
         gw = GatewayServer(config, env)
         try:
             gw.start()
+            wait_healthy(gw)
             row = asyncio.run(measure(args, gw, redis_server.url))
         except Exception:
             print(f"gateway log tail:\n{gw.log_text()[-2000:]}")
