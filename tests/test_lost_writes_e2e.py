@@ -48,6 +48,15 @@ async def _lose_a_write(gw: Any, client: aioredis.Redis, mid: str, s: Any) -> tu
     return first, lost
 
 
+async def _from_before_the_loss(gw: Any, shop: str, first: str,
+                                expected: list[tuple[str, str]]) -> None:
+    """A tab resuming from `first`, before the loss, gets what the history holds."""
+    async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": first}) as s:
+        await connected(s)
+        got = await s.events(len(expected), 10)
+    assert [(e.id, e.data) for e in got] == expected
+
+
 @pytest.mark.parametrize("resubscribed", [False, True], ids=["same_link", "after_reconnect"])
 async def test_an_id_a_failover_gave_again_reaches_streams_with_it(
     gateway_factory: Any, merchant: Any, redis_server: Any, resubscribed: bool
@@ -109,10 +118,7 @@ async def test_a_tab_that_got_a_lost_event_resyncs_on_another_process(
                 assert got.event == "resync", f"{path}: {got} (d2 skipped)"
                 assert json.loads(got.data) == {"reason": "history_gap"}
         # (a tab that got d2 under that id resyncs too: the id cannot tell them apart)
-        async with open_stream(other.stream_url(shop), headers={"Last-Event-ID": first}) as s:
-            await connected(s)  # a tab from before the loss: what the history holds
-            got = await s.events(2, 10)
-        assert [(e.id, e.data) for e in got] == [(again, "d2"), (after, "d3")]
+        await _from_before_the_loss(other, shop, first, [(again, "d2"), (after, "d3")])
     finally:
         await client.aclose()
 
@@ -155,9 +161,6 @@ async def test_an_id_given_again_before_the_process_resubscribed_is_found_lost(
             await connected(s)  # a tab resuming from the lost event: d2 would be skipped
             got = await s.next_event(10)
             assert (got.event, json.loads(got.data)) == ("resync", {"reason": "history_gap"})
-        async with open_stream(gw.stream_url(shop), headers={"Last-Event-ID": first}) as s:
-            await connected(s)  # a tab from before the loss: what the history holds
-            got = await s.events(2, 10)
-        assert [(e.id, e.data) for e in got] == [(again, "d2"), (after, "d3")]
+        await _from_before_the_loss(gw, shop, first, [(again, "d2"), (after, "d3")])
     finally:
         await client.aclose()
