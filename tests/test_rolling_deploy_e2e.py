@@ -138,6 +138,11 @@ async def test_rolling_restart_of_three_gateways_loses_and_duplicates_nothing(
             await publishing
             await wait_for(lambda: all(f.ids[-1:] == acked[f.merchant][-1:] for f in followers),
                            timeout=20, interval=0.1, message="for every client's last event")
+            # a client drained after its merchant's last event has nothing left to read,
+            # but it reconnects all the same: the spread of reconnects below needs it
+            await wait_for(lambda: all(f.opened[-1] > f.shutdowns[-1] for f in followers
+                                       if f.shutdowns), timeout=DRAIN_S + 10, interval=0.1,
+                           message="for every drained client's reconnect")
         finally:
             stop_publishing.set()
             for task in [*tasks, *([publisher] if publisher else [])]:
