@@ -61,12 +61,16 @@ async def fast_stream(
             if response.status != 200:
                 raise RuntimeError(f"a fast stream was refused: {response.status}")
             ready.set()
+            seen: list[bytes] = []
             async for line in response.content:
                 if line.startswith(b'data: {"t"'):
                     event = json.loads(line[6:])
                     latencies.append(time.time() - event["t"])
                     if event["n"] == events - 1:
                         return
+                elif len(seen) < 20:
+                    seen.append(line[:200])
+            raise RuntimeError(f"a fast stream ended before the last event; it read {seen}")
 
 
 async def measure(args: argparse.Namespace, gw: GatewayServer, redis_url: str) -> dict:
@@ -163,7 +167,7 @@ def main() -> int:
         postgres.add_merchant("m1", SHOP)
         config = {
             "server": {"host": "127.0.0.1", "port": free_port()},
-            "logging": {"level": "WARNING"},
+            "logging": {"level": "INFO"},  # a stream's open and close: for a failed run
         }
         env = child_env({"REDIS_URL": redis_server.url, "DATABASE_URL": postgres.dsn})
         gw = GatewayServer(config, env)
