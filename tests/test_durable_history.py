@@ -14,7 +14,8 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from support import over_maxmemory, unique_merchant, wait_for
 
 from gateway.broker.connection import make_client
-from gateway.durable.history import DurableHistory, first_lost, holds_many, missed
+from gateway.durable.history import DurableHistory
+from gateway.durable.history_checks import first_lost, holds_many, missed
 from gateway.durable.ids import (
     DurableEvent,
     DurableId,

@@ -10,7 +10,9 @@ durable Last-Event-ID is resumed by `replay.py` from the ring or the history.
 - `publish.lua`, `publisher.py`  the publish script and its one runner, `Publisher`
                   and `AsyncPublisher` (public: `from gateway.durable.publisher import ...`);
 - `history.py`    history reads and the gateway's own publishes;
-- `envelopes.py`  the hub's check that an enveloped message is in the history;
+- `redis_reads.py`  their plumbing: one resend, a MULTI's replies, a stream entry;
+- `history_checks.py`, `envelopes.py`  reads that check a live message against the
+                  history, and the hub's batched checks that make them;
 - `replay.py`     resuming a reconnect: ring, then Redis history;
 - `catch_up.py`   where a replay or snapshot goes among the live events queued
                   meanwhile (pure; the stream applies it);

@@ -33,7 +33,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..fanout.hub import Done, Hub, Proven
 from ..runtime import deadlines
-from .history import first_lost, holds_many, missed
+from .history_checks import first_lost, holds_many, missed
 from .ids import DurableId
 
 __all__ = ["EnvelopeCheck", "Flush", "merchant_flush"]

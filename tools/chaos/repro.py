@@ -135,7 +135,8 @@ async def _late_resync(http: aiohttp.ClientSession, gw: GatewayServer, link: Lag
 
 async def _moved() -> int:
     from gateway.broker.connection import make_cluster_client
-    from gateway.durable.history import DurableHistory, holds_many
+    from gateway.durable.history import DurableHistory
+    from gateway.durable.history_checks import holds_many
     from gateway.durable.ids import DurableId, history_keys
     from tools.cluster import RedisCluster
 
