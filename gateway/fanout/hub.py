@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..durable.ids import DurableId
 from .frames import Control, Entry
 from .topic import Subscriber, Topic
+from .verdict import judge
 
 __all__ = ["Hub", "Subscriber", "Topic", "process_epoch"]
 
@@ -117,49 +118,28 @@ class Hub:
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool,
                   lost_from: DurableId | None = None) -> None:
-        """The held envelope checked: delivered with its id when the history holds it,
-        else as a plain event; then the messages held behind it go on, until the next
-        one that needs a check. When events before it never arrived, `on_missed`
-        comes first (its streams resync).
-
-        A genuine id at or below the proven head is either an event that went out
-        under it published again (sent as plain: never twice) or the history was
-        rolled back: a failover lost the writes the head came from (delivered live,
-        or read from the deposed primary) and the new primary gave their ids to other
-        events (`Topic.sent_before` tells which). Then the streams resync (some got
-        the lost events) and the event goes out with its id, the new head. The same
-        when the history no longer holds events delivered here up to the head
-        (`lost_from`): the new primary gave their ids again before this process
-        subscribed to it, so it never saw them come again."""
+        """The held envelope checked (verdict.py): delivered with its id when the history
+        holds it, else as a plain event; then the messages held behind it go on, until
+        the next one that needs a check. When events before it never arrived, or a
+        failover gave ids delivered here to other events, `on_missed` comes first (its
+        streams resync)."""
         pending = topic.pending
         if pending is None or self._topics.get(merchant_id) is not topic:
             return
         topic.pending = None
         (event, payload, event_id), rest = pending[0], pending[1:]
-        durable = DurableId.parse(event_id)
-        head = topic.durable_head
-        if genuine and lost_from is not None and head is not None:
-            log.warning("merchant=%s: the history no longer holds %s..%s as delivered here "
-                        "(a failover lost writes): resync", merchant_id, lost_from, head)
-            missed = True
-            self._on_lost(merchant_id, lost_from, head)
-        if durable is None or event_id is None or not genuine:
+        verdict = judge(topic, event, payload, event_id or "", genuine, missed, lost_from)
+        if verdict.event_id is None:
             self.forged += 1
-            event_id = None
-        elif head is not None and head.epoch == durable.epoch and durable.offset <= head.offset:
-            if topic.sent_before(event_id, durable, event, payload):
-                self.forged += 1
-                event_id = None
-            else:
-                log.warning("merchant=%s: durable id %s is another event's now, at or below "
-                            "the head %s proved here (a failover lost writes): resync",
-                            merchant_id, durable, head)
-                missed = True
-                self._on_lost(merchant_id, durable, head)
-        if genuine and missed:
+        if verdict.lost is not None:
+            first, last = verdict.lost
+            log.warning("merchant=%s: durable ids %s..%s delivered here are other events' now "
+                        "(a failover lost writes): resync", merchant_id, first, last)
+            self._on_lost(merchant_id, first, last)
+        if verdict.resync:
             self.mark_gap([merchant_id])
             self._on_missed([merchant_id])
-        self._fan_out(topic, event, payload, event_id)
+        self._fan_out(topic, event, payload, verdict.event_id)
         for event, payload, event_id in rest:
             self.publish(merchant_id, event, payload, event_id)
 

@@ -1,0 +1,55 @@
+"""What a history check's answer means for the envelope a merchant's topic held.
+
+The hub holds a durable message whose id does not continue the merchant's proven
+head until the history says whether it holds that event (hub.py, `Verify`). The
+answer decides the id it goes out with (none: a plain PUBLISH imitating the
+envelope, or an event that went out under it published again), which ids a
+failover gave to other events (`lost`), and whether the merchant's streams resync
+before it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..durable.ids import DurableId
+from .topic import Topic
+
+__all__ = ["Verdict", "judge"]
+
+
+class Verdict(NamedTuple):
+    event_id: str | None  # the id the event goes out with; None: as a plain event
+    lost: tuple[DurableId, DurableId] | None  # ids delivered here, now other events'
+    resync: bool  # the merchant's streams resync before it
+
+
+def judge(topic: Topic, event: str, payload: bytes, event_id: str, genuine: bool,
+          missed: bool, lost_from: DurableId | None) -> Verdict:
+    """`genuine`: the history holds the event under `event_id`; `missed`: events of
+    ours before it never arrived; `lost_from`: the oldest event delivered here up to
+    the head that the history holds as another one (asked after a gap).
+
+    A genuine id at or below the proven head is either an event that went out under
+    it published again (plain: never twice) or the history was rolled back: a
+    failover lost the writes the head came from (delivered live, or read from the
+    deposed primary) and the new primary gave their ids to other events
+    (`Topic.sent_before` tells which). Then the streams resync (some got the lost
+    events) and the event goes out with its id, the new head. The same when the
+    new primary gave those ids before this process subscribed to it (`lost_from`)."""
+    durable = DurableId.parse(event_id)
+    head = topic.durable_head
+    if durable is None or not genuine:
+        return Verdict(None, None, False)
+    lost_first = lost_from
+    if head is not None and head.epoch == durable.epoch and durable.offset <= head.offset:
+        if topic.sent_before(event_id, durable, event, payload):
+            return Verdict(None, _lost(lost_first, head), lost_first is not None or missed)
+        lost_first = durable if lost_first is None else min(
+            lost_first, durable, key=lambda d: d.offset)
+    lost = _lost(lost_first, head)
+    return Verdict(event_id, lost, missed or lost is not None)
+
+
+def _lost(first: DurableId | None, head: DurableId | None) -> tuple[DurableId, DurableId] | None:
+    return None if first is None or head is None else (first, head)
