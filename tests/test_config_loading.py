@@ -351,6 +351,12 @@ def test_channel_template_may_only_name_merchant_and_event(tmp_path: Path) -> No
     assert err.key == "redis.channel"
 
 
+@pytest.mark.parametrize("event", ["connected", "resync", "snapshot", "shutdown", "revoked"])
+def test_an_event_may_not_take_a_gateway_frames_name(tmp_path: Path, event: str) -> None:
+    err = config_error(tmp_path, {"redis": {"events": ["progress", event]}})
+    assert err.key == "redis.events[1]"
+
+
 def test_password_with_a_slash_never_reaches_the_error(tmp_path: Path) -> None:
     err = config_error(tmp_path, {}, {"REDIS_URL": "redis://:s3cr/et@localhost:6379/0"})
     assert err.key == "redis.url"

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from support import wait_for
 
@@ -257,7 +257,18 @@ async def _run(
     return client_view(bytes(writer.transport.data)), world
 
 
+# a resync's snapshot released while the stream still opens, then the opening's answer:
+# a replay (the client caught up) or a history_gap + snapshot once dropped that snapshot
+_RELEASED_FIRST = [("resync", 0), ("release", 0, True, 0)]
+
+
 @settings(max_examples=1000, deadline=None, derandomize=True)  # the same schedules every run
+@example(steps=_RELEASED_FIRST, open_pick=2, bind_pick=0, answer="replay", head_pick=0,
+         behind=0, close_pick=None)
+@example(steps=_RELEASED_FIRST, open_pick=2, bind_pick=0, answer="gap+snapshot", head_pick=0,
+         behind=0, close_pick=None)
+@example(steps=[("resync", 0), ("live",), ("release", 0, True, 1), ("live",)], open_pick=4,
+         bind_pick=0, answer="replay", head_pick=3, behind=2, close_pick=None)
 @given(
     steps=st.lists(STEP, max_size=14),
     open_pick=st.integers(0, 14),
@@ -293,3 +304,18 @@ def test_the_check_sees_what_the_client_would() -> None:
         [*view, ("resync", None, "")], world)
     world.closed = True
     assert "closed, but the last frame is ['stage']" in broken_promises(view, world)
+
+
+def test_a_snapshot_counts_only_where_it_was_placed() -> None:
+    """`release` and `put_first` say whether the snapshot went into the queue (the
+    `gateway_snapshots_total` count adds those): not for a hold a later one replaced,
+    nor for a closing stream."""
+    stream = _stream()
+    snapshot = Entry(1, f"{EPOCH}:5", "snapshot", b"{}")
+    stream.hold(1)
+    stream.hold(2)  # a second resync before the first read answered
+    assert not stream.release(1, snapshot, DurableId(EPOCH, 5))
+    assert stream.release(2, snapshot, DurableId(EPOCH, 5))
+    assert stream.put_first([], snapshot, DurableId(EPOCH, 5))
+    stream.close(CloseReason.SHUTDOWN, Control("shutdown", {"reconnectAfterMs": 1}))
+    assert not stream.put_first([], snapshot, DurableId(EPOCH, 5))

@@ -3,6 +3,12 @@
 A stream is attached before its replay or snapshot is read, so live events
 queue behind it; these pure rules order what the stream then writes, with no
 gap and no duplicate (`Stream.replay_before_live`, `put_first`, `release`).
+
+A snapshot already queued (a resync's, released while the stream was still
+opening) starts a new baseline: it and what follows it are ordered already
+and stay as they are. The rules apply to what queued before it only; else a
+read answering later would drop that snapshot as an event it already covers,
+and the resync before it would go out without one.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from collections.abc import Iterable, Sequence
 from ..fanout.frames import Deliverable, Entry
 from .ids import DurableId
 
-__all__ = ["after_snapshot", "at_or_before", "before_live", "newer", "with_snapshot"]
+__all__ = ["SNAPSHOT", "after_snapshot", "at_or_before", "before_live", "newer", "with_snapshot"]
+
+SNAPSHOT = "snapshot"
+"""The event name of a snapshot frame (reserved: no published event has it)."""
 
 
 def at_or_before(frame: Deliverable, last: DurableId) -> bool:
@@ -28,6 +37,15 @@ def newer(frames: Iterable[Deliverable], last: DurableId) -> list[Deliverable]:
     return [frame for frame in frames if not at_or_before(frame, last)]
 
 
+def _is_snapshot(frame: Deliverable) -> bool:
+    return isinstance(frame, Entry) and frame.event == SNAPSHOT
+
+
+def _baseline(frames: Sequence[Deliverable]) -> int:
+    """The index of the first snapshot queued in `frames` (their length when none)."""
+    return next((i for i, frame in enumerate(frames) if _is_snapshot(frame)), len(frames))
+
+
 def after_snapshot(frames: Sequence[Deliverable], head: DurableId | None) -> list[Deliverable]:
     """Queued `frames` as they follow a snapshot read at `head` (None: no history yet).
 
@@ -35,13 +53,16 @@ def after_snapshot(frames: Sequence[Deliverable], head: DurableId | None) -> lis
     queued before the last of them lose their `id:` line: the client's
     Last-Event-ID stays the snapshot's, so a reconnect resumes after it. Their
     own id would resume the ring from before those durable events and replay
-    what the snapshot already held.
+    what the snapshot already held. A snapshot queued already, and what follows
+    it, stay as they are (see the module docstring).
     """
+    base = _baseline(frames)
+    ahead, kept = frames[:base], frames[base:]
     if head is None:
-        return list(frames)
-    cut = max((i + 1 for i, frame in enumerate(frames) if at_or_before(frame, head)), default=0)
-    earlier = [f.without_id() if isinstance(f, Entry) else f for f in newer(frames[:cut], head)]
-    return [*earlier, *frames[cut:]]
+        return [*ahead, *kept]
+    cut = max((i + 1 for i, frame in enumerate(ahead) if at_or_before(frame, head)), default=0)
+    earlier = [f.without_id() if isinstance(f, Entry) else f for f in newer(ahead[:cut], head)]
+    return [*earlier, *ahead[cut:], *kept]
 
 
 def with_snapshot(
@@ -65,8 +86,11 @@ def before_live(
     queued, which keeps its live place (after a plain event published just
     before it). Queued durable events up to `last` are dropped: the client came
     from a process that delivered them before this one's subscriber had read them.
+    A snapshot queued already, and what follows it, stay as they are.
     """
-    live = newer(queued, last)
-    live_ids = {entry.id for entry in live if isinstance(entry, Entry)}
+    queued = list(queued)
+    base = _baseline(queued)
+    live = [*newer(queued[:base], last), *queued[base:]]
+    live_ids = {entry.id for entry in live if isinstance(entry, Entry) and not _is_snapshot(entry)}
     used = next((i for i, entry in enumerate(entries) if entry.id in live_ids), len(entries))
     return [*entries[:used], *live], used

@@ -47,6 +47,7 @@ from ..metrics import Metrics
 from ..runtime import deadlines
 from ..runtime.single_flight import SingleFlight
 from ..runtime.supervision import stop_tasks
+from .catch_up import SNAPSHOT
 from .envelopes import Flush
 from .history import DurableHistory
 from .ids import DurableId
@@ -115,8 +116,8 @@ class Snapshots:
                 return False
         if snapshot is None:
             return False
-        stream.put_first(first, snapshot.frame, snapshot.head)
-        self._metrics.snapshots += 1
+        if stream.put_first(first, snapshot.frame, snapshot.head):
+            self._metrics.snapshots += 1
         return True
 
     def after_resync(self, merchant_ids: Iterable[str]) -> None:
@@ -149,9 +150,8 @@ class Snapshots:
         # a frame of its own: a stream that opened meanwhile may have queued the same
         # read's frame (before the resync); it must get one after the resync too
         frame = self._hub.again(snapshot.frame)
-        for stream in streams:
-            stream.release(number, frame, snapshot.head)
-        self._metrics.snapshots += len(streams)
+        self._metrics.snapshots += sum(stream.release(number, frame, snapshot.head)
+                                       for stream in streams)
 
     async def _read(self, merchant_id: str) -> Snapshot | None:
         """One state read, flushed, as a frame (None: no job state); kept in memory
@@ -175,7 +175,7 @@ class Snapshots:
             return None
         await self._flush(merchant_id)  # every message published before the read is queued
         payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        return Snapshot(head, self._hub.entry("snapshot", payload, str(head)))
+        return Snapshot(head, self._hub.entry(SNAPSHOT, payload, str(head)))
 
     def _position(self, merchant_id: str) -> _Position | None:
         """Where the merchant's topic stands (None: no topic, or an envelope under check)."""

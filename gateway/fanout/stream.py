@@ -112,12 +112,13 @@ class Stream:
     def put_first(
         self, first: Sequence[Control], snapshot: Entry | None = None,
         head: DurableId | None = None,
-    ) -> None:
+    ) -> bool:
         """Put `first` (a resync) and a `snapshot` read at `head` before what queued
-        live (nothing written yet), as `catch_up.after_snapshot` says."""
+        live (nothing written yet), as `catch_up.after_snapshot` says; False for a
+        closing stream (nothing put)."""
         queued = list((self._queue or {}).values())
-        self._put_ahead(with_snapshot(first, snapshot, head, queued),
-                        len(first) + (snapshot is not None))
+        return self._put_ahead(with_snapshot(first, snapshot, head, queued),
+                               len(first) + (snapshot is not None))
 
     def _put_ahead(self, ordered: list[Deliverable], lead: int) -> bool:
         """Queue `ordered` (nothing written yet), whose first `lead` frames went ahead
@@ -143,11 +144,12 @@ class Stream:
 
     def release(
         self, number: int, snapshot: Entry | None = None, head: DurableId | None = None
-    ) -> None:
+    ) -> bool:
         """End hold `number`: a `snapshot` read at `head` goes after what was queued
-        before it, then what queued meanwhile as `catch_up.after_snapshot` says."""
+        before it, then what queued meanwhile as `catch_up.after_snapshot` says. False
+        when this is not the stream's hold (a later one replaced it) or it is closing."""
         if self._held is None or self._held[0] != number or self.close_reason is not None:
-            return
+            return False
         queue, held = self._queue or OrderedDict(), self._held[1]
         self._held = None
         earlier = [entry for key, entry in queue.items() if key in held]
@@ -159,6 +161,7 @@ class Stream:
         self._replay_allowance = min(self._replay_allowance, self._policy.max_queue * over)
         self._replay_allowance_bytes = min(self._replay_allowance_bytes,
                                            self._policy.max_queue_bytes * over)
+        return True
 
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
