@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from redis.crc import key_slot
 from support import wait_for
 
 from gateway.broker.link import SubscriberLink
@@ -57,12 +58,15 @@ class FakePubSub:
         self.sent.append(args)
 
 
-def connected_link(on_subscribed: Callable[[SubscriberLink, bytes], None]) -> SubscriberLink:
+def connected_link(
+    on_subscribed: Callable[[SubscriberLink, bytes], None], sharded: bool = False,
+    on_dropped: Callable[[SubscriberLink, bytes], None] = lambda link, channel: None,
+) -> SubscriberLink:
     """A real SubscriberLink on a fake connection (no Redis): what it sends and forwards."""
     link = SubscriberLink(
-        "redis://127.0.0.1:1", Hub(history=10), Metrics(), control=b"control", sharded=False,
+        "redis://127.0.0.1:1", Hub(history=10), Metrics(), control=b"control", sharded=sharded,
         on_subscribed=on_subscribed, on_reconnecting=lambda link: None,
-        on_reconnect=lambda link: None, on_dropped=lambda link, channel: None)
+        on_reconnect=lambda link: None, on_dropped=on_dropped)
     link._pubsub = FakePubSub()  # type: ignore[assignment]
     link.healthy = True
     return link
@@ -87,6 +91,80 @@ async def test_only_the_answer_to_the_last_subscribe_reaches_the_broker() -> Non
     link._subscribed(b"c")  # the second's
     assert answered == [b"c"]
     await link.close()
+
+
+async def test_an_answer_read_while_the_next_subscribe_is_queued_proves_nothing() -> None:
+    """linger 0: the first SUBSCRIBE's answer is read after the channel was released and
+    held again, but before the link's flusher sent the new SUBSCRIBE (not counted yet).
+    Redis had already dropped the channel: only the new SUBSCRIBE's answer proves it."""
+    answered: list[bytes] = []
+    link = connected_link(lambda link, channel: answered.append(channel))
+    link.subscribe([b"c"])
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE"], 1, 0.001)
+    link.unsubscribe([b"c"])
+    link.subscribe([b"c"])  # queued: sent on the next loop iteration
+    link._subscribed(b"c")  # the first SUBSCRIBE's answer, read first
+    assert answered == [], "an answer proved a SUBSCRIBE not even sent yet"
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE", "UNSUBSCRIBE", "SUBSCRIBE"], 1, 0.001)
+    link._subscribed(b"c")
+    assert answered == [b"c"]
+    await link.close()
+
+
+async def test_a_subscribe_refused_with_moved_leaves_no_answer_due() -> None:
+    """Redis Cluster: an SSUBSCRIBE sent to a node that no longer owns the slot is
+    answered MOVED, never `ssubscribe`. When the slot (and the merchant) came back, the
+    link took the next real answer for that one: 503 after 5 s on every new stream."""
+    answered: list[bytes] = []
+    dropped: list[bytes] = []
+    link = connected_link(lambda link, channel: answered.append(channel), sharded=True,
+                          on_dropped=lambda link, channel: dropped.append(channel))
+    channel = b"merchant:{m0}:progress"
+    link.subscribe([channel])
+    await wait_for(lambda: sent(link) == ["SSUBSCRIBE"], 1, 0.001)
+    link._redirected(f"MOVED {key_slot(channel)} 127.0.0.1:2")
+    assert dropped == [b""], "the broker was not told to re-read the topology"
+    link.unsubscribe([channel])  # the broker moves the merchant away, and later back
+    link.subscribe([channel])
+    await wait_for(lambda: sent(link) == ["SSUBSCRIBE", "SUNSUBSCRIBE", "SSUBSCRIBE"], 1, 0.001)
+    link._subscribed(channel)
+    assert answered == [channel], "the answer was swallowed for the refused SSUBSCRIBE"
+    await link.close()
+
+
+async def test_a_channel_held_and_released_while_connecting_is_never_sent() -> None:
+    """Subscribed and released while the link connects (a cluster merchant moved onto
+    it): nothing is sent for it. The flusher used to send the SUBSCRIBE on the new
+    connection while UNSUBSCRIBE waited for a healthy link, so Redis kept the channel."""
+    link = connected_link(lambda link, channel: None)
+    link.healthy = False  # connecting: the connection is there, its control ack is not
+    link.subscribe([b"c"])
+    await asyncio.sleep(0.01)  # the flusher's turn (an event that must not happen)
+    link.unsubscribe([b"c"])
+    await asyncio.sleep(0.01)
+    assert sent(link) == [], sent(link)
+    await link.close()
+
+
+async def test_a_merchant_queued_on_a_reconnecting_link_waits_for_its_own_answers() -> None:
+    """A merchant placed on a link while it connects is only queued when the link comes
+    up; the link's reconnect declares live what it subscribed before its control
+    channel, not this merchant: it is live once Redis answers its own SUBSCRIBE."""
+    broker = RedisBroker(RedisConfig(url="redis://127.0.0.1:1"), Hub(history=10), Metrics(),
+                         linger_s=60, on_resync=lambda merchants: None)
+    link = connected_link(broker._subscribed)
+    broker._links["fake"] = link
+    link.healthy = False
+    sub = broker._subscribe("m1", link)
+    link.healthy = True
+    broker._link_reconnected(link)
+    assert not sub.ready.done(), "declared live before its SUBSCRIBE was even sent"
+    link._flusher = asyncio.ensure_future(link._flush_subscribes())  # as _connect starts it
+    await wait_for(lambda: sent(link) == ["SUBSCRIBE"], 1, 0.001)
+    for channel in link._pubsub.sent[0][1:]:  # type: ignore[union-attr]
+        link._subscribed(channel)
+    assert sub.ready.done()
+    await broker.close()
 
 
 async def test_an_answer_after_the_merchant_left_does_not_swallow_the_next_one() -> None:

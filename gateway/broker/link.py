@@ -132,6 +132,10 @@ class SubscriberLink:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_subscribes())
 
+    def queued(self, channel: bytes) -> bool:
+        """Whether a SUBSCRIBE of `channel` waits to be sent (its answer is still to come)."""
+        return channel in self._to_subscribe
+
     def unsubscribe(self, channels: Iterable[bytes]) -> None:
         channels = set(channels)
         self.channels -= channels
@@ -161,8 +165,11 @@ class SubscriberLink:
         return list(by_slot.values())
 
     async def _flush_subscribes(self) -> None:
+        """Send what `subscribe` queued, once the connection is up: while it connects,
+        `_connect` sends what the link holds and starts this again when done (a channel
+        released meanwhile is then never sent, so never left subscribed)."""
         await asyncio.sleep(0)
-        while self._to_subscribe and self._pubsub is not None:
+        while self._to_subscribe and self._pubsub is not None and self.healthy:
             batch, self._to_subscribe = self._to_subscribe, set()
             try:
                 for channels in self._batches(batch):
@@ -221,7 +228,7 @@ class SubscriberLink:
             on_control=self.canary.received,
             on_subscribed=self._subscribed,
             on_unsubscribed=self._unsubscribed,
-            on_redirect=lambda: self._on_dropped(self, b""),
+            on_redirect=self._redirected,
             observe_latency=self._metrics.delivery_latency.observe,
         )
         verb = self._verb("SUBSCRIBE")
@@ -273,8 +280,18 @@ class SubscriberLink:
             self._unanswered[channel] -= 1
             return
         del self._unanswered[channel]
-        if channel in self.channels:
+        if channel in self.channels and channel not in self._to_subscribe:  # else one is queued
             self._on_subscribed(self, channel)
+
+    def _redirected(self, reply: str) -> None:
+        """Redis Cluster refused an SSUBSCRIBE (MOVED/ASK: the slot is on another node):
+        it is never answered, so its channels are not counted as due any more (else an
+        answer after the slot comes back would be taken for it); the broker moves them."""
+        slot = reply.split(" ", 2)[1] if reply.count(" ") >= 2 else ""
+        if slot.isdigit():
+            for channel in [c for c in self._unanswered if key_slot(c) == int(slot)]:
+                del self._unanswered[channel]
+        self._on_dropped(self, b"")
 
     def _unsubscribed(self, channel: bytes) -> None:
         """An unsubscribe we did not ask for: the cluster moved the channel's slot."""

@@ -37,7 +37,7 @@ class ReaderHooks:
     on_control: Callable[[bytes], None]
     on_subscribed: Callable[[bytes], None]
     on_unsubscribed: Callable[[bytes], None]
-    on_redirect: Callable[[], None]
+    on_redirect: Callable[[str], None]  # the MOVED/ASK reply: "MOVED SLOT HOST:PORT"
     observe_latency: Callable[[float], None]
 
 
@@ -61,8 +61,8 @@ async def read_messages(reader: asyncio.StreamReader, hub: Hub, hooks: ReaderHoo
         parser.feed(data)
         while (msg := parser.gets()) is not False:
             if isinstance(msg, hiredis.ReplyError):
-                if str(msg).startswith(("MOVED ", "ASK ")):  # cluster: slot elsewhere now
-                    hooks.on_redirect()
+                if (reply := str(msg)).startswith(("MOVED ", "ASK ")):  # cluster: slot moved
+                    hooks.on_redirect(reply)
                     continue
                 raise RedisConnectionError(f"Redis error on the subscriber: {msg}")
             kind = msg[0]

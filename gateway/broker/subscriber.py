@@ -243,12 +243,17 @@ class RedisBroker(ClusterPlacement):
 
     def _link_reconnected(self, link: SubscriberLink) -> None:
         """`link` holds every channel again."""
-        merchants = [m for m, sub in self._subs.items() if sub.link is link]
-        # the lost connection's acks never come; every channel of the link is live now
-        # (the link subscribed them all before its control channel, whose ack it awaited)
-        for merchant_id in merchants:
-            sub = self._subs[merchant_id]
-            sub.pending.clear()
+        merchants = []
+        # the lost connection's acks never come; every channel the link subscribed before
+        # its control channel, whose ack it awaited, is live now. A merchant moved onto it
+        # while it connected is only queued: its own acks prove it (`_subscribed`).
+        for merchant_id, sub in self._subs.items():
+            if sub.link is not link:
+                continue
+            sub.pending = {channel for channel in sub.channels if link.queued(channel)}
+            if sub.pending:
+                continue
+            merchants.append(merchant_id)
             if not sub.ready.done():
                 self._live(merchant_id, sub)
         self._on_live(merchants)
