@@ -78,7 +78,8 @@ def create_app(cfg: Config) -> web.Application:
         on_resync=lambda ids: resyncs.resync(ids), on_live=lambda ids: resyncs.live_again(ids),
     )
     flush = merchant_flush(lambda: broker.round_trip(shared=True), envelopes, hub)
-    snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key)
+    snapshots = Snapshots(history, flush, hub, metrics, job_key=cfg.sse.job_key,
+                          jobs_kept=cfg.sse.snapshot_jobs)
     resyncs = Resyncs(hub, snapshots if cfg.sse.snapshot else None)
     app[GATEWAY] = Gateway(
         cfg=cfg,

@@ -16,7 +16,7 @@ from support import open_stream, unique_merchant, wait_for
 from test_durable_e2e import AUTH, DURABLE, REPO_ROOT, connected
 from test_durable_e2e import post as post_as
 
-from gateway.durable.ids import history_keys, idempotency_key
+from gateway.durable.ids import history_keys, idempotency_key, job_state_keys
 from gateway.durable.publisher import AsyncPublisher, Outcome, Publication, Publisher
 from tools.services import RedisServer
 
@@ -259,3 +259,54 @@ async def test_the_python_helper_takes_seq_and_key(redis_server: RedisServer) ->
     finally:
         sync_client.close()
         await async_client.aclose()
+
+
+@pytest.mark.parametrize(("publication", "message"), [
+    (Publication("m", "stage", b"x", seq=10**15), "seq"),
+    (Publication("m", "stage", b"x", seq=-1), "seq"),
+    (Publication("m", "stage", b"x", key="a b"), "key"),
+    (Publication("m", "stage", b"x", job="j" * 129), "job"),
+])
+async def test_the_python_helper_refuses_what_the_script_would_before_sending(
+    redis_server: RedisServer, publication: Publication, message: str
+) -> None:
+    """The script refuses a whole run for a bad seq, key or job: one bad item of a
+    `publish_many` would take up to 100 good ones with it. The helper raises
+    ValueError, naming the field, and sends nothing."""
+    mid, _ = unique_merchant("jobbad")
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        publisher = AsyncPublisher(client)
+        good = Publication(mid, "stage", b"ok")
+        with pytest.raises(ValueError, match=message):
+            await publisher.publish_many([good, publication._replace(merchant_id=mid)])
+        assert await client.exists(history_keys(mid)[0]) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_job_of_128_multibyte_characters_and_a_string_data_object_are_jobs(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    """A job is 1-128 characters: "€" x 128 is 384 bytes, which the script used to
+    refuse as bad ARGV (503 redis_error for the whole array, retried in vain). And a
+    `data` string whose text is a JSON object is that object to the browser: a job."""
+    mid, _ = merchant
+    gw = gateway_factory.start(config=DURABLE)
+    euro = "€" * 128
+    status, _, reply = await post(gw, [
+        event(mid, "stage", "plain text"),
+        event(mid, "progress", {"jobId": euro, "percent": 1}),
+        event(mid, "progress", '{"jobId": "as-text", "percent": 2}'),
+    ])
+    assert status == 200 and None not in reply["ids"], reply
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        jobs = client.hkeys(job_state_keys(mid)[0])
+    finally:
+        client.close()
+    assert sorted(j.decode() for j in jobs) == sorted([euro, "as-text"])
+    status, _, reply = await post(gw, event(mid, "completion", '{"jobId": "as-text"}'))
+    assert status == 200
+    status, _, reply = await post(gw, event(mid, "progress", {"jobId": "as-text"}))
+    assert reply == {"id": None, "stale": True}

@@ -46,6 +46,13 @@ def foreign(event_id: str) -> str:
     return f"{'0' if event_id[0] != '0' else '1'}{event_id[1:]}"
 
 
+def strict_json(text: str) -> Any:
+    """`text` parsed as a browser's JSON.parse would: no NaN, no Infinity."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 async def snapshot_after_connected(s: Any) -> Event:
     await connected(s)
     frame = await s.next_event(10)
@@ -216,6 +223,36 @@ async def test_sse_snapshot_jobs_keeps_only_the_most_recently_updated_jobs(
         assert (client.hlen(jobs), client.zcard(jobids)) == (2, 2)
     finally:
         client.close()
+
+
+async def test_a_payload_no_browser_can_parse_leaves_the_snapshot_readable(
+    gateway_factory: Any, merchant: Any, redis_server: RedisServer
+) -> None:
+    """Another publisher (the Python helper with raw bytes, Node's JSON.stringify of a
+    lone surrogate) may record a job payload with NaN or a lone surrogate escape. Its
+    job is left out of the snapshot; every stream still opens and reads the frame. A
+    lone surrogate used to fail every snapshot read (UnicodeEncodeError), so no new
+    stream of the merchant got past its headers; NaN made the frame unparseable. And
+    a state still over a lowered `sse.snapshot_jobs` shows only the newest jobs."""
+    mid, shop = merchant
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        publisher = AsyncPublisher(client)
+        ok = await publisher.send((mid, "progress", b'{"jobId":"ok","percent":1}'))
+        await publisher.send((mid, "progress", b'{"jobId":"nan","percent":NaN}'))
+        await publisher.send((mid, "progress", b'{"jobId":"surrogate","note":"\\ud800"}'))
+        newest = await publisher.send((mid, "progress", b'{"jobId":"ok2","percent":2}'))
+    finally:
+        await client.aclose()
+    gw = gateway_factory.start(config=DURABLE)
+    async with open_stream(gw.stream_url(shop)) as s:
+        frame = await snapshot_after_connected(s)
+    assert frame.id == newest.id
+    assert [j["job"] for j in strict_json(frame.data)["jobs"]] == ["ok", "ok2"], ok
+    gw = gateway_factory.start(config={**DURABLE, "sse": {**DURABLE["sse"], "snapshot_jobs": 1}})
+    async with open_stream(gw.stream_url(shop)) as s:  # the state still holds four jobs
+        frame = await snapshot_after_connected(s)
+    assert [j["job"] for j in frame.json()["jobs"]] == ["ok2"]
 
 
 async def test_streams_opening_under_a_publisher_see_state_then_every_later_event_once(

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .ids import InvalidData, encode_data, valid_merchant_id
-from .jobs import KEY_PATTERN, job_of
+from .jobs import KEY_PATTERN, SEQ_MAX, job_in_payload, job_of
 from .publisher import Publication
 
 __all__ = [
@@ -29,7 +29,6 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ITEMS = 1000
 _KEYS = frozenset(("merchantId", "event", "data"))
 _OPTIONAL = frozenset(("seq", "key"))
-_SEQ_MAX = 10**15 - 1  # the publish script takes up to 15 digits
 
 Item = Publication
 
@@ -110,15 +109,16 @@ def _item(value: Any, where: str, events: tuple[str, ...], job_key: str) -> Item
         raise _bad(f"{where}.event: must be one of {', '.join(events)}")
     seq, key = value.get("seq"), value.get("key")
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)
-                            or not 0 <= seq <= _SEQ_MAX):
-        raise _bad(f"{where}.seq: must be an integer from 0 to {_SEQ_MAX}")
+                            or not 0 <= seq <= SEQ_MAX):
+        raise _bad(f"{where}.seq: must be an integer from 0 to {SEQ_MAX}")
     if key is not None and (not isinstance(key, str) or not KEY_PATTERN.fullmatch(key)):
         raise _bad(f"{where}.key: must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     try:
         payload = encode_data(value["data"])
     except InvalidData as exc:
         raise _bad(f"{where}.data: {exc}") from None
-    job = job_of(value["data"], job_key)
+    data = value["data"]  # a string is published as its text: a job when that is an object
+    job = job_in_payload(payload, job_key) if isinstance(data, str) else job_of(data, job_key)
     return Publication(value["merchantId"], value["event"], payload, job, seq, key)
 
 

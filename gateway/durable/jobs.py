@@ -17,10 +17,14 @@ from typing import Any
 
 from .ids import DurableId
 
-__all__ = ["KEY_PATTERN", "JobRecord", "job_of", "snapshot_data"]
+__all__ = [
+    "JOB_MAX", "KEY_PATTERN", "SEQ_MAX", "JobRecord", "job_in_payload", "job_of",
+    "snapshot_payload",
+]
 
-_JOB_MAX = 128
+JOB_MAX = 128  # characters of a job's text
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # an idempotency key
+SEQ_MAX = 10**15 - 1  # the publish script takes up to 15 digits
 
 
 def job_of(data: Any, job_key: str) -> str | None:
@@ -37,7 +41,18 @@ def job_of(data: Any, job_key: str) -> str | None:
         text = value
     else:
         return None
-    return text if 1 <= len(text) <= _JOB_MAX else None
+    return text if 1 <= len(text) <= JOB_MAX else None
+
+
+def job_in_payload(payload: bytes, job_key: str) -> str | None:
+    """The job a payload as published names, when it is a JSON object (a string
+    `data` whose text is one names a job too: the browser gets that object)."""
+    if not payload.lstrip().startswith(b"{"):
+        return None
+    try:
+        return job_of(json.loads(payload), job_key)
+    except (ValueError, RecursionError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +79,28 @@ class JobRecord:
         return cls(name, event_id, parts[3].decode("utf-8", "replace"), parts[4], parts[2] == b"1")
 
 
-def snapshot_data(records: Iterable[JobRecord], epoch: str, job_key: str) -> dict[str, Any] | None:
-    """The `snapshot` frame's data, jobs by id ascending; None when there is no job
-    of `epoch`. A job is shown as published: its payload's `job_key` value."""
+# strict: a browser's JSON.parse refuses NaN and Infinity, and UTF-8 has no lone surrogate
+_STRICT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def snapshot_payload(
+    records: Iterable[JobRecord], epoch: str, job_key: str, kept: int
+) -> bytes | None:
+    """The `snapshot` frame's data: the `kept` most recently updated jobs of `epoch`
+    (fewer while the state still holds more after `sse.snapshot_jobs` was lowered),
+    by id ascending; None when there is none. A job is shown as published: its
+    payload's `job_key` value. A job whose payload has no strict JSON text (NaN, a
+    lone surrogate: a publisher other than the HTTP API may record one) is left out,
+    so it cannot make the whole frame unreadable."""
+    ours = sorted((r for r in records if r.id.epoch == epoch), key=lambda r: r.id.offset)
     jobs = []
-    for record in sorted((r for r in records if r.id.epoch == epoch), key=lambda r: r.id.offset):
+    for record in ours[-kept:]:
         try:
             payload = json.loads(record.payload)
-        except (ValueError, RecursionError):
-            continue  # the script records only payloads that name a job: never here
-        if not isinstance(payload, dict):
+            if isinstance(payload, dict):
+                jobs.append(_STRICT.encode({
+                    "job": payload.get(job_key, record.job), "event": record.event,
+                    "id": str(record.id), "data": payload}).encode("utf-8"))
+        except (ValueError, RecursionError, UnicodeEncodeError):
             continue
-        jobs.append({"job": payload.get(job_key, record.job), "event": record.event,
-                     "id": str(record.id), "data": payload})
-    return {"jobs": jobs} if jobs else None
+    return b'{"jobs":[' + b",".join(jobs) + b"]}" if jobs else None

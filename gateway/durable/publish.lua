@@ -14,7 +14,7 @@
 --   channel   e.g. merchant:MERCHANT_ID:progress
 --   event name
 --   payload
---   job       (the payload's job key as text; '' for none)
+--   job       (the payload's job key as text, 1-128 characters: up to 512 bytes; '' for none)
 --   seq       (decimal >= 0; '' for none)
 --   keyed     ('1' when the event has an idempotency key, else '0')
 -- and, per event in the same order, its merchant's four KEYS, then its
@@ -58,7 +58,7 @@ end
 local key_count = 0
 for a = 7, #ARGV, 6 do
   local job, seq, keyed = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  if #job > 128 or (seq ~= '' and (not string.match(seq, '^[0-9]+$') or #seq > 15))
+  if #job > 512 or (seq ~= '' and (not string.match(seq, '^[0-9]+$') or #seq > 15))
       or (keyed ~= '0' and keyed ~= '1') then
     return redis.error_reply('ERR publish.lua: bad job, seq or keyed flag')
   end

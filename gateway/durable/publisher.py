@@ -9,6 +9,8 @@
 
 `publish` returns the event id; with `key`, a repeat returns the first publish's
 id; None when the event is stale (its job ended, or `seq` is not above the job's).
+A `seq` outside 0..10**15-1, a bad `key` or a `job` not of 1-128 characters raises
+ValueError before anything is sent.
 `AsyncPublisher` does the same on `redis.asyncio.Redis`. Both run the script
 the gateway ships, `gateway/durable/publish.lua`, with EVALSHA (EVAL when the
 server does not hold it yet). Pass the gateway's `redis.channel`,
@@ -20,7 +22,6 @@ defaults.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .ids import encode_data, script_args
-from .jobs import job_of
+from .jobs import JOB_MAX, KEY_PATTERN, SEQ_MAX, job_in_payload, job_of
 
 __all__ = [
     "BATCH", "DEFAULT_CHANNEL", "DEFAULT_HISTORY", "DEFAULT_TTL_S", "SCRIPT", "SCRIPT_PATH",
@@ -121,22 +122,21 @@ class _Settings:
         return runs
 
     def _publication(self, item: Item) -> Publication:
+        """The item as the script takes it; ValueError (nothing sent) for a `job`, `seq`
+        or `key` the script would refuse, with the whole run it is in."""
         pub = item if isinstance(item, Publication) else Publication(*item)
         if pub.job is None:
-            job = _job_in(pub.payload, self.job_key)
+            job = job_in_payload(pub.payload, self.job_key)
             if job is not None:
                 pub = pub._replace(job=job)
+        elif not 1 <= len(pub.job) <= JOB_MAX:
+            raise ValueError(f"job must be 1-{JOB_MAX} characters")
+        if pub.seq is not None and (not isinstance(pub.seq, int) or isinstance(pub.seq, bool)
+                                    or not 0 <= pub.seq <= SEQ_MAX):
+            raise ValueError(f"seq must be an integer from 0 to {SEQ_MAX}")
+        if pub.key is not None and not KEY_PATTERN.fullmatch(pub.key):
+            raise ValueError("key must be 1-128 characters of A-Z a-z 0-9 _ . : -")
         return pub
-
-
-def _job_in(payload: bytes, job_key: str) -> str | None:
-    """The job a payload names, when it is a JSON object."""
-    if not payload.startswith(b"{"):
-        return None
-    try:
-        return job_of(json.loads(payload), job_key)
-    except (ValueError, RecursionError):
-        return None
 
 
 def outcome(reply: Any) -> Outcome:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -51,7 +50,7 @@ from .catch_up import SNAPSHOT
 from .envelopes import Flush
 from .history import DurableHistory
 from .ids import DurableId
-from .jobs import snapshot_data
+from .jobs import snapshot_payload
 
 __all__ = ["Snapshot", "Snapshots"]
 
@@ -89,12 +88,14 @@ class Snapshots:
         metrics: Metrics,
         *,
         job_key: str,
+        jobs_kept: int = 100,
     ) -> None:
         self._history = history
         self._flush = flush
         self._hub = hub
         self._metrics = metrics
         self._job_key = job_key
+        self._jobs_kept = jobs_kept
         self._reads: SingleFlight[str, Snapshot | None] = SingleFlight(self._read)
         self._holds = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,13 +169,13 @@ class Snapshots:
 
     async def _read_flushed(self, merchant_id: str) -> Snapshot | None:
         head, records = await self._history.read_jobs(merchant_id)
-        data = None if head is None else snapshot_data(records, head.epoch, self._job_key)
-        if head is None or data is None:
+        payload = None if head is None else snapshot_payload(
+            records, head.epoch, self._job_key, self._jobs_kept)
+        if head is None or payload is None:
             # without job state there is nothing to flush for: a durable event published
             # before the read would be in it, and one published after moves the topic's head
             return None
         await self._flush(merchant_id)  # every message published before the read is queued
-        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
         return Snapshot(head, self._hub.entry(SNAPSHOT, payload, str(head)))
 
     def _position(self, merchant_id: str) -> _Position | None:
