@@ -129,6 +129,8 @@ class DurableReplay:
         the replay stops where they begin (Stream.replay_before_live).
         """
         merchant_id = stream.merchant_id
+        if self._hub.gave_again(merchant_id, last):  # the client's event under it was lost
+            return None
         try:
             # an id of another history, or past its newest event, is answered without a
             # read: a client looping on such an id costs one shared HMGET, not a read.

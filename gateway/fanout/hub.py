@@ -39,6 +39,9 @@ continued the proven head) and it, which this process never received;
 `lost_from`: the oldest of `proven` (after a gap) it holds as another event."""
 
 _PROVEN_CHECKED = 16  # after a gap, the newest delivered events compared with the history
+_GAP_HERE: tuple[str, bytes, str | None] = ("", b"", None)
+"""Queued among a topic's held messages (by identity) where a gap was marked while
+they waited for a check: they arrived before it, so they go out before it too."""
 
 
 class Hub:
@@ -135,13 +138,17 @@ class Hub:
             first, last = verdict.lost
             log.warning("merchant=%s: durable ids %s..%s delivered here are other events' now "
                         "(a failover lost writes): resync", merchant_id, first, last)
+            topic.reused.append((first, last))  # kept here too: recording it may fail
             self._on_lost(merchant_id, first, last)
         if verdict.resync:
             self.mark_gap([merchant_id])
             self._on_missed([merchant_id])
         self._fan_out(topic, event, payload, verdict.event_id)
-        for event, payload, event_id in rest:
-            self.publish(merchant_id, event, payload, event_id)
+        for held in rest:
+            if held is _GAP_HERE:
+                self._gap(topic)
+            else:
+                self.publish(merchant_id, *held)
 
     def held_back(self, merchant_id: str) -> bool:
         """Whether messages of the merchant wait for a check (a replay's flush waits)."""
@@ -232,6 +239,12 @@ class Hub:
         head = topic.durable_head if topic is not None else None
         return head is not None and head.epoch == last.epoch and last.offset <= head.offset
 
+    def gave_again(self, merchant_id: str, last: DurableId) -> bool:
+        """Whether a failover gave `last`, delivered here, to another event (known here
+        even when recording it in Redis failed: history.remember_lost)."""
+        topic = self._topics.get(merchant_id)
+        return topic is not None and bool(topic.reused) and topic.gave_again(last)
+
     def learn_head(self, merchant_id: str, head: DurableId, gap_mark: int) -> None:
         """A history read (flushed: every message published before it is here) ended
         at `head`: the merchant's next durable event continues it, without a check."""
@@ -246,7 +259,15 @@ class Hub:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
         for merchant_id in merchant_ids:
             if (topic := self._topics.get(merchant_id)) is not None:
-                topic.mark_gap(self._seq)
+                self._gap(topic)
+
+    def _gap(self, topic: Topic) -> None:
+        """Mark a gap after what was delivered, and after what is held for a check: those
+        messages arrived before it (delivered later, they would seem to follow it, and a
+        client resuming from one of them would be told it missed nothing)."""
+        topic.mark_gap(self._seq)
+        if topic.pending is not None:
+            topic.pending.append(_GAP_HERE)  # marked again once they are out
 
     def resync(self, merchant_ids: Iterable[str], control: Control) -> None:
         """Messages of these merchants may have been lost (Redis reconnected): mark
@@ -255,7 +276,7 @@ class Hub:
         merchant_ids = list(merchant_ids)
         for merchant_id in merchant_ids:
             if (topic := self._topics.get(merchant_id)) is not None:
-                topic.mark_gap(self._seq)
+                self._gap(topic)
                 topic.late = set()
         self.broadcast(control, merchant_ids)
 
@@ -267,6 +288,7 @@ class Hub:
             if topic is None or topic.late is None:
                 continue
             late, topic.late = topic.late, None
+            topic.renew_mark()  # a read sent while the channels were down proves nothing
             for subscriber in late & topic.subscribers:
                 subscriber.deliver(control)
 

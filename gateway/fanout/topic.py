@@ -24,7 +24,7 @@ class Topic:
     """One merchant: its history ring and its open streams."""
 
     __slots__ = ("durable_head", "gap_after", "history", "late", "mark", "next_durable",
-                 "pending", "subscribers")
+                 "pending", "reused", "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
@@ -41,6 +41,9 @@ class Topic:
         # from a resync until its channels are live again: the streams attached since,
         # which the resync did not reach
         self.late: set[Subscriber] | None = None
+        # ranges of ids delivered here that a failover gave to other events: a client at
+        # one of them missed the other event, wherever the ring holds that id now
+        self.reused: deque[tuple[DurableId, DurableId]] = deque(maxlen=8)
 
     def mark_gap(self, after_seq: int) -> None:
         """Messages after hub sequence `after_seq` may have been lost: reads begun
@@ -119,9 +122,21 @@ class Topic:
         """The entries after `last_event_id` in the ring, None when it does not hold
         that id (or holds it from before a gap)."""
         event_id = last_event_id.strip()
+        if self.reused and (durable := DurableId.parse(event_id)) and self.gave_again(durable):
+            return None
         if len(event_id) <= _MAX_ID_CHARS:
             history = self.history
             for index, entry in enumerate(history):
                 if entry.id == event_id and entry.seq > self.gap_after:
                     return list(itertools.islice(history, index + 1, None))
         return None
+
+    def renew_mark(self) -> None:
+        """Reads begun before now may not backfill the ring nor teach the head: the
+        merchant's channels were down meanwhile (a read's flush proves nothing then)."""
+        self.mark = next(_marks)
+
+    def gave_again(self, durable: DurableId) -> bool:
+        """Whether a failover gave `durable`, delivered here, to another event."""
+        return any(first.epoch == durable.epoch and first.offset <= durable.offset <= last.offset
+                   for first, last in self.reused)
