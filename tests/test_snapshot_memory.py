@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,7 +16,7 @@ from gateway.durable import snapshots as snapshots_module
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
-from gateway.fanout.hub import Hub
+from gateway.fanout.hub import Hub, Verify
 from gateway.fanout.stream import Stream
 from gateway.fanout.stream_policy import QueuePolicy
 from gateway.metrics import Metrics
@@ -58,9 +59,11 @@ class FakeHistory:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, verify: Verify | None = None) -> None:
         self.history = FakeHistory()
-        self.hub = Hub(history=10)  # no verify: every envelope is trusted as it comes
+        self.missed: list[str] = []
+        # no verify: every envelope is trusted as it comes
+        self.hub = Hub(history=10, verify=verify, on_missed=self.missed.extend)
         self.now = 1000.0
         self.snapshots = Snapshots(self.history, self._flush, self.hub,  # type: ignore[arg-type]
                                    Metrics(), job_key="jobId")
@@ -268,3 +271,39 @@ async def test_a_flush_that_never_ends_releases_the_held_streams_at_the_deadline
     async with asyncio.timeout(5):
         await held_released(w)
     assert stream._held is None and [e for e, _ in queued(stream)] == ["resync"]
+
+
+async def test_an_event_under_the_snapshots_id_is_checked_and_resyncs_first() -> None:
+    """Chaos cluster seed 2309: the state was read from a primary about to lose its
+    newest write (ep:2; its message never came here). The new primary gave ep:2 to
+    another event, which continued this process's proven head (ep:1) without a
+    check: the client got ep:2 after `snapshot ep:2`, and kept the lost state. A
+    flushed read now teaches the hub its head, so that event is checked, found under
+    an id given again, and the merchant's streams resync before it."""
+    def holds_it(*asked: Any) -> None:
+        done = asked[-1]
+        done(True, False, None)  # the history holds the event under its id
+
+    w = World(verify=holds_it)
+    await w.connect()  # no state yet: no snapshot
+    w.publish(1, "A")
+    w.history.record(2, "A")  # the write the failover loses
+    w.resyncs.resync([MID])  # the link's first answer from Redis after a freeze
+    w.resyncs.live_again([MID])
+    await held_released(w)
+    stream = await w.connect()
+    assert queued(stream) == [("snapshot", "ep:2")]
+    assert w.missed == []
+    w.hub.publish(MID, "progress", b'{"jobId":"B","n":2}', "ep:2")  # another event, same id
+    assert w.missed == [MID], "the event went out under the snapshot's id without a resync"
+    assert queued(stream)[-1] == ("progress", "ep:2")
+
+
+async def test_a_read_that_teaches_the_head_is_kept_all_the_same() -> None:
+    """The first read after a subscribe moves the hub's proven head to the read's (no
+    durable event had come yet): the read is still kept for the next streams."""
+    w = World()
+    w.history.record(1, "A")  # published before this process subscribed
+    await w.connect()
+    await w.connect()
+    assert w.history.reads == 1

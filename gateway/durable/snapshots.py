@@ -159,10 +159,18 @@ class Snapshots:
         when no durable event of the merchant was delivered while it was read. The
         read and its flush share one deadline: the streams it holds write nothing."""
         sent_at, before = self.clock(), self._position(merchant_id)
+        gap_mark = self._hub.gap_mark(merchant_id)
         work = asyncio.ensure_future(self._read_flushed(merchant_id))
         snapshot = await deadlines.wait(work, _READ_TIMEOUT_S)
-        if before is not None and self._position(merchant_id) == before:
-            self._keep(merchant_id, _Kept(before, snapshot, sent_at + _KEPT_S))
+        unchanged = before is not None and self._position(merchant_id) == before
+        if snapshot is not None:
+            # flushed: the merchant's next durable event continues the snapshot's id. An
+            # event under that id or below it is then checked: a failover that lost the
+            # write the snapshot ends at and gave its id to another event resyncs first
+            self._hub.learn_head(merchant_id, snapshot.head, gap_mark)
+        after = self._position(merchant_id)
+        if unchanged and after is not None:
+            self._keep(merchant_id, _Kept(after, snapshot, sent_at + _KEPT_S))
         else:
             self._kept.pop(merchant_id, None)
         return snapshot
