@@ -627,6 +627,26 @@ async def test_a_held_stream_may_queue_past_its_limit_but_not_without_bound() ->
         await finish(task)
 
 
+async def test_a_hold_keeps_the_allowance_of_a_replay_still_queued() -> None:
+    """A reconnect's replay may exceed `max_queue` until the stream catches up; a
+    resync's hold and release before it drained used to clamp that allowance to the
+    hold's, so the next live event cut the client as slow."""
+    stream, metrics = make_stream(max_queue=5)
+    stream.replay([entry("stage", {"n": n}) for n in range(30)])  # before the bind
+    stream.hold(1)
+    stream.deliver(entry("stage", {"live": 1}))
+    stream.release(1, Entry(10**6, "ep:1", "snapshot", b'{"jobs":[]}'), DurableId("ep", 1))
+    stream.deliver(entry("stage", {"live": 2}))
+    assert stream.close_reason is None and metrics.slow_client_disconnects == 0
+    writer = FakeWriter()
+    task = await running(stream, writer)
+    try:
+        await poll(lambda: stream.queued == 0, what="caught up")
+        assert len(ids_in(writer.transport.data)) == 33
+    finally:
+        await finish(task)
+
+
 async def test_holds_one_after_another_never_let_a_stalled_reader_queue_more() -> None:
     """A reader that reads nothing while resync after resync holds it: each release
     lets what the hold queued drain, but the next hold may not add its allowance on

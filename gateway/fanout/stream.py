@@ -147,27 +147,33 @@ class Stream:
     ) -> bool:
         """End hold `number`: a `snapshot` read at `head` goes after what was queued
         before it, then what queued meanwhile as `catch_up.after_snapshot` says. False
-        when this is not the stream's hold (a later one replaced it) or it is closing."""
-        if self._held is None or self._held[0] != number or self.close_reason is not None:
+        when this is not the stream's hold (a later one replaced it, or it was cut)."""
+        if self._held is None or self._held[0] != number:
             return False
         queue, held = self._queue or OrderedDict(), self._held[1]
         self._held = None
+        granted = self._replay_allowance, self._replay_allowance_bytes  # a replay's, kept
         earlier = [entry for key, entry in queue.items() if key in held]
         later = [entry for key, entry in queue.items() if key not in held]
         self._requeue(with_snapshot(earlier, snapshot, head, later))
         # what the hold queued may drain, but holds never add up: at most HOLD_ALLOWANCE
         # times the limits, however many come before the reader catches up
         over = HOLD_ALLOWANCE - 1
-        self._replay_allowance = min(self._replay_allowance, self._policy.max_queue * over)
+        self._replay_allowance = min(self._replay_allowance,
+                                     max(granted[0], self._policy.max_queue * over))
         self._replay_allowance_bytes = min(self._replay_allowance_bytes,
-                                           self._policy.max_queue_bytes * over)
+                                           max(granted[1], self._policy.max_queue_bytes * over))
         return True
 
     def _requeue(self, entries: list[Deliverable]) -> None:
         self._queue = OrderedDict()
         self._queued_bytes = 0
         self._jobs = None
-        self.replay(entries)
+        if self.close_reason is None:
+            self.replay(entries)
+        else:  # a hold's release on a closing stream: what it writes before it ends
+            self._queue.update((entry.seq, entry) for entry in entries)
+            self._queued_bytes = sum(entry.size for entry in entries)
         self._wakeup()
 
     def close(self, reason: CloseReason, final: Control | None = None) -> None:
@@ -179,7 +185,8 @@ class Stream:
         if self.close_reason is not None and reason not in ABORTING:
             return
         self.close_reason = reason
-        self._held = None  # a final frame is not held back for a snapshot
+        if reason in ABORTING or final is None:
+            self._held = None
         if reason in ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._queued_bytes = 0
@@ -192,6 +199,10 @@ class Stream:
                 # the replay still to come would skip some, and the client resumes from the
                 # same Last-Event-ID anyway, so the final frame goes alone
                 self._queue, self._queued_bytes, self._jobs = OrderedDict(), 0, None
+                self._held = None
+            # a hold stays: the snapshot owed to the `resync` written goes out before the
+            # final frame (its read is bounded). Else the client resumes by replay, which
+            # brings no snapshot, with a job view the resync emptied
             self._queue[final.seq] = final
             self._queued_bytes += final.size
         self._wakeup()
@@ -256,8 +267,9 @@ class Stream:
             while True:
                 queue = self._queue
                 if not queue or self._transport is None or self._held is not None:
-                    if self.close_reason is not None:
-                        return self.close_reason
+                    if self.close_reason is not None and (
+                            not queue or self._transport is None or self._held is None):
+                        return self.close_reason  # (a held final frame waits for release)
                     if queue is not None and self._transport is not None and not self._held:
                         self._queue = None  # caught up: back to direct writes
                         self._queued_bytes = 0
