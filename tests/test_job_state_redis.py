@@ -12,7 +12,7 @@ import pytest
 import redis
 from support import unique_merchant
 
-from gateway.durable.ids import idempotency_key, job_state_keys
+from gateway.durable.ids import history_keys, idempotency_key, job_state_keys
 from gateway.durable.publisher import Publisher
 from tools.services import RedisServer
 
@@ -81,3 +81,25 @@ def test_an_idempotency_key_costs_about_140_bytes(client: redis.Redis) -> None:
                                        samples=0) or 0)
     print(f"\nidempotency key: {measured} B")
     assert abs(measured - 140) <= 0.25 * 140, measured
+
+
+def test_a_cap_lowered_far_below_the_state_trims_it_in_one_run(client: redis.Redis) -> None:
+    """`sse.snapshot_jobs` lowered to 100 under a merchant with 9,000 jobs: the next new
+    job trims 8,901 at once. Lua's unpack takes about 8,000 values: one HDEL of them all
+    failed after the run had written and published, so the publish answered an error
+    for an event that went out (and left the job index and hash apart)."""
+    mid, _ = unique_merchant("js")
+    many = Publisher(client, ttl_s=TTL_S, jobs_kept=10_000)
+    many.publish(mid, "progress", {"jobId": "first"})
+    jobs, jobids = job_state_keys(mid)
+    epoch = client.hget(history_keys(mid)[1], "epoch").decode()
+    pipe = client.pipeline(transaction=False)
+    for n in range(2, 9_001):  # as the script records them, without 9,000 runs
+        pipe.hset(jobs, f"j{n}", f"{epoch}:1\n\n0\nprogress\n{{\"jobId\":\"j{n}\"}}")
+        pipe.zadd(jobids, {f"j{n}": 1})
+    pipe.execute()
+    assert client.hlen(jobs) == 9_000
+    event_id = _publisher(client).publish(mid, "progress", {"jobId": "new"})
+    assert event_id is not None
+    assert (client.hlen(jobs), client.zcard(jobids)) == (100, 100)
+    assert client.hexists(jobs, "new")

@@ -74,6 +74,42 @@ async def test_without_a_measure_a_round_trip_confirms_every_few_mib() -> None:
     assert 2 <= len(flushes) <= 3, flushes  # ~10 MiB published, one per 4 MiB
 
 
+async def test_two_turns_confirming_at_once_confirm_the_same_bytes_once() -> None:
+    """Without a backlog measure, both turns past the limit run a round trip at once.
+    Each used to subtract what was unconfirmed when it began, so the count went to
+    -4 MiB and 8 MiB went out before the next round trip: Redis's default soft limit
+    for a pub/sub client's backlog, which this gate exists to stay under."""
+    flushes = []
+    both_waiting = asyncio.Event()
+
+    async def backlog() -> None:
+        return None
+
+    async def flush() -> float:
+        flushes.append(1)
+        if len(flushes) == 2:
+            both_waiting.set()
+        await asyncio.wait_for(both_waiting.wait(), 2)
+        return 0.0
+
+    gate = PublishGate(backlog, flush, Metrics())
+    for _ in range(4):  # 4 MiB published: the next turn confirms first
+        async with gate.turn(MiB, 1):
+            pass
+
+    async def turn() -> None:
+        async with gate.turn(MiB, 1):
+            pass
+
+    await asyncio.gather(turn(), turn())
+    assert len(flushes) == 2
+    published_since = 0
+    while len(flushes) == 2:  # publish until the gate asks for the next round trip
+        async with gate.turn(MiB // 4, 1):
+            published_since += MiB // 4
+        assert published_since <= BACKLOG_LIMIT, "published past the limit unconfirmed"
+
+
 async def test_a_round_trip_that_fails_refuses_the_publish(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

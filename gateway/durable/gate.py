@@ -65,7 +65,8 @@ class PublishGate:
         self._sampled_at = -1.0
         self._sample: int | None = None
         self._since_sample = 0  # bytes published since the last sample was taken
-        self._unconfirmed = 0  # bytes published since the last round trip started
+        self._published = 0  # bytes published, ever
+        self._confirmed = 0  # of those, the bytes published before a round trip that ended
         self.failing: str | None = None  # "redis_oom" / "redis_error" until a publish succeeds
         self.failing_since = 0.0
 
@@ -93,7 +94,7 @@ class PublishGate:
             await self._until_drained(deadline)
             cost = size + items * _ITEM_OVERHEAD
             self._since_sample += cost
-            self._unconfirmed += cost
+            self._published += cost
             yield
         finally:
             self._turns.release()
@@ -110,7 +111,7 @@ class PublishGate:
         while True:
             estimate = await self._estimate()
             if estimate is None:  # not measurable: bound what we published unconfirmed
-                if self._unconfirmed < BACKLOG_LIMIT:
+                if self._published - self._confirmed < BACKLOG_LIMIT:
                     return
                 if not paused:
                     paused = True
@@ -138,14 +139,15 @@ class PublishGate:
         return None if self._sample is None else self._sample + self._since_sample
 
     async def _confirm(self, deadline: float) -> None:
-        """One delivery round trip: everything published before it has been read."""
-        unconfirmed = self._unconfirmed
+        """One delivery round trip: everything published before it has been read (two
+        turns confirming at once confirm the same bytes once)."""
+        published = self._published
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._flush()
         except Exception:
             raise Busy("this process's subscriber has not caught up; publishing paused") from None
-        self._unconfirmed -= unconfirmed
+        self._confirmed = max(self._confirmed, published)
 
 
 PUBLISHING = web.AppKey("publishing", PublishGate)

@@ -174,7 +174,9 @@ local function publish(history, meta, jobs, jobids, idem, channel, event, payloa
     if new_job and over > 0 then  -- keep the most recently updated jobs
       local popped, gone = redis.call('ZPOPMIN', jobids, over), {}
       for i = 1, #popped, 2 do gone[#gone + 1] = popped[i] end  -- members (scores between)
-      redis.call('HDEL', jobs, unpack(gone))
+      for i = 1, #gone, 1000 do  -- unpack takes about 8000 values at most: never fail here
+        redis.call('HDEL', jobs, unpack(gone, i, math.min(i + 999, #gone)))
+      end
     end
   end
   redis.call('EXPIRE', jobs, ttl)

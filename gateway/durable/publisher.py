@@ -247,22 +247,20 @@ class AsyncPublisher(_Publisher):
 
         Not a transaction: when Redis refuses some items (an error reply: out of
         memory, a key of the wrong type) the others are still published, and
-        `PartialPublish` carries each item's id or None. A run that met NOSCRIPT
-        (the script cache was flushed) is sent again once with the script itself
-        (EVAL), so a flush racing the retry cannot fail it. A connection fault is
-        raised as it is: then what was published is unknown.
+        `PartialPublish` carries each item's id or None. One run goes as EVALSHA, sent
+        again as EVAL on NOSCRIPT (the script cache was flushed, or a failover's new
+        primary never loaded it). Several go as EVAL, the script itself: a run sent
+        again after the others would publish out of order (another publisher may load
+        the script between two runs of one pipeline); hashing it costs Redis well
+        under 1 us per event of a full run. A connection fault is raised as it is: then
+        what was published is unknown.
         """
         runs = self._settings.runs(items, self._per_merchant)
         calls = [call for _, call in runs]
         if len(calls) == 1:  # no pipeline: one costs redis-py about 40 us more per call
             replies = [await self._run(calls[0])]
         else:
-            replies = await self._pipeline(calls, range(len(calls)), "EVALSHA")
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:
-                again = await self._pipeline(calls, missing, "EVAL")
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies = await self._pipeline(calls)
         answers: list[Any] = [None] * len(items)
         for (indexes, _), reply in zip(runs, replies, strict=True):
             if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
@@ -287,11 +285,8 @@ class AsyncPublisher(_Publisher):
         except ResponseError as refused:  # the whole run refused: nothing written
             return refused
 
-    async def _pipeline(
-        self, calls: list[list[Any]], indexes: Sequence[int], command: str
-    ) -> list[Any]:
-        script = SCRIPT_SHA if command == "EVALSHA" else SCRIPT
+    async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
-            for i in indexes:
-                pipe.execute_command(command, script, *calls[i])  # cluster blocks .evalsha
+            for call in calls:
+                pipe.execute_command("EVAL", SCRIPT, *call)  # cluster blocks .eval
             return list(await pipe.execute(raise_on_error=False))
