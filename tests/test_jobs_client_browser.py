@@ -312,6 +312,41 @@ async def test_jobs_view_snapshot_live_resync_and_no_backwards_move() -> None:
         assert not errors, errors
 
 
+async def test_ids_given_again_after_a_resync_and_frames_without_an_id() -> None:
+    """Two things a real EventSource does that the view must survive:
+    - after a failover lost writes, the new primary gives their ids to new events and
+      the gateway sends `resync` + snapshot: an id seen before the resync is a new event
+      after it (the client kept its seen ids and dropped it);
+    - a frame without `id:` reports the previous id (a plain event the gateway sent
+      without its id after a snapshot): it has no id of its own (the client took the
+      snapshot's, and dropped the second such frame as a repeat)."""
+    async with scripted_gateway() as gw, chromium_page() as (page, _):
+        await page.goto(gw.url("/page.html"))
+        c1 = await gw.next_connection()
+        c1.send(
+            connected(),
+            frame("progress", {"jobId": "a", "percent": 80}, "e1:43"),
+            frame("progress", {"jobId": "a", "percent": 90}, "e1:44"),  # both lost
+            frame("resync", {"reason": "redis_reconnected"}),
+            snapshot("e1:43", [("a", "progress", "e1:43", {"jobId": "a", "percent": 5})]),
+            frame("completion", {"jobId": "a"}, "e1:44"),  # a new event under e1:44
+            frame("progress", {"jobId": "b", "percent": 10}),  # no id: line
+            frame("progress", {"jobId": "b", "percent": 20}),
+        )
+        await until(page, "window.events.some((e) => e.view.some(([j]) => j === 'b'))",
+                    "b's first frame")
+        await until(page, "window.changes.filter((c) => c.job === 'b').length === 2",
+                    "b's second frame")
+        events = await page.evaluate("window.events.map((e) => [e.type, e.id])")
+        assert events == [["progress", "e1:43"], ["progress", "e1:44"], ["resync", ""],
+                          ["snapshot", "e1:43"], ["completion", "e1:44"], ["progress", ""],
+                          ["progress", ""]], events
+        assert await page.evaluate("window.view()") == [
+            job("a", "completion", "e1:44", {"jobId": "a"}),
+            job("b", "progress", "", {"jobId": "b", "percent": 20}),
+        ]
+
+
 async def test_job_key_is_configurable() -> None:
     async with scripted_gateway() as gw, chromium_page() as (page, _):
         await page.goto(gw.url("/page.html?jobKey=job"))

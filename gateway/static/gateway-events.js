@@ -74,7 +74,10 @@ function notAfter(a, b) {
 
 /** The view's key for a job value (a 1-128 character string or an integer), else null. */
 function jobKeyOf(value) {
-  if (typeof value === 'string') return value.length >= 1 && value.length <= 128 ? value : null;
+  if (typeof value === 'string') {  // 1-128 characters (code points), as the gateway counts
+    const length = [...value].length;
+    return length >= 1 && length <= 128 ? value : null;
+  }
   return Number.isInteger(value) ? String(value) : null;
 }
 
@@ -178,22 +181,28 @@ export function openGatewayStream({
     for (const [key, job] of fresh) put(key, job, changes, 'snapshot');
   }
 
+  let reported = '';  // the id the current EventSource reported last
   const emit = (type, ev) => {
-    // A frame without `id:` reports the previous id, so resync is never deduplicated;
-    // a snapshot's id may be that of an event already seen.
-    const control = type === 'resync' || type === 'snapshot';
-    if (ev.lastEventId && !control) {
-      if (seen.has(ev.lastEventId)) return;
-      seen.add(ev.lastEventId);
+    // A frame without `id:` reports the previous id again: such a frame (a resync, a
+    // plain event the gateway sent without its id after a snapshot) has none of its own.
+    // Ids of real events never repeat one after the other; a snapshot's id may be that
+    // of an event already seen.
+    const id = ev.lastEventId && ev.lastEventId !== reported ? ev.lastEventId : '';
+    reported = ev.lastEventId || '';
+    if (id && type !== 'snapshot') {
+      if (seen.has(id)) return;
+      seen.add(id);
       if (seen.size > 1000) seen.delete(seen.values().next().value);
     }
-    if (ev.lastEventId && type !== 'resync') lastEventId = ev.lastEventId;
+    if (id) lastEventId = id;
     const data = parse(ev.data);
     const changes = [];
-    if (type === 'resync') clear(changes);
-    else if (type === 'snapshot') applySnapshot(data, changes);
-    else applyEvent(type, ev.lastEventId || '', data, changes);
-    try { onEvent({ type, id: ev.lastEventId || '', data, raw: ev.data }); }
+    if (type === 'resync') {
+      clear(changes);
+      seen.clear();  // after a failover lost writes, their ids go to new events
+    } else if (type === 'snapshot') applySnapshot(data, changes);
+    else applyEvent(type, id, data, changes);
+    try { onEvent({ type, id, data, raw: ev.data }); }
     catch (e) { console.error(e); }
     notify(changes);
   };
@@ -207,6 +216,7 @@ export function openGatewayStream({
     const res = await fetch(u, { method: 'POST', headers: { Authorization: `Bearer ${token}` } });
     if (!res.ok) throw new Error(`ticket request failed: HTTP ${res.status}`);
     const body = await res.json();
+    if (closed) return;  // close() came meanwhile: no refresh timer
     const ttl = Number(body.expiresIn) > 0 ? Number(body.expiresIn) : 60;
     ticket = body.ticket;
     ticketExpiresAt = Date.now() + ttl * 1000;
@@ -247,6 +257,7 @@ export function openGatewayStream({
     }
     const source = new EventSource(streamUrl());
     es = source;
+    reported = '';
     esTicketExpiresAt = ticketExpiresAt;
 
     source.addEventListener('connected', (ev) => {
