@@ -265,16 +265,22 @@ def redact_url(url: str) -> str:
     Works on the text, not a parser, so a malformed URL is masked as well.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    head, mark, query = rest.partition("?")
-    if "@" in head:
-        userinfo, _, host = head.rpartition("@")
+    if not sep:  # no scheme ("user:secret@host:6379"): the user info is masked all the same
+        scheme, rest = "", url
+    userinfo = ""
+    if (first_at := rest.find("@")) >= 0:
+        # the user info ends at the last "@" before the path: a password may hold "?" or
+        # "/" unencoded (libpq reads "user:pa?ss@host" as the password "pa?ss")
+        slash = rest.find("/", first_at)
+        at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
+        userinfo, rest = rest[:at], rest[at + 1:]
         if ":" in userinfo:
-            head = f"{userinfo.partition(':')[0]}:***@{host}"
+            userinfo = f"{userinfo.partition(':')[0]}:***"
+        userinfo += "@"
+    head, mark, query = rest.partition("?")
     if query:
         query = _PARAMETER.sub(_mask_parameter, query)
-    return f"{scheme}://{head}{mark}{query}"
+    return f"{scheme}{sep}{userinfo}{head}{mark}{query}"
 
 
 def redact_text(text: str) -> str:

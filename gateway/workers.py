@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from prometheus_client import multiprocess as prom_multiprocess
+
 from .serve import EXIT_CANNOT_START
 
 __all__ = ["WORKER_ENV", "respawn_delay_s", "supervise"]
@@ -80,6 +82,8 @@ class _Workers:
                 return
             if code is None or self.stopping:
                 continue
+            # its `live*` gauges (open streams, redis_up, ...) leave the sum over workers
+            prom_multiprocess.mark_process_dead(proc.pid, self._metrics_dir)
             stable = now - self._started[index] >= _STABLE_S
             crashes = 1 if stable else self._crashes.get(index, 0) + 1
             self._crashes[index] = crashes
@@ -107,6 +111,8 @@ def supervise(argv: list[str], workers: int, shutdown_timeout: float) -> int:
     signal.signal(signal.SIGINT, pool.forward)
     try:
         for index in range(workers):
+            if pool.stopping:  # SIGTERM while starting: the rest are never spawned
+                break
             pool.spawn(index)
         log.info("supervisor: %d workers started", workers)
         while not pool.stopping:

@@ -351,6 +351,36 @@ def test_channel_template_may_only_name_merchant_and_event(tmp_path: Path) -> No
     assert err.key == "redis.channel"
 
 
+@pytest.mark.parametrize(("data", "key"), [
+    ({"server": {"shutdown_timeout": float("nan")}}, "server.shutdown_timeout"),
+    ({"postgres": {"query_timeout": float("nan")}}, "postgres.query_timeout"),
+    ({"sse": {"heartbeat": float("inf")}}, "sse.heartbeat"),
+    ({"server": {"path": "/metrics"}}, "server.path"),
+    ({"server": {"path": "/health"}}, "server.path"),
+    ({"server": {"path": "/api/{x:[}"}}, "server.path"),
+    ({"postgres": {"merchant_query": "SELECT id FROM merchants WHERE shop_domain = %(shop)s "
+                   "AND shop_domain LIKE '%.myshopify.com'"}}, "postgres.merchant_query"),
+])
+def test_values_that_would_fail_only_at_run_time_exit_2(
+    tmp_path: Path, data: dict[str, Any], key: str
+) -> None:
+    """NaN passes every range check (`.nan` in YAML); a stream path over /metrics or
+    /health hides them; a stray % fails every merchant lookup. Each used to start."""
+    assert config_error(tmp_path, data).key == key
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://gw:s3cr%ZZet@127.0.0.1:5432/app",  # a bare % in the password
+    "postgresql://gw:s3cret@127.0.0.1:99999/app",
+])
+def test_a_dsn_libpq_cannot_use_exits_2_without_quoting_it(tmp_path: Path, dsn: str) -> None:
+    """It used to start, and every lookup logged psycopg2's "invalid dsn" error, which
+    quotes the password, at ERROR, for as long as the gateway ran."""
+    err = config_error(tmp_path, {}, {"DATABASE_URL": dsn})
+    assert err.key == "postgres.dsn"
+    assert "s3cr" not in str(err)
+
+
 @pytest.mark.parametrize("event", ["connected", "resync", "snapshot", "shutdown", "revoked"])
 def test_an_event_may_not_take_a_gateway_frames_name(tmp_path: Path, event: str) -> None:
     err = config_error(tmp_path, {"redis": {"events": ["progress", event]}})

@@ -79,3 +79,15 @@ def test_secret_query_values_are_masked_whatever_the_spelling() -> None:
 def test_redact_url_keeps_the_shape() -> None:
     assert redact_url("redis://user:secret@host/0?password=x") == "redis://user:***@host/0?password=***"
     assert redact_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
+
+
+def test_redact_url_masks_a_password_the_url_does_not_encode() -> None:
+    """A URL without a scheme (a config error quotes it) and a password holding "?" or
+    "/", which libpq reads as part of the password: each used to be printed whole."""
+    assert redact_url("default:TopSecretPw@example.upstash.io:6379") == \
+        "default:***@example.upstash.io:6379"
+    assert redact_url("postgresql://gw:Pa55?word@db.internal:5432/app") == \
+        "postgresql://gw:***@db.internal:5432/app"
+    assert redact_url("postgresql://gw:pa/ss@db/app?sslmode=require") == \
+        "postgresql://gw:***@db/app?sslmode=require"
+    assert redact_url("redis://h:6379/0?client_name=gw") == "redis://h:6379/0?client_name=gw"

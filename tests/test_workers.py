@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ class _Crashing:
     def __init__(self, argv: list[str], env: dict[str, str], code: int = 1) -> None:
         self.code = code
         self.signals: list[int] = []
+        self.pid = 4242
 
     def poll(self) -> int:
         return self.code
@@ -81,3 +84,47 @@ def test_a_worker_that_cannot_start_stops_them_all(monkeypatch: pytest.MonkeyPat
     pool.spawn(1)
     pool.check()
     assert pool.stopping and pool.procs[0].signals  # type: ignore[attr-defined]
+
+
+def test_a_dead_workers_gauges_leave_the_sum(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its `live*` gauge files (open streams, max_connections, redis_up) are removed:
+    they were summed for good, so /metrics said redis_up 0 and 3x max_connections
+    after one worker of two died and was respawned."""
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda argv, env: _Crashing(argv, env))
+    (tmp_path / "gauge_livesum_4242.db").write_bytes(b"")
+    (tmp_path / "gauge_livemin_4242.db").write_bytes(b"")
+    (tmp_path / "counter_4242.db").write_bytes(b"")  # counters keep counting what it did
+    pool = workers._Workers([], str(tmp_path))
+    pool.spawn(0)
+    pool.check()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_4242.db"]
+
+
+def test_sigterm_while_starting_spawns_no_more_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+
+    def popen(argv: list[str], env: dict[str, str]) -> Any:
+        started.append(1)
+        if len(started) == 2:  # SIGTERM arrives while the second one starts
+            pool_forward(signal.SIGTERM, None)
+        return _Crashing(argv, env, code=None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
+    monkeypatch.setattr(workers._Workers, "wait_all", lambda self, timeout: 0)
+    monkeypatch.setattr(workers.signal, "signal", lambda signum, handler: None)
+    forwards: list[Any] = []
+    real_init = workers._Workers.__init__
+
+    def init(self: Any, argv: list[str], metrics_dir: str) -> None:
+        real_init(self, argv, metrics_dir)
+        forwards.append(self.forward)
+
+    monkeypatch.setattr(workers._Workers, "__init__", init)
+
+    def pool_forward(signum: int, frame: object) -> None:
+        forwards[0](signum, frame)
+
+    assert workers.supervise([], 16, 1.0) == 0
+    assert len(started) == 2

@@ -167,7 +167,9 @@ class MerchantDirectory:
             self._drop_pool()  # rebuilt on the next query: no stale connection survives
             raise UnavailableError("PostgreSQL is unavailable") from None
         except psycopg2.Error as exc:  # e.g. merchant_query broken by a migration: loud, 503
-            log.error("postgres query failed: %s: %s", type(exc).__name__, exc.pgerror or exc)
+            # the server's own message only: a client-side one may quote the DSN (a password)
+            log.error("postgres query failed: %s%s", type(exc).__name__,
+                      f": {exc.pgerror.strip()}" if exc.pgerror else "")
             self._mark_unavailable(type(exc).__name__)
             raise UnavailableError("PostgreSQL query failed") from None
         if not self.healthy:

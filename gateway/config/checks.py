@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+import psycopg2
+import psycopg2.extensions
 from redis.connection import parse_url as parse_redis_url
 
 from ..errors import ConfigError
@@ -36,6 +38,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # -> merchant:{m1}:progress
 _SHOP_FIELD = "%(shop)s"
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+_GATEWAY_PATHS = {"/health", "/health/live", "/metrics", "/demo"}
 _RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked", "snapshot"}  # gateway frames
 # what the gateway needs of the Redis server's own settings (check-config prints it)
 REDIS_NEEDS = (
@@ -146,8 +149,11 @@ def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
 
 def validate(cfg: Config, *, needs_postgres: bool = True) -> None:
     server = cfg.server
-    if not server.path.startswith("/") or server.path.endswith("/"):
-        raise ConfigError("server.path", "must start with '/' and not end with '/'")
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", server.path):
+        raise ConfigError("server.path", "must be /-separated segments of A-Z a-z 0-9 . _ ~ -, "
+                          "starting with '/' and not ending with '/'")
+    if server.path in _GATEWAY_PATHS or server.path.startswith("/demo/"):
+        raise ConfigError("server.path", f"{server.path} is one of the gateway's own endpoints")
     for i, proxy in enumerate(server.trusted_proxies):
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -175,12 +181,31 @@ def validate(cfg: Config, *, needs_postgres: bool = True) -> None:
             raise ConfigError(f"sse.coalesce[{i}]", f"{event!r} cannot be coalesced")
     if not cfg.postgres.dsn and needs_postgres:
         raise ConfigError("postgres.dsn", "required (set DATABASE_URL or postgres.dsn)")
-    if cfg.postgres.dsn and urlsplit(cfg.postgres.dsn).scheme not in ("postgresql", "postgres"):
-        raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
+    if cfg.postgres.dsn:
+        _check_dsn(cfg.postgres.dsn)
     if _SHOP_FIELD not in cfg.postgres.merchant_query:
         raise ConfigError("postgres.merchant_query", f"must use {_SHOP_FIELD}")
+    try:  # the driver fills it the same way: a stray % (LIKE '%x') fails every lookup
+        cfg.postgres.merchant_query % {"shop": "shop"}
+    except (ValueError, TypeError, KeyError):
+        raise ConfigError("postgres.merchant_query", f"only {_SHOP_FIELD} may follow a '%' "
+                          "(write a literal % as %%)") from None
     if cfg.postgres.pool_min > cfg.postgres.pool_max:
         raise ConfigError("postgres.pool_min", "must not exceed postgres.pool_max")
     for i, origin in enumerate(cfg.cors.allow_origins):
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ConfigError(f"cors.allow_origins[{i}]", f"not an origin: {origin!r}")
+
+
+def _check_dsn(dsn: str) -> None:
+    """As libpq reads it, else a config error that never quotes it (it holds a password)."""
+    if urlsplit(dsn).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
+    try:
+        port = psycopg2.extensions.parse_dsn(dsn).get("port")
+    except psycopg2.ProgrammingError:
+        raise ConfigError("postgres.dsn", "not a valid URL (percent-encode reserved characters "
+                          "in the user and password: % as %25, @ as %40, ? as %3F)") from None
+    for one in (port or "").split(","):  # libpq takes a list of hosts and ports
+        if one and not (one.isdigit() and 1 <= int(one) <= 65535):
+            raise ConfigError("postgres.dsn", "port must be from 1 to 65535")

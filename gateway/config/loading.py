@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -63,6 +64,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], raw: Any) -> Any:
             raise ConfigError(key, "must be a number")
         if meta["int"] and not isinstance(raw, int):
             raise ConfigError(key, "must be an integer")
+        if not math.isfinite(raw):  # NaN passes every comparison; YAML writes it .nan
+            raise ConfigError(key, f"must be a finite number, got {raw}")
         hi = meta["hi"]
         if raw < meta["lo"] or (hi is not None and raw > hi):
             bound = f"between {meta['lo']} and {hi}" if hi is not None else f">= {meta['lo']}"
