@@ -268,11 +268,13 @@ def redact_url(url: str) -> str:
     if not sep:  # no scheme ("user:secret@host:6379"): the user info is masked all the same
         scheme, rest = "", url
     userinfo = ""
-    if (first_at := rest.find("@")) >= 0:
-        # the user info ends at the last "@" before the path: a password may hold "?" or
-        # "/" unencoded (libpq reads "user:pa?ss@host" as the password "pa?ss")
-        slash = rest.find("/", first_at)
-        at = rest.rfind("@", 0, slash if slash >= 0 else len(rest))
+    # the user info ends at the last "@" before the path, or else before the query: a
+    # password may hold "?" or "/" unencoded (libpq reads "user:pa?ss@host" as "pa?ss"),
+    # and a query value may hold "@" ("?password=p@ss", masked below)
+    at = rest.rfind("@", 0, _end(rest, "/"))
+    if at < 0:
+        at = rest.rfind("@", 0, _end(rest, "?"))
+    if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1:]
         if ":" in userinfo:
             userinfo = f"{userinfo.partition(':')[0]}:***"
@@ -281,6 +283,12 @@ def redact_url(url: str) -> str:
     if query:
         query = _PARAMETER.sub(_mask_parameter, query)
     return f"{scheme}{sep}{userinfo}{head}{mark}{query}"
+
+
+def _end(text: str, mark: str) -> int:
+    """Where `mark` first appears in `text`; its length when it does not."""
+    index = text.find(mark)
+    return index if index >= 0 else len(text)
 
 
 def redact_text(text: str) -> str:

@@ -308,5 +308,7 @@ async def test_a_job_of_128_multibyte_characters_and_a_string_data_object_are_jo
     assert sorted(j.decode() for j in jobs) == sorted([euro, "as-text"])
     status, _, reply = await post(gw, event(mid, "completion", '{"jobId": "as-text"}'))
     assert status == 200
+    status, _, reply = await post(gw, event(mid, "stage", '{"jobId": "\\ud800"}'))
+    assert status == 200, reply  # a lone surrogate names no job (it was a 500)
     status, _, reply = await post(gw, event(mid, "progress", {"jobId": "as-text"}))
     assert reply == {"id": None, "stale": True}

@@ -91,3 +91,8 @@ def test_redact_url_masks_a_password_the_url_does_not_encode() -> None:
     assert redact_url("postgresql://gw:pa/ss@db/app?sslmode=require") == \
         "postgresql://gw:***@db/app?sslmode=require"
     assert redact_url("redis://h:6379/0?client_name=gw") == "redis://h:6379/0?client_name=gw"
+    # an "@" in a query value is not the end of a user info
+    assert redact_url("postgresql://host/db?password=p@ssw0rd") == \
+        "postgresql://host/db?password=***"
+    assert redact_url("redis://host:6379/0?password=se@cret") == \
+        "redis://host:6379/0?password=***"

@@ -307,3 +307,20 @@ async def test_a_read_that_teaches_the_head_is_kept_all_the_same() -> None:
     await w.connect()
     await w.connect()
     assert w.history.reads == 1
+
+
+async def test_the_same_with_nothing_delivered_here_before_the_snapshot() -> None:
+    """The first stream of the merchant: the ring is empty, so it cannot tell another
+    event under the snapshot's id from a copy of one sent here; the head came from the
+    read, so it is not taken for a copy (that went out as a plain event, no resync)."""
+    def holds_it(*asked: Any) -> None:
+        done = asked[-1]
+        done(True, False, None)
+
+    w = World(verify=holds_it)
+    w.history.record(5, "L")  # the write the failover loses
+    stream = await w.connect()
+    assert queued(stream) == [("snapshot", "ep:5")]
+    w.hub.publish(MID, "progress", b'{"jobId":"K","n":5}', "ep:5")
+    assert w.missed == [MID] and w.hub.forged == 0
+    assert queued(stream)[-1] == ("progress", "ep:5")

@@ -647,6 +647,25 @@ async def test_a_hold_keeps_the_allowance_of_a_replay_still_queued() -> None:
         await finish(task)
 
 
+async def test_a_shutdown_waits_for_a_held_snapshot_only_a_moment() -> None:
+    """A shutdown during a hold keeps it for the snapshot; a read slower than a moment
+    gives way, so the final frame still goes out within the drain budget (it used to
+    wait for the read, and a slow one made the drain cut the stream, without its final
+    frame). A revocation drops the hold at once: a revoked merchant gets no more state."""
+    for reason, event in ((CloseReason.SHUTDOWN, "shutdown"), (CloseReason.REVOKED, "revoked")):
+        stream, _ = make_stream(max_queue=5)
+        writer = FakeWriter()
+        task = await running(stream, writer)
+        stream.deliver(Control("resync", {"reason": "redis_reconnected"}))
+        stream.hold(1)
+        stream.close(reason, Control(event, {"reason": event}))
+        assert await asyncio.wait_for(task, 2) == reason
+        assert ids_in(writer.transport.data) == []
+        final = b'data: {"reason":"%s"}' % event.encode()
+        assert writer.transport.data.rstrip(b"\n").endswith(final)
+        assert not stream.release(1, Entry(10**6, "ep:1", "snapshot", b"{}"), DurableId("ep", 1))
+
+
 async def test_holds_one_after_another_never_let_a_stalled_reader_queue_more() -> None:
     """A reader that reads nothing while resync after resync holds it: each release
     lets what the hold queued drain, but the next hold may not add its allowance on

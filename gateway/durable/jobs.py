@@ -41,7 +41,13 @@ def job_of(data: Any, job_key: str) -> str | None:
         text = value
     else:
         return None
-    return text if 1 <= len(text) <= JOB_MAX else None
+    if not 1 <= len(text) <= JOB_MAX:
+        return None
+    try:  # a lone surrogate (a JSON escape "\ud800" in a text payload) names no job
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def job_in_payload(payload: bytes, job_key: str) -> str | None:

@@ -117,6 +117,7 @@ class Hub:
         self.deliveries += len(subscribers)
         if event_id is not None:
             topic.advance(event_id)
+            topic.head_read = False
         return entry
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool,
@@ -254,6 +255,7 @@ class Hub:
         known = topic.durable_head
         if known is None or (known.epoch == head.epoch and known.offset < head.offset):
             topic.advance(str(head))
+            topic.head_read = True
 
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""

@@ -30,6 +30,7 @@ __all__ = ["Stream"]
 log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
+_CLOSING_HOLD_S = 0.3  # a shutdown waits this long at most for a held snapshot
 
 
 class Stream:
@@ -185,8 +186,8 @@ class Stream:
         if self.close_reason is not None and reason not in ABORTING:
             return
         self.close_reason = reason
-        if reason in ABORTING or final is None:
-            self._held = None
+        if reason is not CloseReason.SHUTDOWN or final is None:
+            self._held = None  # (a revoked merchant gets no more of its state)
         if reason in ABORTING:
             self._queue = OrderedDict()  # non-None: deliver() stops writing
             self._queued_bytes = 0
@@ -200,9 +201,13 @@ class Stream:
                 # same Last-Event-ID anyway, so the final frame goes alone
                 self._queue, self._queued_bytes, self._jobs = OrderedDict(), 0, None
                 self._held = None
-            # a hold stays: the snapshot owed to the `resync` written goes out before the
-            # final frame (its read is bounded). Else the client resumes by replay, which
-            # brings no snapshot, with a job view the resync emptied
+            # a hold stays, for a moment: the snapshot owed to the `resync` written goes out
+            # before the final frame. Else the client resumes by replay, which brings no
+            # snapshot, with a job view the resync emptied. A read slower than that gives
+            # way: the final frame must go out within the shutdown budget
+            if self._held is not None:
+                asyncio.get_running_loop().call_later(
+                    _CLOSING_HOLD_S, self.release, self._held[0])
             self._queue[final.seq] = final
             self._queued_bytes += final.size
         self._wakeup()

@@ -23,8 +23,8 @@ class Subscriber(Protocol):
 class Topic:
     """One merchant: its history ring and its open streams."""
 
-    __slots__ = ("durable_head", "gap_after", "history", "late", "mark", "next_durable",
-                 "pending", "reused", "subscribers")
+    __slots__ = ("durable_head", "gap_after", "head_read", "history", "late", "mark",
+                 "next_durable", "pending", "reused", "subscribers")
 
     def __init__(self, history: int) -> None:
         self.history: deque[Entry] = deque(maxlen=history)
@@ -32,6 +32,7 @@ class Topic:
         # the newest durable id proven here, and the id that continues it
         self.durable_head: DurableId | None = None
         self.next_durable: str | None = None
+        self.head_read = False  # the head came from a read, not from an event delivered here
         # messages held, in order, while an envelope that does not continue is verified
         self.pending: list[tuple[str, bytes, str | None]] | None = None
         self.gap_after = 0  # ids up to this one may be followed by messages Redis lost
@@ -91,7 +92,9 @@ class Topic:
         holds under that id (a failover lost the writes the head came from, and the
         new primary gave their ids again). The ring tells: it holds this very event
         under the id, or another one; or it does not hold the id though it reaches
-        back past it (never sent here); or it does not reach back that far (a copy)."""
+        back past it (never sent here); or it does not reach back that far (a copy),
+        unless the head came from a read (a snapshot: its state may hold the lost write,
+        so another event under that id is not taken for a copy)."""
         reaches = False
         for entry in self.history:
             if entry.id == event_id:
@@ -99,7 +102,7 @@ class Topic:
                     event_id, event, payload)
             if not reaches and (held := DurableId.parse(entry.id)) is not None:
                 reaches = held.epoch == durable.epoch and held.offset < durable.offset
-        return not reaches
+        return not reaches and not self.head_read
 
     def proven_tail(self, limit: int) -> list[tuple[DurableId, bytes]]:
         """Up to `limit` durable events of the ring, newest first, of the proven head's
