@@ -274,6 +274,9 @@ def redact_url(url: str) -> str:
     at = rest.rfind("@", 0, _end(rest, "/"))
     if at < 0:
         at = rest.rfind("@", 0, _end(rest, "?"))
+    question = rest.find("?")
+    if 0 <= question < at and "=" in rest[question:at]:  # "h?password=p@ss": a query value
+        at = -1
     if at >= 0:
         userinfo, rest = rest[:at], rest[at + 1:]
         if ":" in userinfo:

@@ -96,3 +96,4 @@ def test_redact_url_masks_a_password_the_url_does_not_encode() -> None:
         "postgresql://host/db?password=***"
     assert redact_url("redis://host:6379/0?password=se@cret") == \
         "redis://host:6379/0?password=***"
+    assert redact_url("redis://h:6379?password=p@ss") == "redis://h:6379?password=***"

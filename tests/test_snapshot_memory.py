@@ -324,3 +324,19 @@ async def test_the_same_with_nothing_delivered_here_before_the_snapshot() -> Non
     w.hub.publish(MID, "progress", b'{"jobId":"K","n":5}', "ep:5")
     assert w.missed == [MID] and w.hub.forged == 0
     assert queued(stream)[-1] == ("progress", "ep:5")
+
+
+async def test_a_copy_of_an_older_event_after_a_read_stays_a_copy() -> None:
+    """The same envelope PUBLISHed again (ep:3, below the snapshot's ep:5) with an
+    empty ring: a copy, sent as a plain event, as before; taken for an id given again,
+    it recorded ep:3..ep:5 as lost for every process and moved the head back."""
+    def holds_it(*asked: Any) -> None:
+        done = asked[-1]
+        done(True, False, None)
+
+    w = World(verify=holds_it)
+    w.history.record(5, "L")
+    await w.connect()
+    w.hub.publish(MID, "progress", b'{"jobId":"L","n":3}', "ep:3")
+    assert w.missed == [] and w.hub.forged == 1
+    assert w.hub.proves(MID, DurableId("ep", 5))

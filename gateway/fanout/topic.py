@@ -93,8 +93,8 @@ class Topic:
         new primary gave their ids again). The ring tells: it holds this very event
         under the id, or another one; or it does not hold the id though it reaches
         back past it (never sent here); or it does not reach back that far (a copy),
-        unless the head came from a read (a snapshot: its state may hold the lost write,
-        so another event under that id is not taken for a copy)."""
+        unless it is the head itself and the head came from a read (a snapshot, whose
+        state may hold the write a failover lost under that id)."""
         reaches = False
         for entry in self.history:
             if entry.id == event_id:
@@ -102,7 +102,7 @@ class Topic:
                     event_id, event, payload)
             if not reaches and (held := DurableId.parse(entry.id)) is not None:
                 reaches = held.epoch == durable.epoch and held.offset < durable.offset
-        return not reaches and not self.head_read
+        return not reaches and not (self.head_read and durable == self.durable_head)
 
     def proven_tail(self, limit: int) -> list[tuple[DurableId, bytes]]:
         """Up to `limit` durable events of the ring, newest first, of the proven head's
