@@ -14,7 +14,8 @@ import yaml
 from .config import Config, load_config, redacted_dict
 from .config.checks import REDIS_NEEDS
 from .errors import ConfigError
-from .logs import redact_url, setup_logging
+from .logs import setup_logging
+from .redaction import redact_url
 from .workers import WORKER_ENV, supervise
 
 __all__ = ["main"]

