@@ -8,7 +8,8 @@ import pytest
 
 from gateway.durable.ids import DurableId
 from gateway.fanout.frames import Control, Entry
-from gateway.fanout.hub import Done, Hub, Proven, process_epoch
+from gateway.fanout.hub import Hub, process_epoch
+from gateway.fanout.verdict import Done, Proven
 
 
 class Sink:

@@ -16,9 +16,10 @@ from gateway.durable import snapshots as snapshots_module
 from gateway.durable.ids import DurableId
 from gateway.durable.jobs import JobRecord
 from gateway.durable.snapshots import Snapshots
-from gateway.fanout.hub import Hub, Verify
+from gateway.fanout.hub import Hub
 from gateway.fanout.stream import Stream
 from gateway.fanout.stream_policy import QueuePolicy
+from gateway.fanout.verdict import Verify
 from gateway.metrics import Metrics
 from gateway.resyncs import Resyncs
 

@@ -31,7 +31,8 @@ from typing import Any, NamedTuple
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from ..fanout.hub import Done, Hub, Proven
+from ..fanout.hub import Hub
+from ..fanout.verdict import Done, Proven
 from ..runtime import deadlines
 from .history_checks import first_lost, holds_many, missed
 from .ids import DurableId

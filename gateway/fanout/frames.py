@@ -1,4 +1,4 @@
-"""Pure SSE encoding (WHATWG `text/event-stream`): values in, wire bytes out.
+"""Pure SSE encoding (WHATWG `text/event-stream`): values in, wire bytes out, batched.
 
 A frame is encoded once per message and the same bytes are handed to every
 stream. Streams on HTTP/1.1 need chunked transfer framing; `chunk()` adds it
@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections import OrderedDict
 from typing import Any, TypeAlias
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "chunk",
     "control_frame",
     "event_frame",
+    "take_batch",
     "wire",
 ]
 
@@ -168,3 +170,18 @@ HEARTBEAT = Heartbeat()
 
 Deliverable: TypeAlias = "Entry | Control | Heartbeat"
 """What a stream writes: an event, a gateway frame, or the heartbeat."""
+
+
+def take_batch(queue: OrderedDict[int, Deliverable], index: int, limit: int) -> tuple[bytes, int]:
+    """The oldest queued frames, taken off `queue` and joined into one write of about
+    `limit` bytes at most (bounded, so drain still applies), in form `index` (0 plain,
+    1 chunked); with the queue bytes they held."""
+    parts: list[memoryview | bytes] = []
+    size = taken = 0
+    while queue and size < limit:
+        _, entry = queue.popitem(last=False)
+        data = entry.wire[index]
+        parts.append(data)
+        size += len(data)
+        taken += entry.size
+    return b"".join(parts), taken

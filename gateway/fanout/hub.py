@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..durable.ids import DurableId
 from .frames import Control, Entry
 from .topic import Subscriber, Topic
-from .verdict import judge
+from .verdict import Verify, judge
 
 __all__ = ["Hub", "Subscriber", "Topic", "process_epoch"]
 
@@ -28,15 +28,6 @@ def process_epoch() -> str:
     """A per-process prefix: ids from another process or an earlier run are foreign."""
     return f"{int(time.time() * 1000) % 36**8:x}{os.getpid() % 4096:03x}"
 
-
-Proven = list[tuple[DurableId, bytes]]  # durable events delivered here, newest first, framed
-Done = Callable[[bool, bool, "DurableId | None"], None]
-Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Proven, Done], None]
-"""`verify(merchant_id, id, event, payload, expected, proven, done)`: whether the
-history holds that event, answered later as `done(genuine, missed, lost_from)`;
-`missed`: it holds events of ours between `expected` (the id that would have
-continued the proven head) and it, which this process never received;
-`lost_from`: the oldest of `proven` (after a gap) it holds as another event."""
 
 _PROVEN_CHECKED = 16  # after a gap, the newest delivered events compared with the history
 _GAP_HERE: tuple[str, bytes, str | None] = ("", b"", None)

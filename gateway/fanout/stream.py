@@ -22,8 +22,8 @@ from ..durable.catch_up import before_live, with_snapshot
 from ..durable.ids import DurableId
 from ..metrics import Metrics
 from ..web.writer import PayloadWriter, WriterProtocol
-from .frames import HEARTBEAT, Control, Deliverable, Entry
-from .stream_policy import ABORTING, HOLD_ALLOWANCE, CloseReason, QueuePolicy
+from .frames import HEARTBEAT, Control, Deliverable, Entry, take_batch
+from .stream_policy import ABORTING, CloseReason, QueuePolicy
 
 __all__ = ["Stream"]
 
@@ -157,13 +157,8 @@ class Stream:
         earlier = [entry for key, entry in queue.items() if key in held]
         later = [entry for key, entry in queue.items() if key not in held]
         self._requeue(with_snapshot(earlier, snapshot, head, later))
-        # what the hold queued may drain, but holds never add up: at most HOLD_ALLOWANCE
-        # times the limits, however many come before the reader catches up
-        over = HOLD_ALLOWANCE - 1
-        self._replay_allowance = min(self._replay_allowance,
-                                     max(granted[0], self._policy.max_queue * over))
-        self._replay_allowance_bytes = min(self._replay_allowance_bytes,
-                                           max(granted[1], self._policy.max_queue_bytes * over))
+        self._replay_allowance, self._replay_allowance_bytes = self._policy.after_hold(
+            granted, (self._replay_allowance, self._replay_allowance_bytes))
         return True
 
     def _requeue(self, entries: list[Deliverable]) -> None:
@@ -238,16 +233,10 @@ class Stream:
                     self._jobs = {k: v for k, v in jobs.items() if v in queue}
         queue[entry.seq] = entry
         self._queued_bytes += entry.size
-        most = policy.max_queue + self._replay_allowance
-        most_bytes = policy.max_queue_bytes + self._replay_allowance_bytes
-        if self._held is not None:  # not behind: held by the gateway for a snapshot
-            most = max(most, policy.max_queue * HOLD_ALLOWANCE)
-            most_bytes = max(most_bytes, policy.max_queue_bytes * HOLD_ALLOWANCE)
-        if len(queue) > most or (
-            # one event larger than the budget may wait alone: a reader that is briefly
-            # behind on a big event is not cut; a second one behind it is
-            self._queued_bytes > most_bytes and len(queue) > 1
-        ):
+        allowance = self._replay_allowance, self._replay_allowance_bytes
+        # held: not behind, held by the gateway for a snapshot
+        if policy.too_far_behind(len(queue), self._queued_bytes, allowance,
+                                 self._held is not None):
             self.metrics.slow_client_disconnects += 1
             log.info(
                 "slow client cut merchant=%s client=%s queued=%d queued_bytes=%d",
@@ -294,24 +283,11 @@ class Stream:
                     await writer.drain()
                     continue
                 try:
-                    self._transport.write(self._take_batch(queue))
+                    data, taken = take_batch(queue, self._chunked, _BATCH_BYTES)
+                    self._queued_bytes -= taken
+                    self._transport.write(data)
                 except RuntimeError:  # uvloop: transport closed under us
                     raise ConnectionResetError from None
         except ConnectionError:
             self.close_reason = self.close_reason or CloseReason.CLIENT_GONE
             return self.close_reason
-
-    def _take_batch(self, queue: OrderedDict[int, Deliverable]) -> bytes:
-        """Join queued frames into one write (bounded, so drain still applies)."""
-        parts: list[memoryview | bytes] = []
-        size = taken = 0
-        index = self._chunked
-        while queue and size < _BATCH_BYTES:
-            _, entry = queue.popitem(last=False)
-            data = entry.wire[index]
-            parts.append(data)
-            size += len(data)
-            taken += entry.size
-        self._queued_bytes -= taken
-        return b"".join(parts)
-

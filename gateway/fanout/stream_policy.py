@@ -45,3 +45,25 @@ class QueuePolicy:
     coalesce: frozenset[str]
     job_key: str
     max_queue_bytes: int
+
+    def too_far_behind(self, queued: int, queued_bytes: int, allowance: tuple[int, int],
+                       held: bool) -> bool:
+        """Whether a stream with `queued` events (`queued_bytes` bytes) is cut: past the
+        limits plus a replay's `allowance` (events, bytes), or past HOLD_ALLOWANCE times
+        them while `held`. One event larger than the byte budget may wait alone: a
+        reader briefly behind on a big event is not cut; a second one behind it is."""
+        most = self.max_queue + allowance[0]
+        most_bytes = self.max_queue_bytes + allowance[1]
+        if held:
+            most = max(most, self.max_queue * HOLD_ALLOWANCE)
+            most_bytes = max(most_bytes, self.max_queue_bytes * HOLD_ALLOWANCE)
+        return queued > most or (queued_bytes > most_bytes and queued > 1)
+
+    def after_hold(self, granted: tuple[int, int], allowance: tuple[int, int]
+                   ) -> tuple[int, int]:
+        """The allowance a stream keeps when its hold ends: what it queued may drain, but
+        holds never add up (at most HOLD_ALLOWANCE times the limits, however many come
+        before the reader catches up), while a replay's `granted` allowance stays."""
+        over = HOLD_ALLOWANCE - 1
+        return (min(allowance[0], max(granted[0], self.max_queue * over)),
+                min(allowance[1], max(granted[1], self.max_queue_bytes * over)))

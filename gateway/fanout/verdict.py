@@ -1,7 +1,7 @@
 """What a history check's answer means for the envelope a merchant's topic held.
 
 The hub holds a durable message whose id does not continue the merchant's proven
-head until the history says whether it holds that event (hub.py, `Verify`). The
+head until the history says whether it holds that event (`Verify`, below). The
 answer decides the id it goes out with (none: a plain PUBLISH imitating the
 envelope, or an event that went out under it published again), which ids a
 failover gave to other events (`lost`), and whether the merchant's streams resync
@@ -10,12 +10,22 @@ before it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..durable.ids import DurableId
 from .topic import Topic
 
-__all__ = ["Verdict", "judge"]
+__all__ = ["Done", "Proven", "Verdict", "Verify", "judge"]
+
+Proven = list[tuple[DurableId, bytes]]  # durable events delivered here, newest first, framed
+Done = Callable[[bool, bool, "DurableId | None"], None]
+Verify = Callable[[str, DurableId, str, bytes, DurableId | None, Proven, Done], None]
+"""`verify(merchant_id, id, event, payload, expected, proven, done)`, the check the hub
+asks: whether the history holds that event, answered later as `done(genuine, missed,
+lost_from)`; `missed`: it holds events of ours between `expected` (the id that would
+have continued the proven head) and it, which this process never received;
+`lost_from`: the oldest of `proven` (after a gap) it holds as another event."""
 
 
 class Verdict(NamedTuple):
