@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .ids import InvalidData, encode_data, valid_merchant_id
-from .jobs import KEY_PATTERN, SEQ_MAX, job_in_payload, job_of
+from .jobs import SEQ_MAX, job_in_data, valid_key, valid_seq
 from .publisher import Publication
 
 __all__ = [
@@ -108,17 +108,15 @@ def _item(value: Any, where: str, events: tuple[str, ...], job_key: str) -> Item
     if not isinstance(value["event"], str) or value["event"] not in events:
         raise _bad(f"{where}.event: must be one of {', '.join(events)}")
     seq, key = value.get("seq"), value.get("key")
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)
-                            or not 0 <= seq <= SEQ_MAX):
+    if seq is not None and not valid_seq(seq):
         raise _bad(f"{where}.seq: must be an integer from 0 to {SEQ_MAX}")
-    if key is not None and (not isinstance(key, str) or not KEY_PATTERN.fullmatch(key)):
+    if key is not None and not valid_key(key):
         raise _bad(f"{where}.key: must be 1-128 characters of A-Z a-z 0-9 _ . : -")
     try:
         payload = encode_data(value["data"])
     except InvalidData as exc:
         raise _bad(f"{where}.data: {exc}") from None
-    data = value["data"]  # a string is published as its text: a job when that is an object
-    job = job_in_payload(payload, job_key) if isinstance(data, str) else job_of(data, job_key)
+    job = job_in_data(value["data"], payload, job_key)  # decided here: never parsed again
     return Publication(value["merchantId"], value["event"], payload, job, seq, key)
 
 

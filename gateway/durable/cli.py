@@ -20,7 +20,7 @@ from ..config import Config
 from ..redaction import redact_text, redact_url
 from .history import publisher_settings
 from .ids import InvalidData, encode_data, valid_merchant_id
-from .jobs import KEY_PATTERN, job_of
+from .jobs import job_in_data, valid_key
 from .publisher import Publication, Publisher
 
 __all__ = ["parse_data", "run_publish"]
@@ -72,7 +72,7 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str, *,
     if event not in cfg.redis.events:
         print(f"publish: EVENT must be one of {', '.join(cfg.redis.events)}", file=sys.stderr)
         return 2
-    if key is not None and not KEY_PATTERN.fullmatch(key):
+    if key is not None and not valid_key(key):
         print("publish: --key must be 1-128 characters of A-Z a-z 0-9 _ . : -", file=sys.stderr)
         return 2
     try:
@@ -91,7 +91,7 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str, *,
     except (RedisError, ValueError):  # its message may quote the URL: say no more
         return _failed(cfg, "cannot connect")
     publisher = Publisher(client, **publisher_settings(cfg))
-    job = job_of(value, cfg.sse.job_key)
+    job = job_in_data(value, payload, cfg.sse.job_key)
     try:
         done = publisher.send(Publication(merchant_id, event, payload, job, number, key))
     except (RedisError, OSError) as exc:

@@ -18,8 +18,8 @@ from typing import Any
 from .ids import DurableId
 
 __all__ = [
-    "JOB_MAX", "KEY_PATTERN", "SEQ_MAX", "JobRecord", "job_in_payload", "job_of",
-    "snapshot_payload",
+    "JOB_MAX", "KEY_PATTERN", "SEQ_MAX", "JobRecord", "job_in_data", "job_in_payload",
+    "job_of", "snapshot_payload", "valid_key", "valid_seq",
 ]
 
 JOB_MAX = 128  # characters of a job's text
@@ -48,6 +48,23 @@ def job_of(data: Any, job_key: str) -> str | None:
     except UnicodeEncodeError:
         return None
     return text
+
+
+def valid_seq(seq: object) -> bool:
+    """An event's `seq`: an integer from 0 to SEQ_MAX (what the publish script takes)."""
+    return isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= SEQ_MAX
+
+
+def valid_key(key: object) -> bool:
+    """An idempotency key: 1-128 characters of A-Z a-z 0-9 _ . : -."""
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
+
+
+def job_in_data(data: Any, payload: bytes, job_key: str) -> str:
+    """The job of an event whose `data` is published as `payload`; '' for none. A string
+    is published as its text, which names a job when it is a JSON object."""
+    job = job_in_payload(payload, job_key) if isinstance(data, str) else job_of(data, job_key)
+    return job or ""
 
 
 def job_in_payload(payload: bytes, job_key: str) -> str | None:

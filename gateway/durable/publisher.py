@@ -31,7 +31,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from .ids import encode_data, script_args
-from .jobs import JOB_MAX, KEY_PATTERN, SEQ_MAX, job_in_payload, job_of
+from .jobs import JOB_MAX, SEQ_MAX, job_in_data, job_in_payload, valid_key, valid_seq
 
 __all__ = [
     "BATCH", "DEFAULT_CHANNEL", "DEFAULT_HISTORY", "DEFAULT_TTL_S", "SCRIPT", "SCRIPT_PATH",
@@ -52,7 +52,7 @@ DEFAULT_IDEMPOTENCY_TTL_S = 600
 
 class Publication(NamedTuple):
     """One durable publish: the event, and optionally its job, `seq` and idempotency
-    `key` (the job is read from a JSON-object payload when not given)."""
+    `key` (the job is read from a JSON-object payload when not given; '' is none)."""
 
     merchant_id: str
     event: str
@@ -125,16 +125,13 @@ class _Settings:
         """The item as the script takes it; ValueError (nothing sent) for a `job`, `seq`
         or `key` the script would refuse, with the whole run it is in."""
         pub = item if isinstance(item, Publication) else Publication(*item)
-        if pub.job is None:
-            job = job_in_payload(pub.payload, self.job_key)
-            if job is not None:
-                pub = pub._replace(job=job)
-        elif not 1 <= len(pub.job) <= JOB_MAX:
+        if pub.job is None:  # not decided by the caller ('' is none): the payload's
+            pub = pub._replace(job=job_in_payload(pub.payload, self.job_key) or "")
+        elif pub.job and not 1 <= len(pub.job) <= JOB_MAX:
             raise ValueError(f"job must be 1-{JOB_MAX} characters")
-        if pub.seq is not None and (not isinstance(pub.seq, int) or isinstance(pub.seq, bool)
-                                    or not 0 <= pub.seq <= SEQ_MAX):
+        if pub.seq is not None and not valid_seq(pub.seq):
             raise ValueError(f"seq must be an integer from 0 to {SEQ_MAX}")
-        if pub.key is not None and not KEY_PATTERN.fullmatch(pub.key):
+        if pub.key is not None and not valid_key(pub.key):
             raise ValueError("key must be 1-128 characters of A-Z a-z 0-9 _ . : -")
         return pub
 
@@ -209,8 +206,9 @@ class Publisher(_Publisher):
                 seq: int | None = None, key: str | None = None) -> str | None:
         """Record and publish `data` (a string as text, else compact JSON); its id
         (see the module docstring for `seq`, `key` and None)."""
-        job = job_of(data, self._settings.job_key)
-        return self.send(Publication(merchant_id, event, encode_data(data), job, seq, key)).id
+        payload = encode_data(data)
+        job = job_in_data(data, payload, self._settings.job_key)
+        return self.send(Publication(merchant_id, event, payload, job, seq, key)).id
 
     def send(self, publication: Item) -> Outcome:
         """One publish with its payload bytes as given; what it did."""
@@ -229,9 +227,9 @@ class AsyncPublisher(_Publisher):
                       seq: int | None = None, key: str | None = None) -> str | None:
         """Record and publish `data` (a string as text, else compact JSON); its id
         (see the module docstring for `seq`, `key` and None)."""
-        job = job_of(data, self._settings.job_key)
-        publication = Publication(merchant_id, event, encode_data(data), job, seq, key)
-        return (await self.send(publication)).id
+        payload = encode_data(data)
+        job = job_in_data(data, payload, self._settings.job_key)
+        return (await self.send(Publication(merchant_id, event, payload, job, seq, key))).id
 
     async def send(self, publication: Item) -> Outcome:
         """One publish with its payload bytes as given; what it did."""
