@@ -16,7 +16,7 @@ from .config.checks import REDIS_NEEDS
 from .errors import ConfigError
 from .logs import setup_logging
 from .redaction import redact_url
-from .workers import WORKER_ENV, supervise
+from .workers import WORKER_ENV, follow_supervisor, supervise
 
 __all__ = ["main"]
 
@@ -56,6 +56,9 @@ def _run_server(cfg: Config, argv: list[str]) -> int:
     if cfg.server.workers > 1 and worker is None:
         log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
         return supervise(argv, cfg.server.workers, cfg.server.shutdown_timeout)
+    if worker is not None and not follow_supervisor():
+        log.warning("worker %s: its supervisor is gone; not starting", worker)
+        return 0
     if worker is None:
         log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
     if cfg.redis_source == "built-in default":

@@ -4,6 +4,10 @@ Each worker is a full gateway with its own Redis subscriptions, history and
 limits. prometheus-client runs in multiprocess mode over a directory the
 supervisor owns, so `/metrics` on any worker reports the sum over all of them.
 
+A worker follows its supervisor: when the supervisor dies, even by SIGKILL,
+the kernel sends each worker SIGTERM (Linux `PR_SET_PDEATHSIG`), which drains it
+as usual, so no orphan keeps the port or its streams.
+
 A worker that dies is respawned after a capped exponential backoff (1 s, 2 s,
 4 s ... at most 30 s; back to 1 s once a worker has run a minute), so a crash
 loop costs a start every 30 s, not a busy spin. A worker that cannot start at
@@ -12,6 +16,7 @@ all (`EXIT_CANNOT_START`: the port is taken, say) stops every worker instead.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -25,15 +30,28 @@ from prometheus_client import multiprocess as prom_multiprocess
 
 from .serve import EXIT_CANNOT_START
 
-__all__ = ["WORKER_ENV", "respawn_delay_s", "supervise"]
+__all__ = ["WORKER_ENV", "follow_supervisor", "respawn_delay_s", "supervise"]
 
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "GATEWAY_WORKER_INDEX"
+SUPERVISOR_ENV = "GATEWAY_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _RESPAWN_FIRST_S = 1.0
 _RESPAWN_CAP_S = 30.0
 _STABLE_S = 60.0  # a worker up this long was not crash-looping: its backoff starts over
 _TICK_S = 0.2
+
+
+def follow_supervisor() -> bool:
+    """In a worker: SIGTERM when the supervisor dies. False when it is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("worker: prctl(PR_SET_PDEATHSIG) failed: %s",
+                        os.strerror(ctypes.get_errno()))
+    # it may have died before prctl: then no signal will ever come
+    return os.getppid() == int(os.environ.get(SUPERVISOR_ENV, "0"))
 
 
 def respawn_delay_s(crashes: int) -> float:
@@ -53,7 +71,12 @@ class _Workers:
 
     def spawn(self, index: int) -> None:
         env = dict(
-            os.environ, **{WORKER_ENV: str(index), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+            os.environ,
+            **{
+                WORKER_ENV: str(index),
+                SUPERVISOR_ENV: str(os.getpid()),
+                "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
+            },
         )
         argv = [sys.executable, "-m", "gateway", *self._argv]
         self.procs[index] = subprocess.Popen(argv, env=env)

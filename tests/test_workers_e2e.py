@@ -2,16 +2,19 @@
 
 Each worker holds its own shared Redis subscription per merchant; a publish
 reaches streams held by both; /metrics (prometheus-client multiprocess mode)
-reports the total across workers; SIGTERM to the supervisor drains both. A
-durable Last-Event-ID is replayed from Redis by the worker that never held it.
+reports the total across workers; SIGTERM to the supervisor drains both, and so
+does its death by SIGKILL. A durable Last-Event-ID is replayed from Redis by the
+worker that never held it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
+from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -90,6 +93,44 @@ async def test_two_workers_share_port_fan_out_metrics_and_drain(
         await asyncio.gather(*(s.wait_closed(timeout=10) for s in streams))
         assert await asyncio.to_thread(gw.wait, 10) == 0
         assert len(re.findall(r"stream open ", gw.log_text())) == STREAMS
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may take its time)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+    gateway_factory, merchant
+) -> None:
+    """SIGKILL to the supervisor (the OOM killer, say) cannot be forwarded; the
+    kernel tells each worker instead, which drains its streams and exits: no
+    orphan keeps the port."""
+    mid, shop = merchant
+    gw = await gateway_factory.astart(config={"server": {"workers": 2, "shutdown_timeout": 3}})
+    workers = _children(gw.pid)
+    assert len(workers) == 2, workers
+    try:
+        async with open_stream(gw.stream_url(shop)) as s:
+            assert (await s.next_event_of("connected", timeout=10)).json()["merchantId"] == mid
+            gw.send_signal(signal.SIGKILL)
+            event = await s.next_event_of("shutdown", timeout=10)
+            assert event.json() == {"reason": "shutdown"}
+        await wait_for(
+            lambda: not any(_running(pid) for pid in workers), timeout=10,
+            message=f"(workers {workers} exit after their supervisor)",
+        )
+    finally:  # on failure, stop the orphans this test made
+        for pid in filter(_running, workers):
+            os.kill(pid, signal.SIGKILL)
 
 
 async def test_durable_id_replayed_from_redis_by_the_other_worker(
