@@ -155,11 +155,15 @@ async def test_publish_many_keeps_order_across_merchants(client: aioredis.Redis)
     items = [(m1 if i % 2 else m2, "progress", b"%d" % i) for i in range(10)]
     ids = [o.id for o in await history.publish_many(items)]
     offsets = {m1: [], m2: []}  # type: dict[str, list[int]]
+    epochs = {m1: set(), m2: set()}  # type: dict[str, set[str]]
     for (mid, _, _), text in zip(items, ids, strict=True):
         parsed = DurableId.parse(text)
         assert parsed is not None
         offsets[mid].append(parsed.offset)
+        epochs[mid].add(parsed.epoch)
     assert offsets == {m1: [1, 2, 3, 4, 5], m2: [1, 2, 3, 4, 5]}
+    assert len(epochs[m1]) == len(epochs[m2]) == 1
+    assert epochs[m1] != epochs[m2]  # histories started in one run: an epoch each
     snapshot = await history.read_all(m1)
     assert [ev.payload for ev in snapshot.entries] == [b"1", b"3", b"5", b"7", b"9"]
     assert await history.publish_many([]) == []

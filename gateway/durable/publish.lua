@@ -6,7 +6,8 @@
 --
 -- ARGV[1]  history length  (sse.history; 0 keeps no history)
 -- ARGV[2]  ttl seconds     (redis.history_ttl; also the job state's)
--- ARGV[3]  epoch candidate (random, [0-9a-z]{1,32}; kept only when a history starts)
+-- ARGV[3]  epoch candidate (random, [0-9a-z]{1,32}; kept only when a history starts,
+--          with a count appended for the second and later histories a run starts)
 -- ARGV[4]  PUBLISH or SPUBLISH
 -- ARGV[5]  jobs kept       (sse.snapshot_jobs)
 -- ARGV[6]  idempotency ttl seconds (redis.idempotency_ttl)
@@ -92,13 +93,19 @@ end
 -- comes after it, XADD's own on the stream's type and last id: when XADD refuses,
 -- the key is deleted again (it did not exist before: NX), so nothing is left.
 -- The calls are few on purpose: each one costs Redis about a microsecond.
+local started = 0  -- histories this run has started
 local function publish(history, meta, jobs, jobids, idem, channel, event, payload, job, seq)
   local read = redis.pcall('HMGET', meta, 'epoch', 'offset')
   if failed(read) then return read end
   local epoch, offset = read[1], read[2]
   local fresh, refused = not epoch, nil
   if fresh then
-    epoch, offset = candidate, '1'  -- a new history: whatever an earlier one left is not part of it
+    -- a new history: whatever an earlier one left is not part of it. Each history
+    -- this run starts gets its own epoch, so an id of one merchant is never of
+    -- another's epoch (a client that mixes them up gets resync, not a replay).
+    started = started + 1
+    local suffix = started > 1 and string.format('%d', started) or ''
+    epoch, offset = string.sub(candidate, 1, 32 - #suffix) .. suffix, '1'
   elseif not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
     refused = redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch')
   elseif offset and (not string.match(offset, '^[0-9]+$') or #offset > 15) then
