@@ -115,10 +115,13 @@ class _Workers:
             self._respawn_at[index] = now + delay
 
     def wait_all(self, timeout: float) -> int:
-        """0 when every worker exited 0 within `timeout` (the rest are killed), else 1."""
+        """0 when every worker exited 0 within `timeout` (the rest are killed), else 1.
+        A worker already dead and waiting out its backoff was reported when it died."""
         deadline = time.monotonic() + timeout
         codes = []
-        for proc in self.procs.values():
+        for index, proc in self.procs.items():
+            if index in self._respawn_at:
+                continue
             try:
                 codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:

@@ -128,3 +128,31 @@ def test_sigterm_while_starting_spawns_no_more_workers(monkeypatch: pytest.Monke
 
     assert workers.supervise([], 16, 1.0) == 0
     assert len(started) == 2
+
+
+def test_a_worker_waiting_to_be_respawned_does_not_fail_a_clean_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM while one worker waits out its backoff: the other drains and exits 0,
+    so the supervisor exits 0 (it exited 1 with the long-dead worker's code)."""
+
+    class _Draining(_Crashing):
+        def poll(self) -> int | None:  # type: ignore[override]
+            return 0 if self.signals else None
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    class _Killed(_Crashing):
+        def wait(self, timeout: float | None = None) -> int:
+            return self.code
+
+    made = iter([lambda a, e: _Killed(a, e, -9), _Draining])
+    monkeypatch.setattr(workers.subprocess, "Popen", lambda argv, env: next(made)(argv, env))
+    pool = workers._Workers([], "/nonexistent")
+    pool.spawn(0)
+    pool.spawn(1)
+    pool.check()  # worker 0 died: respawn pending
+    pool.forward(signal.SIGTERM, None)
+    assert pool.procs[1].signals == [signal.SIGTERM]  # type: ignore[attr-defined]
+    assert pool.wait_all(1.0) == 0
