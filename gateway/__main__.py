@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -92,5 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     return _run_server(cfg, argv)
 
 
+def _stop_before_serving(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before serve() takes them over: nothing to drain yet. As a
+    container's PID 1 the default action would ignore SIGTERM until SIGKILL."""
+    raise SystemExit(0)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_before_serving)
+    signal.signal(signal.SIGINT, _stop_before_serving)
     sys.exit(main())

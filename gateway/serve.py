@@ -50,8 +50,12 @@ def _quiet_aiopg(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
 
 async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
     """Run until SIGTERM/SIGINT; the exit code (EXIT_CANNOT_START when it cannot listen)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from the start: a stop while starting counts
+        loop.add_signal_handler(sig, stop.set)
     _self_check(cfg)
-    asyncio.get_running_loop().set_exception_handler(_quiet_aiopg)
+    loop.set_exception_handler(_quiet_aiopg)
     # aiopg forces its own ResourceWarnings to "always" and prints them on stderr;
     # the same event reaches _quiet_aiopg through the loop, so this copy is noise
     warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning, r"aiopg\.")
@@ -63,6 +67,10 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
         shutdown_timeout=cfg.server.shutdown_timeout,
     )
     await runner.setup()
+    if stop.is_set():  # stopped while starting: never listen
+        await runner.cleanup()
+        log.info("stopped before listening")
+        return 0
     site = web.TCPSite(
         runner, cfg.server.host, cfg.server.port, reuse_port=reuse_port, backlog=4096
     )
@@ -76,10 +84,6 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
         return EXIT_CANNOT_START
     for address in runner.addresses:
         log.info("listening on %s:%s", *address[:2])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()  # app.py's on_shutdown drains
     log.info("stopped")

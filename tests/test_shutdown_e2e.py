@@ -11,6 +11,7 @@ import resource
 import signal
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -287,3 +288,25 @@ def test_shutdown_cuts_a_stream_that_cannot_drain(
         assert "reason=drain_timeout" in gw.log_text()
     finally:
         stuck.close()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a SIGTERM handler (/proc's SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+def test_sigterm_while_starting_exits_0_without_waiting_for_sigkill(gateway_factory: Any) -> None:
+    """A container's PID 1 ignores SIGTERM until it installs a handler (the kernel
+    drops signals PID 1 does not catch): a pod stopped right after it started then
+    waited out its whole grace period. The gateway catches SIGTERM before it loads
+    its config, so a stop while starting ends it at once, with 0."""
+    gw = gateway_factory.start(wait=False)
+    assert gw.pid is not None
+    wait_until(lambda: _catches_sigterm(gw.pid), timeout=20, interval=0.002,
+               message="(a SIGTERM handler)")
+    assert "listening on" not in gw.log_text()  # caught while still starting
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(10) == 0
