@@ -18,11 +18,14 @@ def client_address(request: web.Request, trusted: Iterable[Network]) -> str:
     peer = request.remote or "-"
     forwarded = request.headers.get("X-Forwarded-For", "").split(",")
     hops = [peer] + [h.strip() for h in reversed(forwarded) if h.strip()]
-    for hop in hops:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    for depth, hop in enumerate(hops):
         try:
             address = ipaddress.ip_address(hop)
         except ValueError:
             return "invalid"  # not an address: never log what the client wrote there
+        if depth and getattr(address, "scope_id", None) is not None:
+            return "invalid"  # "fe80::1%<any text>": a zone is free text, never logged
         if not any(address in net for net in trusted):
-            return hop
-    return hops[-1]
+            return hop if not depth else str(address)
+    return str(address)
