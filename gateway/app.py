@@ -229,8 +229,13 @@ async def _recheck_merchants(gw: Gateway) -> None:
 async def _recheck_once(gw: Gateway) -> None:
     shops = {(s.merchant_id, s.shop) for s in gw.admission.streams()}
     for merchant_id, shop in shops:
-        if await gw.directory.recheck(shop) is not False:
-            continue  # still valid, or PostgreSQL cannot tell: keep serving
+        try:
+            now = await gw.directory.recheck(shop)
+        except UnavailableError:
+            continue  # PostgreSQL cannot tell: keep serving
+        if now is not None and now.id == merchant_id:
+            continue
+        # gone, inactive, or the shop now belongs to another merchant id
         revoked = [s for s in gw.admission.merchant_streams(merchant_id) if s.shop == shop]
         log.info("revoked merchant=%s shop=%s streams=%d", merchant_id, shop, len(revoked))
         for stream in revoked:

@@ -389,6 +389,29 @@ async def test_revoked_merchant_streams_end(redis_server, postgres_server, gatew
         assert not b1.closed
 
 
+async def test_a_shop_moved_to_another_merchant_id_ends_its_old_streams(
+    redis_server, postgres_server, gateway_factory
+):
+    """The recheck compares the merchant id, not only that the shop still has one:
+    a shop whose row now names another merchant id must not keep the old id's
+    events flowing to its open streams."""
+    old_id, shop = unique_merchant("mv")
+    new_id = f"{old_id}-new"
+    postgres_server.add_merchant(old_id, shop)
+    gw = await gateway_factory.astart(config={"postgres": {"recheck": 0.5, "cache_ttl": 0.5}})
+    async with contextlib.AsyncExitStack() as stack:
+        [stream] = await _open_connected(stack, gw, shop)
+        await _deliver_everywhere(redis_server.url, {old_id: [stream]}, "before")
+        postgres_server.execute("UPDATE merchants SET id = %s WHERE shop_domain = %s",
+                                (new_id, shop))
+        assert (await stream.next_event_of("revoked", timeout=5)).json() == {"reason": "revoked"}
+        await stream.wait_closed(timeout=5)
+        async with open_stream(gw.stream_url(shop)) as moved:
+            assert moved.status == 200
+            connected = await moved.next_event_of("connected", timeout=10)
+            assert connected.json()["merchantId"] == new_id
+
+
 # -- a Redis error that is not a connection fault ----------------------------------
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from support import unique_merchant
 
+from gateway.access import merchants
 from gateway.access.merchants import MerchantDirectory
 from gateway.config import PostgresConfig
 from tools.services import PostgresServer
@@ -54,3 +56,78 @@ def test_a_storm_of_first_lookups_on_a_busy_loop_is_answered(
     failed = [a for a in answers if isinstance(a, BaseException)]
     assert not failed, f"{len(failed)} of {LOOKUPS} lookups failed: {failed[0]!r}"
     assert [a.id for a in answers] == [mid for mid, _ in shops]  # type: ignore[union-attr]
+
+
+def test_an_unknown_shop_asked_again_spends_a_new_lookup_token(
+    postgres_server: PostgresServer,
+) -> None:
+    """`max_new_streams_per_s` paces lookups of shops PostgreSQL may not know. An
+    unknown shop's expired negative entry used to count as "known": asked again,
+    made-up shops reached PostgreSQL unpaced (every 5 s, as many as the cache holds)."""
+    tag = unique_merchant("nl")[0].removesuffix("-id")
+    shops = [f"{tag}-{i}.myshopify.com" for i in range(6)]  # none of them exists
+    cfg = PostgresConfig(dsn=postgres_server.dsn, negative_cache_ttl=0.05)
+
+    async def twice() -> tuple[list[str], list[str], float]:
+        directory = MerchantDirectory(cfg, new_lookups_per_s=2)  # 3 x 2 admitted at once
+        try:
+            async def ask() -> list[str]:
+                answers = await asyncio.gather(*(directory.verify(s) for s in shops),
+                                               return_exceptions=True)
+                return [type(a).__name__ for a in answers]
+
+            first = await ask()
+            await asyncio.sleep(0.1)  # the negative entries expire (a TTL: nothing to await)
+            started = time.monotonic()
+            again = await ask()
+            return first, again, time.monotonic() - started
+        finally:
+            await directory.close()
+
+    first, again, took = asyncio.run(twice())
+    assert first == ["UnknownMerchantError"] * 6
+    # at most 2 tokens are left: the 6 lookups wait for theirs, or some are refused
+    # (it answered all 6 from PostgreSQL at once)
+    assert "UnavailableError" in again or took >= 1.0, (again, took)
+
+
+def test_a_null_merchant_id_is_no_merchant(postgres_server: PostgresServer) -> None:
+    """A custom merchant_query that yields NULL (or '') for a shop: the shop has no
+    merchant. It was admitted as merchant "None", shared by every such shop."""
+    tag = unique_merchant("nu")[0].removesuffix("-id")
+    cfg = PostgresConfig(dsn=postgres_server.dsn,
+                         merchant_query="SELECT CASE WHEN %(shop)s LIKE '%%.null' THEN NULL "
+                                        "ELSE '' END")
+
+    async def ask() -> list[str]:
+        directory = MerchantDirectory(cfg)
+        try:
+            answers = await asyncio.gather(directory.verify(f"{tag}.null"),
+                                           directory.verify(f"{tag}.empty"),
+                                           return_exceptions=True)
+            return [type(a).__name__ for a in answers]
+        finally:
+            await directory.close()
+
+    assert asyncio.run(ask()) == ["UnknownMerchantError", "UnknownMerchantError"]
+
+
+def test_a_full_cache_evicts_unknown_shops_before_verified_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An expired verified entry still admits its shop while PostgreSQL is down, so
+    a cache filled by made-up shops evicts those first (unit)."""
+    monkeypatch.setattr(merchants, "_MAX_CACHE", 4)
+    directory = MerchantDirectory(PostgresConfig(dsn="postgresql://unused"))
+    past, future = time.monotonic() - 1, time.monotonic() + 60
+    directory._cache = {
+        "verified-expired": merchants._Cached(merchants.Merchant("m1", "verified-expired"), past),
+        "verified": merchants._Cached(merchants.Merchant("m2", "verified"), future),
+        "unknown-expired": merchants._Cached(None, past),
+        "unknown": merchants._Cached(None, future),
+    }
+    directory._evict()
+    assert set(directory._cache) == {"verified-expired", "verified", "unknown"}
+    directory._cache["unknown-2"] = merchants._Cached(None, future)
+    directory._evict()
+    assert set(directory._cache) == {"verified-expired", "verified"}

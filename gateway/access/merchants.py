@@ -83,12 +83,10 @@ class MerchantDirectory:
             raise
         return self._answer(merchant, shop)
 
-    async def recheck(self, shop: str) -> bool | None:
-        """Fresh verification bypassing the cache; None when PostgreSQL cannot tell."""
-        try:
-            return await self._shared_lookup(shop) is not None
-        except UnavailableError:
-            return None
+    async def recheck(self, shop: str) -> Merchant | None:
+        """The shop's merchant now (None: none), bypassing the cache; `UnavailableError`
+        when PostgreSQL cannot tell."""
+        return await self._shared_lookup(shop)
 
     async def ping(self) -> float:
         """Round trip of `SELECT 1` in milliseconds; raises UnavailableError."""
@@ -115,10 +113,13 @@ class MerchantDirectory:
         return await self._lookups.join(shop)
 
     async def _lookup(self, shop: str) -> Merchant | None:
-        if shop not in self._cache:
+        known = self._cache.get(shop)
+        if known is None or known.merchant is None:  # an unknown shop asked again too
             await self._new_lookup_token()
         rows = await self._query(self._cfg.merchant_query, {"shop": shop})
-        merchant = Merchant(id=str(rows[0][0]), shop=shop) if rows else None
+        found = rows[0][0] if rows else None
+        # a NULL or empty id (a custom merchant_query) is no merchant, never "None"
+        merchant = Merchant(id=str(found), shop=shop) if found not in (None, "") else None
         ttl = self._cfg.cache_ttl if merchant else self._cfg.negative_cache_ttl
         if len(self._cache) >= _MAX_CACHE:
             self._evict()
@@ -136,10 +137,16 @@ class MerchantDirectory:
             await asyncio.sleep(wait)
 
     def _evict(self) -> None:
+        """Unknown shops go first: an expired verified entry still admits its shop
+        while PostgreSQL is down."""
         now = time.monotonic()
-        self._cache = {k: v for k, v in self._cache.items() if v.expires_at > now}
-        if len(self._cache) >= _MAX_CACHE:
-            self._cache = {k: v for k, v in self._cache.items() if v.merchant is not None}
+        steps = (lambda v: v.merchant is not None or v.expires_at > now,
+                 lambda v: v.merchant is not None,
+                 lambda v: v.expires_at > now)
+        for keep in steps:
+            self._cache = {k: v for k, v in self._cache.items() if keep(v)}
+            if len(self._cache) < _MAX_CACHE:
+                return
 
     async def _query(self, sql: str, params: dict[str, str]) -> list[tuple[object, ...]]:
         """Run one query within `query_timeout`, whatever aiopg does with the cancellation.
