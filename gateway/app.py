@@ -38,7 +38,7 @@ from .fanout.hub import Hub
 from .fanout.stream import Stream
 from .fanout.stream_policy import CloseReason
 from .handlers import stream_view, ticket_preflight, ticket_view
-from .health import health_view, live_view, metrics_view
+from .health import health_view, live_view, metrics_view, ready_view
 from .logs import flush_suppressed
 from .metrics import Metrics
 from .resyncs import Resyncs
@@ -111,6 +111,7 @@ def _add_routes(router: web.UrlDispatcher, cfg: Config) -> None:
     router.add_route("OPTIONS", f"{path}/ticket", ticket_preflight)
     router.add_post(f"{path}/publish", publish_view)
     router.add_get("/health", health_view)
+    router.add_get("/health/ready", ready_view)
     router.add_get("/health/live", live_view)
     router.add_get("/metrics", metrics_view)
     if cfg.server.demo:

@@ -1,4 +1,5 @@
-"""/health (readiness with a delivery round trip), /health/live and /metrics."""
+"""/health (every dependency, with a delivery round trip), /health/ready (what a load
+balancer should route on: PostgreSQL not required), /health/live and /metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from . import __version__
 from .durable.gate import PUBLISHING, PublishGate
 from .state import GATEWAY
 
-__all__ = ["health_view", "live_view", "metrics_view"]
+__all__ = ["health_view", "live_view", "metrics_view", "ready_view"]
 
 _PROBE_TIMEOUT_S = 1.5  # the whole answer stays under the documented 2 s
 
@@ -33,13 +34,26 @@ async def _probe(check: Callable[[], Awaitable[float]], ready: bool = True) -> d
 
 
 async def health_view(request: web.Request) -> web.Response:
+    """200 when Redis, the delivery round trip and PostgreSQL are all ok."""
+    return await _health(request, needs_postgres=True)
+
+
+async def ready_view(request: web.Request) -> web.Response:
+    """/health without PostgreSQL in the verdict: verified shops are served from the
+    cache while it is down, and its outage hits every instance alike, so taking them
+    all out of a load balancer would only turn it into 503s everywhere."""
+    return await _health(request, needs_postgres=False)
+
+
+async def _health(request: web.Request, needs_postgres: bool) -> web.Response:
     gw = request.app[GATEWAY]
     redis, postgres, delivery = await asyncio.gather(
         _probe(gw.broker.ping),
         _probe(gw.directory.ping),
         _probe(gw.broker.round_trip, ready=gw.broker.healthy),
     )
-    ok = all(p["status"] == "ok" for p in (redis, postgres, delivery)) and not gw.draining
+    required = (redis, postgres, delivery) if needs_postgres else (redis, delivery)
+    ok = all(p["status"] == "ok" for p in required) and not gw.draining
     if gw.cfg.redis.cluster:
         redis["nodes"] = {node: "ok" if up else "fail" for node, up in gw.broker.nodes().items()}
         ok = ok and bool(redis["nodes"]) and all(v == "ok" for v in redis["nodes"].values())

@@ -103,6 +103,8 @@ async def test_redis_killed_and_restarted(redis_factory, postgres_server, gatewa
         )
         tl.add("detection: kill -> /health 503", seen - killed)
         _assert_failing(body, "redis", "delivery")
+        status, body, _ = await get_health(gw, "/health/ready")  # no Redis: not ready
+        assert status == 503 and body["redis"]["status"] == "fail", body
 
         # open streams stay open and keep their heartbeats
         await _pings_continue(streams, 3)
@@ -321,6 +323,9 @@ async def test_postgres_stopped(redis_server, postgres_factory, gateway_factory)
         assert answers == [("cached", 200), ("uncached", 503)] * 3, answers
         status, body, _ = await get_health(gw)
         assert status == 503 and body["postgres"]["status"] == "fail", body
+        # readiness stays green: this instance still serves its verified shops
+        status, body, _ = await get_health(gw, "/health/ready")
+        assert status == 200 and body["postgres"]["status"] == "fail", body
 
         # PostgreSQL back (stop() dropped its data dir: re-seed the same rows)
         started = time.monotonic()

@@ -44,6 +44,9 @@ async def test_health_shape_and_live(merchant, gateway_factory):
 
     status, _, live = await http_json(gw.url("/health/live"))
     assert status == 200, live
+    status, ready, _ = await get_health(gw, "/health/ready")
+    assert status == 200 and ready["status"] == "ok", ready
+    assert ready.keys() == body.keys(), ready
 
     # the counts follow an open stream
     async with open_stream(gw.stream_url(shop)) as s:

@@ -38,7 +38,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"  # -> merchant:{m1}:progress
 _SHOP_FIELD = "%(shop)s"
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
-_GATEWAY_PATHS = {"/health", "/health/live", "/metrics", "/demo"}
+_GATEWAY_PATHS = {"/health", "/health/ready", "/health/live", "/metrics", "/demo"}
 _RESERVED_EVENTS = {"connected", "resync", "shutdown", "revoked", "snapshot"}  # gateway frames
 # what the gateway needs of the Redis server's own settings (check-config prints it)
 REDIS_NEEDS = (
