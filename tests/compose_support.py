@@ -126,7 +126,8 @@ def override(port: int, nginx_image: str = NGINX_IMAGE) -> dict[str, Any]:
             "image": GATEWAY_TAG, "network_mode": shared, "ports": yaml_reset([]),
             "environment": {
                 "REDIS_URL": "redis://127.0.0.1:6379/0",
-                "DATABASE_URL": "postgresql://gateway:${POSTGRES_PASSWORD}@127.0.0.1:5432/gateway",
+                # no password in the URL: compose.yaml passes it as PGPASSWORD
+                "DATABASE_URL": "postgresql://gateway@127.0.0.1:5432/gateway",
             },
             "restart": "no", "depends_on": after_net},
         "nginx": {"image": nginx_image, "network_mode": shared, "restart": "no",
@@ -146,7 +147,7 @@ class Compose:
         self.project = f"gwcompose{os.getpid()}x{free_port()}"
         self.override = workdir / "compose.override.yaml"
         self.override.write_text(yaml.safe_dump(override, sort_keys=False))
-        self.env = {**podman.env(), "POSTGRES_PASSWORD": "compose-test-pw",
+        self.env = {**podman.env(), "POSTGRES_PASSWORD": "compose/test@pw:1",
                     "COMPOSE_PROJECT_NAME": self.project}
         self.env.pop("DOCKER_HOST", None)
 
