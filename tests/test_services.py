@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 
 import pytest
@@ -104,6 +105,36 @@ def test_postgres_stop_start_keeps_data_and_port(postgres_factory) -> None:
     assert p.execute("SELECT id FROM merchants") == [("m-restart",)]
     p.stop()
     assert not port_open(port)
+
+
+def test_postgres_freeze_hangs_an_open_connection_too(postgres_factory) -> None:
+    """A frozen PostgreSQL hangs every query, also on a connection opened before:
+    its backend leads its own process group, so the postmaster's group is not enough."""
+    import psycopg2
+
+    pg = postgres_factory()
+    conn = psycopg2.connect(pg.dsn, connect_timeout=5)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = 0")
+        pg.freeze()
+        answered = threading.Event()
+
+        def query() -> None:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            answered.set()
+
+        worker = threading.Thread(target=query, daemon=True)
+        worker.start()
+        assert not answered.wait(0.5)  # nothing answers while frozen
+        pg.thaw()
+        assert answered.wait(10)
+        worker.join(10)
+    finally:
+        pg.thaw()
+        conn.close()
 
 
 def test_nginx_proxies(tmp_path) -> None:

@@ -145,11 +145,18 @@ class PostgresServer(Service):
         super().kill()
 
     def _signal_group(self, sig: int) -> None:
-        # postgres was started in its own session, so its process group holds
-        # exactly the postmaster and its backends.
-        if self.proc is not None and self.running:
+        """The postmaster and every child of it, by PID. Not its process group:
+        each backend calls setsid() and leads a group of its own."""
+        if self.proc is None or not self.running:
+            return
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for target in [pid, *map(int, children)]:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+                os.kill(target, sig)
 
     def _shutdown(self) -> None:
         if self.running:
