@@ -47,7 +47,7 @@ from .runtime.gc_policy import run_gc_policy
 from .runtime.supervision import stop_tasks, supervised
 from .state import GATEWAY, Gateway
 
-__all__ = ["create_app", "start_jobs"]
+__all__ = ["begin_draining", "create_app", "start_jobs"]
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,18 @@ async def _summarise_logs() -> None:
         flush_suppressed()
 
 
+def begin_draining(app: web.Application) -> None:
+    """Readiness 503 and new streams refused, before the listener closes (once)."""
+    gw = app[GATEWAY]
+    if not gw.draining:
+        gw.draining = True  # the only place
+        log.info("draining: readiness is now 503")
+
+
 async def _on_shutdown(app: web.Application) -> None:
     """Tell every stream to go; cut those that cannot hear it in time."""
     gw = app[GATEWAY]
-    gw.draining = True  # the only place: readiness 503, new streams refused
-    log.info("draining: readiness is now 503")
+    begin_draining(app)  # serve() did already; an app run otherwise drains too
     count = gw.admission.close_all()
     log.info("shutdown: %d streams told to reconnect elsewhere", count)
     budget = max(0.5, gw.cfg.server.shutdown_timeout - _RELEASE_RESERVE_S)

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg2
 from aiohttp import web
 
-from .app import create_app
+from .app import begin_draining, create_app
 from .config import Config
 from .web.server import GatewayRunner
 
@@ -85,7 +85,10 @@ async def serve(cfg: Config, *, reuse_port: bool = False) -> int:
     for address in runner.addresses:
         log.info("listening on %s:%s", *address[:2])
     await stop.wait()
-    await runner.cleanup()  # app.py's on_shutdown drains
+    begin_draining(app)  # readiness 503 first,
+    await site.stop()  # then the listener closes,
+    log.info("listener closed")
+    await runner.cleanup()  # then app.py's on_shutdown drains the streams
     log.info("stopped")
     return 0
 

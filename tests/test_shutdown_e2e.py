@@ -87,7 +87,9 @@ async def test_sigterm_streams_get_jittered_shutdown_and_exit_0(postgres_server,
     assert len(set(retries)) > 1, retries
     assert all(0 < r <= shutdown_timeout * 1000 for r in retries), retries
     log = gw.log_text()
-    assert log.index("draining: readiness is now 503") < log.index("streams told to reconnect")
+    # the documented order: readiness 503, the listener closes, the streams are told
+    assert log.index("draining: readiness is now 503") < log.index("listener closed") \
+        < log.index("streams told to reconnect")
     assert "redis and postgres released" in log, log[-2000:]
 
 
