@@ -6,11 +6,12 @@ to its own id). Anomalies:
 
 - ``duplicate``: a durable id received twice with the same data (any sessions),
   except after a ``resync`` (and no ``snapshot`` since) in a session whose
-  Last-Event-ID was plain or absent (the process could not tell what the tab
-  had: a process reading Redis late may send again what the tab got elsewhere);
-  ``id_reuse``: twice with other data with no ``resync`` between the two receipts
-  (a lost write's id that Redis gave another event must come after a ``resync``;
-  after one, the id stands for its new event).
+  Last-Event-ID was plain or absent, when the first receipt came in an earlier
+  session (the process could not tell what the tab had: a process reading Redis
+  late may send again what the tab got elsewhere; what its own stream sent, it
+  knows); ``id_reuse``: twice with other data with no ``resync`` between the two
+  receipts (a lost write's id that Redis gave another event must come after a
+  ``resync``; after one, the id stands for its new event).
 - ``reuse_missed``: the client holds a lost write's event under an id Redis gave
   another event, and receives a later event that Redis kept with no ``resync``
   since: the event now under that id never reached it.
@@ -169,15 +170,17 @@ class _Client:
                     if (ident := ident_of(f.payload())) is not None:
                         self.plain.add(ident)
                 else:
-                    self.durable(si, fi, s.frames, f, d)
+                    self.durable(si, fi, s, f, d)
 
-    def durable(self, si: int, fi: int, frames: list[Frame], f: Frame, d: Offset) -> None:
+    def durable(self, si: int, fi: int, s: Session, f: Frame, d: Offset) -> None:
         assert f.id is not None
+        frames = s.frames
         before = self.seen.get(f.id)
         reused = before is not None and before[0] != f.data and before[1] < self.last_resync
         if before is not None and not reused:
-            if before[0] == f.data and self.resynced_blind:
-                pass  # resynced on an id unreadable there: it cannot know what the tab has
+            if before[0] == f.data and self.resynced_blind and before[1] < s.started:
+                pass  # resynced on an id unreadable there: it cannot know what the tab had
+                # before this session (what this stream sent, it knows)
             elif before[0] == f.data:
                 self.flag("duplicate", si, fi, f.t, f"{f.id} received again"
                           f"{queued_first(frames[fi + 1:])}")

@@ -1,0 +1,60 @@
+"""The chaos checker's soundness (tools/chaos), over synthetic logs: each test is a
+history the checker let pass before (a review's findings F1-F14), now flagged;
+and the histories it must still let pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from test_chaos import EPOCH, client, connected, frame, session
+
+from tools.chaos.checker import Settings, check
+from tools.chaos.knowledge import Held
+from tools.chaos.records import ClientLog, Fault, Frame, Published
+
+E = EPOCH
+
+
+def ev(t: float, offset: int, event: str = "stage", job: str | None = None, pub: str = "p",
+       seq: int | None = None) -> Frame:
+    """A durable event whose payload names its publisher and sequence number."""
+    data: dict[str, Any] = {"pub": pub, "seq": offset if seq is None else seq}
+    if job is not None:
+        data["jobId"] = job
+    return frame(t, event, f"{E}:{offset}", data)
+
+
+def pub(offset: int, t: float, event: str = "stage", job: str | None = None, who: str = "p",
+        seq: int | None = None) -> Published:
+    return Published(who, offset if seq is None else seq, "m1", event, job, True, t, t,
+                     f"{E}:{offset}")
+
+
+def resync(t: float, reason: str) -> Frame:
+    return frame(t, "resync", None, {"reason": reason})
+
+
+def run(c: ClientLog, published: Sequence[Published], faults: Sequence[Fault] = (),
+        head: tuple[str, int] | None = None, history: dict[Any, Held] | None = None,
+        settings: Settings | None = None) -> list[str]:
+    anomalies = check([c], list(published), list(faults), {"m1": head}, settings or Settings(),
+                      {"m1": history} if history is not None else None)
+    return [a.kind for a in anomalies]
+
+
+def test_f1_a_repeat_in_the_same_session_after_a_blind_resync_is_a_duplicate() -> None:
+    pubs = [pub(o, float(o)) for o in range(1, 6)]
+    first = session([connected(0.5), ev(1, 1)])
+    blind = session([connected(2.0), resync(2.1, "history_gap"), ev(3.1, 3), ev(3.2, 3),
+                     ev(4, 4)], last="abc-7")
+    assert run(client(first, blind), pubs) == ["duplicate"]
+    # no Last-Event-ID, a Redis resync, then what this very stream sent before it
+    freeze = Fault("redis_freeze", "redis", 2.5, 3.0, redis=True)
+    c = client(session([connected(0.5), ev(1, 1), ev(2, 2), resync(3.1, "redis_reconnected"),
+                        ev(3.2, 2), ev(4, 3)]))
+    assert run(c, pubs[:3], [freeze]) == ["duplicate"]
+    # what an earlier session got stays excused (the process cannot know it)
+    again = session([connected(2.0), resync(2.1, "history_gap"), ev(2.2, 1), ev(2.3, 2),
+                     ev(3.1, 3)], last="abc-7")
+    assert run(client(first, again), pubs[:3]) == []
