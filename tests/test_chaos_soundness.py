@@ -58,3 +58,12 @@ def test_f1_a_repeat_in_the_same_session_after_a_blind_resync_is_a_duplicate() -
     again = session([connected(2.0), resync(2.1, "history_gap"), ev(2.2, 1), ev(2.3, 2),
                      ev(3.1, 3)], last="abc-7")
     assert run(client(first, again), pubs[:3]) == []
+
+
+def test_f8_an_id_again_with_other_data_after_a_resync_needs_a_lost_write() -> None:
+    published = [pub(1, 1.0), pub(2, 2.0), pub(3, 3.0)]
+    history = {(E, o): Held("stage", None, ("p", o)) for o in (1, 2, 3)}
+    freeze = Fault("redis_freeze", "redis", 3.5, 4.0, redis=True)
+    c = client(session([connected(0.5), ev(1.1, 1), ev(2.1, 2), resync(4.1, "redis_reconnected"),
+                        ev(4.2, 2, seq=3), ev(4.3, 3)], end="final"))
+    assert "id_reuse" in run(c, published, [freeze], head=(E, 3), history=history)

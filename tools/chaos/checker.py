@@ -9,9 +9,9 @@ to its own id). Anomalies:
   Last-Event-ID was plain or absent, when the first receipt came in an earlier
   session (the process could not tell what the tab had: a process reading Redis
   late may send again what the tab got elsewhere; what its own stream sent, it
-  knows); ``id_reuse``: twice with other data with no ``resync`` between the two
-  receipts (a lost write's id that Redis gave another event must come after a
-  ``resync``; after one, the id stands for its new event).
+  knows); ``id_reuse``: twice with other data, unless the id is a lost write's
+  (Redis gave it another event) and a ``resync`` came between the two receipts
+  (after one, the id stands for its new event).
 - ``reuse_missed``: the client holds a lost write's event under an id Redis gave
   another event, and receives a later event that Redis kept with no ``resync``
   since: the event now under that id never reached it.
@@ -176,7 +176,9 @@ class _Client:
         assert f.id is not None
         frames = s.frames
         before = self.seen.get(f.id)
-        reused = before is not None and before[0] != f.data and before[1] < self.last_resync
+        # a lost write's id Redis gave another event, received again after a resync
+        reused = before is not None and before[0] != f.data and before[1] < self.last_resync \
+            and d in self.know.lost
         if before is not None and not reused:
             if before[0] == f.data and self.resynced_blind and before[1] < s.started:
                 pass  # resynced on an id unreadable there: it cannot know what the tab had
