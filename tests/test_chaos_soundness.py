@@ -67,3 +67,13 @@ def test_f8_an_id_again_with_other_data_after_a_resync_needs_a_lost_write() -> N
     c = client(session([connected(0.5), ev(1.1, 1), ev(2.1, 2), resync(4.1, "redis_reconnected"),
                         ev(4.2, 2, seq=3), ev(4.3, 3)], end="final"))
     assert "id_reuse" in run(c, published, [freeze], head=(E, 3), history=history)
+
+
+def test_f11_a_fresh_connect_without_last_event_id_owes_nothing_sent_before_it() -> None:
+    published = [pub(1, 3.0), pub(2, 4.0), pub(3, 11.0)]
+    first = session([connected(1.0)], end="error:ServerDisconnectedError")
+    second = session([connected(10.0), ev(11.1, 3)], end="final", started=9.9)
+    assert run(client(first, second), published, head=(E, 3)) == []
+    # what is sent after that connect is owed as before
+    missed = session([connected(10.0), ev(12.1, 4)], end="final", started=9.9)
+    assert run(client(first, missed), [*published, pub(4, 12.0)], head=(E, 4)) == ["gap"]

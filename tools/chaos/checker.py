@@ -23,8 +23,9 @@ to its own id). Anomalies:
   delivered at or after that point, or a later ``snapshot`` of it holds the job
   at a newer id (coalescing; the newer one then made way for the snapshot). With
   no baseline (first session, or after ``resync``), every durable event *sent*
-  after the client read its ``connected``/``resync`` frame is owed: the gateway
-  subscribes before either.
+  after the client read its ``connected``/``resync`` frame is owed (the
+  ``connected`` of its latest session without Last-Event-ID: nothing sent before
+  it is replayed to such a session): the gateway subscribes before either.
 - ``missing_at_end``: the run ends quiescent; a client whose last session is still
   open must hold its merchant's head (the gap rule up to Redis' final head).
 - ``unexplained_resync``: ``redis_reconnected`` needs a Redis fault around it;
@@ -136,7 +137,10 @@ class _Client:
                     and durable_id(f.id) is not None:
                 announced = "a durable event"
             if f.event == "connected":
-                if self.baseline is None and self.t_base == float("-inf"):
+                # no baseline: owed is what was sent after this live point; a session
+                # without Last-Event-ID is owed nothing sent before its own connect
+                if self.baseline is None and (self.t_base == float("-inf")
+                                              or not s.last_event_id):
                     self.t_base = f.t
             elif f.event == "resync":
                 self.resync(si, fi, s, f)
