@@ -77,3 +77,21 @@ def test_f11_a_fresh_connect_without_last_event_id_owes_nothing_sent_before_it()
     # what is sent after that connect is owed as before
     missed = session([connected(10.0), ev(12.1, 4)], end="final", started=9.9)
     assert run(client(first, missed), [*published, pub(4, 12.0)], head=(E, 4)) == ["gap"]
+
+
+def test_f3_an_id_redis_gave_an_unacknowledged_event_is_owed() -> None:
+    """e1:2's acknowledged event was lost; Redis' final history holds there an event
+    whose publish timed out during the failover (no id, but it happened)."""
+    published = [pub(1, 1.0, who="http0", seq=1), pub(2, 2.0, who="http0", seq=2),
+                 Published("lua0", 7, "m1", "stage", None, True, 3.0),
+                 pub(3, 5.0, who="http0", seq=3)]
+    history = {(E, 1): Held("stage", None, ("http0", 1)), (E, 2): Held("stage", None, ("lua0", 7)),
+               (E, 3): Held("stage", None, ("http0", 3))}
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+    skipped = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                              ev(5.1, 3, pub="http0", seq=3)], end="final"))
+    assert run(skipped, published, [failover], head=(E, 3), history=history) == ["gap"]
+    stale = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                            ev(2.1, 2, pub="http0", seq=2), ev(5.1, 3, pub="http0", seq=3)],
+                           end="final"))
+    assert run(stale, published, [failover], head=(E, 3), history=history) == ["reuse_missed"]

@@ -80,7 +80,7 @@ class Knowledge:
         self.ident: dict[Offset, Ident] = {}  # the event an id stands for now
         self.acks: dict[Offset, list[Ack]] = defaultdict(list)  # every ack of each id
         self.lost: dict[Offset, list[LostWrite]] = {}
-        self.vanished: set[Offset] = set()  # acknowledged ids no acknowledged event holds now
+        self.vanished: set[Offset] = set()  # acknowledged ids Redis holds no event under now
         self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
         self._sent: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._unacked: list[float] = []  # send times of durable publishes without an id
@@ -209,7 +209,7 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
         if d[0] == epoch and d[1] >= first and (held is None or held.ident is not None):
             now = held.ident if held else None
         keep = first_ack.get(now) if now is not None else None
-        if keep is None:
+        if now is None:  # Redis holds no event there (one never acknowledged still counts)
             k.vanished.add(d)
         source = keep or held or acks[-1]
         k.kind[d] = (source.event, source.job)
