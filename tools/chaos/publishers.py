@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.durable.publisher import AsyncPublisher
@@ -34,11 +36,19 @@ CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"
 CHANNEL = "merchant:{merchant_id}:{event}"
 
 
-def redis_client(url: str, cluster: bool) -> Any:
-    """A bytes client with short timeouts (a frozen Redis must not hang a publisher)."""
+def redis_client(url: str, cluster: bool, at_most_once: bool = False) -> Any:
+    """A bytes client with short timeouts (a frozen Redis must not hang a publisher).
+
+    ``at_most_once``: no command is sent again after a connection error or a timeout
+    (redis-py's default retries would run a publish that did run twice, under two ids:
+    docs/publishing.md), so the checker may take one event under two ids for a
+    gateway's fault. The publishers' client; reads keep the retries."""
+    kw: dict[str, Any] = {"socket_timeout": 3, "socket_connect_timeout": 2}
+    if at_most_once:
+        kw["retry"] = Retry(NoBackoff(), 0)
     if cluster:
-        return RedisCluster.from_url(url, socket_timeout=3, socket_connect_timeout=2)
-    return aioredis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=2)
+        return RedisCluster.from_url(url, **kw)
+    return aioredis.Redis.from_url(url, **kw)
 
 
 def helper_for(redis: Any, channel: str, history: int, cluster: bool) -> AsyncPublisher:

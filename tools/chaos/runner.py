@@ -65,7 +65,8 @@ async def _load(plan: Plan, topo: Topology) -> Result:
     slow = aiohttp.ClientSession(connector=connector, read_bufsize=16384, auto_decompress=False)
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True),
                                  auto_decompress=False)
-    redis = redis_client(topo.redis_url, cluster)
+    redis = redis_client(topo.redis_url, cluster)  # reads (tap, final history), markers
+    writer = redis_client(topo.redis_url, cluster, at_most_once=True)  # publishers
     final, done, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     published: list[Published] = []
     faults: list[Fault] = []
@@ -76,12 +77,12 @@ async def _load(plan: Plan, topo: Topology) -> Result:
                               steering) for c in plan.clients]
         tab_tasks = [asyncio.create_task(t.run()) for t in tabs]
         t0 = time.monotonic()
-        pubs = [Publisher(p, published, http, topo.publish_urls, topo.path, topo.key, redis,
+        pubs = [Publisher(p, published, http, topo.publish_urls, topo.path, topo.key, writer,
                           cluster, HISTORY) for p in plan.publishers]
         tasks = [asyncio.create_task(p.run(stop)) for p in pubs]
         tasks.append(asyncio.create_task(
             FaultRunner(topo, plan.faults, t0, faults, lock).run(stop)))
-        bursts = BurstPublisher(published, http, topo.entries, topo.path, topo.key, redis,
+        bursts = BurstPublisher(published, http, topo.entries, topo.path, topo.key, writer,
                                 cluster, HISTORY)
         seen: dict[str, dict[Offset, set[Kind]]] = {}
         tap = asyncio.create_task(_tap(plan, redis, seen, stop))
@@ -105,6 +106,7 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await http.close()
         await slow.close()
         await redis.aclose()
+        await writer.aclose()
     losses: list[Loss] = []
     anomalies = check(logs, published, faults, heads,
                       Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses, seen)
