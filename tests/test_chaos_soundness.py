@@ -95,3 +95,37 @@ def test_f3_an_id_redis_gave_an_unacknowledged_event_is_owed() -> None:
                             ev(2.1, 2, pub="http0", seq=2), ev(5.1, 3, pub="http0", seq=3)],
                            end="final"))
     assert run(stale, published, [failover], head=(E, 3), history=history) == ["reuse_missed"]
+
+
+def test_f7_an_id_must_bring_the_event_it_was_acknowledged_for() -> None:
+    published = [pub(1, 1.0), pub(2, 2.0), pub(3, 3.0)]
+    history = {(E, o): Held("stage", None, ("p", o)) for o in (1, 2, 3)}
+    # e1:2 brings C (acknowledged as e1:3), then e1:3 brings C again: B never came
+    twice = client(session([connected(0.5), ev(1.1, 1), ev(3.1, 2, seq=3), ev(3.2, 3)],
+                           end="final"))
+    assert run(twice, published, head=(E, 3), history=history) == ["wrong_event", "two_ids"]
+    # B and C under each other's ids
+    swapped = client(session([connected(0.5), ev(1.1, 1), ev(3.1, 2, seq=3), ev(3.2, 3, seq=2)],
+                             end="final"))
+    assert run(swapped, published, head=(E, 3),
+               history=history) == ["wrong_event", "wrong_event"]
+    # without the final history, the acknowledgements alone tell
+    assert run(swapped, published, head=(E, 3)) == ["wrong_event", "wrong_event"]
+
+
+def test_f7_an_unacknowledged_event_received_under_a_lost_id_is_a_lost_write() -> None:
+    """A failover lost e1:2 (acknowledged for A) and gave the id to U, whose publish
+    timed out; the final history no longer reaches e1:2. A tab got U there: the id
+    holds U, A was lost (explained by the failover), nothing is wrong."""
+    published = [pub(1, 1.0), pub(2, 2.0), Published("lua0", 7, "m1", "stage", None, True, 3.0),
+                 pub(3, 5.0)]
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+    c = client(session([connected(0.5), ev(1.1, 1), ev(4.1, 2, pub="lua0", seq=7), ev(5.1, 3)],
+                       end="final"))
+    losses: list[Any] = []
+    anomalies = check([c], published, [failover], {"m1": (E, 3)}, Settings(), None, losses)
+    assert [a.kind for a in anomalies] == []
+    [loss] = losses
+    assert (loss.write.ident, loss.write.found, loss.fault) == (("p", 2), ("lua0", 7), failover)
+    # with no lossy fault around, the same receipt shows a lost write no fault explains
+    assert run(c, published, head=(E, 3)) == ["lost_write"]

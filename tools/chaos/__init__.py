@@ -16,7 +16,7 @@ every client's frames against the invariant (docs there).
 
 Modules: ``records`` (what is logged), ``schedule`` (the seeded plan),
 ``topology`` (the processes), ``lag`` (the lagging link), ``clients``,
-``publishers``, ``faults``, ``storms``, ``knowledge``, ``losses``, ``excuses`` and
-``checker`` (pure), ``report``, ``runner``; ``repro`` holds deterministic reproductions of
-what runs found.
+``publishers``, ``faults``, ``storms``, ``knowledge``, ``losses``, ``excuses``,
+``identity``, ``scan`` and ``checker`` (pure), ``report``, ``runner``; ``repro``
+holds deterministic reproductions of what runs found.
 """

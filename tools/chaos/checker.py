@@ -37,6 +37,8 @@ to its own id). Anomalies:
 - ``late_resync``: a gap, but the session's first ``resync`` (``history_gap``)
   is still to come: the stream sent events (queued while its replay was tried)
   before the ``resync`` that announces what they skipped.
+- ``wrong_event``, ``two_ids``: an id brought an event Redis never gave it, or one
+  event came under two ids (:mod:`tools.chaos.identity`).
 - ``downgraded``: a missing offset whose event (its publisher and sequence
   number) this client received as a *plain* event: delivered, but under a
   process-local id, so no other process can resume after it.
@@ -65,6 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .excuses import Excuses, Settings
+from .identity import Identities
 from .knowledge import Held, Ident, Kind, ident_of, job_of, learn
 from .losses import Loss
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
@@ -106,6 +109,7 @@ class _Client:
         self.got_at: dict[str, float] = {}  # id of a durable event or snapshot -> receipt
         self.received: set[Offset] = set()
         self.plain: set[Ident] = set()  # identities of the plain events received
+        self.ids = Identities(self.know)
         self.resynced_blind = False  # this session resynced on a plain id (or none)
         self.last_resync = float("-inf")
         self.stale: dict[Offset, str] = {}  # ids held as a lost write's event, since last resync
@@ -201,7 +205,10 @@ class _Client:
         if reused:
             self.got_at[f.id] = f.t  # the id stands for its new event from here on
         self.got_at.setdefault(f.id, f.t)
-        self.reuse(si, fi, f, d)
+        got = ident_of(f.payload())
+        if (wrong := self.ids.received(d, f.id, got)) is not None:
+            self.flag(wrong[0], si, fi, f.t, wrong[1])
+        self.reuse(si, fi, f, d, got)
         base = self.baseline
         if base is not None and base[0] != d[0]:
             self.flag("epoch_change", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}, no resync"
@@ -215,11 +222,10 @@ class _Client:
         self.baseline = d
         self.received.add(d)
 
-    def reuse(self, si: int, fi: int, f: Frame, d: Offset) -> None:
+    def reuse(self, si: int, fi: int, f: Frame, d: Offset, got: Ident | None) -> None:
         """Note an id received as a lost write's event that Redis gave another event;
         a later event Redis kept, with no resync since, shows that one was skipped."""
         now = self.know.ident.get(d)
-        got = ident_of(f.payload())
         if d in self.know.lost and d not in self.know.vanished and got is not None \
                 and got != now:
             self.stale[d] = f.id
@@ -296,8 +302,9 @@ def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: 
         for x in e.losses:
             if x.fault is None:
                 w = x.write
+                how = "received (never acknowledged)" if w.received else "acknowledged"
                 out.append(Anomaly("lost_write", "-", merchant, -1, -1, w.acked,
-                                   f"{w.offset[0]}:{w.offset[1]} acknowledged for {w.ident}, "
+                                   f"{w.offset[0]}:{w.offset[1]} {how} for {w.ident}, "
                                    f"{x.now()}, and no fault that can lose acknowledged "
                                    "writes came around it"))
     for c in clients:

@@ -35,13 +35,15 @@ class Held:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """One durable publish acknowledged with an id."""
+    """One durable publish acknowledged with an id (``received``: never acknowledged,
+    but a tab received it under the id, ``acked`` the first receipt: Redis ran it)."""
 
     ident: Ident
     event: str
     job: str | None
     sent: float
     acked: float
+    received: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class LostWrite:
     acked: float
     found: Ident | None  # the event that holds the id now (None: none)
     reused: bool = False
+    received: bool = False  # never acknowledged: known from a receipt under the id
 
 
 def job_of(data: Any) -> str | None:
@@ -118,6 +121,14 @@ class Knowledge:
         self._writes = sorted([*self._unacked, *(t for sent in self._sent.values()
                                                    for _, t in sent)])
 
+    def events_at(self, d: Offset) -> set[Ident]:
+        """Every event Redis gave id ``d``: the one it stands for now and the lost ones
+        (empty: unknown)."""
+        now = self.ident.get(d)
+        if now is None:
+            return set()
+        return {now, *(w.ident for w in self.lost.get(d, ()))}
+
     def idle_since(self, t: float) -> float:
         """When the last durable publish sent before ``t`` was sent (-inf: none): the
         history's keys expire ``redis.history_ttl`` seconds after it."""
@@ -154,6 +165,7 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
     it) and that the final history no longer holds. An offset ``seen`` as two kinds (a
     failover gave its id again) stays unknown."""
     out: dict[str, Knowledge] = defaultdict(Knowledge)
+    unacked: dict[str, dict[Ident, Published]] = defaultdict(dict)
     for p in published:
         k = out[p.merchant]
         d = durable_id(p.id)
@@ -164,6 +176,8 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
             k.seen_at[d] = min(k.seen_at.get(d, p.sent), p.sent)
         elif p.durable:
             k._unacked.append(p.sent)
+            unacked[p.merchant][(p.publisher, p.seq)] = p
+    _received(out, unacked, clients)
     for merchant in {*out, *history}:
         _settle(merchant, out[merchant], history.get(merchant, {}))
     for c in clients:
@@ -191,6 +205,31 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
     return out
 
 
+def _received(out: dict[str, Knowledge], unacked: dict[str, dict[Ident, Published]],
+              clients: Iterable[ClientLog]) -> None:
+    """An unacknowledged publish a tab received under a durable id ran there: it counts
+    as an acknowledgement of the id at its first receipt, so an id Redis gave such an
+    event after losing an acknowledged one is a lost write too."""
+    first: dict[tuple[str, Offset, Ident], tuple[float, str, str | None]] = {}
+    for c in clients:
+        pending = unacked.get(c.merchant)
+        if not pending:
+            continue
+        for s in c.sessions:
+            for f in s.frames:
+                d = durable_id(f.id)
+                if d is None or f.event not in MERCHANT_EVENTS:
+                    continue
+                data = f.payload()
+                got = ident_of(data)
+                if got is not None and got in pending and f.t < first.get(
+                        (c.merchant, d, got), (float("inf"),))[0]:
+                    first[(c.merchant, d, got)] = (f.t, f.event, job_of(data))
+    for (merchant, d, got), (t, event, job) in first.items():
+        p = unacked[merchant][got]
+        out[merchant].acks[d].append(Ack(got, event, job, p.sent, t, received=True))
+
+
 def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
     """Which acknowledged event each id stands for now, and the lost writes. The event
     is the one Redis' final history holds there when it reaches back past the id
@@ -214,7 +253,7 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
         source = keep or held or acks[-1]
         k.kind[d] = (source.event, source.job)
         k.ident[d] = now or acks[-1].ident
-        lost = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1)
+        lost = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1, a.received)
                 for a in first_ack.values() if a.ident != now]
         if lost:
             k.lost[d] = lost

@@ -49,6 +49,7 @@ def report_rows(losses: Sequence[Loss], t0: float) -> list[dict[str, Any]]:
         out.append({"merchant": w.merchant, "id": f"{w.offset[0]}:{w.offset[1]}",
                     "acknowledged_for": list(w.ident), "acknowledged": round(w.acked - t0, 3),
                     "now": w.found and list(w.found), "reused": w.reused,
+                    "received_only": w.received,
                     "fault": f and {"kind": f.kind, "target": f.target, "detail": f.detail,
                                     "start": round(f.start - t0, 3),
                                     "end": round(f.end - t0, 3)}})

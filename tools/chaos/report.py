@@ -59,7 +59,8 @@ def lost_lines(r: Result, limit: int = 20) -> list[str]:
         w, f = x.write, x.fault
         where = (f"in {f.kind} {f.detail or f.target} ({f.start - r.t0:.1f}-"
                  f"{f.end - r.t0:.1f} s)" if f else "ANOMALY: no fault that can lose it")
-        out.append(f"chaos: lost write {w.merchant} {w.offset[0]}:{w.offset[1]} acknowledged "
+        how = "received (never acknowledged)" if w.received else "acknowledged"
+        out.append(f"chaos: lost write {w.merchant} {w.offset[0]}:{w.offset[1]} {how} "
                    f"for {w.ident} at {w.acked - r.t0:.1f} s, {x.now()}; {where}")
     if len(r.losses) > limit:
         out.append(f"chaos: ... {len(r.losses) - limit} more lost writes in the report")
