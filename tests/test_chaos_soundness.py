@@ -129,3 +129,26 @@ def test_f7_an_unacknowledged_event_received_under_a_lost_id_is_a_lost_write() -
     assert (loss.write.ident, loss.write.found, loss.fault) == (("p", 2), ("lua0", 7), failover)
     # with no lossy fault around, the same receipt shows a lost write no fault explains
     assert run(c, published, head=(E, 3)) == ["lost_write"]
+
+
+def test_f4_coalescing_needs_the_newer_progress_published_when_the_gap_showed() -> None:
+    """j1's progress e1:2 is skipped; the stage at e1:3 shows the gap at 3.05."""
+    def published(newer_at: float, event: str = "progress") -> list[Published]:
+        return [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+                pub(3, 3.0, "stage", "j2"), pub(4, newer_at, event, "j1")]
+
+    def tab(*later: Frame) -> ClientLog:
+        return client(session([connected(0.5), ev(1.05, 1, "progress", "j1"),
+                               ev(3.05, 3, "stage", "j2"), *later], end="final"))
+
+    late = tab(ev(63.05, 4, "progress", "j1"))
+    assert run(late, published(63.0), head=(E, 4)) == ["gap"]  # sent 60 s after
+    soon = tab(ev(3.1, 4, "progress", "j1"))
+    assert run(soon, published(2.5), head=(E, 4)) == []  # queued behind e1:2: coalesced
+    # a snapshot long after, holding j1 at an event sent long after the gap showed
+    freeze = Fault("redis_freeze", "redis", 62.5, 63.0, redis=True)
+    snap = frame(63.2, "snapshot", f"{E}:4", {"jobs": [
+        {"job": "j1", "event": "stage", "id": f"{E}:4", "data": {"jobId": "j1", "pub": "p",
+                                                               "seq": 4}}]})
+    c = tab(resync(63.1, "redis_reconnected"), snap)
+    assert run(c, published(61.0, "stage"), [freeze], head=(E, 4)) == ["gap"]

@@ -19,9 +19,11 @@ to its own id). Anomalies:
 - ``epoch_change``: a durable id of another epoch while a baseline is held
   (a new epoch must come after ``resync``).
 - ``gap``: an offset between the baseline and the next durable id not received,
-  unless it is a ``progress`` of a job whose newer ``progress`` this session
-  delivered at or after that point, or a later ``snapshot`` of it holds the job
-  at a newer id (coalescing; the newer one then made way for the snapshot). With
+  unless it is a ``progress`` of a job with a newer ``progress`` published by the
+  time the gap showed (the receipt of the frame that revealed it: coalescing drops
+  a queued event only for a newer one queued before it was written out) that this
+  session delivered at or after that point (or one newer still), or a later
+  ``snapshot`` holds the job at or past it (it then made way for the snapshot). With
   no baseline (first session, or after ``resync``), every durable event *sent*
   after the client read its ``connected``/``resync`` frame is owed (the
   ``connected`` of its latest session without Last-Event-ID: nothing sent before
@@ -252,7 +254,7 @@ class _Client:
                 self.flag("missing_at_end", si, fi, t, f"still on epoch {base[0]}, Redis at "
                           f"{epoch}:{upto[1]}")
             return
-        missing = [o for o in missing if not self.coalesced(epoch, o, frames[fi:])
+        missing = [o for o in missing if not self.coalesced(epoch, o, frames[fi:], t)
                    and (epoch, o) not in self.excuses.lost]
         plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.plain]
         if plain:
@@ -265,17 +267,25 @@ class _Client:
             self.flag(kind, si, fi, t, f"{epoch}: offsets {shown(missing)} not received"
                       f"{' before the resync' if kind == 'late_resync' else ''}")
 
-    def coalesced(self, epoch: str, offset: int, later: list[Frame]) -> bool:
+    def coalesced(self, epoch: str, offset: int, later: list[Frame], t: float) -> bool:
+        """Whether a skipped ``progress`` was coalesced: a queued event is dropped only for
+        a newer ``progress`` of its job queued behind it before it was written out, so
+        that one was published by ``t``, when the frame showing the gap arrived; it (or a
+        newer one that replaced it in turn) then comes later in the session, or a later
+        snapshot holds the job at or past it (it made way for the snapshot)."""
         kind = self.know.kind.get((epoch, offset))
         if kind is None or kind[0] != "progress" or kind[1] is None:
             return False
+        newer = self.know.newer_progress(epoch, kind[1], offset, t)
+        if newer is None:
+            return False
         for f in later:
             d = durable_id(f.id)
-            if f.event == "progress" and d and d[0] == epoch and d[1] > offset and (
+            if f.event == "progress" and d and d[0] == epoch and d[1] >= newer and (
                     job_of(f.payload()) == kind[1]):
                 return True
-            if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, offset):
-                return True  # its newer event queued, then made way for the snapshot
+            if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, newer - 1):
+                return True
         return False
 
     def resync(self, si: int, fi: int, s: Session, f: Frame) -> None:

@@ -95,6 +95,7 @@ class Knowledge:
         self._time_max: dict[str, list[float]] = {}
         self._seen_t: dict[str, list[float]] = {}
         self._seen_max: dict[str, list[int]] = {}
+        self._progress: dict[tuple[str, str], list[int]] = {}  # (epoch, job) -> offsets
 
     def index(self) -> None:
         for epoch, sent in self._sent.items():
@@ -117,6 +118,11 @@ class Knowledge:
                 best = max(best, offset)
                 highest.append(best)
             self._seen_max[epoch] = highest
+        progress: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for (epoch, offset), (event, job) in self.kind.items():
+            if event == "progress" and job is not None:
+                progress[(epoch, job)].append(offset)
+        self._progress = {key: sorted(offsets) for key, offsets in progress.items()}
         self._unacked.sort()
         self._writes = sorted([*self._unacked, *(t for sent in self._sent.values()
                                                    for _, t in sent)])
@@ -128,6 +134,15 @@ class Knowledge:
         if now is None:
             return set()
         return {now, *(w.ident for w in self.lost.get(d, ()))}
+
+    def newer_progress(self, epoch: str, job: str, offset: int, by: float) -> int | None:
+        """The first ``progress`` of ``job`` after ``offset`` in ``epoch`` that was
+        published (sent, or else received) by ``by``; None: none known."""
+        offsets = self._progress.get((epoch, job), [])
+        for o in offsets[bisect.bisect_right(offsets, offset):]:
+            if self.seen_at.get((epoch, o), float("inf")) <= by:
+                return o
+        return None
 
     def idle_since(self, t: float) -> float:
         """When the last durable publish sent before ``t`` was sent (-inf: none): the
