@@ -152,3 +152,62 @@ def test_f4_coalescing_needs_the_newer_progress_published_when_the_gap_showed() 
                                                                "seq": 4}}]})
     c = tab(resync(63.1, "redis_reconnected"), snap)
     assert run(c, published(61.0, "stage"), [freeze], head=(E, 4)) == ["gap"]
+
+
+def test_f10_a_lost_write_needs_a_lossy_fault_within_seconds_of_it() -> None:
+    kept = ("lua0", 1)
+    published = [pub(1, 1.0, who="http0", seq=1), pub(2, 2.0, who="http0", seq=2),
+                 pub(2, 31.0, who="lua0", seq=1)]  # e1:2 acknowledged again 29 s later
+    history = {(E, 1): Held("stage", None, ("http0", 1)), (E, 2): Held("stage", None, kept)}
+    c = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1)]))
+
+    def freeze(start: float) -> Fault:
+        return Fault("redis_freeze", "redis", start, start + 1.0, redis=True, lossy=True)
+
+    assert run(c, published, [freeze(31.9)], history=history) == ["lost_write"]
+    assert run(c, published, [freeze(4.0)], history=history) == []  # 2 s after the ack
+
+
+class _Node:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+
+class _Server:
+    def freeze(self) -> None:
+        pass
+
+    def thaw(self) -> None:
+        pass
+
+
+class _Cluster:
+    """Three primaries; ``fails_over``: the frozen one's replica takes over."""
+
+    def __init__(self, fails_over: bool) -> None:
+        self.ports = [7001, 7002, 7003]
+        self.servers = {p: _Server() for p in self.ports}
+        self.fails_over = fails_over
+
+    def primaries(self) -> list[_Node]:
+        return [_Node(p) for p in self.ports]
+
+    def wait_healthy(self, timeout: float) -> None:
+        if self.fails_over:
+            self.ports[0] = 7004
+
+
+async def test_f10_a_freeze_is_lossy_only_when_its_primary_was_failed_over() -> None:
+    from types import SimpleNamespace
+
+    from tools.chaos.faults import FaultRunner
+    from tools.chaos.schedule import FaultPlan
+
+    plan = FaultPlan(0.0, "redis_freeze", "redis", 0.01, 0)
+    for fails_over in (False, True):
+        log: list[Fault] = []
+        topo = SimpleNamespace(profile="cluster", cluster=_Cluster(fails_over), redis=None)
+        await FaultRunner(topo, (plan,), 0.0, log)._one(plan)  # type: ignore[arg-type]
+        [fault] = log
+        assert fault.lossy is fails_over, fault
+        assert fault.detail.endswith("failed over" if fails_over else "no failover")

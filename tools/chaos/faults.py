@@ -70,6 +70,7 @@ class FaultRunner:
         """SIGSTOP a Redis (a cluster primary) for 1-3 s, then SIGCONT."""
         fault.redis = True
         topo = self.topo
+        port = 0
         if topo.cluster is not None:  # a primary frozen past the node timeout fails over
             port = topo.cluster.primaries()[plan.index % 3].port
             server = topo.cluster.servers[port]
@@ -85,6 +86,10 @@ class FaultRunner:
             server.thaw()
         if topo.cluster is not None:
             await asyncio.to_thread(topo.cluster.wait_healthy, 60)
+            # it loses acknowledged writes only if its replica took over meanwhile
+            primaries = await asyncio.to_thread(topo.cluster.primaries)
+            fault.lossy = port not in {n.port for n in primaries}
+            fault.detail += ", failed over" if fault.lossy else ", no failover"
 
     def _blocking(self, plan: FaultPlan, fault: Fault) -> None:
         topo = self.topo

@@ -3,8 +3,9 @@ each, and their rows in the report. Pure code, no I/O.
 
 A fault explains a lost write when it can lose acknowledged writes
 (``Fault.lossy``: a cluster failover or a cluster primary frozen until its
-replica took over, as Redis Cluster replicates asynchronously; a restart that
-wipes a single Redis) and the write was acknowledged from ``before_s`` before
+replica took over, as Redis Cluster replicates asynchronously -- a freeze its
+primary outlived loses nothing; a restart that wipes a single Redis) and the
+write was acknowledged from ``before_s`` (a few seconds, ``Settings``) before
 it to just after it ended. The single profile's Redis runs with AOF
 (``appendfsync everysec``) and is restarted with SIGTERM, which writes the AOF
 out: a lost write there, outside a wiping restart, is an anomaly.

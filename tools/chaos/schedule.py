@@ -27,7 +27,8 @@ CLUSTER_FAULTS = ("gw_kill", "cluster_failover", "pg_restart", "gw_term", "redis
                   "nginx_reload")
 # Faults that can lose acknowledged durable writes. Redis Cluster replicates
 # asynchronously: a primary killed, or frozen until its replica takes over, may not
-# have passed on what it acknowledged. A single Redis keeps them (AOF, stopped with
+# have passed on what it acknowledged (a freeze is recorded lossy only when its
+# replica did take over: faults.py). A single Redis keeps them (AOF, stopped with
 # SIGTERM) unless its data is wiped.
 LOSSY_FAULTS = {"single": frozenset({"redis_restart_lossy"}),
                 "cluster": frozenset({"cluster_failover", "redis_freeze"})}
