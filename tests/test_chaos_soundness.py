@@ -211,3 +211,35 @@ async def test_f10_a_freeze_is_lossy_only_when_its_primary_was_failed_over() -> 
         [fault] = log
         assert fault.lossy is fails_over, fault
         assert fault.detail.endswith("failed over" if fails_over else "no failover")
+
+
+def test_f5_a_trimmed_history_counts_only_publishes_that_may_have_run_after_the_id() -> None:
+    """The tab resumes 180 s later from e1:20, the newest id; no fault near."""
+    acked = [pub(o, 10.0 + o) for o in range(1, 21)]
+    first = session([connected(9.0), *[ev(10.05 + o, o) for o in range(1, 21)]])
+    later = session([connected(200.0), resync(200.1, "history_gap")], last=f"{E}:20")
+    early = Fault("redis_freeze", "redis", 0.5, 3.0, redis=True)
+
+    def unanswered(at: float, n: int = 101, refused: bool = False) -> list[Published]:
+        return [Published("http0", 1000 + i, "m1", "stage", None, True, at + i / 1000,
+                          refused=refused) for i in range(n)]
+
+    c = client(first, later)
+    # 101 publishes without an answer long before e1:20 ran: they trimmed nothing after it
+    assert run(c, unanswered(1.0) + acked, [early]) == ["unexplained_resync"]
+    # 101 after it (timed out, yet they may have run): the history may be trimmed
+    assert run(c, unanswered(100.0) + acked) == []
+    # ... unless the publish API answered that it recorded none of them
+    assert run(c, unanswered(100.0, refused=True) + acked) == ["unexplained_resync"]
+
+
+def test_f5_a_refusal_of_the_publish_api_is_told_from_a_lost_answer() -> None:
+    from tools.chaos.publishers import refusal
+
+    lost = refusal(503, {"error": "unavailable", "message": "Redis is unavailable"}, 1)
+    assert lost is None  # Redis may have run it
+    full = refusal(503, {"error": "unavailable", "message": "publish queue full"}, 2)
+    assert full is not None and full.ids == [None, None]
+    partial = refusal(503, {"error": "redis_oom", "message": "x", "ids": ["e1:4", None]}, 2)
+    assert partial is not None and partial.ids == ["e1:4", None]
+    assert refusal(502, "<html>bad gateway</html>", 1) is None

@@ -31,6 +31,14 @@ class Settings:
     # its signal. (Seed 2313's lost writes were all acknowledged inside their freeze, by
     # the frozen primary as it thawed, before it learnt it was deposed.)
     lost_before_s: float = 3.0
+    # The longest a durable publish may wait between its send and Redis running it: the
+    # publish API holds one back at most 2 s before it refuses it (docs/publishing.md,
+    # Backpressure), and a command already written to a frozen Redis runs when it thaws
+    # (freezes last 1-3 s; after its 5 s Redis timeout the API answers 503 and the
+    # helper's socket times out after 3 s, but the command may still run). So a
+    # publish left without an answer and sent more than this long before an id ran
+    # cannot have run after it: it cannot have trimmed that id from the history.
+    publish_slack_s: float = 10.0
 
 
 class Excuses:
@@ -67,7 +75,7 @@ class Excuses:
             return True  # the history (its epoch) may be gone
         if s.started - self.know.idle_since(s.started) > st.history_ttl - 1.0:
             return True  # no durable publish for redis.history_ttl: the history expired
-        return self.know.upper_head(d[0], f.t) - d[1] > st.history  # trimmed
+        return self.know.upper_head(d, f.t, st.publish_slack_s) - d[1] > st.history  # trimmed
 
     def terminated(self, s: Session, f: Frame) -> bool:
         """A SIGTERM hit the session's gateway while it was open (a paused tab reads

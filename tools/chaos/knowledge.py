@@ -10,6 +10,7 @@ as a plain one, and an acknowledged id that Redis later gave another event.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -87,6 +88,12 @@ class Knowledge:
         self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
         self._sent: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._unacked: list[float] = []  # send times of durable publishes without an id
+        self._maybe: list[float] = []  # ... of those not surely refused (they may have run)
+        self._kept: dict[str, list[tuple[int, float]]] = defaultdict(list)  # (offset, sent)
+        # of each acknowledged event Redis holds now, per epoch; by index(): the offsets and
+        # the running max of those send times (when an id ran at the earliest)
+        self._kept_offsets: dict[str, list[int]] = {}
+        self._kept_max: dict[str, list[float]] = {}
         self._writes: list[float] = []  # send times of every durable publish (TTL refreshes)
         # per epoch, built by index(): offsets by offset with send times and their
         # running max; first-seen times sorted with the running max of offsets
@@ -123,7 +130,12 @@ class Knowledge:
             if event == "progress" and job is not None:
                 progress[(epoch, job)].append(offset)
         self._progress = {key: sorted(offsets) for key, offsets in progress.items()}
+        for epoch, kept in self._kept.items():
+            kept.sort()
+            self._kept_offsets[epoch] = [o for o, _ in kept]
+            self._kept_max[epoch] = list(itertools.accumulate((t for _, t in kept), max))
         self._unacked.sort()
+        self._maybe.sort()
         self._writes = sorted([*self._unacked, *(t for sent in self._sent.values()
                                                    for _, t in sent)])
 
@@ -150,12 +162,24 @@ class Knowledge:
         i = bisect.bisect_left(self._writes, t)
         return self._writes[i - 1] if i else float("-inf")
 
-    def upper_head(self, epoch: str, t: float) -> int:
-        """At most how far the epoch's offsets had reached at ``t`` (generous)."""
-        times = self._seen_t.get(epoch, [])
+    def ran_after(self, d: Offset) -> float:
+        """When id ``d`` ran at the earliest: the latest send of an acknowledged event
+        Redis holds at or before it (offsets grow as publishes run; -inf: none known)."""
+        offsets = self._kept_offsets.get(d[0], [])
+        i = bisect.bisect_right(offsets, d[1])
+        return self._kept_max[d[0]][i - 1] if i else float("-inf")
+
+    def upper_head(self, d: Offset, t: float, slack: float) -> int:
+        """At most how far the offsets of ``d``'s epoch had reached at ``t`` (generous):
+        the newest published or received by ``t``, plus every publish left without an
+        answer that may have run after ``d`` (not refused; sent from ``slack`` seconds,
+        the longest a publish may wait before Redis runs it, before ``d`` ran)."""
+        times = self._seen_t.get(d[0], [])
         i = bisect.bisect_right(times, t)
-        known = self._seen_max[epoch][i - 1] if i else 0
-        return known + bisect.bisect_right(self._unacked, t)
+        known = self._seen_max[d[0]][i - 1] if i else 0
+        since = self.ran_after(d) - slack
+        return known + max(0, bisect.bisect_right(self._maybe, t)
+                           - bisect.bisect_right(self._maybe, since))
 
     def sent_after(self, epoch: str, t: float, below: int, above: int = 0) -> list[int]:
         """Offsets in (above, below) of the epoch acknowledged to publishers that sent
@@ -191,7 +215,9 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
             k.seen_at[d] = min(k.seen_at.get(d, p.sent), p.sent)
         elif p.durable:
             k._unacked.append(p.sent)
-            unacked[p.merchant][(p.publisher, p.seq)] = p
+            if not p.refused:
+                k._maybe.append(p.sent)
+                unacked[p.merchant][(p.publisher, p.seq)] = p
     _received(out, unacked, clients)
     for merchant in {*out, *history}:
         _settle(merchant, out[merchant], history.get(merchant, {}))
@@ -265,6 +291,8 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
         keep = first_ack.get(now) if now is not None else None
         if now is None:  # Redis holds no event there (one never acknowledged still counts)
             k.vanished.add(d)
+        elif keep is not None and not keep.received:
+            k._kept[d[0]].append((d[1], keep.sent))
         source = keep or held or acks[-1]
         k.kind[d] = (source.event, source.job)
         k.ident[d] = now or acks[-1].ident

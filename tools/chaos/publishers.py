@@ -22,18 +22,53 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.durable.publisher import AsyncPublisher
 
 from .records import Published
 from .schedule import PublisherPlan, has_jobs
 
-__all__ = ["CHANNEL", "CLUSTER_CHANNEL", "Publisher", "helper_for", "redis_client"]
+__all__ = ["CHANNEL", "CLUSTER_CHANNEL", "Publisher", "Refused", "helper_for", "redis_client",
+           "refusal"]
 
 _FAULTS = (RedisError, OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError)
 CLUSTER_CHANNEL = "merchant:{{{merchant_id}}}:{event}"
 CHANNEL = "merchant:{merchant_id}:{event}"
+
+
+class Refused(Exception):
+    """The publish API answered that it recorded nothing but what ``ids`` names (each
+    event's id, None where refused)."""
+
+    def __init__(self, ids: list[str | None], text: str) -> None:
+        super().__init__(text)
+        self.ids = ids
+
+
+def refusal(status: int, reply: Any, items: int) -> Refused | None:
+    """What a non-200 answer of the publish API says was recorded, as :class:`Refused`;
+    None when it cannot tell (the gateway lost Redis mid-publish: "Redis is unavailable",
+    docs/publishing.md; or the answer is not the gateway's)."""
+    if not isinstance(reply, dict) or "error" not in reply:
+        return None
+    if status == 503 and reply.get("message") == "Redis is unavailable":
+        return None
+    if status != 503 and not 400 <= status < 500:
+        return None
+    ids = reply.get("ids")
+    if not (isinstance(ids, list) and len(ids) == items):
+        ids = [None] * items
+    return Refused([None if i is None else str(i) for i in ids], f"{status}: {reply}")
+
+
+def mark(records: list[Published], ids: list[str | None], acked: float,
+         refused: bool = False) -> None:
+    """Each record's id (and ``refused``: the ones without one surely not recorded)."""
+    for record, event_id in zip(records, ids, strict=True):
+        record.id = event_id
+        record.acked = acked if event_id is not None or not refused else None
+        record.refused = refused and event_id is None
 
 
 def redis_client(url: str, cluster: bool, at_most_once: bool = False) -> Any:
@@ -111,19 +146,28 @@ class Publisher:
         records = [Published(self.plan.name, d["seq"], m, e, d.get("jobId"),
                              self.plan.kind != "plain", sent) for m, e, d in batch]
         self.log.extend(records)
-        try:
-            if self.plan.kind == "http":
-                ids = await self._http(batch)
-                acked = time.monotonic()
-                for record, event_id in zip(records, ids, strict=True):
-                    record.acked, record.id = acked, event_id
-                return
-            for record, (m, e, d) in zip(records, batch, strict=True):
-                record.sent = time.monotonic()
+        if self.plan.kind == "http":
+            try:
+                mark(records, await self._http(batch), time.monotonic())
+            except Refused as refused:
+                mark(records, refused.ids, time.monotonic(), refused=True)
+            except _FAULTS:
+                pass  # not acknowledged: it may have happened all the same
+            return
+        for i, (record, (m, e, d)) in enumerate(zip(records, batch, strict=True)):
+            record.sent = time.monotonic()
+            try:
                 record.id = await self._one(m, e, d)
+            except ResponseError:  # an error reply (READONLY, MOVED, ...): nothing written
+                record.refused = record.durable
+            except _FAULTS:
+                pass  # not acknowledged: it may have happened all the same
+            else:
                 record.acked = time.monotonic()
-        except _FAULTS:
-            return  # not acknowledged: it may have happened all the same
+                continue
+            for later in records[i + 1:]:
+                later.refused = later.durable  # never sent
+            return
 
     async def _one(self, merchant: str, event: str, data: dict[str, Any]) -> str | None:
         if self.plan.kind == "lua":
@@ -145,6 +189,7 @@ class Publisher:
         async with self.http.post(url, json=body, headers=headers, timeout=timeout) as resp:
             reply = await resp.json(content_type=None)
             if resp.status != 200:
-                raise aiohttp.ClientError(f"publish answered {resp.status}: {reply}")
+                raise refusal(resp.status, reply, len(items)) or aiohttp.ClientError(
+                    f"publish answered {resp.status}: {reply}")
         ids = reply["ids"] if isinstance(body, list) else [reply["id"]]
         return [None if i is None else str(i) for i in ids]  # None: stale (none expected)

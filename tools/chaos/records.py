@@ -80,7 +80,9 @@ class ClientLog:
 @dataclass(slots=True)
 class Published:
     """One event a publisher sent. ``id`` is the durable id it was acknowledged with
-    (None: plain, or the publish failed or timed out: it may still have happened)."""
+    (None: plain, or the publish failed or timed out: it may still have happened);
+    ``refused``: it surely did not (Redis or the gateway answered that nothing of it
+    was recorded, or it was never sent)."""
 
     publisher: str
     seq: int
@@ -91,6 +93,7 @@ class Published:
     sent: float
     acked: float | None = None
     id: str | None = None
+    refused: bool = False
 
 
 @dataclass(slots=True)

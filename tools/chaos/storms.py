@@ -34,16 +34,19 @@ from typing import Any
 import aiohttp
 from redis.exceptions import RedisError
 
+from gateway.durable.publisher import PartialPublish
+
 from .clients import BrowserClient, Steering
 from .lag import LagLink
-from .publishers import CHANNEL, CLUSTER_CHANNEL, helper_for
+from .publishers import CHANNEL, CLUSTER_CHANNEL, Refused, helper_for, mark, refusal
 from .records import Published
 from .schedule import StormPlan, due, has_jobs
 
 __all__ = ["BurstPublisher", "StormRecord", "StormRunner"]
 
 _MOVE_S = 5.0  # at most this long for a tab to be live where it was sent
-_FAULTS = (RedisError, OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError)
+_FAULTS = (RedisError, OSError, TimeoutError, aiohttp.ClientError, ValueError, KeyError,
+           Refused)
 
 
 @dataclass(slots=True)
@@ -164,20 +167,23 @@ class BurstPublisher:
         records = [Published(d["pub"], d["seq"], m, e, d.get("jobId"), True, sent)
                    for m, e, d in items]
         self.published.extend(records)
-        if kind == "http":
-            body = [{"merchantId": m, "event": e, "data": d} for m, e, d in items]
-            url = f"{self.urls[plan.via]}{self.path}/publish"
-            async with self.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10),
-                                      headers={"Authorization": f"Bearer {self.key}"}) as resp:
-                reply = await resp.json(content_type=None)
-                if resp.status != 200:
-                    raise aiohttp.ClientError(f"publish answered {resp.status}: {reply}")
-            ids = [None if i is None else str(i) for i in reply["ids"]]
-        else:
-            payloads = [(m, e, json.dumps(d, separators=(",", ":")).encode())
-                        for m, e, d in items]
-            ids = [outcome.id for outcome in await self.helper.publish_many(payloads)]
-        acked = time.monotonic()
-        for record, event_id in zip(records, ids, strict=True):
-            record.acked, record.id = acked, event_id
+        try:
+            if kind == "http":
+                body = [{"merchantId": m, "event": e, "data": d} for m, e, d in items]
+                url = f"{self.urls[plan.via]}{self.path}/publish"
+                async with self.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=10),
+                                          headers={"Authorization": f"Bearer {self.key}"}) as resp:
+                    reply = await resp.json(content_type=None)
+                    if resp.status != 200:
+                        raise refusal(resp.status, reply, len(items)) or aiohttp.ClientError(
+                            f"publish answered {resp.status}: {reply}")
+                ids = [None if i is None else str(i) for i in reply["ids"]]
+            else:
+                payloads = [(m, e, json.dumps(d, separators=(",", ":")).encode())
+                            for m, e, d in items]
+                ids = [outcome.id for outcome in await self.helper.publish_many(payloads)]
+        except (Refused, PartialPublish) as refused:  # what has an id was published
+            mark(records, refused.ids, time.monotonic(), refused=True)
+            raise
+        mark(records, ids, time.monotonic())
         return sum(1 for i in ids if i is not None)
