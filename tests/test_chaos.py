@@ -108,7 +108,8 @@ def test_a_resync_after_a_lossy_fault_since_a_snapshot_id_is_explained() -> None
     """The Last-Event-ID came from a snapshot frame: a lossy restart since its receipt
     explains the history_gap, as for an event's id."""
     lossy = Fault("redis_restart_lossy", "redis", 20.0, 21.0, redis=True, lossy=True)
-    snap = frame(2, "snapshot", f"{EPOCH}:1", {"jobs": []})
+    snap = frame(2, "snapshot", f"{EPOCH}:1", {"jobs": [
+        {"job": "j1", "event": "progress", "id": f"{EPOCH}:1", "data": {"jobId": "j1"}}]})
     c = client(session([connected(1), frame(1.5, "resync", None, {"reason": "history_gap"}),
                         snap], last="local-7"),
                session([connected(40), frame(41, "resync", None, {"reason": "history_gap"})],
@@ -138,15 +139,20 @@ def test_a_progress_skipped_for_a_newer_one_of_its_job_is_coalescing_not_a_gap()
 
 
 def test_a_progress_whose_newer_one_made_way_for_a_snapshot_is_coalescing() -> None:
-    jobs = {"jobs": [{"job": "j1", "event": "progress", "id": f"{EPOCH}:4", "data": {}}]}
+    def job(name: str, offset: int) -> dict[str, Any]:
+        return {"job": name, "event": "progress", "id": f"{EPOCH}:{offset}", "data": {}}
+
+    jobs = {"jobs": [job("j2", 3), job("j1", 4)]}
     c = client(session([connected(1), progress(2, 1), progress(3, 3, job="j2"),
                         frame(4, "resync", None, {"reason": "redis_reconnected"}),
                         frame(4.1, "snapshot", f"{EPOCH}:4", jobs)]))
     restart = Fault("redis_freeze", "redis", 3.5, 3.9, redis=True)
     published = acked([1, 2, 4]) + acked([3], job="j2")
     assert kinds(c, published, [restart]) == []
-    other = {"jobs": [{"job": "j3", "event": "progress", "id": f"{EPOCH}:4", "data": {}}]}
+    # e1:4 is another job's: the snapshot holds j1 at the skipped e1:2 itself
+    other = {"jobs": [job("j1", 2), job("j2", 3), job("j3", 4)]}
     c.sessions[0].frames[-1] = frame(4.1, "snapshot", f"{EPOCH}:4", other)
+    published = acked([1, 2]) + acked([3], job="j2") + acked([4], job="j3")
     assert kinds(c, published, [restart]) == ["gap"]
 
 

@@ -31,6 +31,12 @@ def pub(offset: int, t: float, event: str = "stage", job: str | None = None, who
                      f"{E}:{offset}")
 
 
+def item(offset: int, job: str, event: str = "stage", seq: int | None = None) -> dict[str, Any]:
+    """A snapshot's job: its latest event."""
+    return {"job": job, "event": event, "id": f"{E}:{offset}",
+            "data": {"jobId": job, "pub": "p", "seq": offset if seq is None else seq}}
+
+
 def resync(t: float, reason: str) -> Frame:
     return frame(t, "resync", None, {"reason": reason})
 
@@ -147,9 +153,7 @@ def test_f4_coalescing_needs_the_newer_progress_published_when_the_gap_showed() 
     assert run(soon, published(2.5), head=(E, 4)) == []  # queued behind e1:2: coalesced
     # a snapshot long after, holding j1 at an event sent long after the gap showed
     freeze = Fault("redis_freeze", "redis", 62.5, 63.0, redis=True)
-    snap = frame(63.2, "snapshot", f"{E}:4", {"jobs": [
-        {"job": "j1", "event": "stage", "id": f"{E}:4", "data": {"jobId": "j1", "pub": "p",
-                                                               "seq": 4}}]})
+    snap = frame(63.2, "snapshot", f"{E}:4", {"jobs": [item(3, "j2"), item(4, "j1")]})
     c = tab(resync(63.1, "redis_reconnected"), snap)
     assert run(c, published(61.0, "stage"), [freeze], head=(E, 4)) == ["gap"]
 
@@ -243,3 +247,47 @@ def test_f5_a_refusal_of_the_publish_api_is_told_from_a_lost_answer() -> None:
     partial = refusal(503, {"error": "redis_oom", "message": "x", "ids": ["e1:4", None]}, 2)
     assert partial is not None and partial.ids == ["e1:4", None]
     assert refusal(502, "<html>bad gateway</html>", 1) is None
+
+
+def test_f6_a_snapshot_holds_each_jobs_latest_event_at_or_below_its_id() -> None:
+    published = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "stage", "j2"),
+                 pub(3, 3.0, "progress", "j1")]
+
+    def fresh(*jobs: dict[str, Any], sid: int = 3) -> list[str]:
+        c = client(session([connected(5.0), frame(5.1, "snapshot", f"{E}:{sid}",
+                                                  {"jobs": list(jobs)})], end="final"))
+        return run(c, published, head=(E, 3))
+
+    right = (item(2, "j2"), item(3, "j1", "progress"))
+    assert fresh(*right) == []
+    assert fresh(item(3, "j1", "progress")) == ["snapshot_content"]  # omits j2
+    assert fresh(item(1, "j1", "progress"), item(2, "j2")) == ["snapshot_content"]  # stale j1
+    assert fresh() == ["snapshot_content"]  # empty: a merchant with no state gets none
+    assert fresh(item(2, "j2"), item(9, "j1", "progress")) == ["snapshot_content"]  # past e1:3
+    assert fresh(item(3, "j1", "progress"), item(2, "j2")) == ["snapshot_content"]  # order
+    assert fresh(item(2, "j2"), item(3, "j1", "progress", seq=1)) == ["snapshot_content"]
+    assert fresh(item(2, "j1"), item(3, "j2")) == ["snapshot_content"]  # ids' jobs swapped
+
+
+def test_f6_a_full_snapshot_may_leave_out_only_jobs_older_than_all_it_holds() -> None:
+    published = [pub(o, float(o), "stage", f"j{o}") for o in range(1, 5)]
+
+    def capped(*jobs: dict[str, Any]) -> list[str]:
+        c = client(session([connected(5.0), frame(5.1, "snapshot", f"{E}:4",
+                                                  {"jobs": list(jobs)})], end="final"))
+        return run(c, published, head=(E, 4), settings=Settings(snapshot_jobs=2))
+
+    assert capped(item(3, "j3"), item(4, "j4")) == []
+    assert capped(item(2, "j2"), item(4, "j4")) == ["snapshot_content"]  # j3 outranks j2
+
+
+def test_f6_a_snapshot_id_below_an_event_received_since_the_resync() -> None:
+    """e1:5 came live between the resync and the snapshot; the snapshot says e1:3."""
+    published = [pub(o, t) for o, t in ((1, 1.0), (2, 2.0), (3, 2.9), (4, 3.0), (5, 4.0))]
+    freeze = Fault("redis_freeze", "redis", 2.5, 3.0, redis=True)
+    snap = frame(4.2, "snapshot", f"{E}:3", {"jobs": [
+        {"job": "j", "event": "stage", "id": f"{E}:3", "data": {}}]})
+    c = client(session([connected(0.5), ev(1.1, 1), resync(3.1, "redis_reconnected"),
+                        ev(4.1, 5), snap, ev(4.3, 4)], end="final"))
+    published[2] = pub(3, 2.9, "stage", "j")
+    assert run(c, published, [freeze], head=(E, 5)) == ["snapshot_content", "reorder"]

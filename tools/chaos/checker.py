@@ -52,6 +52,9 @@ to its own id). Anomalies:
   replicates asynchronously) it is explained, not an anomaly, but counted and
   listed in the report; a client missing an id no acknowledged event holds any
   more is not a ``gap``.
+- ``snapshot_content``: a ``snapshot`` whose jobs are not each job's latest event
+  at or below its id (:mod:`tools.chaos.snapshots`), or whose id is below a
+  durable id the session received before it (since its ``resync``).
 - ``unannounced_snapshot``: a ``snapshot`` that no ``resync`` or fresh connect
   announced: its id may skip durable events, and only a ``resync`` may announce
   that. One snapshot per ``resync`` (live events may come between the two: they
@@ -74,6 +77,7 @@ from .knowledge import Held, Ident, Kind, ident_of, job_of, learn
 from .losses import Loss
 from .records import MERCHANT_EVENTS, ClientLog, Fault, Frame, Published, Session, durable_id
 from .scan import queued_first, resync_follows, shown, snapshot_has
+from .snapshots import snapshot_problems
 
 __all__ = ["Anomaly", "Settings", "check"]
 
@@ -115,6 +119,7 @@ class _Client:
         self.resynced_blind = False  # this session resynced on a plain id (or none)
         self.last_resync = float("-inf")
         self.stale: dict[Offset, str] = {}  # ids held as a lost write's event, since last resync
+        self.live_top: Offset | None = None  # newest id since the connect or resync (not lost)
 
     def flag(self, kind: str, si: int, fi: int, t: float, message: str) -> None:
         frames = self.log.sessions[si].frames if si < len(self.log.sessions) else []
@@ -142,6 +147,8 @@ class _Client:
             elif f.event in MERCHANT_EVENTS and announced == "connected" \
                     and durable_id(f.id) is not None:
                 announced = "a durable event"
+            if f.event in ("connected", "resync"):
+                self.live_top = None
             if f.event == "connected":
                 # no baseline: owed is what was sent after this live point; a session
                 # without Last-Event-ID is owed nothing sent before its own connect
@@ -162,10 +169,7 @@ class _Client:
                               f"snapshot {f.id} announced by {announced}, not by a resync "
                               "or a connect without Last-Event-ID")
                 announced = "a snapshot"  # the next needs a resync of its own
-                self.baseline, self.t_base = durable_id(f.id), f.t
-                if f.id is not None:
-                    self.got_at.setdefault(f.id, f.t)
-                self.resynced_blind = False  # nothing at or below its id may follow
+                self.snapshot(si, fi, f)
             elif f.event == "shutdown":
                 if not self.excuses.terminated(s, f):
                     self.flag("unexplained_shutdown", si, fi, f.t, "shutdown with no SIGTERM")
@@ -181,6 +185,24 @@ class _Client:
                         self.plain.add(ident)
                 else:
                     self.durable(si, fi, s, f, d)
+
+    def snapshot(self, si: int, fi: int, f: Frame) -> None:
+        """Its content (:mod:`tools.chaos.snapshots`), and its id: at least every id the
+        session received since the resync (the state is read after those came)."""
+        sid, top = durable_id(f.id), self.live_top
+        problems = snapshot_problems(f, self.know, self.excuses.settings.snapshot_jobs)
+        behind = sid is not None and top is not None and top[0] == sid[0] and top > sid
+        if behind:
+            assert top is not None
+            problems.append(f"its id is below {top[0]}:{top[1]}, received before it")
+        if problems:
+            more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+            self.flag("snapshot_content", si, fi, f.t,
+                      f"snapshot {f.id}: {'; '.join(problems[:4])}{more}")
+        self.baseline, self.t_base = (top if behind else sid), f.t
+        if f.id is not None:
+            self.got_at.setdefault(f.id, f.t)
+        self.resynced_blind = False  # nothing at or below its id may follow
 
     def durable(self, si: int, fi: int, s: Session, f: Frame, d: Offset) -> None:
         assert f.id is not None
@@ -211,6 +233,10 @@ class _Client:
         if (wrong := self.ids.received(d, f.id, got)) is not None:
             self.flag(wrong[0], si, fi, f.t, wrong[1])
         self.reuse(si, fi, f, d, got)
+        lost = d in self.know.vanished or (d in self.know.lost and got is not None
+                                           and got != self.know.ident.get(d))
+        if not lost and (self.live_top is None or self.live_top[0] != d[0] or self.live_top < d):
+            self.live_top = d
         base = self.baseline
         if base is not None and base[0] != d[0]:
             self.flag("epoch_change", si, fi, f.t, f"{f.id} after {base[0]}:{base[1]}, no resync"

@@ -19,6 +19,7 @@ __all__ = ["Excuses", "Settings"]
 class Settings:
     history: int = 100  # sse.history
     history_ttl: float = 600.0  # redis.history_ttl: an idle merchant's history expires
+    snapshot_jobs: int = 100  # sse.snapshot_jobs: the jobs a snapshot shows at most
     redis_before_s: float = 1.0  # a Redis fault explains resyncs from this long before it
     redis_after_s: float = 10.0  # ... to this long after it ended (reconnect backoff, canary)
     # A lossy fault explains lost writes acknowledged from this long before it started.

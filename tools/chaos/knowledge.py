@@ -85,6 +85,9 @@ class Knowledge:
         self.acks: dict[Offset, list[Ack]] = defaultdict(list)  # every ack of each id
         self.lost: dict[Offset, list[LostWrite]] = {}
         self.vanished: set[Offset] = set()  # acknowledged ids Redis holds no event under now
+        # ids whose event is in doubt: Redis holds none there now, or the history tap saw
+        # another kind there (an event lost and its id given again, unacknowledged)
+        self.uncertain: set[Offset] = set()
         self.seen_at: dict[Offset, float] = {}  # earliest receipt by any client, or send time
         self._sent: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._unacked: list[float] = []  # send times of durable publishes without an id
@@ -103,6 +106,8 @@ class Knowledge:
         self._seen_t: dict[str, list[float]] = {}
         self._seen_max: dict[str, list[int]] = {}
         self._progress: dict[tuple[str, str], list[int]] = {}  # (epoch, job) -> offsets
+        self._job_events: dict[str, list[tuple[int, str]]] = {}  # epoch -> (offset, job)
+        self._job_offsets: dict[str, list[int]] = {}
 
     def index(self) -> None:
         for epoch, sent in self._sent.items():
@@ -126,10 +131,18 @@ class Knowledge:
                 highest.append(best)
             self._seen_max[epoch] = highest
         progress: dict[tuple[str, str], list[int]] = defaultdict(list)
+        jobs: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        self.uncertain |= self.vanished
         for (epoch, offset), (event, job) in self.kind.items():
             if event == "progress" and job is not None:
                 progress[(epoch, job)].append(offset)
+            if job is not None and (epoch, offset) not in self.uncertain:
+                jobs[epoch].append((offset, job))
         self._progress = {key: sorted(offsets) for key, offsets in progress.items()}
+        for epoch, events in jobs.items():
+            events.sort()
+            self._job_events[epoch] = events
+            self._job_offsets[epoch] = [o for o, _ in events]
         for epoch, kept in self._kept.items():
             kept.sort()
             self._kept_offsets[epoch] = [o for o, _ in kept]
@@ -155,6 +168,18 @@ class Knowledge:
             if self.seen_at.get((epoch, o), float("inf")) <= by:
                 return o
         return None
+
+    def latest_jobs(self, epoch: str, upto: int, above: int = 0) -> dict[str, int]:
+        """Each job's latest known event in ``epoch`` at or below ``upto``, for the jobs
+        whose latest one is above ``above``."""
+        events, offsets = self._job_events.get(epoch, []), self._job_offsets.get(epoch, [])
+        out: dict[str, int] = {}
+        for i in range(bisect.bisect_right(offsets, upto) - 1, -1, -1):
+            offset, job = events[i]
+            if offset <= above:
+                break
+            out.setdefault(job, offset)
+        return out
 
     def idle_since(self, t: float) -> float:
         """When the last durable publish sent before ``t`` was sent (-inf: none): the
@@ -241,6 +266,8 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
         for d, found in kinds.items():
             if d not in k.kind and len(found) == 1:
                 k.kind[d] = next(iter(found))
+            elif d in k.kind and found != {k.kind[d]}:
+                k.uncertain.add(d)
     for k in out.values():
         k.index()
     return out
