@@ -16,7 +16,8 @@ every client's frames against the invariant (docs there).
 
 Modules: ``records`` (what is logged), ``schedule`` (the seeded plan),
 ``topology`` (the processes), ``lag`` (the lagging link), ``clients``,
-``publishers``, ``faults``, ``storms``, ``knowledge``, ``losses``, ``excuses``,
-``identity``, ``scan`` and ``checker`` (pure), ``report``, ``runner``; ``repro``
-holds deterministic reproductions of what runs found.
+``publishers``, ``faults``, ``storms``, ``events``, ``knowledge``, ``losses``,
+``excuses``, ``identity``, ``snapshots``, ``scan``, ``walk`` and ``checker`` (pure;
+``checker`` lists the rules), ``report``, ``runner``; ``repro`` holds deterministic
+reproductions of what runs found.
 """

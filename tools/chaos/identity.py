@@ -6,7 +6,10 @@ publishers send each identity once, at most once (no retries), so:
 
 - ``wrong_event``: an id brought an event other than every one Redis gave it (the
   one it stands for now, or one a lossy fault lost: a lost write);
-- ``two_ids``: one event came to the tab under two durable ids.
+- ``two_ids``: one event came to the tab under two durable ids;
+- ``reuse_missed``: the tab holds a lost write's event under an id Redis gave
+  another event, and gets a later event Redis kept with no ``resync`` since (the
+  checker clears :attr:`Identities.stale` on ``resync``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,27 @@ class Identities:
     def __init__(self, know: Knowledge) -> None:
         self.know = know
         self.durable: dict[Ident, str] = {}  # identity -> the durable id it first came under
+        self.stale: dict[Offset, str] = {}  # ids held as a lost write's event, since a resync
+
+    def lost_event(self, d: Offset, got: Ident | None) -> bool:
+        """Whether ``got`` under ``d`` is an event Redis lost there."""
+        know = self.know
+        return d in know.vanished or (d in know.lost and got is not None
+                                      and got != know.ident.get(d))
+
+    def kept(self, d: Offset, event_id: str, got: Ident | None) -> list[str]:
+        """Note ``d`` bringing ``got``: a lost write's event under an id Redis gave another
+        is held (:attr:`stale`); an event Redis kept returns the held ids before it, whose
+        new events the tab skipped."""
+        know = self.know
+        if d in know.vanished:
+            return []  # a lost write Redis gave no event: nothing newer follows it
+        if got is not None and got != know.ident.get(d):
+            if d in know.lost:
+                self.stale[d] = event_id
+            return []
+        skipped = [o for o in self.stale if o[0] == d[0] and o[1] < d[1]]
+        return [self.stale.pop(o) for o in skipped]
 
     def received(self, d: Offset, event_id: str, got: Ident | None) -> tuple[str, str] | None:
         """(kind, message) when durable id ``d`` (``event_id``) bringing ``got`` is wrong;

@@ -1,10 +1,11 @@
-"""Looking ahead in a session's frames, and naming offsets, for the checker."""
+"""Looking ahead in a session's frames, and naming offsets, for the checker. Pure code."""
 
 from __future__ import annotations
 
+from .knowledge import Knowledge, job_of
 from .records import Frame, durable_id
 
-__all__ = ["queued_first", "resync_follows", "shown", "snapshot_has"]
+__all__ = ["coalesced", "queued_first", "resync_follows", "shown", "snapshot_has"]
 
 
 def resync_follows(later: list[Frame]) -> bool:
@@ -29,6 +30,28 @@ def snapshot_has(f: Frame, job: str, epoch: str, offset: int) -> bool:
     for item in jobs if isinstance(jobs, list) else ():
         d = durable_id(item.get("id")) if isinstance(item, dict) else None
         if d and d[0] == epoch and d[1] > offset and str(item.get("job")) == job:
+            return True
+    return False
+
+
+def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: float) -> bool:
+    """Whether a skipped ``progress`` was coalesced: a queued event is dropped only for a
+    newer ``progress`` of its job queued behind it before it was written out, so that one
+    was published by ``t``, when the frame showing the gap arrived; it (or a newer one
+    that replaced it in turn) then comes later in the session (``later``), or a later
+    snapshot holds the job at or past it (it made way for the snapshot)."""
+    kind = know.kind.get((epoch, offset))
+    if kind is None or kind[0] != "progress" or kind[1] is None:
+        return False
+    newer = know.newer_progress(epoch, kind[1], offset, t)
+    if newer is None:
+        return False
+    for f in later:
+        d = durable_id(f.id)
+        if f.event == "progress" and d and d[0] == epoch and d[1] >= newer and (
+                job_of(f.payload()) == kind[1]):
+            return True
+        if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, newer - 1):
             return True
     return False
 
