@@ -291,3 +291,49 @@ def test_f6_a_snapshot_id_below_an_event_received_since_the_resync() -> None:
                         ev(4.1, 5), snap, ev(4.3, 4)], end="final"))
     published[2] = pub(3, 2.9, "stage", "j")
     assert run(c, published, [freeze], head=(E, 5)) == ["snapshot_content", "reorder"]
+
+
+def test_f2_a_lost_writes_event_still_held_at_the_end_is_missing() -> None:
+    """e1:2, acknowledged for (http0, 2) and lost in a failover, is the quiescence
+    marker's id now; the tab got the lost event, never the marker, no resync."""
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+    published = [pub(1, 1.0, who="http0", seq=1), pub(2, 2.0, who="http0", seq=2),
+                 Published("marker", 0, "m1", "stage", None, True, 10.0, 10.0, f"{E}:2")]
+    history = {(E, 1): Held("stage", None, ("http0", 1)), (E, 2): Held("stage", None,
+                                                                        ("marker", 0))}
+    c = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                        ev(2.1, 2, pub="http0", seq=2)], end="final"))
+    assert run(c, published, [failover], head=(E, 2), history=history) == ["missing_at_end"]
+    # a tab past the final head (its ids went back in the failover), with no resync
+    ahead = [*published[:2], pub(3, 2.2, who="http0", seq=3)]
+    c = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                        ev(2.1, 2, pub="http0", seq=2), ev(2.3, 3, pub="http0", seq=3)],
+                       end="final"))
+    assert run(c, ahead, [failover], head=(E, 2)) == ["missing_at_end"]
+
+
+def test_f9_every_tab_holds_the_head_however_its_last_session_ended() -> None:
+    published = [pub(o, float(o)) for o in range(1, 6)]
+    ok = session([connected(0.5), ev(1.1, 1), ev(2.1, 2)])
+    for end, status in (("eof", 200), ("status:503", 503), ("error:ClientConnectorError", None)):
+        last = session([connected(2.5)] if status == 200 else [], last=f"{E}:2", end=end,
+                       started=2.4)
+        last.status = status
+        assert run(client(ok, last), published, head=(E, 5)) == ["missing_at_end"], end
+    got = session([connected(2.5), ev(3.1, 3), ev(4.1, 4), ev(5.1, 5)], last=f"{E}:2", end="eof")
+    assert run(client(ok, got), published, head=(E, 5)) == []
+
+
+async def test_f9_a_run_that_did_not_converge_is_an_anomaly() -> None:
+    from types import SimpleNamespace
+
+    from tools.chaos.checker import not_converged
+    from tools.chaos.runner import _quiet
+
+    tabs = [SimpleNamespace(plan=SimpleNamespace(name=f"c{i}", merchant="m1"), last_durable=d)
+            for i, d in enumerate([f"{E}:5", f"{E}:4"])]
+    assert await _quiet(tabs, {"m1": (E, 5)}, 0.2) == ["c1"]  # type: ignore[arg-type]
+    assert [a.kind for a in not_converged(["c1"], 1.0)] == ["not_converged"]
+    tabs[1].last_durable = f"{E}:5"
+    assert await _quiet(tabs, {"m1": (E, 5)}, 0.2) == []  # type: ignore[arg-type]
+    assert not_converged([], 1.0) == []

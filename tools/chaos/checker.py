@@ -25,8 +25,12 @@ to its own id). Anomalies:
   after the client read its ``connected``/``resync`` frame is owed (the
   ``connected`` of its latest session without Last-Event-ID: nothing sent before
   it is replayed to such a session): the gateway subscribes before either.
-- ``missing_at_end``: the run ends quiescent; a client whose last session is still
-  open must hold its merchant's head (the gap rule up to Redis' final head).
+- ``missing_at_end``: the run ends quiescent, once every tab holds its merchant's
+  head (or a bounded wait ran out): each tab, however its last session ended, must
+  hold every event up to Redis' final head (the gap rule), none past it, and no
+  lost write's event under an id Redis gave another with no ``resync`` since.
+- ``not_converged`` (per run): some tab did not hold its head when that wait ran
+  out (:func:`not_converged`).
 - ``unexplained_resync``: ``redis_reconnected`` needs a Redis fault around it;
   ``history_gap`` needs one of: the Last-Event-ID sent was plain (process-local,
   honoured only by the ring of the process that issued it), a Redis fault around
@@ -74,7 +78,7 @@ from .losses import Loss
 from .records import ClientLog, Fault, Published
 from .walk import Anomaly, Tab
 
-__all__ = ["Anomaly", "Settings", "check"]
+__all__ = ["Anomaly", "Settings", "check", "not_converged"]
 
 Offset = tuple[str, int]
 DEFAULTS = Settings()  # check()'s settings unless given (frozen: one shared instance)
@@ -104,3 +108,13 @@ def check(clients: Sequence[ClientLog], published: Sequence[Published], faults: 
     for c in clients:
         out += Tab(c, excuses[c.merchant], heads.get(c.merchant)).run()
     return out
+
+
+def not_converged(tabs: Sequence[str], t: float) -> list[Anomaly]:
+    """The run's anomaly when ``tabs`` did not hold their merchant's head once the run's
+    wait for it ran out (none when every tab did)."""
+    if not tabs:
+        return []
+    shown = ", ".join(tabs[:10]) + (" ..." if len(tabs) > 10 else "")
+    return [Anomaly("not_converged", "-", "-", -1, -1, t, f"{len(tabs)} tab(s) without their "
+                    f"merchant's head when the quiet wait ran out: {shown}")]

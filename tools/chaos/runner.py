@@ -15,7 +15,7 @@ import aiohttp
 
 from gateway.durable.ids import history_keys
 
-from .checker import Settings, check
+from .checker import Settings, check, not_converged
 from .clients import BrowserClient, Steering
 from .faults import FaultRunner
 from .knowledge import Held, Kind, ident_of, job_of
@@ -95,7 +95,8 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await asyncio.wait_for(asyncio.gather(*tasks), 180)  # a fault in progress completes
         final.set()
         heads = await _markers(plan, redis, cluster, published)
-        converged = await _quiet(tabs, heads)
+        laggards = await _quiet(tabs, heads)
+        quiet_at = time.monotonic()
         done.set()
         logs = await asyncio.wait_for(asyncio.gather(*tab_tasks), 30)
         history = await _history(plan, redis)
@@ -110,8 +111,9 @@ async def _load(plan: Plan, topo: Topology) -> Result:
     losses: list[Loss] = []
     anomalies = check(logs, published, faults, heads,
                       Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses, seen)
+    anomalies += not_converged(laggards, quiet_at)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
-                  t0, converged=converged, storms=storms, herd=plan.herd, losses=losses,
+                  t0, converged=not laggards, storms=storms, herd=plan.herd, losses=losses,
                   burst_max=plan.burst_max)
 
 
@@ -137,15 +139,17 @@ async def _markers(plan: Plan, redis: Any, cluster: bool,
     return heads
 
 
-async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None]) -> bool:
-    """Wait (bounded) until every tab's last durable id is its merchant's head."""
+async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None],
+                 wait_s: float = _QUIET_S) -> list[str]:
+    """Wait (bounded) until every tab's last durable id is its merchant's head; the tabs
+    whose is not when the wait runs out (none: converged)."""
     want = {m: f"{h[0]}:{h[1]}" for m, h in heads.items() if h is not None}
-    deadline = time.monotonic() + _QUIET_S
-    while time.monotonic() < deadline:
-        if all(t.last_durable == want.get(t.plan.merchant) for t in tabs):
-            return True
+    deadline = time.monotonic() + wait_s
+    while True:
+        behind = [t.plan.name for t in tabs if t.last_durable != want.get(t.plan.merchant)]
+        if not behind or time.monotonic() >= deadline:
+            return behind
         await asyncio.sleep(0.1)
-    return False
 
 
 async def _tap(plan: Plan, redis: Any, seen: dict[str, dict[Offset, set[Kind]]],

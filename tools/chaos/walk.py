@@ -63,11 +63,24 @@ class Tab:
         sessions = self.log.sessions
         for si, session in enumerate(sessions):
             self.session(si, session)
-        if sessions and sessions[-1].end == "final" and self.final_head is not None:
-            last = sessions[-1]
-            self.owed(len(sessions) - 1, len(last.frames), last.ended or 0.0, self.final_head,
-                      last.frames, end=True)
+        if sessions and self.final_head is not None:
+            self.end(len(sessions) - 1, sessions[-1], self.final_head)
         return self.anomalies
+
+    def end(self, si: int, last: Session, head: Offset) -> None:
+        """The run ended quiescent, after waiting for every tab to hold its merchant's
+        head (however its last session ended): each holds every event up to the head,
+        none past it, and no lost write's event whose id Redis gave another."""
+        fi, t = len(last.frames), last.ended or last.started
+        base = self.baseline
+        if base is not None and base[0] == head[0] and base[1] > head[1]:
+            self.flag("missing_at_end", si, fi, t, f"holds {base[0]}:{base[1]}, past Redis' "
+                      f"final head {head[0]}:{head[1]}, with no resync since")
+        for o, held in sorted(self.ids.stale.items()):
+            if o[0] == head[0] and o[1] <= head[1]:
+                self.flag("missing_at_end", si, fi, t, f"{held} was a lost write's event "
+                          "here; the event Redis gave that id never came, no resync")
+        self.owed(si, fi, t, head, last.frames, end=True)
 
     def session(self, si: int, s: Session) -> None:
         plain: set[str] = set()
