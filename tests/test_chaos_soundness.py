@@ -337,3 +337,15 @@ async def test_f9_a_run_that_did_not_converge_is_an_anomaly() -> None:
     tabs[1].last_durable = f"{E}:5"
     assert await _quiet(tabs, {"m1": (E, 5)}, 0.2) == []  # type: ignore[arg-type]
     assert not_converged([], 1.0) == []
+
+
+def test_f13_an_event_received_under_its_id_and_as_a_plain_event_is_a_copy() -> None:
+    published = [pub(1, 1.0), pub(2, 2.0), pub(3, 3.0)]
+    again = frame(2.5, "stage", "4f2a-17", {"pub": "p", "seq": 2})  # e1:2's event, plain
+    c = client(session([connected(0.5), ev(1.1, 1), ev(2.1, 2), again, ev(3.1, 3)],
+                       end="final"))
+    assert run(c, published, head=(E, 3)) == ["plain_copy"]
+    # the other way round, across sessions
+    first = session([connected(0.5), ev(1.1, 1), again])
+    later = session([connected(2.6), ev(2.7, 2), ev(3.1, 3)], last=f"{E}:1", end="final")
+    assert run(client(first, later), published, head=(E, 3)) == ["plain_copy"]

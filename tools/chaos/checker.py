@@ -40,8 +40,9 @@ to its own id). Anomalies:
 - ``late_resync``: a gap, but the session's first ``resync`` (``history_gap``)
   is still to come: the stream sent events (queued while its replay was tried)
   before the ``resync`` that announces what they skipped.
-- ``wrong_event``, ``two_ids``, ``reuse_missed``: an id brought an event Redis never
-  gave it; one event came under two ids; the tab held a lost write's event under an
+- ``wrong_event``, ``two_ids``, ``plain_copy``, ``reuse_missed``: an id brought an
+  event Redis never gave it; one event came under two ids, or under its id and as a
+  plain event; the tab held a lost write's event under an
   id Redis gave another, and got a later event with no ``resync`` between
   (:mod:`tools.chaos.identity`).
 - ``downgraded``: a missing offset whose event (its publisher and sequence

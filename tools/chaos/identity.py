@@ -7,6 +7,8 @@ publishers send each identity once, at most once (no retries), so:
 - ``wrong_event``: an id brought an event other than every one Redis gave it (the
   one it stands for now, or one a lossy fault lost: a lost write);
 - ``two_ids``: one event came to the tab under two durable ids;
+- ``plain_copy``: one event came to the tab under its durable id and as a plain
+  event (either first): delivered twice;
 - ``reuse_missed``: the tab holds a lost write's event under an id Redis gave
   another event, and gets a later event Redis kept with no ``resync`` since (the
   checker clears :attr:`Identities.stale` on ``resync``).
@@ -27,7 +29,18 @@ class Identities:
     def __init__(self, know: Knowledge) -> None:
         self.know = know
         self.durable: dict[Ident, str] = {}  # identity -> the durable id it first came under
+        self.plain: set[Ident] = set()  # identities of the plain events received
         self.stale: dict[Offset, str] = {}  # ids held as a lost write's event, since a resync
+
+    def plain_event(self, got: Ident | None) -> tuple[str, str] | None:
+        """(kind, message) when a plain event ``got`` came under a durable id before."""
+        if got is None:
+            return None
+        self.plain.add(got)
+        if got in self.durable:
+            return "plain_copy", f"{got} as a plain event, received before under " \
+                f"{self.durable[got]}"
+        return None
 
     def lost_event(self, d: Offset, got: Ident | None) -> bool:
         """Whether ``got`` under ``d`` is an event Redis lost there."""
@@ -58,6 +71,8 @@ class Identities:
         first = self.durable.setdefault(got, event_id)
         if first != event_id:
             return "two_ids", f"{got} under {event_id}, received before under {first}"
+        if got in self.plain:
+            return "plain_copy", f"{got} under {event_id}, received before as a plain event"
         given = self.know.events_at(d)
         if given and got not in given:
             return "wrong_event", (f"{event_id} brought {got}; Redis gave that id to "

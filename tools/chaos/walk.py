@@ -8,7 +8,7 @@ from typing import Any
 
 from .excuses import Excuses
 from .identity import Identities
-from .knowledge import Ident, ident_of
+from .knowledge import ident_of
 from .records import MERCHANT_EVENTS, ClientLog, Frame, Session, durable_id
 from .scan import coalesced, queued_first, resync_follows, shown
 from .snapshots import snapshot_problems
@@ -47,7 +47,6 @@ class Tab:
         self.seen: dict[str, tuple[str, float]] = {}  # durable id -> (data, receipt time)
         self.got_at: dict[str, float] = {}  # id of a durable event or snapshot -> receipt
         self.received: set[Offset] = set()
-        self.plain: set[Ident] = set()  # identities of the plain events received
         self.ids = Identities(self.know)
         self.resynced_blind = False  # this session resynced on a plain id (or none)
         self.last_resync = float("-inf")
@@ -126,8 +125,8 @@ class Tab:
                     if f.data in plain:
                         self.flag("plain_repeat", si, fi, f.t, f"plain event twice: {f.data[:80]}")
                     plain.add(f.data)
-                    if (ident := ident_of(f.payload())) is not None:
-                        self.plain.add(ident)
+                    if (copy := self.ids.plain_event(ident_of(f.payload()))) is not None:
+                        self.flag(copy[0], si, fi, f.t, copy[1])
                 else:
                     self.durable(si, fi, s, f, d)
 
@@ -213,7 +212,7 @@ class Tab:
             return
         missing = [o for o in missing if not coalesced(self.know, epoch, o, frames[fi:], t)
                    and (epoch, o) not in self.excuses.lost]
-        plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.plain]
+        plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.ids.plain]
         if plain:
             self.flag("downgraded", si, fi, t, f"{epoch}: offsets {shown(plain)} received as "
                       "plain events (under process-local ids)")
