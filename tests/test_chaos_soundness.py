@@ -349,3 +349,12 @@ def test_f13_an_event_received_under_its_id_and_as_a_plain_event_is_a_copy() -> 
     first = session([connected(0.5), ev(1.1, 1), again])
     later = session([connected(2.6), ev(2.7, 2), ev(3.1, 3)], last=f"{E}:1", end="final")
     assert run(client(first, later), published, head=(E, 3)) == ["plain_copy"]
+
+
+def test_f14_a_shutdown_through_nginx_needs_a_sigterm_of_a_gateway_behind_it() -> None:
+    s = session([connected(1), ev(2, 1), frame(6, "shutdown", None, {"reason": "shutdown"})],
+                entry="nginx")
+    workers = Fault("gw_term", "workers", 5.0, 5.5, sigterm=True)
+    assert run(client(s), [pub(1, 1.5)], [workers]) == ["unexplained_shutdown"]
+    gw2 = Fault("gw_term", "gw-2", 5.0, 5.5, sigterm=True)
+    assert run(client(s), [pub(1, 1.5)], [gw2]) == []

@@ -11,6 +11,7 @@ from typing import Any
 from .knowledge import Knowledge
 from .losses import Loss, explain
 from .records import Fault, Frame, Session, durable_id
+from .schedule import BEHIND_NGINX
 
 __all__ = ["Excuses", "Settings"]
 
@@ -81,7 +82,8 @@ class Excuses:
     def terminated(self, s: Session, f: Frame) -> bool:
         """A SIGTERM hit the session's gateway while it was open (a paused tab reads
         the ``shutdown`` frame late, so its receipt time alone does not tell)."""
-        return any(x.sigterm and (x.target == s.entry or s.entry == "nginx")
+        return any(x.sigterm and (x.target == s.entry
+                                  or (s.entry == "nginx" and x.target in BEHIND_NGINX))
                    and s.started - 0.5 <= x.start <= f.t + 0.5 for x in self.faults)
 
     def near(self, t: float, what: Any, before: float, after: float) -> bool:

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-__all__ = ["LOSSY_FAULTS", "ClientPlan", "FaultPlan", "Plan", "PublisherPlan", "StormPlan",
-           "due", "has_jobs", "make_plan", "shop_of"]
+__all__ = ["BEHIND_NGINX", "LOSSY_FAULTS", "ClientPlan", "FaultPlan", "Plan", "PublisherPlan",
+           "StormPlan", "due", "has_jobs", "make_plan", "shop_of"]
 
 GATEWAYS = ("workers", "gw-1", "gw-2")  # workers: one process with server.workers 2
+BEHIND_NGINX = ("gw-1", "gw-2")  # nginx's upstream; `workers` is reached only directly
 LAGGED = "gw-2"  # on the single profile it reaches Redis through tools.chaos.lag
 HERDS = ("same", "spread")
 SINGLE_FAULTS = ("gw_kill", "redis_restart_aof", "pg_restart", "gw_term", "redis_freeze",

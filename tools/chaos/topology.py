@@ -30,7 +30,7 @@ from tools.services import (
 )
 
 from .lag import LagLink
-from .schedule import GATEWAYS, LAGGED, shop_of
+from .schedule import BEHIND_NGINX, GATEWAYS, LAGGED, shop_of
 
 __all__ = ["HISTORY", "HISTORY_TTL", "Topology"]
 
@@ -130,7 +130,7 @@ class Topology:
             with ThreadPoolExecutor(len(self.gateways)) as pool:
                 list(pool.map(lambda g: g.start(60), self.gateways.values()))
             port = free_port()
-            upstream = [self.gateways[n].port for n in GATEWAYS if n != "workers"]
+            upstream = [self.gateways[n].port for n in BEHIND_NGINX]
             self.nginx = NginxServer(nginx_conf(port, upstream), port=port).start()
         except BaseException:
             self.stop()
