@@ -358,3 +358,49 @@ def test_f14_a_shutdown_through_nginx_needs_a_sigterm_of_a_gateway_behind_it() -
     assert run(client(s), [pub(1, 1.5)], [workers]) == ["unexplained_shutdown"]
     gw2 = Fault("gw_term", "gw-2", 5.0, 5.5, sigterm=True)
     assert run(client(s), [pub(1, 1.5)], [gw2]) == []
+
+
+def test_f12_the_record_tells_a_changed_checker_and_keeps_every_run(tmp_path: Any) -> None:
+    import json
+    import subprocess
+
+    from tools.chaos import record
+
+    repo = tmp_path / "repo"
+    (repo / "tools" / "chaos").mkdir(parents=True)
+    (repo / "gateway").mkdir()
+    (repo / "tools" / "chaos" / "excuses.py").write_text("lost_before_s = 3.0\n")
+    (repo / "gateway" / "x.py").write_text("x = 1\n")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@x",
+                        *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    (repo / "tools" / "chaos" / "excuses.py").write_text("lost_before_s = 1e9\n")
+
+    def report(anomalies: int, t0: str) -> Any:
+        path = repo / ".run" / f"{t0}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({
+            "summary": f"chaos: seed 1, 10 events, 5 clients, 1 faults, {anomalies} anomalies",
+            "replay": "python -m tools.chaos --seed 1 --duration 60", "profile": "single",
+            "seed": 1, "duration_s": 60.0, "wall_s": 70.0, "t0_utc": t0,
+            "events": {"published": 10, "durable_acked": 9}, "faults": [], "storms": [],
+            "sessions": {"final": 5}, "frames": {}, "lost_writes": [], "converged": True,
+            "anomaly_kinds": {"gap": anomalies} if anomalies else {}}))
+        return path
+
+    loose = record.row(report(0, "t1"))
+    assert "lost_before_s = 1e9" in loose["checker_diff"] and not loose["gateway_diff"]
+    text = record.markdown([loose])
+    assert "| single |" not in text and "checker (`tools/chaos/`) differed" in text
+    git("checkout", "--", "tools")
+    rows = tmp_path / "runs.jsonl"
+    failing, passing = record.row(report(3, "t2")), record.row(report(0, "t3"))
+    record.add([failing], rows)
+    record.add([passing], rows)
+    record.add([passing], rows)  # the same report again: its own row
+    assert [r["anomalies"] for r in record.read(rows)] == [3, 0]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import subprocess
 import sys
 from pathlib import Path
 
 from tools.gateway import REPO_ROOT
 
+from .record import provenance
 from .report import lost_lines, summary, write_report
 from .runner import run
 
@@ -36,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
                      "--burst-max between 10 and 1000")
     seed = args.seed if args.seed is not None else random.randrange(1, 1 << 31)
     run_dir = REPO_ROOT / ".run" / "chaos" / f"{args.profile}-{seed}"
+    try:  # the code this run runs: its commit, and how gateway/ and tools/chaos/ differ
+        stamp = provenance(REPO_ROOT)
+    except (OSError, subprocess.SubprocessError):
+        stamp = None  # not a git checkout: `record` stamps it from where the report lies
     result = asyncio.run(run(seed, args.duration, args.profile, args.clients, run_dir,
                              args.herd, args.burst_max))
     report = args.report or run_dir / "report.json"
-    write_report(result, report)
+    write_report(result, report, stamp=stamp)
     print(summary(result))
     for line in lost_lines(result):
         print(line)

@@ -2,12 +2,16 @@
 
 ``python -m tools.chaos.record REPORT...`` adds each run's report (written by
 ``python -m tools.chaos``) to ``docs/chaos/runs.jsonl`` as one row: its figures,
-without frame logs, stamped with the commit of the repository that holds the
-report and, when that checkout's ``gateway/`` differed from its commit (a build
-broken on purpose, to show the checker catches it), the diff. A row replaces
-the row of the same command, commit and diff. ``--readme`` rewrites README.md's block
-between ``<!-- CHAOS -->`` and ``<!-- /CHAOS -->`` from that file alone, so every
-figure there is one a run wrote.
+without frame logs, stamped with the commit the run ran at and, when its
+``gateway/`` differed from that commit (a build broken on purpose, to show the
+checker catches it), the diff; when its checker (``tools/chaos/``) differed, that
+diff too (such a run is listed apart, never as a clean run). The run writes
+these into its report; a report from before that is stamped from the checkout
+that holds it, as it is when recorded. Every run keeps its row (a rerun of the
+same command at the same commit too: a failing run is not replaced by a passing
+one); adding the same report again replaces its own row. ``--readme`` rewrites
+README.md's block between ``<!-- CHAOS -->`` and ``<!-- /CHAOS -->`` from that
+file alone, so every figure there is one a run wrote.
 
 Rows written before lost writes were told apart by every acknowledgement of an id
 have ``lost_writes_explained`` (an undercount) instead of ``lost_writes``: the
@@ -25,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD", "markdown", "row"]
+__all__ = ["RECORD", "markdown", "provenance", "row"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = ROOT / "docs" / "chaos" / "runs.jsonl"
@@ -39,10 +43,23 @@ def _git(repo: Path, *args: str) -> str:
     return run.stdout.strip()
 
 
+def provenance(repo: Path) -> dict[str, str]:
+    """The commit a checkout is at, and how its gateway and its checker differ from it
+    (a diff, then the untracked files)."""
+    def changed(path: str) -> str:
+        untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "--", path)
+        return "\n".join(filter(None, [_git(repo, "diff", "HEAD", "--", path),
+                                        *(f"untracked: {f}" for f in untracked.splitlines())]))
+
+    return {"commit": _git(repo, "rev-parse", "--short", "HEAD"),
+            "gateway_diff": changed("gateway"), "checker_diff": changed("tools/chaos")}
+
+
 def row(report_path: Path) -> dict[str, Any]:
     """One report's record row (the report lies in a checkout: `<repo>/.run/chaos/...`)."""
     report = json.loads(report_path.read_text())
-    repo = Path(_git(report_path.resolve().parent, "rev-parse", "--show-toplevel"))
+    stamp = report.get("provenance") or provenance(
+        Path(_git(report_path.resolve().parent, "rev-parse", "--show-toplevel")))
     clients = re.search(r"(\d+) clients", report["summary"])
     resyncs = {k: v for k, v in report["frames"].items() if k.startswith("resync")}
     return {
@@ -53,8 +70,9 @@ def row(report_path: Path) -> dict[str, Any]:
         "duration_s": report["duration_s"],
         "wall_s": report["wall_s"],
         "t0_utc": report["t0_utc"],
-        "commit": _git(repo, "rev-parse", "--short", "HEAD"),
-        "gateway_diff": _git(repo, "diff", "--", "gateway"),
+        "commit": stamp["commit"],
+        "gateway_diff": stamp["gateway_diff"],
+        "checker_diff": stamp["checker_diff"],
         "clients": int(clients.group(1)) if clients else None,
         "events": report["events"],
         "faults": dict(Counter(f["kind"] for f in report["faults"])),
@@ -92,9 +110,9 @@ def add(rows: list[dict[str, Any]], path: Path = RECORD) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *rows]))
 
 
-def _key(row: dict[str, Any]) -> tuple[str, str, str]:
-    """A rerun at the same commit replaces its row; runs at other commits stay."""
-    return row["command"], row["commit"], row["gateway_diff"]
+def _key(row: dict[str, Any]) -> tuple[str, str]:
+    """One run: its command and the moment it started (a rerun is another run)."""
+    return row["command"], row["t0_utc"]
 
 
 def _faults(r: dict[str, Any]) -> str:
@@ -122,9 +140,10 @@ def _duration(seconds: float) -> str:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    clean = sorted((r for r in rows if not r["gateway_diff"]),
+    clean = sorted((r for r in rows if not r["gateway_diff"] and not r.get("checker_diff")),
                    key=lambda r: (r["profile"], -r["duration_s"]))
     broken = [r for r in rows if r["gateway_diff"]]
+    loosened = [r for r in rows if r.get("checker_diff") and not r["gateway_diff"]]
     out = ["| profile | duration | events published (durable acknowledged) | clients, "
            "sessions | faults | resync frames | lost writes | anomalies | commit |",
            "|---|---|---|---|---|---|---|---|---|"]
@@ -144,6 +163,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["anomaly_kinds"].items()))
             out.append(f"- {_changed_line(r['gateway_diff'])}: "
                        f"`{r['summary']}` ({kinds}; exit 1)")
+    if loosened:
+        out += ["", "Runs whose checker (`tools/chaos/`) differed from their commit (not "
+                    "counted above):", ""]
+        out += [f"- `{r['command']}` at {r['commit']}: `{r['summary']}`" for r in loosened]
     return "\n".join(out) + "\n"
 
 

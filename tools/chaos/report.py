@@ -86,10 +86,12 @@ def _around(published: list[Published], t: float, t0: float,
             for p in published[max(lo, hi - 80):hi]]
 
 
-def write_report(r: Result, path: Path, limit: int = 50) -> None:
+def write_report(r: Result, path: Path, limit: int = 50,
+                 stamp: dict[str, str] | None = None) -> None:
     """The JSON report: times in seconds since the load started; each anomaly (at most
     ``limit``) with its client's frames around it, its sessions, the faults near it and
-    its merchant's publishes just before it (what each was acknowledged with)."""
+    its merchant's publishes just before it (what each was acknowledged with);
+    ``stamp``: the commit the run ran at and its diffs (``record.provenance``)."""
     by_name = {c.name: c for c in r.clients}
     sent: dict[str, list[Published]] = {}
     for p in sorted(r.published, key=lambda p: p.sent):
@@ -116,6 +118,7 @@ def write_report(r: Result, path: Path, limit: int = 50) -> None:
                   f"--profile {r.profile} --clients {len(r.clients)} --herd {r.herd} "
                   f"--burst-max {r.burst_max}",
         "converged": r.converged,
+        "provenance": stamp,
         # wall-clock time of t=0, to find a moment in the gateway logs beside the report
         "t0_utc": datetime.fromtimestamp(time.time() - (time.monotonic() - r.t0), UTC)
         .isoformat(timespec="milliseconds"),
