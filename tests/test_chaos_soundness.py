@@ -404,3 +404,15 @@ def test_f12_the_record_tells_a_changed_checker_and_keeps_every_run(tmp_path: An
     record.add([passing], rows)
     record.add([passing], rows)  # the same report again: its own row
     assert [r["anomalies"] for r in record.read(rows)] == [3, 0]
+
+
+def test_the_report_counts_a_resync_whose_data_is_not_a_json_object(tmp_path: Any) -> None:
+    import json
+
+    from tools.chaos.report import Result, write_report
+
+    c = client(session([connected(1.0), frame(2.0, "resync", None, "not json"),
+                        frame(3.0, "resync", None, ["x"]), resync(4.0, "history_gap")]))
+    write_report(Result(1, "single", 10.0, [c], [], [], [], 0.0), tmp_path / "r.json")
+    frames = json.loads((tmp_path / "r.json").read_text())["frames"]
+    assert frames == {"connected": 1, "resync:None": 2, "resync:history_gap": 1}

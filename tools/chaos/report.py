@@ -13,7 +13,7 @@ from typing import Any
 
 from .checker import Anomaly
 from .losses import Loss, report_rows
-from .records import ClientLog, Fault, Published
+from .records import ClientLog, Fault, Frame, Published
 from .storms import StormRecord
 
 __all__ = ["Result", "summary", "write_report"]
@@ -86,6 +86,12 @@ def _around(published: list[Published], t: float, t0: float,
             for p in published[max(lo, hi - 80):hi]]
 
 
+def _reason(f: Frame) -> Any:
+    """A resync frame's reason (None: its data is no JSON object with one)."""
+    data = f.payload()
+    return data.get("reason") if isinstance(data, dict) else None
+
+
 def write_report(r: Result, path: Path, limit: int = 50,
                  stamp: dict[str, str] | None = None) -> None:
     """The JSON report: times in seconds since the load started; each anomaly (at most
@@ -129,7 +135,7 @@ def write_report(r: Result, path: Path, limit: int = 50,
                    "received": sum(len(s.frames) for c in r.clients for s in c.sessions)},
         "sessions": dict(ends),
         "frames": dict(Counter(
-            f.event if f.event != "resync" else f"resync:{f.payload().get('reason')}"
+            f.event if f.event != "resync" else f"resync:{_reason(f)}"
             for c in r.clients for s in c.sessions for f in s.frames
             if f.event not in ("progress", "stage", "completion", "error"))),
         "faults": [_shift(f.to_json(), r.t0, "start", "end") for f in r.faults],
