@@ -416,3 +416,32 @@ def test_the_report_counts_a_resync_whose_data_is_not_a_json_object(tmp_path: An
     write_report(Result(1, "single", 10.0, [c], [], [], [], 0.0), tmp_path / "r.json")
     frames = json.loads((tmp_path / "r.json").read_text())["frames"]
     assert frames == {"connected": 1, "resync:None": 2, "resync:history_gap": 1}
+
+
+def test_a_saved_run_is_checked_again_offline(tmp_path: Any, capsys: Any) -> None:
+    import json
+
+    from tools.chaos.inputs import Inputs, load, save
+    from tools.chaos.recheck import main
+
+    published = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+                 Published("lua0", 7, "m1", "stage", None, True, 2.5, refused=True)]
+    c = client(session([connected(0.5), ev(1.1, 1, "progress", "j1"),
+                        frame(1.5, "stage", "ab-1", "plain"), ev(2.1, 2, "progress", "j1"),
+                        ev(2.2, 2, "progress", "j1")], last=None, end="final"))
+    freeze = Fault("redis_freeze", "redis", 3.0, 4.0, redis=True, lossy=True, detail="x")
+    inputs = Inputs([c], published, [freeze], {"m1": (E, 2)}, Settings(snapshot_jobs=7),
+                    {"m1": {(E, 2): Held("progress", "j1", ("p", 2))}},
+                    {"m1": {(E, 1): {("progress", "j1")}}}, 0.25, ["c9"], 30.0)
+    saved = tmp_path / "report.inputs.json.gz"
+    save(inputs, saved)
+    assert load(saved) == inputs
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"inputs": saved.name}))
+    assert main([str(report)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("chaos recheck: 2 anomalies (1 duplicate, 1 not_converged)"), out
+    assert "duplicate m1 c0 s0 f4: e1:2 received again" in out
+    other = tmp_path / "old.json"
+    other.write_text(json.dumps({"summary": "a report from before inputs were saved"}))
+    assert main([str(other)]) == 2

@@ -18,6 +18,7 @@ Modules: ``records`` (what is logged), ``schedule`` (the seeded plan),
 ``topology`` (the processes), ``lag`` (the lagging link), ``clients``,
 ``publishers``, ``faults``, ``storms``, ``events``, ``knowledge``, ``losses``,
 ``excuses``, ``identity``, ``snapshots``, ``scan``, ``walk`` and ``checker`` (pure;
-``checker`` lists the rules), ``report``, ``runner``; ``repro`` holds deterministic
-reproductions of what runs found.
+``checker`` lists the rules), ``report``, ``runner``; ``inputs`` saves what the
+checker read beside the report, and ``recheck`` runs the checker on it again;
+``repro`` holds deterministic reproductions of what runs found.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .checker import Anomaly
+from .inputs import Inputs, save
 from .losses import Loss, report_rows
 from .records import ClientLog, Fault, Frame, Published
 from .storms import StormRecord
@@ -35,6 +36,7 @@ class Result:
     herd: str = "same"
     burst_max: int = 200
     losses: list[Loss] = field(default_factory=list)  # lost writes, explained or not
+    inputs: Inputs | None = None  # what the checker read, saved beside the report
 
     @property
     def events(self) -> int:
@@ -97,7 +99,12 @@ def write_report(r: Result, path: Path, limit: int = 50,
     """The JSON report: times in seconds since the load started; each anomaly (at most
     ``limit``) with its client's frames around it, its sessions, the faults near it and
     its merchant's publishes just before it (what each was acknowledged with);
-    ``stamp``: the commit the run ran at and its diffs (``record.provenance``)."""
+    ``stamp``: the commit the run ran at and its diffs (``record.provenance``). What the
+    checker read goes beside it (``REPORT.inputs.json.gz``: :mod:`tools.chaos.recheck`)."""
+    saved = None
+    if r.inputs is not None:
+        saved = path.with_suffix(".inputs.json.gz")
+        save(r.inputs, saved)
     by_name = {c.name: c for c in r.clients}
     sent: dict[str, list[Published]] = {}
     for p in sorted(r.published, key=lambda p: p.sent):
@@ -125,6 +132,7 @@ def write_report(r: Result, path: Path, limit: int = 50,
                   f"--burst-max {r.burst_max}",
         "converged": r.converged,
         "provenance": stamp,
+        "inputs": saved and saved.name,
         # wall-clock time of t=0, to find a moment in the gateway logs beside the report
         "t0_utc": datetime.fromtimestamp(time.time() - (time.monotonic() - r.t0), UTC)
         .isoformat(timespec="milliseconds"),

@@ -18,6 +18,7 @@ from gateway.durable.ids import history_keys
 from .checker import Settings, check, not_converged
 from .clients import BrowserClient, Steering
 from .faults import FaultRunner
+from .inputs import Inputs
 from .knowledge import Held, Kind, ident_of, job_of
 from .losses import Loss
 from .publishers import CHANNEL, CLUSTER_CHANNEL, Publisher, helper_for, redis_client
@@ -109,12 +110,14 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         await redis.aclose()
         await writer.aclose()
     losses: list[Loss] = []
-    anomalies = check(logs, published, faults, heads,
-                      Settings(history=HISTORY, history_ttl=HISTORY_TTL), history, losses, seen)
+    settings = Settings(history=HISTORY, history_ttl=HISTORY_TTL)
+    anomalies = check(logs, published, faults, heads, settings, history, losses, seen)
     anomalies += not_converged(laggards, quiet_at)
+    inputs = Inputs(logs, published, faults, heads, settings, history, seen, t0, laggards,
+                    quiet_at)
     return Result(plan.seed, plan.profile, plan.duration, logs, published, faults, anomalies,
                   t0, converged=not laggards, storms=storms, herd=plan.herd, losses=losses,
-                  burst_max=plan.burst_max)
+                  burst_max=plan.burst_max, inputs=inputs)
 
 
 async def _markers(plan: Plan, redis: Any, cluster: bool,
