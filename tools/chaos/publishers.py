@@ -62,13 +62,11 @@ def refusal(status: int, reply: Any, items: int) -> Refused | None:
     return Refused([None if i is None else str(i) for i in ids], f"{status}: {reply}")
 
 
-def mark(records: list[Published], ids: list[str | None], acked: float,
-         refused: bool = False) -> None:
-    """Each record's id (and ``refused``: the ones without one surely not recorded)."""
+def mark(records: list[Published], ids: list[str | None], acked: float) -> None:
+    """Each record's id from an answer that lists them: one without an id was surely not
+    recorded (refused, or stale: docs/publishing.md)."""
     for record, event_id in zip(records, ids, strict=True):
-        record.id = event_id
-        record.acked = acked if event_id is not None or not refused else None
-        record.refused = refused and event_id is None
+        record.id, record.acked, record.refused = event_id, acked, event_id is None
 
 
 def redis_client(url: str, cluster: bool, at_most_once: bool = False) -> Any:
@@ -150,7 +148,7 @@ class Publisher:
             try:
                 mark(records, await self._http(batch), time.monotonic())
             except Refused as refused:
-                mark(records, refused.ids, time.monotonic(), refused=True)
+                mark(records, refused.ids, time.monotonic())
             except _FAULTS:
                 pass  # not acknowledged: it may have happened all the same
             return

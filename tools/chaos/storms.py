@@ -183,7 +183,7 @@ class BurstPublisher:
                             for m, e, d in items]
                 ids = [outcome.id for outcome in await self.helper.publish_many(payloads)]
         except (Refused, PartialPublish) as refused:  # what has an id was published
-            mark(records, refused.ids, time.monotonic(), refused=True)
+            mark(records, refused.ids, time.monotonic())
             raise
         mark(records, ids, time.monotonic())
         return sum(1 for i in ids if i is not None)
