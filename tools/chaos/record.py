@@ -161,7 +161,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     "fail them):", ""]
         for r in broken:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(r["anomaly_kinds"].items()))
-            out.append(f"- {_changed_line(r['gateway_diff'])}: "
+            out.append(f"- {_changed_line(r['gateway_diff'])} (on {r['commit']}): "
                        f"`{r['summary']}` ({kinds}; exit 1)")
     if loosened:
         out += ["", "Runs whose checker (`tools/chaos/`) differed from their commit (not "
