@@ -37,9 +37,10 @@ class Resyncs:
 
     def live_again(self, merchant_ids: list[str]) -> None:
         """Their channels are subscribed again after `resync`: streams attached since
-        get it too, then the job state is read."""
-        self._hub.live_again(merchant_ids, _reconnected())
-        self._hold_for_snapshots(merchant_ids)
+        get it too, then the job state is read. Not for a merchant whose streams all
+        attached after the resync (its first stream came during the outage): they
+        got no `resync` (their opening read Redis), so no snapshot follows one."""
+        self._hold_for_snapshots(self._hub.live_again(merchant_ids, _reconnected()))
 
     def missed(self, merchant_ids: list[str]) -> None:
         """Messages of these merchants never arrived, though their channels are live.

@@ -234,6 +234,24 @@ async def test_a_stream_opening_during_a_resync_gets_a_snapshot_after_the_resync
     assert queued(early) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
 
 
+async def test_a_first_stream_during_a_reconnect_gets_no_snapshot_without_a_resync() -> None:
+    """Found by chaos (single seed 2315): the link reconnects while the merchant has
+    no stream on the process (its first one is still subscribing); the stream then
+    attaches and resumes from Redis before the channels are live again. It got no
+    `resync`, but the hold for snapshots took it all the same: `snapshot` followed
+    its replay unannounced."""
+    w = World()
+    w.publish(1, "A")
+    w.resyncs.resync([MID])  # the link's first answer: no topic of MID yet
+    stream = Stream(MID, "shop", "client", POLICY, Metrics())
+    w.hub.attach(MID, stream, "ep:1")  # resuming: caught up, no snapshot of its own
+    w.resyncs.live_again([MID])
+    await held_released(w)
+    assert queued(stream) == []
+    w.publish(2, "A")
+    assert queued(stream) == [("progress", "ep:2")]
+
+
 async def test_messages_found_missed_during_a_link_reconnect_keep_its_window_open() -> None:
     """The hub finds messages missed (a resync with its hold, at once) while the
     subscriber link is still reconnecting: a stream attaching after that, before the

@@ -273,17 +273,21 @@ class Hub:
                 topic.late = set()
         self.broadcast(control, merchant_ids)
 
-    def live_again(self, merchant_ids: Iterable[str], control: Control) -> None:
+    def live_again(self, merchant_ids: Iterable[str], control: Control) -> list[str]:
         """Their channels are subscribed again after `resync`: the streams attached
-        since it went out get `control` now, before anything that follows."""
+        since it went out get `control` now, before anything that follows. Returns the
+        merchants whose streams all got it (a topic made since the resync had none)."""
+        resynced = []
         for merchant_id in merchant_ids:
             topic = self._topics.get(merchant_id)
             if topic is None or topic.late is None:
                 continue
+            resynced.append(merchant_id)
             late, topic.late = topic.late, None
             topic.renew_mark()  # a read sent while the channels were down proves nothing
             for subscriber in late & topic.subscribers:
                 subscriber.deliver(control)
+        return resynced
 
     def subscribers(self, merchant_id: str) -> list[Subscriber]:
         """The merchant's open streams (a copy)."""
