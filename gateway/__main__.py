@@ -52,7 +52,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _stop_before_serving(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before serve() takes them over: nothing to drain yet. As a
+    container's PID 1 the default action would ignore SIGTERM until SIGKILL."""
+    raise SystemExit(0)
+
+
 def _run_server(cfg: Config, argv: list[str]) -> int:
+    # serving only: `publish` interrupted must not exit 0 ("published")
+    signal.signal(signal.SIGTERM, _stop_before_serving)
+    signal.signal(signal.SIGINT, _stop_before_serving)
     worker = os.environ.get(WORKER_ENV)
     if cfg.server.workers > 1 and worker is None:
         log.info("redis source: %s (%s)", cfg.redis_source, redact_url(cfg.redis.url))
@@ -93,13 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     return _run_server(cfg, argv)
 
 
-def _stop_before_serving(signum: int, _frame: object) -> None:
-    """SIGTERM/SIGINT before serve() takes them over: nothing to drain yet. As a
-    container's PID 1 the default action would ignore SIGTERM until SIGKILL."""
-    raise SystemExit(0)
-
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_before_serving)
-    signal.signal(signal.SIGINT, _stop_before_serving)
     sys.exit(main())

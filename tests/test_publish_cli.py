@@ -84,3 +84,30 @@ def test_the_cli_needs_no_database_url(redis_server: RedisServer) -> None:
         [sys.executable, "-m", "gateway", "check-config"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert checked.returncode == 2 and "postgres" in checked.stderr.lower(), checked.stderr
+
+
+def test_an_interrupted_publish_does_not_exit_0() -> None:
+    """Exit 0 means published (the id printed). A publish stopped by SIGTERM while
+    Redis has not answered published nothing anyone knows of: it must not exit 0,
+    as it did when the server's start-up handler was installed for every command."""
+    import signal
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+        env.update(REDIS_URL=f"redis://127.0.0.1:{port}/0", PYTHONPATH=str(REPO_ROOT))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "publish", "m-int", "stage", "x"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            silent.settimeout(20)
+            conn, _ = silent.accept()  # the publish is under way, waiting on "Redis"
+            with conn:
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode != 0 and out == b"", (proc.returncode, out)
