@@ -39,10 +39,12 @@ async def health_view(request: web.Request) -> web.Response:
 
 
 async def ready_view(request: web.Request) -> web.Response:
-    """/health without PostgreSQL in the verdict: verified shops are served from the
-    cache while it is down, and its outage hits every instance alike, so taking them
-    all out of a load balancer would only turn it into 503s everywhere."""
-    return await _health(request, needs_postgres=False)
+    """/health without PostgreSQL in the verdict once it has answered: verified shops
+    are served from the cache while it is down, and its outage hits every instance
+    alike, so taking them all out of a load balancer would only turn it into 503s
+    everywhere. A process it never answered has no cache to serve from: not ready."""
+    ever = request.app[GATEWAY].directory.ever_answered
+    return await _health(request, needs_postgres=not ever)
 
 
 async def _health(request: web.Request, needs_postgres: bool) -> web.Response:

@@ -1,13 +1,16 @@
 """Startup: a heartbeat too long for common proxy idle timeouts is warned about, a port
-already in use exits non-zero naming it, postgres.pool_min connections open at start."""
+already in use exits non-zero naming it, postgres.pool_min connections open at start,
+and not ready (/health/ready) before PostgreSQL has ever answered."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
 
 import pytest
+from ops_support import get_health, poll
 from support import wait_until
 
 
@@ -67,3 +70,23 @@ def test_pool_min_connections_are_open_at_start(
             f"pool_min is 3 (log: {gw.log_text()[-1500:]})"
         )
     assert gw.returncode is None
+
+
+async def test_not_ready_before_postgresql_ever_answered(
+    gateway_factory: Any, postgres_factory: Any, merchant: Any
+) -> None:
+    """/health/ready leaves PostgreSQL out of its verdict only for a process that has
+    verified shops before: one started during an outage has no cache and would
+    refuse every stream a load balancer sent it."""
+    pg = postgres_factory()
+    await asyncio.to_thread(pg.stop)
+    gw = await gateway_factory.astart(postgres=pg)
+    status, body, _ = await get_health(gw, "/health/ready")
+    assert status == 503 and body["postgres"]["status"] == "fail", body
+    await asyncio.to_thread(pg.start)
+    await poll(lambda: get_health(gw, "/health/ready"), lambda r: r[0] == 200, 15,
+               what="/health/ready 200 once PostgreSQL answers")
+    await asyncio.to_thread(pg.stop)  # it answered once: ready without it from now on
+    await poll(lambda: get_health(gw), lambda r: r[0] == 503, 15, what="/health 503")
+    status, body, _ = await get_health(gw, "/health/ready")
+    assert status == 200 and body["postgres"]["status"] == "fail", body

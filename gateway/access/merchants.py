@@ -88,6 +88,11 @@ class MerchantDirectory:
         when PostgreSQL cannot tell."""
         return await self._shared_lookup(shop)
 
+    @property
+    def ever_answered(self) -> bool:
+        """Whether PostgreSQL has answered this process at least once."""
+        return self._answers > 0
+
     async def ping(self) -> float:
         """Round trip of `SELECT 1` in milliseconds; raises UnavailableError."""
         started = time.perf_counter()
