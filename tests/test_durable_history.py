@@ -169,6 +169,25 @@ async def test_publish_many_keeps_order_across_merchants(client: aioredis.Redis)
     assert await history.publish_many([]) == []
 
 
+@pytest.mark.parametrize("candidate", ["k" * 31 + "2", "k" * 30 + "1" + "2", "a1b2c3d4e5f6"])
+async def test_every_history_a_run_starts_has_its_own_epoch(
+    client: aioredis.Redis, candidate: str
+) -> None:
+    """Whatever the candidate (up to 32 characters), even when its tail looks like
+    a count: a run starting 12 histories gives 12 epochs."""
+    from gateway.durable.ids import script_args
+    from gateway.durable.publisher import SCRIPT
+
+    tag = unique_merchant("ep")[0]
+    events = [(f"{tag}-{i}", "stage", b"x", None, None, None) for i in range(12)]
+    keys, argv = script_args("merchant:{merchant_id}:{event}", events, history=10, ttl_s=60,
+                             sharded=False, epoch=candidate)
+    answers = await client.eval(SCRIPT, len(keys), *keys, *argv)
+    epochs = [DurableId.parse(a.decode()).epoch for a in answers]  # type: ignore[union-attr]
+    assert len(set(epochs)) == 12 and epochs[0] == candidate, epochs
+    assert all(len(e) <= 32 for e in epochs), epochs
+
+
 async def test_read_after_bridges_or_reports_a_gap(client: aioredis.Redis) -> None:
     mid, _ = unique_merchant("dh")
     history = make_history(client, history=4)
