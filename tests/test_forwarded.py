@@ -24,7 +24,7 @@ def _request(peer: str, forwarded: str | None = None) -> Any:
     ("10.0.0.2", "198.51.100.1", "198.51.100.1"),          # through a trusted proxy
     ("10.0.0.2", "198.51.100.1, 10.0.0.9", "198.51.100.1"),  # two trusted hops
     ("10.0.0.2", "10.0.0.9", "10.0.0.9"),                  # trusted all the way
-    ("fd00::2", "2001:DB8:0:0::1", "2001:db8::1"),         # written as parsed, not as sent
+    ("fd00::2", "::ffff:198.51.100.1", "::ffff:198.51.100.1"),  # as written, not renamed
     ("10.0.0.2", "not-an-ip", "invalid"),
     ("10.0.0.2", "fe80::1%<script>", "invalid"),           # a zone is free text
     ("10.0.0.2", "fe80::1%eth0, 10.0.0.9", "invalid"),

@@ -18,7 +18,6 @@ def client_address(request: web.Request, trusted: Iterable[Network]) -> str:
     peer = request.remote or "-"
     forwarded = request.headers.get("X-Forwarded-For", "").split(",")
     hops = [peer] + [h.strip() for h in reversed(forwarded) if h.strip()]
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     for depth, hop in enumerate(hops):
         try:
             address = ipaddress.ip_address(hop)
@@ -27,5 +26,5 @@ def client_address(request: web.Request, trusted: Iterable[Network]) -> str:
         if depth and getattr(address, "scope_id", None) is not None:
             return "invalid"  # "fe80::1%<any text>": a zone is free text, never logged
         if not any(address in net for net in trusted):
-            return hop if not depth else str(address)
-    return str(address)
+            return hop  # an address without a zone: digits, dots and colons only
+    return hops[-1]
