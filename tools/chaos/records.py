@@ -16,9 +16,10 @@ __all__ = ["MERCHANT_EVENTS", "ClientLog", "Fault", "Frame", "Published", "Sessi
 MERCHANT_EVENTS = frozenset(("progress", "stage", "completion", "error"))
 
 
-def durable_id(text: str | None) -> tuple[str, int] | None:
-    """(epoch, offset) of a durable id ``EPOCH:OFFSET``; None for a plain or no id."""
-    if not text or text.count(":") != 1:
+def durable_id(text: object) -> tuple[str, int] | None:
+    """(epoch, offset) of a durable id ``EPOCH:OFFSET``; None for a plain or no id, or
+    anything not a string (a snapshot item's ``id`` is whatever JSON the frame held)."""
+    if not isinstance(text, str) or text.count(":") != 1:
         return None
     epoch, _, offset = text.partition(":")
     if not epoch or not offset.isdigit():
@@ -36,10 +37,10 @@ class Frame:
     data: str
 
     def payload(self) -> Any:
-        """The data as JSON, or None when it is not JSON."""
+        """The data as JSON, or None when it is not JSON (or nested too deep to parse)."""
         try:
             return json.loads(self.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
     def to_json(self) -> list[Any]:

@@ -1,0 +1,59 @@
+"""The chaos checker's soundness (tools/chaos), continued over synthetic logs: a second
+review's findings (R1-R10), each a history the checker got wrong before (an anomaly
+it missed, one it made up, or a crash), and the histories it must still get right."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from test_chaos import EPOCH, client, connected, frame, session
+
+from tools.chaos.checker import Settings, check
+from tools.chaos.knowledge import Held
+from tools.chaos.losses import Loss
+from tools.chaos.records import ClientLog, Fault, Published
+
+E = EPOCH
+
+
+def pub(offset: int, t: float, event: str = "stage", job: str | None = None, who: str = "p",
+        seq: int | None = None, acked: float | None = None) -> Published:
+    """A durable publish acknowledged with ``E:offset`` (at ``acked``, else when sent)."""
+    return Published(who, offset if seq is None else seq, "m1", event, job, True, t,
+                     t if acked is None else acked, f"{E}:{offset}")
+
+
+def unacked(who: str, seq: int, t: float, event: str = "stage",
+            job: str | None = None) -> Published:
+    """A durable publish left without an answer (it may have run)."""
+    return Published(who, seq, "m1", event, job, True, t)
+
+
+def run(clients: ClientLog | Sequence[ClientLog], published: Sequence[Published],
+        faults: Sequence[Fault] = (), head: tuple[str, int] | None = None,
+        history: dict[Any, Held] | None = None, losses: list[Loss] | None = None,
+        seen: dict[Any, Any] | None = None) -> list[tuple[str, str]]:
+    """(kind, client) of each anomaly."""
+    tabs = [clients] if isinstance(clients, ClientLog) else list(clients)
+    anomalies = check(tabs, list(published), list(faults), {"m1": head}, Settings(),
+                      {"m1": history} if history is not None else None, losses,
+                      {"m1": seen} if seen is not None else None)
+    return [(a.kind, a.client) for a in anomalies]
+
+
+def named(name: str, c: ClientLog) -> ClientLog:
+    c.name = name
+    return c
+
+
+def test_r7_odd_snapshot_ids_and_deeply_nested_data_are_reported_not_a_crash() -> None:
+    published = [pub(1, 1.0, "stage", "j1")]
+    for odd in (1, [1], {"a": 1}, None):
+        snap = frame(2.0, "snapshot", f"{E}:1", {"jobs": [{"job": "j1", "event": "stage",
+                                                           "id": odd, "data": {}}]})
+        assert run(client(session([connected(1.0), snap])), published) == [
+            ("snapshot_content", "c0")], odd
+    deep = frame(1.5, "stage", f"{E}:1", "[" * 100000 + "]" * 100000)
+    assert deep.payload() is None
+    assert run(client(session([connected(1.0), deep])), published) == []
