@@ -59,7 +59,7 @@ def test_an_id_acknowledged_twice_keeps_both_acks_and_the_first_is_lost() -> Non
     [lost] = k.lost[(EPOCH, 2)]
     assert (lost.ident, lost.found, lost.reused, lost.acked) == (LOST, KEPT, True, 2.0)
     assert k.sent_after(EPOCH, 0.0, 4) == [1, 2, 3]  # the offset given twice is owed once
-    # without the final history (expired, or another epoch) the last ack holds the id
+    # without the final history (expired, or another epoch) the last one sent holds the id
     assert learn(PUBLISHED, [], {})["m1"].lost[(EPOCH, 2)][0].found == KEPT
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from test_chaos import EPOCH, client, connected, frame, session
+from test_chaos_soundness import ev
 
 from tools.chaos.checker import Settings, check
 from tools.chaos.knowledge import Held
@@ -57,3 +58,32 @@ def test_r7_odd_snapshot_ids_and_deeply_nested_data_are_reported_not_a_crash() -
     deep = frame(1.5, "stage", f"{E}:1", "[" * 100000 + "]" * 100000)
     assert deep.payload() is None
     assert run(client(session([connected(1.0), deep])), published) == []
+
+
+def test_r1_the_event_sent_last_holds_an_id_given_twice_not_the_last_answered() -> None:
+    """A primary frozen until its replica took over runs A (sent before B) when it thaws,
+    at 6.0, then loses it: the replica had given e1:2 to B (acknowledged at 4.6). The
+    final history no longer reaches e1:2. B holds it; A was lost."""
+    freeze = Fault("redis_freeze", "redis", 3.5, 8.0, redis=True, lossy=True)
+    history = {(E, 3): Held("stage", None, ("http0", 3))}
+
+    def tabs() -> list[ClientLog]:
+        good = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                               ev(4.7, 2, pub="http0", seq=2), ev(7.2, 3, pub="http0", seq=3)],
+                              end="final"))
+        kept = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                               ev(6.0, 2, pub="lua2", seq=7), ev(7.2, 3, pub="http0", seq=3)],
+                              end="final"))
+        return [named("good", good), named("kept_lost", kept)]
+
+    rest = [pub(1, 1.0, who="http0", seq=1), pub(2, 4.5, who="http0", seq=2, acked=4.6),
+            pub(3, 7.0, who="http0", seq=3, acked=7.1)]
+    # A's publish timed out (a tab's receipt at the thaw is all that tells it ran) ...
+    losses: list[Loss] = []
+    assert run(tabs(), [*rest, unacked("lua2", 7, 3.0)], [freeze], (E, 3), history,
+               losses) == [("reuse_missed", "kept_lost")]
+    [loss] = losses
+    assert (loss.write.ident, loss.write.found, loss.fault) == (("lua2", 7), ("http0", 2), freeze)
+    # ... or its answer came at the thaw, after B's
+    assert run(tabs(), [*rest, pub(2, 3.0, who="lua2", seq=7, acked=6.0)], [freeze], (E, 3),
+               history) == [("reuse_missed", "kept_lost")]

@@ -246,12 +246,19 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
     """Which acknowledged event each id stands for now, and the lost writes. The event
     is the one Redis' final history holds there when it reaches back past the id
     (trimmed ids are not contradictions; one past the head is: the head went back),
-    else the last one acknowledged with the id (a lost write's id is given again after
-    it); every other event acknowledged with the id was lost."""
+    else the last one *sent* of those given the id; every other event given the id was
+    lost.
+
+    Not the last acknowledged, nor received: a primary frozen until its replica took
+    over runs the commands written to it before it learns it was deposed, when it
+    thaws, so its answer (and a tab's receipt, through its pub/sub) for the event it
+    then loses may come after the promoted replica gave the id to the next event. That
+    one was sent once its client had turned to the new primary, after the lost one was
+    written to the old."""
     epoch = next(iter(entries))[0] if entries else None
     first = min((o for e, o in entries if e == epoch), default=0)
     for d, acks in k.acks.items():
-        acks.sort(key=lambda a: a.acked)
+        acks.sort(key=lambda a: (a.sent, a.acked))
         first_ack: dict[Ident, Ack] = {}
         for a in acks:
             first_ack.setdefault(a.ident, a)
