@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from test_chaos import EPOCH, client, connected, frame, session
-from test_chaos_soundness import ev
+from test_chaos_soundness import ev, resync
 
 from tools.chaos.checker import Settings, check
 from tools.chaos.knowledge import Held
@@ -87,3 +87,26 @@ def test_r1_the_event_sent_last_holds_an_id_given_twice_not_the_last_answered() 
     # ... or its answer came at the thaw, after B's
     assert run(tabs(), [*rest, pub(2, 3.0, who="lua2", seq=7, acked=6.0)], [freeze], (E, 3),
                history) == [("reuse_missed", "kept_lost")]
+
+
+def test_r3_a_receipt_under_the_wrong_id_is_no_acknowledgement_of_it() -> None:
+    """U's publish timed out but ran: Redis' final history holds it at e1:3. A tab got it
+    under e1:2, W's id; a freeze around could have lost W, but U ran once, at e1:3."""
+    freeze = Fault("redis_freeze", "redis", 2.0, 5.0, redis=True, lossy=True)
+    published = [pub(1, 1.0, who="http0", seq=1), pub(2, 2.0, who="http0", seq=2),
+                 unacked("lua2", 7, 2.5)]
+    history = {(E, 1): Held("stage", None, ("http0", 1)), (E, 2): Held("stage", None, ("http0", 2)),
+               (E, 3): Held("stage", None, ("lua2", 7))}
+    tab = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                          ev(3.0, 2, pub="lua2", seq=7), resync(5.5, "redis_reconnected")],
+                         end="final"))
+    losses: list[Loss] = []
+    assert run(tab, published, [freeze], history=history, losses=losses) == [
+        ("wrong_event", "c0")]
+    assert losses == []
+    # the final history trimmed: U under e1:2 in one tab and e1:3 in another; one is wrong
+    other = named("c1", client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1),
+                                        ev(2.1, 2, pub="http0", seq=2),
+                                        ev(3.0, 3, pub="lua2", seq=7)], end="final")))
+    assert run([tab, other], published, [freeze],
+               history={(E, 4): Held("stage", None, ("x", 1))}) == [("wrong_event", "c0")]

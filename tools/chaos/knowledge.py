@@ -187,7 +187,7 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
             if not p.refused:
                 k._maybe.append(p.sent)
                 unacked[p.merchant][(p.publisher, p.seq)] = p
-    _received(out, unacked, clients)
+    _received(out, unacked, clients, history)
     for merchant in {*out, *history}:
         _settle(merchant, out[merchant], history.get(merchant, {}))
     for c in clients:
@@ -218,10 +218,13 @@ def learn(published: Iterable[Published], clients: Iterable[ClientLog],
 
 
 def _received(out: dict[str, Knowledge], unacked: dict[str, dict[Ident, Published]],
-              clients: Iterable[ClientLog]) -> None:
+              clients: Iterable[ClientLog], history: dict[str, dict[Offset, Held]]) -> None:
     """An unacknowledged publish a tab received under a durable id ran there: it counts
     as an acknowledgement of the id at its first receipt, so an id Redis gave such an
-    event after losing an acknowledged one is a lost write too."""
+    event after losing an acknowledged one is a lost write too. Not when Redis' final
+    history holds the event under another id, nor when tabs received it under two ids
+    (none the history holds it under): an event runs once, so a receipt under another
+    id is a wrong one, for the checker to find, not a fact to learn."""
     first: dict[tuple[str, Offset, Ident], tuple[float, str, str | None]] = {}
     for c in clients:
         pending = unacked.get(c.merchant)
@@ -237,7 +240,15 @@ def _received(out: dict[str, Knowledge], unacked: dict[str, dict[Ident, Publishe
                 if got is not None and got in pending and f.t < first.get(
                         (c.merchant, d, got), (float("inf"),))[0]:
                     first[(c.merchant, d, got)] = (f.t, f.event, job_of(data))
+    placed = {(m, held.ident): d for m, entries in history.items()
+              for d, held in entries.items() if held.ident is not None}
+    under: dict[tuple[str, Ident], set[Offset]] = defaultdict(set)
+    for merchant, d, got in first:
+        under[(merchant, got)].add(d)
     for (merchant, d, got), (t, event, job) in first.items():
+        at = placed.get((merchant, got))
+        if at != d and (at is not None or len(under[(merchant, got)]) > 1):
+            continue
         p = unacked[merchant][got]
         out[merchant].acks[d].append(Ack(got, event, job, p.sent, t, received=True))
 
