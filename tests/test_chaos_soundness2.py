@@ -110,3 +110,21 @@ def test_r3_a_receipt_under_the_wrong_id_is_no_acknowledgement_of_it() -> None:
                                         ev(3.0, 3, pub="lua2", seq=7)], end="final")))
     assert run([tab, other], published, [freeze],
                history={(E, 4): Held("stage", None, ("x", 1))}) == [("wrong_event", "c0")]
+
+
+def test_r5_an_unanswered_newer_progress_was_published_when_it_was_sent() -> None:
+    """A slow tab's queue holds P1 (e1:2) and S (e1:3) when P2 (j1's next progress, e1:4,
+    sent at 2.2; its publish timed out, yet ran) comes: P1 makes way for it. The tab
+    reads S at 10.0, P2 at 10.1."""
+    base = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+            pub(3, 2.1, "stage", "j2")]
+
+    def tab(at: float) -> ClientLog:
+        return client(session([connected(0.5), ev(1.1, 1, "progress", "j1"),
+                               ev(10.0, 3, "stage", "j2"),
+                               ev(at, 4, "progress", "j1", pub="lua2", seq=9)], end="final"))
+
+    assert run(tab(10.1), [*base, unacked("lua2", 9, 2.2, "progress", "j1")], head=(E, 4)) == []
+    # sent only after S showed the gap: it cannot have replaced P1 in the queue
+    assert run(tab(10.2), [*base, unacked("lua2", 9, 10.05, "progress", "j1")],
+               head=(E, 4)) == [("gap", "c0")]

@@ -106,10 +106,14 @@ class Knowledge:
 
     def newer_progress(self, epoch: str, job: str, offset: int, by: float) -> int | None:
         """The first ``progress`` of ``job`` after ``offset`` in ``epoch`` that was
-        published (sent, or else received) by ``by``; None: none known."""
+        published (sent, or else received) by ``by``; None: none known. A progress whose
+        publish was never answered, but that a tab received, was sent when it was."""
         offsets = self._progress.get((epoch, job), [])
         for o in offsets[bisect.bisect_right(offsets, offset):]:
-            if self.seen_at.get((epoch, o), float("inf")) <= by:
+            d = (epoch, o)
+            sent = min((a.sent for a in self.acks.get(d, ()) if a.event == "progress"
+                        and a.job == job), default=float("inf"))
+            if min(self.seen_at.get(d, sent), sent) <= by:
                 return o
         return None
 
