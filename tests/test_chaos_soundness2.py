@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from test_chaos import EPOCH, client, connected, frame, session
-from test_chaos_soundness import ev, resync
+from test_chaos_soundness import ev, item, resync
 
 from tools.chaos.checker import Settings, check
 from tools.chaos.knowledge import Held
@@ -128,3 +128,32 @@ def test_r5_an_unanswered_newer_progress_was_published_when_it_was_sent() -> Non
     # sent only after S showed the gap: it cannot have replaced P1 in the queue
     assert run(tab(10.2), [*base, unacked("lua2", 9, 10.05, "progress", "j1")],
                head=(E, 4)) == [("gap", "c0")]
+
+
+def test_r2_a_snapshot_read_before_a_failover_may_hold_the_write_it_lost() -> None:
+    """A (progress of j1, e1:2) is acknowledged, then lost in a failover; the new primary
+    gives e1:2 to B (stage of j2). A snapshot read on the old primary holds j1 at e1:2;
+    the resync, then one read on the new primary, j1 at e1:1 and j2 at e1:2."""
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+    published = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+                 pub(2, 4.5, "stage", "j2", seq=3)]
+    history = {(E, 1): Held("progress", "j1", ("p", 1)), (E, 2): Held("stage", "j2", ("p", 3))}
+
+    def snap(t: float, *items: dict[str, Any]) -> Any:
+        return frame(t, "snapshot", f"{E}:2", {"jobs": list(items)})
+
+    def tab(first: dict[str, Any]) -> ClientLog:
+        return client(session([connected(2.1), snap(2.2, first), resync(3.0, "redis_reconnected"),
+                               snap(4.6, item(1, "j1", "progress", seq=1),
+                                    item(2, "j2", seq=3))], end="final"))
+
+    seen = {(E, 1): {("progress", "j1")}, (E, 2): {("stage", "j2")}}
+    assert run(tab(item(2, "j1", "progress")), published, [failover], (E, 2), history,
+               seen=seen) == []
+    # an event no one gave e1:2 is wrong still
+    assert run(tab(item(2, "j3", "progress")), published, [failover], (E, 2), history,
+               seen=seen) == [("snapshot_content", "c0")]
+    # and a job whose latest event is not a lost write's must be there
+    late = client(session([connected(4.5), snap(4.6, item(2, "j2", seq=3))], end="final"))
+    assert run(late, published, [failover], (E, 2), history,
+               seen=seen) == [("snapshot_content", "c0")]

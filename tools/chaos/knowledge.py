@@ -28,6 +28,7 @@ class Knowledge:
         self.ident: dict[Offset, Ident] = {}  # the event an id stands for now
         self.acks: dict[Offset, list[Ack]] = defaultdict(list)  # every ack of each id
         self.lost: dict[Offset, list[LostWrite]] = {}
+        self.lost_kinds: dict[Offset, set[Kind]] = {}  # (event, job) of each lost event
         self.vanished: set[Offset] = set()  # acknowledged ids Redis holds no event under now
         # ids whose event is in doubt: Redis holds none there now, or the history tap saw
         # another kind there (an event lost and its id given again, unacknowledged)
@@ -77,10 +78,12 @@ class Knowledge:
         progress: dict[tuple[str, str], list[int]] = defaultdict(list)
         jobs: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self.uncertain |= self.vanished
+        # a lost write's id: a snapshot read before the loss holds its lost event
+        unsure = self.uncertain | self.lost.keys()
         for (epoch, offset), (event, job) in self.kind.items():
             if event == "progress" and job is not None:
                 progress[(epoch, job)].append(offset)
-            if job is not None and (epoch, offset) not in self.uncertain:
+            if job is not None and (epoch, offset) not in unsure:
                 jobs[epoch].append((offset, job))
         self._progress = {key: sorted(offsets) for key, offsets in progress.items()}
         for epoch, events in jobs.items():
@@ -103,6 +106,11 @@ class Knowledge:
         if now is None:
             return set()
         return {now, *(w.ident for w in self.lost.get(d, ()))}
+
+    def kinds_at(self, d: Offset) -> set[Kind]:
+        """The (event, job) of every event Redis gave id ``d`` (empty: unknown)."""
+        now = self.kind.get(d)
+        return {now, *self.lost_kinds.get(d, ())} if now is not None else set()
 
     def newer_progress(self, epoch: str, job: str, offset: int, by: float) -> int | None:
         """The first ``progress`` of ``job`` after ``offset`` in ``epoch`` that was
@@ -289,7 +297,8 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
         source = keep or held or acks[-1]
         k.kind[d] = (source.event, source.job)
         k.ident[d] = now or acks[-1].ident
-        lost = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1, a.received)
-                for a in first_ack.values() if a.ident != now]
-        if lost:
-            k.lost[d] = lost
+        gone = [a for a in first_ack.values() if a.ident != now]
+        if gone:
+            k.lost[d] = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1,
+                                   a.received) for a in gone]
+            k.lost_kinds[d] = {(a.event, a.job) for a in gone}

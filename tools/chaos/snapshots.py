@@ -9,15 +9,18 @@ a cluster, same expiry, a new epoch deletes it) and keeps, after every publish, 
 jobs with the newest latest events. So, for a snapshot of id S:
 
 - every item's id is of S's epoch and at most S; items are in id order, one per job;
-- an item's id holds the item's event and job (and its ``pub``/``seq``: the event
-  Redis gave the id, or a lost one's);
+- an item's id holds the item's event and job (and its ``pub``/``seq``): those of the
+  event Redis gave the id, or of a lost one's (a snapshot read on a primary before a
+  failover lost its write);
 - no event of the item's job is known between the item's id and S;
 - a job whose latest event at or below S is known is there: always while the frame
   holds fewer than ``snapshot_jobs`` items (none was ever dropped), else when that
   event is newer than the oldest item (it outranks a job that is there).
 
 What is known: acknowledgements, receipts, Redis' final history and the history tap,
-without ids whose event is uncertain (:attr:`Knowledge.uncertain`).
+without ids whose event is uncertain (:attr:`Knowledge.uncertain`) and, for the last two
+rules, lost writes' ids (a snapshot read before the loss holds the lost event's job
+there, one read after the new one's).
 """
 
 from __future__ import annotations
@@ -76,10 +79,10 @@ def _item(item: Any, sid: Offset, know: Knowledge, held: dict[str, int]) -> str 
         return f"holds job {job} at {event_id}, past the snapshot's own id"
     if job in held:
         return f"holds job {job} twice"
-    kind = know.kind.get(d)
-    if d not in know.uncertain and kind is not None and kind != (item.get("event"), job):
-        return (f"holds job {job} at {event_id} as {item.get('event')}; Redis gave that id "
-                f"{kind[0]} of job {kind[1]}")
+    kinds = know.kinds_at(d)  # a lost write's too: the snapshot may be read before the loss
+    if d not in know.uncertain and kinds and (item.get("event"), job) not in kinds:
+        them = ", ".join(f"{e} of job {j}" for e, j in sorted(kinds, key=str))
+        return f"holds job {job} at {event_id} as {item.get('event')}; Redis gave that id {them}"
     got, given = ident_of(item.get("data")), know.events_at(d)
     if got is not None and given and got not in given:
         return f"holds {got} at {event_id}; Redis gave that id {sorted(given)}"
