@@ -157,3 +157,26 @@ def test_r2_a_snapshot_read_before_a_failover_may_hold_the_write_it_lost() -> No
     late = client(session([connected(4.5), snap(4.6, item(2, "j2", seq=3))], end="final"))
     assert run(late, published, [failover], (E, 2), history,
                seen=seen) == [("snapshot_content", "c0")]
+
+
+def test_r6_a_progress_may_make_way_for_a_newer_one_later_lost() -> None:
+    """A slow tab's P1 (e1:2) makes way for P2 (j1's next progress, e1:4); a failover
+    then loses P2 and the new primary gives e1:4 to Q (stage of j3). The tab got S
+    (e1:3), P2, the resync it is owed, then Q under e1:4."""
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+
+    def check_tab(newer_job: str) -> list[tuple[str, str]]:
+        published = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+                     pub(3, 2.1, "stage", "j2"), pub(4, 2.2, "progress", newer_job),
+                     pub(4, 4.5, "stage", "j3", seq=104)]
+        history = {(E, 1): Held("progress", "j1", ("p", 1)),
+                   (E, 2): Held("progress", "j1", ("p", 2)), (E, 3): Held("stage", "j2", ("p", 3)),
+                   (E, 4): Held("stage", "j3", ("p", 104))}
+        tab = client(session([connected(0.5), ev(1.1, 1, "progress", "j1"),
+                              ev(2.3, 3, "stage", "j2"), ev(2.4, 4, "progress", newer_job),
+                              resync(3.0, "redis_reconnected"), ev(4.6, 4, "stage", "j3", seq=104)],
+                             end="final"))
+        return run(tab, published, [failover], (E, 4), history)
+
+    assert check_tab("j1") == []
+    assert check_tab("j9") == [("gap", "c0")]  # another job's progress replaces nothing

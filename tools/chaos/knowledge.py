@@ -80,9 +80,10 @@ class Knowledge:
         self.uncertain |= self.vanished
         # a lost write's id: a snapshot read before the loss holds its lost event
         unsure = self.uncertain | self.lost.keys()
-        for (epoch, offset), (event, job) in self.kind.items():
-            if event == "progress" and job is not None:
-                progress[(epoch, job)].append(offset)
+        for (epoch, offset), (_, job) in self.kind.items():
+            for event, of in self.kinds_at((epoch, offset)):  # a lost progress made way too
+                if event == "progress" and of is not None:
+                    progress[(epoch, of)].append(offset)
             if job is not None and (epoch, offset) not in unsure:
                 jobs[epoch].append((offset, job))
         self._progress = {key: sorted(offsets) for key, offsets in progress.items()}
