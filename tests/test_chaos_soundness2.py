@@ -180,3 +180,19 @@ def test_r6_a_progress_may_make_way_for_a_newer_one_later_lost() -> None:
 
     assert check_tab("j1") == []
     assert check_tab("j9") == [("gap", "c0")]  # another job's progress replaces nothing
+
+
+def test_r10_a_progress_made_way_then_the_stream_was_cut_before_the_newer_one() -> None:
+    """P1 (e1:2) makes way for P2 (j1's next progress, e1:4) in a slow tab's queue; the
+    tab reads S (e1:3), then the gateway cuts it before P2 is written out. It resumes
+    from e1:3: the replay brings P2."""
+    published = [pub(1, 1.0, "progress", "j1"), pub(2, 2.0, "progress", "j1"),
+                 pub(3, 2.1, "stage", "j2"), pub(4, 2.2, "progress", "j1"), pub(5, 5.5)]
+    first = session([connected(0.5), ev(1.1, 1, "progress", "j1"), ev(5.0, 3, "stage", "j2")],
+                    end="error:ClientPayloadError")
+    replayed = session([connected(6.0), ev(6.1, 4, "progress", "j1"), ev(6.2, 5)],
+                       last=f"{E}:3", end="final")
+    assert run(client(first, replayed), published, head=(E, 5)) == []
+    # a replay without it: P1 and P2 both skipped
+    skipped = session([connected(6.0), ev(6.2, 5)], last=f"{E}:3", end="final")
+    assert run(client(first, skipped), published, head=(E, 5)) == [("gap", "c0"), ("gap", "c0")]

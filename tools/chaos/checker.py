@@ -19,8 +19,10 @@ to its own id). Anomalies:
   unless it is a ``progress`` of a job with a newer ``progress`` published by the
   time the gap showed (the receipt of the frame that revealed it: coalescing drops
   a queued event only for a newer one queued before it was written out) that this
-  session delivered at or after that point (or one newer still), or a later
-  ``snapshot`` holds the job at or past it (it then made way for the snapshot). With
+  session delivered at or after that point (or one newer still), or the tab's next
+  session did, resumed from an id before it (the stream was cut before writing it
+  out), or a later ``snapshot`` holds the job at or past it (it then made way for the
+  snapshot). With
   no baseline (first session, or after ``resync``), every durable event *sent*
   after the client read its ``connected``/``resync`` frame is owed (the
   ``connected`` of its latest session without Last-Event-ID: nothing sent before

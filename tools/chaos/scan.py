@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .knowledge import Knowledge, job_of
-from .records import Frame, durable_id
+from .records import Frame, Session, durable_id
 
 __all__ = ["coalesced", "queued_first", "resync_follows", "shown", "snapshot_has"]
 
@@ -34,18 +34,25 @@ def snapshot_has(f: Frame, job: str, epoch: str, offset: int) -> bool:
     return False
 
 
-def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: float) -> bool:
+def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: float,
+              resumed: Session | None = None) -> bool:
     """Whether a skipped ``progress`` was coalesced: a queued event is dropped only for a
     newer ``progress`` of its job queued behind it before it was written out, so that one
     was published by ``t``, when the frame showing the gap arrived; it (or a newer one
     that replaced it in turn) then comes later in the session (``later``), or a later
-    snapshot holds the job at or past it (it made way for the snapshot)."""
+    snapshot holds the job at or past it (it made way for the snapshot). Or in the
+    tab's next session (``resumed``) when it resumed from an id before it: the stream
+    was cut before it wrote the newer one out, and the replay brings it."""
     kind = know.kind.get((epoch, offset))
     if kind is None or kind[0] != "progress" or kind[1] is None:
         return False
     newer = know.newer_progress(epoch, kind[1], offset, t)
     if newer is None:
         return False
+    if resumed is not None:
+        since = durable_id(resumed.last_event_id)
+        if since is not None and since[0] == epoch and since[1] < newer:
+            later = [*later, *resumed.frames]
     for f in later:
         d = durable_id(f.id)
         if f.event == "progress" and d and d[0] == epoch and d[1] >= newer and (

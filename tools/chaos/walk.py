@@ -210,7 +210,10 @@ class Tab:
                 self.flag("missing_at_end", si, fi, t, f"still on epoch {base[0]}, Redis at "
                           f"{epoch}:{upto[1]}")
             return
-        missing = [o for o in missing if not coalesced(self.know, epoch, o, frames[fi:], t)
+        sessions = self.log.sessions
+        resumed = sessions[si + 1] if not end and si + 1 < len(sessions) else None
+        missing = [o for o in missing if not coalesced(self.know, epoch, o, frames[fi:], t,
+                                                       resumed)
                    and (epoch, o) not in self.excuses.lost]
         plain = [o for o in missing if self.know.ident.get((epoch, o)) in self.ids.plain]
         if plain:
