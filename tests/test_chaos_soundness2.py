@@ -196,3 +196,29 @@ def test_r10_a_progress_made_way_then_the_stream_was_cut_before_the_newer_one() 
     # a replay without it: P1 and P2 both skipped
     skipped = session([connected(6.0), ev(6.2, 5)], last=f"{E}:3", end="final")
     assert run(client(first, skipped), published, head=(E, 5)) == [("gap", "c0"), ("gap", "c0")]
+
+
+def test_r9_a_lost_writes_event_may_come_again_as_plain_after_a_resync() -> None:
+    """gw-1 delivers A (e1:2); a failover loses it and gives e1:2 to B. The tab resumes
+    on gw-2 from e1:2: resync. gw-2, holding A through the failover, finds e1:2 holds B
+    and delivers A as a plain event (docs/publishing.md, The envelope)."""
+    failover = Fault("cluster_failover", "redis", 2.5, 4.0, redis=True, lossy=True)
+    published = [pub(1, 1.0), pub(2, 2.0), pub(2, 3.5, seq=3)]
+    history = {(E, 1): Held("stage", None, ("p", 1)), (E, 2): Held("stage", None, ("p", 3))}
+    plain_a = frame(3.9, "stage", "18c3f2a00b-41", {"pub": "p", "seq": 2})
+    first = session([connected(0.5), ev(1.1, 1), ev(2.1, 2)])
+
+    def second(*frames: Any) -> Any:
+        return session([connected(3.0), *frames, ev(4.0, 2, seq=3)], last=f"{E}:2",
+                       started=2.9, end="final")
+
+    def check_tab(*sessions: Any) -> list[tuple[str, str]]:
+        return run(client(*sessions), published, [failover], (E, 2), history)
+
+    assert check_tab(first, second(resync(3.01, "history_gap"), plain_a)) == []
+    # with no resync between, the tab got A twice
+    assert ("plain_copy", "c0") in check_tab(first, second(plain_a, resync(3.95, "history_gap")))
+    # an event Redis kept, as a plain event after a resync: a copy
+    plain_1 = frame(3.9, "stage", "18c3f2a00b-40", {"pub": "p", "seq": 1})
+    assert check_tab(first, second(resync(3.01, "history_gap"), plain_a, plain_1)) == [
+        ("plain_copy", "c0")]

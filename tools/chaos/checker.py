@@ -44,9 +44,9 @@ to its own id). Anomalies:
   before the ``resync`` that announces what they skipped.
 - ``wrong_event``, ``two_ids``, ``plain_copy``, ``reuse_missed``: an id brought an
   event Redis never gave it; one event came under two ids, or under its id and as a
-  plain event; the tab held a lost write's event under an
-  id Redis gave another, and got a later event with no ``resync`` between
-  (:mod:`tools.chaos.identity`).
+  plain event (not a lost write's, plain after a ``resync``: a process still holding
+  it delivers it so); the tab held a lost write's event under an id Redis gave
+  another, and got a later event with no ``resync`` between (:mod:`tools.chaos.identity`).
 - ``downgraded``: a missing offset whose event (its publisher and sequence
   number) this client received as a *plain* event: delivered, but under a
   process-local id, so no other process can resume after it.

@@ -103,7 +103,7 @@ class Tab:
                 self.resync(si, fi, s, f)
                 self.baseline, self.t_base = None, f.t
                 self.last_resync = f.t
-                self.ids.stale.clear()
+                self.ids.resynced()
                 self.resynced_blind = durable_id(s.last_event_id) is None
             elif f.event == "snapshot":
                 if announced == "connected" and s.last_event_id:
