@@ -222,3 +222,35 @@ def test_r9_a_lost_writes_event_may_come_again_as_plain_after_a_resync() -> None
     plain_1 = frame(3.9, "stage", "18c3f2a00b-40", {"pub": "p", "seq": 1})
     assert check_tab(first, second(resync(3.01, "history_gap"), plain_a, plain_1)) == [
         ("plain_copy", "c0")]
+
+
+def test_r4_a_saved_run_is_checked_again_under_this_checkers_policy(tmp_path: Any) -> None:
+    """A run saved while its checker explained a lost write acknowledged 29 s before a
+    lossy fault (lost_before_s 30) is checked again with this checkout's rule."""
+    import gzip
+    import json
+
+    from tools.chaos.inputs import Inputs, load, save
+    from tools.chaos.recheck import recheck
+
+    published = [pub(1, 1.0, who="http0", seq=1), pub(2, 2.0, who="http0", seq=2),
+                 pub(2, 31.0, who="lua0", seq=1)]
+    history = {(E, 1): Held("stage", None, ("http0", 1)), (E, 2): Held("stage", None, ("lua0", 1))}
+    c = client(session([connected(0.5), ev(1.1, 1, pub="http0", seq=1)]))
+    freeze = Fault("redis_freeze", "redis", 31.9, 32.9, redis=True, lossy=True)
+    loose = Settings(history=50, snapshot_jobs=7, lost_before_s=30.0, publish_slack_s=99.0)
+    saved = tmp_path / "r.inputs.json.gz"
+    save(Inputs([c], published, [freeze], {"m1": None}, loose, {"m1": history}, {}, 0.0), saved)
+    inputs = load(saved)
+    assert inputs.settings == Settings(history=50, snapshot_jobs=7)  # the run's configuration
+    assert inputs.published == published and inputs.faults == [freeze]
+    assert [a.kind for a in recheck(inputs)[0]] == ["lost_write"]
+    # a version 1 file (records by position, every setting) reads the same
+    doc = json.loads(gzip.decompress(saved.read_bytes()))
+    old = {**doc, "version": 1, "settings": {**doc["settings"], "lost_before_s": 30.0},
+           "published": [list(p.values()) for p in doc["published"]],
+           "faults": [list(f.values()) for f in doc["faults"]],
+           "clients": [[x["name"], x["merchant"], [list(s.values()) for s in x["sessions"]]]
+                       for x in doc["clients"]]}
+    saved.write_bytes(gzip.compress(json.dumps(old).encode()))
+    assert load(saved) == inputs

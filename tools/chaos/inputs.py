@@ -2,10 +2,17 @@
 one, say) can be run on it again offline (:mod:`tools.chaos.recheck`).
 
 One gzipped JSON file: every client's sessions and frames, every publish, the
-faults, each merchant's final head, final history and history tap, the settings,
-and the tabs that did not converge. Times stay as the run's ``time.monotonic()``
-(``t0`` is the start of the load); each frame's data is stored once per distinct
-text (tabs of a merchant read the same events).
+faults, each merchant's final head, final history and history tap, the run's
+configuration, and the tabs that did not converge. Times stay as the run's
+``time.monotonic()`` (``t0`` is the start of the load); each frame's data is stored
+once per distinct text (tabs of a merchant read the same events). Records are saved
+by field name (version 1 saved them by position: still read), so that a field added
+later with a default leaves older files readable.
+
+Only the configuration the gateways ran with is saved of the checker's
+:class:`Settings` (:data:`CONFIG`); the rest is the checker's policy (how near a
+fault must be to explain what): a run checked again gets this checkout's, so a rule
+tightened since applies to runs made before.
 """
 
 from __future__ import annotations
@@ -15,16 +22,19 @@ import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .excuses import Settings
 from .knowledge import Held, Kind
 from .records import ClientLog, Fault, Frame, Published, Session
 
-__all__ = ["VERSION", "Inputs", "load", "save"]
+__all__ = ["CONFIG", "VERSION", "Inputs", "load", "save"]
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # the versions load() reads
+CONFIG = ("history", "history_ttl", "snapshot_jobs")  # the Settings a run configured
 Offset = tuple[str, int]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -49,15 +59,19 @@ def save(inputs: Inputs, path: Path) -> None:
     def text(data: str) -> int:
         return strings.setdefault(data, len(strings))
 
-    clients = [[c.name, c.merchant, [
-        [s.started, s.last_event_id, s.via, s.entry, s.status, s.ended, s.end, s.jumped,
-         [[f.t, f.event, f.id, text(f.data)] for f in s.frames]] for s in c.sessions]]
-        for c in inputs.clients]
+    def session(s: Session) -> dict[str, Any]:
+        out = {k: getattr(s, k) for k in _names(Session) if k != "frames"}
+        out["frames"] = [[f.t, f.event, f.id, text(f.data)] for f in s.frames]
+        return out
+
+    clients = [{"name": c.name, "merchant": c.merchant,
+                "sessions": [session(s) for s in c.sessions]} for c in inputs.clients]
     doc = {
-        "version": VERSION, "t0": inputs.t0, "settings": dataclasses.asdict(inputs.settings),
+        "version": VERSION, "t0": inputs.t0,
+        "settings": {k: getattr(inputs.settings, k) for k in CONFIG},
         "heads": {m: None if h is None else list(h) for m, h in inputs.heads.items()},
-        "faults": [dataclasses.astuple(f) for f in inputs.faults],
-        "published": [dataclasses.astuple(p) for p in inputs.published],
+        "faults": [dataclasses.asdict(f) for f in inputs.faults],
+        "published": [dataclasses.asdict(p) for p in inputs.published],
         "history": {m: [[d[0], d[1], h.event, h.job, h.ident and list(h.ident)]
                         for d, h in entries.items()] for m, entries in inputs.history.items()},
         "seen": {m: [[d[0], d[1], sorted([list(k) for k in kinds], key=str)]
@@ -71,26 +85,50 @@ def save(inputs: Inputs, path: Path) -> None:
 
 
 def load(path: Path) -> Inputs:
+    """The inputs saved at ``path`` (OSError, ValueError, KeyError, TypeError, EOFError:
+    unreadable, or not saved inputs of a version this reads)."""
     with gzip.open(path, "rt", encoding="utf-8") as src:
         doc: dict[str, Any] = json.load(src)
-    if doc.get("version") != VERSION:
-        raise ValueError(f"{path}: inputs version {doc.get('version')}, not {VERSION}")
+    if not isinstance(doc, dict) or doc.get("version") not in READS:
+        version = doc.get("version") if isinstance(doc, dict) else None
+        raise ValueError(f"inputs version {version}, not one of {READS}")
     strings = doc["strings"]
-    clients = [ClientLog(name, merchant, [
-        Session(started, last, via, entry, status,
-                [Frame(t, event, event_id, strings[i]) for t, event, event_id, i in frames],
-                ended, end, jumped)
-        for started, last, via, entry, status, ended, end, jumped, frames in sessions])
-        for name, merchant, sessions in doc["clients"]]
+
+    def session(row: Any) -> Session:
+        if isinstance(row, list):  # version 1
+            started, last, via, entry, status, ended, end, jumped, frames = row
+            row = {"started": started, "last_event_id": last, "via": via, "entry": entry,
+                   "status": status, "ended": ended, "end": end, "jumped": jumped,
+                   "frames": frames}
+        s = _build(Session, {**row, "frames": []})
+        s.frames = [Frame(t, event, event_id, strings[i]) for t, event, event_id, i
+                    in row["frames"]]
+        return s
+
+    clients = [ClientLog(c[0], c[1], [session(s) for s in c[2]]) if isinstance(c, list)
+               else ClientLog(c["name"], c["merchant"], [session(s) for s in c["sessions"]])
+               for c in doc["clients"]]
+    settings = doc["settings"]
     return Inputs(
         clients=clients,
-        published=[Published(*p) for p in doc["published"]],
-        faults=[Fault(*f) for f in doc["faults"]],
+        published=[_build(Published, p) for p in doc["published"]],
+        faults=[_build(Fault, f) for f in doc["faults"]],
         heads={m: None if h is None else (h[0], h[1]) for m, h in doc["heads"].items()},
-        settings=Settings(**doc["settings"]),
+        settings=Settings(**{k: settings[k] for k in CONFIG if k in settings}),
         history={m: {(e, o): Held(event, job, ident and (ident[0], ident[1]))
                      for e, o, event, job, ident in entries}
                  for m, entries in doc["history"].items()},
         seen={m: {(e, o): {(k[0], k[1]) for k in kinds} for e, o, kinds in entries}
               for m, entries in doc["seen"].items()},
         t0=doc["t0"], laggards=doc["laggards"], quiet_at=doc["quiet_at"])
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _build(cls: type[T], row: Any) -> T:
+    """A record saved by field name (a dict), or by position (a list: version 1)."""
+    if isinstance(row, list):
+        return cls(*row)
+    return cls(**{k: row[k] for k in _names(cls) if k in row})

@@ -1,7 +1,8 @@
 """``python -m tools.chaos.recheck REPORT [--frames]``: run the checker of this checkout
-again on what a saved run read (its inputs, saved beside its report:
-:mod:`tools.chaos.inputs`) and print the anomalies, one line each (``--frames``: with
-the tab's frames around each), times in seconds since the load started. Exit 0: none;
+(its rules and policy; the run's configuration) again on what a saved run read (its
+inputs, saved beside its report: :mod:`tools.chaos.inputs`) and print the anomalies,
+one line each (``--frames``: with the tab's frames around each), times in seconds
+since the load started. Exit 0: none;
 1: some; 2: the report has no saved inputs (runs before they were saved cannot be
 checked again: the report keeps only the anomalies' frames)."""
 
