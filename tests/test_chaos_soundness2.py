@@ -254,3 +254,28 @@ def test_r4_a_saved_run_is_checked_again_under_this_checkers_policy(tmp_path: An
                        for x in doc["clients"]]}
     saved.write_bytes(gzip.compress(json.dumps(old).encode()))
     assert load(saved) == inputs
+
+
+def test_r8_unreadable_saved_inputs_exit_2_in_one_line(tmp_path: Any, capsys: Any) -> None:
+    import gzip
+    import json
+
+    from tools.chaos.inputs import Inputs, save
+    from tools.chaos.recheck import main
+
+    good = tmp_path / "good.inputs.json.gz"
+    save(Inputs([], [], [], {}, Settings(), {}, {}, 0.0), good)
+    raw = good.read_bytes()
+    cases = {"truncated": raw[: len(raw) // 2], "not_gzip": b"{}",
+             "version": gzip.compress(json.dumps({"version": 99}).encode()),
+             "no_seen": gzip.compress(json.dumps(
+                 {k: v for k, v in json.loads(gzip.decompress(raw)).items() if k != "seen"}
+             ).encode()),
+             "a_list": gzip.compress(b"[1, 2]")}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.inputs.json.gz").write_bytes(data)
+        report = tmp_path / f"{name}.json"
+        report.write_text(json.dumps({"inputs": f"{name}.inputs.json.gz"}))
+        assert main([str(report)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unreadable saved inputs" in err, (name, err)

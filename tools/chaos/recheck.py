@@ -2,9 +2,10 @@
 (its rules and policy; the run's configuration) again on what a saved run read (its
 inputs, saved beside its report: :mod:`tools.chaos.inputs`) and print the anomalies,
 one line each (``--frames``: with the tab's frames around each), times in seconds
-since the load started. Exit 0: none;
-1: some; 2: the report has no saved inputs (runs before they were saved cannot be
-checked again: the report keeps only the anomalies' frames)."""
+since the load started. Exit 0: none; 1: some; 2: the report has no saved inputs
+(runs before they were saved cannot be checked again: the report keeps only the
+anomalies' frames), or none this reads (damaged, truncated, another version), said
+in one line."""
 
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos recheck: {args.report} has no saved inputs ({path.name} is missing): "
               "only runs that saved them can be checked again", file=sys.stderr)
         return 2
-    inputs = load(path)
+    try:
+        inputs = load(path)
+    except Exception as exc:  # anything a damaged or foreign file raises: not a finding
+        print(f"chaos recheck: {path}: unreadable saved inputs ({type(exc).__name__}: "
+              f"{str(exc)[:200]})", file=sys.stderr)
+        return 2
     anomalies, losses = recheck(inputs)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(Counter(a.kind for a in anomalies).items()))
     print(f"chaos recheck: {len(anomalies)} anomalies{f' ({kinds})' if kinds else ''}, "
