@@ -131,3 +131,28 @@ def test_a_full_cache_evicts_unknown_shops_before_verified_ones(
     directory._cache["unknown-2"] = merchants._Cached(None, future)
     directory._evict()
     assert set(directory._cache) == {"verified-expired", "verified"}
+
+
+def test_a_recheck_is_never_paced(postgres_server: PostgresServer) -> None:
+    """The recheck asks about shops with open streams: verified ones. A shop that a
+    new stream just found inactive (negative entry) is rechecked at once, however
+    busy the new-shop pacing is, so its open streams are revoked on time."""
+    tag = unique_merchant("rc")[0].removesuffix("-id")
+    cfg = PostgresConfig(dsn=postgres_server.dsn)
+    unknown = [f"{tag}-{i}.myshopify.com" for i in range(8)]
+
+    async def run() -> list[str]:
+        directory = MerchantDirectory(cfg, new_lookups_per_s=1)  # 3 at once, then 1/s
+        try:
+            first = await asyncio.gather(*(directory.verify(s) for s in unknown[:3]),
+                                         return_exceptions=True)
+            assert all(type(a).__name__ == "UnknownMerchantError" for a in first), first
+            # the bucket is booked out: a paced lookup now waits 2 s or is refused
+            async with asyncio.timeout(1.0):
+                again = await asyncio.gather(*(directory.recheck(s) for s in unknown[:3]),
+                                             return_exceptions=True)
+            return [type(a).__name__ for a in again]
+        finally:
+            await directory.close()
+
+    assert asyncio.run(run()) == ["NoneType"] * 3

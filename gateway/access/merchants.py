@@ -63,6 +63,7 @@ class MerchantDirectory:
         self._slots = asyncio.Semaphore(cfg.pool_max)
         self._cache: dict[str, _Cached] = {}
         self._lookups: SingleFlight[str, Merchant | None] = SingleFlight(self._lookup)
+        self._rechecks: SingleFlight[str, Merchant | None] = SingleFlight(self._fetch)
         self._closing: set[asyncio.Future[None]] = set()
         self._running: set[asyncio.Task[Any]] = set()  # queries, awaited or abandoned
         self.healthy = False
@@ -84,9 +85,10 @@ class MerchantDirectory:
         return self._answer(merchant, shop)
 
     async def recheck(self, shop: str) -> Merchant | None:
-        """The shop's merchant now (None: none), bypassing the cache; `UnavailableError`
-        when PostgreSQL cannot tell."""
-        return await self._shared_lookup(shop)
+        """The shop's merchant now (None: none), bypassing the cache and the pacing of
+        new shops (it has open streams: it was verified); `UnavailableError` when
+        PostgreSQL cannot tell."""
+        return await self._rechecks.join(shop)
 
     @property
     def ever_answered(self) -> bool:
@@ -100,7 +102,7 @@ class MerchantDirectory:
         return (time.perf_counter() - started) * 1000
 
     async def close(self) -> None:
-        for task in [*self._lookups.tasks(), *self._running]:
+        for task in [*self._lookups.tasks(), *self._rechecks.tasks(), *self._running]:
             task.cancel()
         if self._pool is not None:
             self._pool.terminate()
@@ -121,6 +123,10 @@ class MerchantDirectory:
         known = self._cache.get(shop)
         if known is None or known.merchant is None:  # an unknown shop asked again too
             await self._new_lookup_token()
+        return await self._fetch(shop)
+
+    async def _fetch(self, shop: str) -> Merchant | None:
+        """One query for the shop's merchant, cached (negatively too)."""
         rows = await self._query(self._cfg.merchant_query, {"shop": shop})
         found = rows[0][0] if rows else None
         # a NULL or empty id (a custom merchant_query) is no merchant, never "None"
