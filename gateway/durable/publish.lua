@@ -7,8 +7,8 @@
 -- ARGV[1]  history length  (sse.history; 0 keeps no history)
 -- ARGV[2]  ttl seconds     (redis.history_ttl; also the job state's)
 -- ARGV[3]  epoch candidate (random, [0-9a-z]{1,32}; kept only when a history starts;
---          the second and later histories a run starts get its first 24 characters,
---          'z' and their count)
+--          the second and later histories a run starts, and any of a candidate over
+--          24 characters, get its first 24 characters, 'z' and their count)
 -- ARGV[4]  PUBLISH or SPUBLISH
 -- ARGV[5]  jobs kept       (sse.snapshot_jobs)
 -- ARGV[6]  idempotency ttl seconds (redis.idempotency_ttl)
@@ -104,10 +104,15 @@ local function publish(history, meta, jobs, jobids, idem, channel, event, payloa
     -- a new history: whatever an earlier one left is not part of it. Each history
     -- this run starts gets its own epoch, so an id of one merchant is never of
     -- another's epoch (a client that mixes them up gets resync, not a replay).
-    -- The first keeps the candidate; the nth gets its first 24 characters, 'z' and
-    -- n: unique within the run (and a candidate of hex digits has no 'z').
+    -- Unique within the run, whatever the candidate: the first keeps it when it has
+    -- at most 24 characters; every other one is its first 24, 'z' and the count
+    -- (26 or more characters, so never a kept candidate, and distinct by count).
     started = started + 1
-    epoch = started == 1 and candidate or string.sub(candidate, 1, 24) .. 'z' .. started
+    if started == 1 and #candidate <= 24 then
+      epoch = candidate
+    else
+      epoch = string.sub(candidate, 1, 24) .. 'z' .. started
+    end
     offset = '1'
   elseif not string.match(epoch, '^[0-9a-z]+$') or #epoch > 32 then
     refused = redis.error_reply('ERR publish.lua: ' .. meta .. ' holds a malformed epoch')
