@@ -44,9 +44,12 @@ class Resyncs:
 
     def missed(self, merchant_ids: list[str]) -> None:
         """Messages of these merchants never arrived, though their channels are live.
-        Not `hub.live_again`: a resync of the broker's may still be waiting for it."""
-        self.resync(merchant_ids)
-        self._hold_for_snapshots(merchant_ids)
+        Not `hub.live_again`: a resync of the broker's may still be waiting for it;
+        then its `live_again` holds the streams for the snapshot (a snapshot read now
+        would be followed by that one, with no resync between)."""
+        pending = self._hub.awaiting_live(merchant_ids)
+        self._hub.resync(merchant_ids, _reconnected(), until_live=False)
+        self._hold_for_snapshots([m for m in merchant_ids if m not in pending])
 
     def _hold_for_snapshots(self, merchant_ids: list[str]) -> None:
         if self._snapshots is not None:

@@ -267,6 +267,35 @@ async def test_messages_found_missed_during_a_link_reconnect_keep_its_window_ope
     assert queued(late) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
 
 
+async def test_messages_found_missed_during_a_link_reconnect_get_one_snapshot() -> None:
+    """Messages found missed while the link still reconnects: the link's `live_again`
+    holds the streams for the snapshot. A hold of its own at once gave a stream a
+    snapshot, then the link's, with no `resync` between the two."""
+    w = World()
+    w.publish(1, "A")
+    early = await w.connect()
+    w.resyncs.resync([MID])  # the link's first answer from Redis
+    w.resyncs.missed([MID])  # the hub: an envelope showed messages that never came
+    await held_released(w)
+    w.publish(2, "A")
+    w.resyncs.live_again([MID])
+    await held_released(w)
+    assert queued(early) == [("snapshot", "ep:1"), ("resync", None), ("resync", None),
+                             ("progress", "ep:2"), ("snapshot", "ep:2")]
+
+
+async def test_messages_found_missed_while_live_get_their_snapshot_at_once() -> None:
+    w = World()
+    w.publish(1, "A")
+    stream = await w.connect()
+    w.resyncs.missed([MID])
+    await held_released(w)
+    assert queued(stream) == [("snapshot", "ep:1"), ("resync", None), ("snapshot", "ep:1")]
+    later = await w.connect()  # channels live: no resync owed to a stream attaching now
+    w.publish(2, "A")
+    assert queued(later) == [("snapshot", "ep:1"), ("progress", "ep:2")]
+
+
 async def test_a_flush_that_never_ends_releases_the_held_streams_at_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -262,16 +262,26 @@ class Hub:
         if topic.pending is not None:
             topic.pending.append(_GAP_HERE)  # marked again once they are out
 
-    def resync(self, merchant_ids: Iterable[str], control: Control) -> None:
-        """Messages of these merchants may have been lost (Redis reconnected): mark
-        the gap and send `control` (a `resync`) to their streams; a stream that
-        attaches before `live_again` gets it then, as it may have missed them too."""
+    def resync(
+        self, merchant_ids: Iterable[str], control: Control, *, until_live: bool = True
+    ) -> None:
+        """Messages of these merchants may have been lost: mark the gap and send
+        `control` (a `resync`) to their streams. `until_live` (Redis reconnected): a
+        stream that attaches before `live_again` gets it then, as it may have missed
+        them too. Not for messages found missed while the channels are live: a stream
+        attaching then reads after them."""
         merchant_ids = list(merchant_ids)
         for merchant_id in merchant_ids:
             if (topic := self._topics.get(merchant_id)) is not None:
                 self._gap(topic)
-                topic.late = set()
+                if until_live:
+                    topic.late = set()
         self.broadcast(control, merchant_ids)
+
+    def awaiting_live(self, merchant_ids: Iterable[str]) -> set[str]:
+        """The merchants whose `resync` waits for `live_again` (their link reconnects)."""
+        return {m for m in merchant_ids
+                if (topic := self._topics.get(m)) is not None and topic.late is not None}
 
     def live_again(self, merchant_ids: Iterable[str], control: Control) -> list[str]:
         """Their channels are subscribed again after `resync`: the streams attached
