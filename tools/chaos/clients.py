@@ -68,6 +68,7 @@ class BrowserClient:
         self.log = ClientLog(plan.name, plan.merchant)
         self.last_id: str | None = None  # the browser's last event ID
         self.last_durable: str | None = None
+        self.resynced_at = 0.0  # when the tab last read `resync` (told to refetch)
         self.retry_s = 1.0
         self.steer_to: str | None = None  # every next session goes there while set
         self.live_on: str | None = None  # the entry of the session that read `connected`
@@ -232,6 +233,8 @@ class BrowserClient:
         s.frames.append(frame)
         if event == "connected":
             self._set_live(s.entry)
+        elif event == "resync":
+            self.resynced_at = frame.t
         if event_id is not None and durable_id(event_id) is not None:
             self.last_durable = event_id
         jump = self._jump

@@ -95,8 +95,9 @@ async def _load(plan: Plan, topo: Topology) -> Result:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 180)  # a fault in progress completes
         final.set()
+        markers_from = time.monotonic()
         heads = await _markers(plan, redis, cluster, published)
-        laggards = await _quiet(tabs, heads)
+        laggards = await _quiet(tabs, heads, markers_from)
         quiet_at = time.monotonic()
         done.set()
         logs = await asyncio.wait_for(asyncio.gather(*tab_tasks), 30)
@@ -143,13 +144,17 @@ async def _markers(plan: Plan, redis: Any, cluster: bool,
 
 
 async def _quiet(tabs: list[BrowserClient], heads: dict[str, Offset | None],
-                 wait_s: float = _QUIET_S) -> list[str]:
+                 markers_from: float, wait_s: float = _QUIET_S) -> list[str]:
     """Wait (bounded) until every tab's last durable id is its merchant's head; the tabs
-    whose is not when the wait runs out (none: converged)."""
+    whose is not when the wait runs out (none: converged). A tab told `resync` since
+    the markers began (`markers_from`) is not behind: it may have reconnected just
+    after its merchant's marker, and a resync is the promise's other answer (its
+    frames are checked like any others)."""
     want = {m: f"{h[0]}:{h[1]}" for m, h in heads.items() if h is not None}
     deadline = time.monotonic() + wait_s
     while True:
-        behind = [t.plan.name for t in tabs if t.last_durable != want.get(t.plan.merchant)]
+        behind = [t.plan.name for t in tabs if t.last_durable != want.get(t.plan.merchant)
+                  and t.resynced_at < markers_from]
         if not behind or time.monotonic() >= deadline:
             return behind
         await asyncio.sleep(0.1)
