@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..durable.ids import DurableId
 from .frames import Control, Entry
@@ -108,7 +108,6 @@ class Hub:
         self.deliveries += len(subscribers)
         if event_id is not None:
             topic.advance(event_id)
-            topic.head_read = False
         return entry
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool,
@@ -179,9 +178,7 @@ class Hub:
         """
         topic = self.open(merchant_id)
         replay = [] if not last_event_id else topic.after(last_event_id)
-        topic.subscribers.add(subscriber)
-        if topic.late is not None:
-            topic.late.add(subscriber)
+        topic.join(subscriber)
         return replay or [], replay is None
 
     def held_after(self, merchant_id: str, last_event_id: str) -> list[Entry] | None:
@@ -190,11 +187,8 @@ class Hub:
         return topic.after(last_event_id) if topic is not None else None
 
     def detach(self, merchant_id: str, subscriber: Subscriber) -> None:
-        topic = self._topics.get(merchant_id)
-        if topic is not None:
-            topic.subscribers.discard(subscriber)
-            if topic.late:
-                topic.late.discard(subscriber)
+        if (topic := self._topics.get(merchant_id)) is not None:
+            topic.leave(subscriber)
 
     def again(self, entry: Entry) -> Entry:
         """`entry`'s frame under the next sequence number, to queue it a second time."""
@@ -228,8 +222,7 @@ class Hub:
         """Whether `last` is of the merchant's history as this process last saw it, and
         not past the newest event it proved (from live events or a flushed read)."""
         topic = self._topics.get(merchant_id)
-        head = topic.durable_head if topic is not None else None
-        return head is not None and head.epoch == last.epoch and last.offset <= head.offset
+        return topic is not None and topic.proves(last)
 
     def gave_again(self, merchant_id: str, last: DurableId) -> bool:
         """Whether a failover gave `last`, delivered here, to another event (known here
@@ -241,18 +234,19 @@ class Hub:
         """A history read (flushed: every message published before it is here) ended
         at `head`: the merchant's next durable event continues it, without a check."""
         topic = self._topics.get(merchant_id)
-        if topic is None or topic.mark != gap_mark or topic.pending is not None:
-            return
-        known = topic.durable_head
-        if known is None or (known.epoch == head.epoch and known.offset < head.offset):
-            topic.advance(str(head))
-            topic.head_read = True
+        if topic is not None and topic.mark == gap_mark and topic.pending is None:
+            topic.learn_head(head)
+
+    def _existing(self, merchant_ids: Iterable[str]) -> Iterator[tuple[str, Topic]]:
+        """(merchant, topic) of those of `merchant_ids` this hub holds."""
+        for merchant_id in merchant_ids:
+            if (topic := self._topics.get(merchant_id)) is not None:
+                yield merchant_id, topic
 
     def mark_gap(self, merchant_ids: Iterable[str]) -> None:
         """Messages may have been lost: no replay may bridge this point for these merchants."""
-        for merchant_id in merchant_ids:
-            if (topic := self._topics.get(merchant_id)) is not None:
-                self._gap(topic)
+        for _, topic in self._existing(merchant_ids):
+            self._gap(topic)
 
     def _gap(self, topic: Topic) -> None:
         """Mark a gap after what was delivered, and after what is held for a check: those
@@ -271,32 +265,27 @@ class Hub:
         them too. Not for messages found missed while the channels are live: a stream
         attaching then reads after them."""
         merchant_ids = list(merchant_ids)
-        for merchant_id in merchant_ids:
-            if (topic := self._topics.get(merchant_id)) is not None:
-                self._gap(topic)
-                if until_live:
-                    topic.late = set()
+        for _, topic in self._existing(merchant_ids):
+            self._gap(topic)
+            if until_live:
+                topic.owe_resync()
         self.broadcast(control, merchant_ids)
 
     def awaiting_live(self, merchant_ids: Iterable[str]) -> set[str]:
         """The merchants whose `resync` waits for `live_again` (their link reconnects)."""
-        return {m for m in merchant_ids
-                if (topic := self._topics.get(m)) is not None and topic.late is not None}
+        return {m for m, topic in self._existing(merchant_ids) if topic.late is not None}
 
     def live_again(self, merchant_ids: Iterable[str], control: Control) -> list[str]:
         """Their channels are subscribed again after `resync`: the streams attached
         since it went out get `control` now, before anything that follows. Returns the
         merchants whose streams all got it (a topic made since the resync had none)."""
         resynced = []
-        for merchant_id in merchant_ids:
-            topic = self._topics.get(merchant_id)
-            if topic is None or topic.late is None:
-                continue
-            resynced.append(merchant_id)
-            late, topic.late = topic.late, None
-            topic.renew_mark()  # a read sent while the channels were down proves nothing
-            for subscriber in late & topic.subscribers:
-                subscriber.deliver(control)
+        for merchant_id, topic in self._existing(merchant_ids):
+            owed = topic.live_again()
+            if owed is not None:
+                resynced.append(merchant_id)
+                for subscriber in owed:
+                    subscriber.deliver(control)
         return resynced
 
     def subscribers(self, merchant_id: str) -> list[Subscriber]:
@@ -305,8 +294,7 @@ class Hub:
         return list(topic.subscribers) if topic is not None else []
 
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
-        for merchant_id in merchant_ids:
-            topic = self._topics.get(merchant_id)
-            for subscriber in list(topic.subscribers) if topic is not None else ():
+        for _, topic in self._existing(merchant_ids):
+            for subscriber in list(topic.subscribers):
                 subscriber.deliver(control)
 

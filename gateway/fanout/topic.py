@@ -79,12 +79,14 @@ class Topic:
         ring.extendleft(reversed(older))
         return len(older)
 
-    def advance(self, event_id: str) -> None:
-        """A durable id delivered: it is the proven head; its successor continues it."""
+    def advance(self, event_id: str, read: bool = False) -> None:
+        """A durable id delivered (or, `read`, where a flushed read ended): it is the
+        proven head; its successor continues it."""
         durable = DurableId.parse(event_id)
         if durable is not None:
             self.durable_head = durable
             self.next_durable = f"{durable.epoch}:{durable.offset + 1}"
+        self.head_read = read
 
     def sent_before(self, event_id: str, durable: DurableId, event: str, payload: bytes) -> bool:
         """Whether a genuine envelope at or below the proven head is a copy of an event
@@ -133,6 +135,41 @@ class Topic:
                 if entry.id == event_id and entry.seq > self.gap_after:
                     return list(itertools.islice(history, index + 1, None))
         return None
+
+    def proves(self, last: DurableId) -> bool:
+        """Whether `last` is of the history proven here, not past its newest event."""
+        head = self.durable_head
+        return head is not None and head.epoch == last.epoch and last.offset <= head.offset
+
+    def learn_head(self, head: DurableId) -> None:
+        """A flushed read ended at `head`: the next durable event continues it."""
+        known = self.durable_head
+        if known is None or (known.epoch == head.epoch and known.offset < head.offset):
+            self.advance(str(head), read=True)
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self.late is not None:  # attached after a resync: owed it once live again
+            self.late.add(subscriber)
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+        if self.late:
+            self.late.discard(subscriber)
+
+    def owe_resync(self) -> None:
+        """A resync went out to the streams here; those attaching from now on are owed
+        it until the channels are live again (`live_again`)."""
+        self.late = set()
+
+    def live_again(self) -> set[Subscriber] | None:
+        """The channels are live again: the streams owed the resync (None: no resync
+        was waiting, so no stream here got one). Reads begun before now prove nothing."""
+        late, self.late = self.late, None
+        if late is None:
+            return None
+        self.renew_mark()
+        return late & self.subscribers
 
     def renew_mark(self) -> None:
         """Reads begun before now may not backfill the ring nor teach the head: the
