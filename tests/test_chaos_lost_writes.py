@@ -8,7 +8,8 @@ from __future__ import annotations
 from test_chaos import EPOCH, client, connected, frame, session
 
 from tools.chaos.checker import Settings, check
-from tools.chaos.knowledge import Held, learn
+from tools.chaos.knowledge import Held
+from tools.chaos.learning import learn
 from tools.chaos.losses import Loss
 from tools.chaos.records import ClientLog, Fault, Frame, Published
 from tools.chaos.schedule import LOSSY_FAULTS

@@ -76,7 +76,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .excuses import Excuses, Settings
-from .knowledge import Held, Kind, learn
+from .knowledge import Held, Kind
+from .learning import learn
 from .losses import Loss
 from .records import ClientLog, Fault, Published
 from .walk import Anomaly, Tab
