@@ -102,6 +102,5 @@ def main(argv: list[str] | None = None) -> int:
     return _run_server(cfg, argv)
 
 
-
 if __name__ == "__main__":
     sys.exit(main())
