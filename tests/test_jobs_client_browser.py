@@ -42,6 +42,7 @@ window.second = [];   // a listener added with stream.onJob(fn), removed after 2
 const stream = openGatewayStream({
   url: '/stream', shop: @SHOP@,
   jobKey: params.get('jobKey') || undefined,
+  maxJobs: Number(params.get('maxJobs')) || undefined,
   onEvent(ev) {
     window.events.push({type: ev.type, id: ev.id, view: stream.jobs().map((j) => [j.job, j.id])});
   },
@@ -347,6 +348,72 @@ async def test_ids_given_again_after_a_resync_and_frames_without_an_id() -> None
         ]
 
 
+async def test_an_id_given_again_after_a_resync_without_a_snapshot_is_its_own() -> None:
+    """A failover lost the event the tab saw last (e1:5) and gave its id to a new one;
+    the gateway sent `resync` and, the merchant having no job state, no snapshot. The
+    new event's frame repeats the id EventSource reported last: it is still its own
+    (the client took it for a frame without an id, and the job lost its id)."""
+    async with scripted_gateway() as gw, chromium_page() as (page, _):
+        await page.goto(gw.url("/page.html"))
+        c1 = await gw.next_connection()
+        c1.send(
+            connected(),
+            frame("progress", {"jobId": "a", "percent": 10}, "e1:5"),
+            frame("resync", {"reason": "redis_reconnected"}),
+            frame("progress", {"jobId": "b", "percent": 1}, "e1:5"),
+        )
+        await until(page, "window.events.length === 3", "the event after the resync")
+        events = await page.evaluate("window.events.map((e) => [e.type, e.id])")
+        assert events == [["progress", "e1:5"], ["resync", ""], ["progress", "e1:5"]], events
+        assert await page.evaluate("window.view()") == [
+            job("b", "progress", "e1:5", {"jobId": "b", "percent": 1}),
+        ]
+
+
+async def test_a_frame_without_an_id_never_reopens_an_ended_job() -> None:
+    """Plain events published before the snapshot's newest durable event come after it
+    without their ids: older than the snapshot, they update a running job or add one,
+    but a job the snapshot shows ended stays ended."""
+    async with scripted_gateway() as gw, chromium_page() as (page, _):
+        await page.goto(gw.url("/page.html"))
+        c1 = await gw.next_connection()
+        c1.send(
+            connected(),
+            snapshot("e1:9", [("a", "completion", "e1:8", {"jobId": "a"}),
+                              ("b", "progress", "e1:9", {"jobId": "b", "percent": 50})]),
+            frame("progress", {"jobId": "a", "percent": 90}),  # no id: line
+            frame("progress", {"jobId": "b", "percent": 60}),
+            frame("progress", {"jobId": "c", "percent": 5}),
+            frame("stage", {"jobId": "d", "stage": "x"}, "e1:10"),
+        )
+        await until(page, "window.events.length === 5", "the frames after the snapshot")
+        assert await page.evaluate("window.view()") == [
+            job("a", "completion", "e1:8", {"jobId": "a"}),
+            job("b", "progress", "", {"jobId": "b", "percent": 60}),
+            job("c", "progress", "", {"jobId": "c", "percent": 5}),
+            job("d", "stage", "e1:10", {"jobId": "d", "stage": "x"}),
+        ]
+
+
+async def test_the_view_keeps_max_jobs_removing_ended_jobs_updated_least_recently() -> None:
+    async with scripted_gateway() as gw, chromium_page() as (page, _):
+        await page.goto(gw.url("/page.html?maxJobs=2"))
+        c1 = await gw.next_connection()
+        c1.send(
+            connected(),
+            frame("completion", {"jobId": "x"}, "e1:1"),
+            frame("completion", {"jobId": "y"}, "e1:2"),
+            frame("progress", {"jobId": "z", "percent": 1}, "e1:3"),  # x goes
+            frame("progress", {"jobId": "w", "percent": 1}, "e1:4"),  # y goes
+            frame("progress", {"jobId": "v", "percent": 1}, "e1:5"),  # all running: kept
+        )
+        await until(page, "window.events.length === 5", "five events")
+        assert [j["job"] for j in await page.evaluate("window.view()")] == ["z", "w", "v"]
+        removed = await page.evaluate(
+            "window.changes.filter((c) => c.change === 'removed').map((c) => c.job)")
+        assert removed == ["x", "y"], removed
+
+
 async def test_job_key_is_configurable() -> None:
     async with scripted_gateway() as gw, chromium_page() as (page, _):
         await page.goto(gw.url("/page.html?jobKey=job"))
@@ -430,6 +497,15 @@ async def test_demo_page_draws_one_bar_per_job() -> None:
             ("B", "completion", "e1:2", {"jobId": "B"}),
             ("C", "progress", "e1:6", {"jobId": "C", "percent": 5}),
         ]))
+        await wait_rows(page, [bar("B", "done", 100), bar("C", "running", 5)])
+        # a resync whose snapshot comes later (a Redis reconnect) empties the bars
+        # for a while; a job whose latest event has no percent comes back at the
+        # percent this tab saw
+        c1.send(frame("stage", {"jobId": "C", "stage": "saving"}, "e1:7"),
+                frame("resync", {"reason": "redis_reconnected"}))
+        await wait_rows(page, [])
+        c1.send(snapshot("e1:7", [("B", "completion", "e1:2", {"jobId": "B"}),
+                                  ("C", "stage", "e1:7", {"jobId": "C", "stage": "saving"})]))
         await wait_rows(page, [bar("B", "done", 100), bar("C", "running", 5)])
         # the single "latest event" panel still follows live events
         assert await page.text_content("#job") == "C"

@@ -20,7 +20,12 @@
 // view and the snapshot that follows rebuilds it. A job never moves backwards:
 // an event whose durable id (EPOCH:OFFSET) is not greater than the job's
 // current one of the same epoch leaves the view as it is (it still reaches
-// onEvent). Jobs are keyed by their text, so 7 and '7' are one job.
+// onEvent). A frame without its own id (a plain event older than the snapshot
+// before it) never reopens an ended job. Jobs are keyed by their text, so 7 and
+// '7' are one job; integer jobs above 2**53 lose precision in JSON.parse: send
+// such ids as strings. The view keeps at most `maxJobs` jobs (default 100, as
+// the gateway's sse.snapshot_jobs): past it, the least recently updated ended
+// jobs are removed; running jobs never are.
 
 /**
  * @typedef {Object} GatewayEvent
@@ -42,7 +47,8 @@
 /**
  * Changes passed to `onJob(job, change)`: 'snapshot' (set by a snapshot frame),
  * 'event' (set by a live or replayed event), 'removed' (dropped: a `resync`
- * emptied the view, or a snapshot no longer lists it; `job` is its last state).
+ * emptied the view, a snapshot no longer lists it, or an ended job made room under
+ * `maxJobs`; `job` is its last state).
  */
 
 /**
@@ -102,6 +108,9 @@ const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v)
  * @param {(status: string, detail?: *) => void} [opts.onStatus] Connection status changes.
  * @param {string[]} [opts.events] Event names to listen for.
  * @param {string} [opts.jobKey] Payload field naming the job (the gateway's sse.job_key).
+ * @param {number} [opts.maxJobs] Jobs the view keeps at most (default 100; set it to
+ *   the gateway's sse.snapshot_jobs if you raised that): past it, the least recently
+ *   updated ended jobs are removed.
  * @param {(job: GatewayJob, change: string) => void} [opts.onJob] Called for each change
  *   of the jobs view, after onEvent.
  * @returns {{close: () => void, jobs: () => GatewayJob[],
@@ -114,7 +123,7 @@ const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v)
 export function openGatewayStream({
   url, shop, getSessionToken, onEvent = () => {}, onStatus = () => {},
   events = ['progress', 'stage', 'completion', 'error'],
-  jobKey = 'jobId', onJob,
+  jobKey = 'jobId', onJob, maxJobs = 100,
 }) {
   const base = (globalThis.location && globalThis.location.href) || undefined;
   let es = null;             // current EventSource
@@ -129,6 +138,7 @@ export function openGatewayStream({
   const seen = new Set();    // recent ids: never hand the app the same event twice
   const view = new Map();    // job key -> GatewayJob
   let viewList = null;       // cached jobs() answer, null when the view changed
+  const touched = new Set(); // the view's keys, least recently updated first
   const jobListeners = new Set(onJob ? [onJob] : []);
   const terminal = new Set(['completion', 'error']);
 
@@ -142,15 +152,30 @@ export function openGatewayStream({
   };
   const entry = (job, event, id, data) =>
     Object.freeze({ job, event, id, data, ended: terminal.has(event) });
+  const touch = (key) => { touched.delete(key); touched.add(key); };
   const put = (key, job, changes, change) => {
     view.delete(key); // (re)inserted last: a snapshot's jobs end up in its order
     view.set(key, job);
+    touch(key);
     viewList = null;
     changes.push([job, change]);
   };
+  const remove = (key, changes) => {
+    const job = view.get(key);
+    view.delete(key);
+    touched.delete(key);
+    viewList = null;
+    changes.push([job, 'removed']);
+  };
   const clear = (changes, keep = new Set()) => {
-    for (const [key, job] of [...view]) {
-      if (!keep.has(key)) { view.delete(key); viewList = null; changes.push([job, 'removed']); }
+    for (const key of [...view.keys()]) if (!keep.has(key)) remove(key, changes);
+  };
+  /** Past `maxJobs`, remove the least recently updated ended jobs. */
+  const trim = (changes) => {
+    if (view.size <= maxJobs) return;
+    for (const key of [...touched]) {
+      if (view.size <= maxJobs) break;
+      if (view.get(key).ended) remove(key, changes);
     }
   };
 
@@ -160,10 +185,15 @@ export function openGatewayStream({
     const key = jobKeyOf(data[jobKey]);
     if (key === null) return;
     const current = view.get(key);
-    if (current && notAfter(id, current.id)) return;
+    if (current && (notAfter(id, current.id) || (!id && current.ended))) return;
     const job = entry(data[jobKey], type, id, data);
-    if (current) { view.set(key, job); viewList = null; changes.push([job, 'event']); }
-    else put(key, job, changes, 'event');
+    if (current) {
+      view.set(key, job);
+      touch(key);
+      viewList = null;
+      changes.push([job, 'event']);
+    } else put(key, job, changes, 'event');
+    trim(changes);
   }
 
   /** A snapshot frame: the whole view, replaced (jobs it does not list are removed). */
@@ -179,6 +209,7 @@ export function openGatewayStream({
     }
     clear(changes, new Set(fresh.map(([key]) => key)));
     for (const [key, job] of fresh) put(key, job, changes, 'snapshot');
+    trim(changes);
   }
 
   let reported = '';  // the id the current EventSource reported last
@@ -188,7 +219,9 @@ export function openGatewayStream({
     // Ids of real events never repeat one after the other; a snapshot's id may be that
     // of an event already seen.
     const id = ev.lastEventId && ev.lastEventId !== reported ? ev.lastEventId : '';
-    reported = ev.lastEventId || '';
+    // after a resync an event may come under the id seen last (a failover gave it
+    // again): its own, unless a snapshot (which sets the id again) came between
+    reported = type === 'resync' ? '' : ev.lastEventId || '';
     if (id && type !== 'snapshot') {
       if (seen.has(id)) return;
       seen.add(id);
