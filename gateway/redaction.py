@@ -17,7 +17,8 @@ from urllib.parse import unquote
 __all__ = ["SECRET_PARAMETERS", "redact_text", "redact_url"]
 
 SECRET_PARAMETERS = frozenset(
-    {"token", "ticket", "access_token", "password", "passwd", "sslpassword", "publish_key"}
+    {"token", "ticket", "access_token", "password", "passwd", "sslpassword", "ssl_password",
+     "publish_key"}
 )
 
 # name=value at the start of the text or after ? & ; or whitespace; the name may be

@@ -7,6 +7,7 @@ REDIS_HOST/... > the built-in default) and then `validate`; both raise
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 import re
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlsplit
 
 import psycopg2
 import psycopg2.extensions
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.connection import parse_url as parse_redis_url
 
 from ..errors import ConfigError
@@ -101,11 +104,49 @@ def resolve_redis(cfg: RedisConfig, environ: Mapping[str, str]) -> tuple[str, st
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(key, f"scheme must be redis, rediss or unix: {redact_url(url)}")
         options = parse_redis_url(url)  # the parser the client will use: host, port, db
+        path = urlsplit(url).path
     except ValueError:
         # the parser's message may quote part of the URL, password included
         raise ConfigError(key, "not a valid Redis URL (check host, port and db)") from None
+    if scheme == "unix" and not options.get("path"):
+        raise ConfigError(key, "a unix:// URL needs the socket's path")
+    if scheme != "unix":
+        if not options.get("host"):  # redis-py would connect to localhost, password and all
+            raise ConfigError(key, "no host (an unset ${VAR}, or a '#' or '/' in the password: "
+                              "percent-encode it)")
+        if not re.fullmatch(r"/?|/[0-9]+", path) and "db" not in options:
+            raise ConfigError(key, "the path must be the database number, e.g. /0")
+    _check_options(key, options, _accepted_options(scheme, cfg.cluster))
     _check_tls_files(key, options)
     return url, source
+
+
+def _accepted_options(scheme: str, cluster: bool) -> frozenset[str] | None:
+    """The keyword arguments the client built from a URL takes (None: any): the cluster
+    client's, or the connection class's (each class hands the rest to its parent)."""
+    if cluster:
+        classes: type = RedisCluster
+    else:
+        classes = {"unix": UnixDomainSocketConnection, "rediss": SSLConnection}.get(
+            scheme, Connection)
+    accepted: set[str] = set()
+    for cls in classes.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(vars(cls)["__init__"]).parameters.values()
+        accepted.update(p.name for p in params if p.name != "self" and (
+            p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD))
+        if all(p.kind is not p.VAR_KEYWORD for p in params):
+            return frozenset(accepted)
+    return None
+
+
+def _check_options(key: str, options: Mapping[str, Any], accepted: frozenset[str] | None) -> None:
+    """A query option the client would refuse (a TypeError at every connect): named."""
+    if accepted is None:
+        return
+    for option in sorted(set(options) - accepted - {"connection_class"}):
+        raise ConfigError(key, f"unknown option {option!r} for this Redis client")
 
 
 def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
@@ -201,11 +242,15 @@ def _check_dsn(dsn: str) -> None:
     """As libpq reads it, else a config error that never quotes it (it holds a password)."""
     if urlsplit(dsn).scheme not in ("postgresql", "postgres"):
         raise ConfigError("postgres.dsn", "must be a postgresql:// URL")
+    encode = ("percent-encode reserved characters in the user and password: % as %25, "
+              "@ as %40, ? as %3F")
     try:
-        port = psycopg2.extensions.parse_dsn(dsn).get("port")
+        parsed = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
-        raise ConfigError("postgres.dsn", "not a valid URL (percent-encode reserved characters "
-                          "in the user and password: % as %25, @ as %40, ? as %3F)") from None
+        raise ConfigError("postgres.dsn", f"not a valid URL ({encode})") from None
+    if "@" in parsed.get("host", ""):  # libpq splits at the first '@': the password is cut
+        raise ConfigError("postgres.dsn", f"the host holds an '@' ({encode})")
+    port = parsed.get("port")
     for one in (port or "").split(","):  # libpq takes a list of hosts and ports
         if one and not (one.isdigit() and 1 <= int(one) <= 65535):
             raise ConfigError("postgres.dsn", "port must be from 1 to 65535")

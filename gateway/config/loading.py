@@ -99,7 +99,7 @@ def _parse_scalar(text: str) -> Any:
     """`port: ${PORT:-8080}` -> 8080; what is not a YAML scalar stays text (and is refused)."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # a bad date, 5000 digits, [[[...
         return text
     return value if isinstance(value, bool | int | float) else text
 
@@ -144,6 +144,10 @@ def load_config(
             where = getattr(exc, "problem_mark", None)
             line = f" at line {where.line + 1}" if where else ""
             raise ConfigError("config", f"invalid YAML{line}") from None
+        except (ValueError, RecursionError):  # a scalar YAML cannot build, never quoted
+            raise ConfigError("config", "invalid YAML: a value YAML cannot read (an "
+                              "impossible date, an integer of thousands of digits, nesting "
+                              "too deep): quote it") from None
     if not isinstance(raw, dict):
         raise ConfigError("config", "top level must be a mapping")
     raw = _expand(raw, environ)

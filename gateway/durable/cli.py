@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..config import Config
 from ..redaction import redact_text, redact_url
@@ -88,13 +88,13 @@ def run_publish(cfg: Config, merchant_id: str, event: str, data: str, *,
         return 2
     try:
         client = _client(cfg)
-    except (RedisError, ValueError):  # its message may quote the URL: say no more
+    except (RedisError, RedisClusterException, ValueError):  # may quote the URL: say no more
         return _failed(cfg, "cannot connect")
     publisher = Publisher(client, **publisher_settings(cfg))
     job = job_in_data(value, payload, cfg.sse.job_key)
     try:
         done = publisher.send(Publication(merchant_id, event, payload, job, number, key))
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         return _failed(cfg, redact_text(str(exc)) or type(exc).__name__)
     finally:
         client.close()
