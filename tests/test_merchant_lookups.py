@@ -10,6 +10,7 @@ PostgreSQL had stopped answering (503 for streams PostgreSQL could serve).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -18,7 +19,7 @@ from support import unique_merchant
 from gateway.access import merchants
 from gateway.access.merchants import MerchantDirectory
 from gateway.config import PostgresConfig
-from tools.services import PostgresServer
+from tools.services import PostgresServer, free_port
 
 LOOKUPS = 300
 TURN_S = 0.005  # what each loop turn costs besides the lookups (a storm's other work)
@@ -156,3 +157,27 @@ def test_a_recheck_is_never_paced(postgres_server: PostgresServer) -> None:
             await directory.close()
 
     assert asyncio.run(run()) == ["NoneType"] * 3
+
+
+def test_a_postgresql_that_never_answered_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a change from available used to be logged: a gateway started against a
+    PostgreSQL it could never reach (a wrong port, password or database) said nothing."""
+    cfg = PostgresConfig(dsn=f"postgresql://gw:S3cretPg@127.0.0.1:{free_port()}/gw",
+                         query_timeout=0.5)
+
+    async def pings() -> None:
+        directory = MerchantDirectory(cfg)
+        try:
+            for _ in range(3):
+                with pytest.raises(merchants.UnavailableError):
+                    await directory.ping()
+        finally:
+            await directory.close()
+
+    with caplog.at_level(logging.WARNING, logger="gateway.access.merchants"):
+        asyncio.run(pings())
+    said = [r.getMessage() for r in caplog.records if "postgres unavailable" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "S3cretPg" not in caplog.text

@@ -243,7 +243,7 @@ class MerchantDirectory:
             task.exception()  # retrieved: the failure of a query nobody awaits is not news
 
     def _mark_unavailable(self, why: str) -> None:
-        if self.healthy:
+        if self.healthy or not self._failing:  # a change, or the first answer ever a failure
             log.warning("postgres unavailable: %s", why)
         self.healthy = False
         self._failing = True
