@@ -279,3 +279,47 @@ def test_r8_unreadable_saved_inputs_exit_2_in_one_line(tmp_path: Any, capsys: An
         assert main([str(report)]) == 2, name
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "unreadable saved inputs" in err, (name, err)
+
+
+# -- seed 2319 (cluster) in miniature: a progress coalesced into a newer one, both lost --
+
+LOST_PUBLISHED = [
+    Published("lua2", 1, "m1", "stage", "j1", True, 1.0, 1.0, f"{E}:1"),
+    Published("lua2", 2, "m1", "progress", "j1", True, 2.0, 2.0, f"{E}:2"),  # lost
+    Published("lua2", 3, "m1", "progress", "j1", True, 2.1, 2.1, f"{E}:3"),  # lost
+    Published("lua3", 1, "m1", "stage", "j2", True, 2.5, 2.5, f"{E}:2"),  # kept under E:2
+    Published("lua2", 4, "m1", "progress", "j1", True, 2.9, 2.9, f"{E}:3"),  # kept under E:3
+    Published("lua3", 2, "m1", "stage", "j2", True, 3.5, 3.5, f"{E}:4"),
+]
+LOST_HISTORY = {(E, 1): Held("stage", "j1", ("lua2", 1)), (E, 2): Held("stage", "j2", ("lua3", 1)),
+                (E, 3): Held("progress", "j1", ("lua2", 4)),
+                (E, 4): Held("stage", "j2", ("lua3", 2))}
+FAILED_OVER = Fault("redis_freeze", "redis", 1.5, 3.2, redis=True, lossy=True)
+
+
+def lost_ev(t: float, event: str, offset: int, ident: tuple[str, int], job: str) -> Any:
+    return frame(t, event, f"{E}:{offset}", {"jobId": job, "pub": ident[0], "seq": ident[1]})
+
+
+def lost_kinds(second: list[Any]) -> list[str]:
+    tab = client(session([connected(0.5), lost_ev(1.1, "stage", 1, ("lua2", 1), "j1")]),
+                 session(second, last=f"{E}:1", end="final"))
+    return [a.kind for a in check([tab], LOST_PUBLISHED, [FAILED_OVER], {"m1": (E, 4)},
+                                  Settings(), {"m1": LOST_HISTORY})]
+
+
+def test_a_lost_progress_coalesced_into_a_newer_lost_one_is_no_gap() -> None:
+    """A tab resumed from the deposed primary's history (E:2, E:3: progress of j1, both
+    lost); its queue kept only the newer one, as coalescing does. The checker called the
+    skipped E:2 a gap: the event Redis holds there now (another job's stage) is no
+    progress, so its coalescing rule did not apply."""
+    assert lost_kinds([connected(2.3), lost_ev(2.31, "progress", 3, ("lua2", 3), "j1"),
+                       frame(3.3, "resync", None, {"reason": "redis_reconnected"}),
+                       lost_ev(3.6, "stage", 4, ("lua3", 2), "j2")]) == []
+
+
+def test_the_kept_event_skipped_before_a_kept_progress_of_its_job_is_still_a_gap() -> None:
+    """From the promoted replica's history E:2 is another job's stage, owed to the tab: a
+    stand-in Redis kept proves that history (only a lost stand-in proves the old one)."""
+    assert lost_kinds([connected(2.3), lost_ev(2.95, "progress", 3, ("lua2", 4), "j1"),
+                       lost_ev(3.6, "stage", 4, ("lua3", 2), "j2")]) == ["gap"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .knowledge import Knowledge, job_of
+from .knowledge import Knowledge, ident_of, job_of
 from .records import Frame, Session, durable_id
 
 __all__ = ["coalesced", "queued_first", "resync_follows", "shown", "snapshot_has"]
@@ -42,7 +42,15 @@ def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: f
     that replaced it in turn) then comes later in the session (``later``), or a later
     snapshot holds the job at or past it (it made way for the snapshot). Or in the
     tab's next session (``resumed``) when it resumed from an id before it: the stream
-    was cut before it wrote the newer one out, and the replay brings it."""
+    was cut before it wrote the newer one out, and the replay brings it. Or a lost
+    write's ``progress`` the id held on a deposed primary (``_lost_coalesced``)."""
+    return (_kept_coalesced(know, epoch, offset, later, t, resumed)
+            or _lost_coalesced(know, epoch, offset, later, t))
+
+
+def _kept_coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: float,
+                    resumed: Session | None) -> bool:
+    """`coalesced` for the event Redis holds under the id now."""
     kind = know.kind.get((epoch, offset))
     if kind is None or kind[0] != "progress" or kind[1] is None:
         return False
@@ -60,6 +68,29 @@ def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: f
             return True
         if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, newer - 1):
             return True
+    return False
+
+
+def _lost_coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame],
+                    t: float) -> bool:
+    """Whether a skipped id whose event now is no coalescible ``progress`` held one that
+    a failover lost (a lost write): coalesced when a newer ``progress`` of that job
+    published by ``t`` came later in the session as a lost write's event itself, so
+    the tab was served the deposed primary's history, where the id held the lost one.
+    (A stand-in Redis kept proves the newer history, where the id's event is owed.)"""
+    d = (epoch, offset)
+    for event, job in know.lost_kinds.get(d, ()):
+        if event != "progress" or job is None:
+            continue
+        newer = know.newer_progress(epoch, job, offset, t)
+        if newer is None:
+            continue
+        for f in later:
+            o = durable_id(f.id)
+            if f.event == "progress" and o and o[0] == epoch and o[1] >= newer \
+                    and job_of(f.payload()) == job \
+                    and ident_of(f.payload()) in {w.ident for w in know.lost.get(o, ())}:
+                return True
     return False
 
 
