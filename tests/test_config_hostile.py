@@ -58,6 +58,14 @@ def test_an_option_the_redis_client_would_refuse_is_named(
     assert err.key == "redis.url" and option in str(err)
 
 
+@pytest.mark.parametrize("option", ["max_connections=1", "timeout=0", "protocol=3"])
+def test_an_option_the_gateway_sets_itself_is_refused(tmp_path: Path, option: str) -> None:
+    """redis-py lets a URL option win over the client's own arguments: the pool's size
+    and wait, and RESP2 for the subscriber's reader, would be changed behind its back."""
+    err = config_error(tmp_path, {"redis": {"url": f"redis://h:6379/0?{option}"}})
+    assert err.key == "redis.url" and option.split("=")[0] in str(err)
+
+
 def test_options_the_client_takes_pass(tmp_path: Path) -> None:
     url = "rediss://h:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false&socket_keepalive=true"
     assert load(tmp_path, {"redis": {"url": url}}).redis.url == url

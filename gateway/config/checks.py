@@ -141,8 +141,16 @@ def _accepted_options(scheme: str, cluster: bool) -> frozenset[str] | None:
     return None
 
 
+# what the gateway sets itself, which a URL option would override (redis-py lets the
+# URL win): the pool's size and wait (gate.py counts on them), RESP2 for the reader
+_GATEWAY_SET = frozenset({"max_connections", "timeout", "protocol"})
+
+
 def _check_options(key: str, options: Mapping[str, Any], accepted: frozenset[str] | None) -> None:
-    """A query option the client would refuse (a TypeError at every connect): named."""
+    """A query option the gateway sets itself, or one the client would refuse (a
+    TypeError at every connect): named."""
+    for option in sorted(_GATEWAY_SET.intersection(options)):
+        raise ConfigError(key, f"{option} is set by the gateway, not by a URL option")
     if accepted is None:
         return
     for option in sorted(set(options) - accepted - {"connection_class"}):
