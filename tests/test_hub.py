@@ -361,7 +361,7 @@ def test_only_an_id_that_does_not_continue_the_proven_head_is_checked() -> None:
     assert len(checks.asked) == 1 and ids(sink.got)[-1] == "ep:3"
 
 
-@pytest.mark.parametrize("forged", ["ep:9", "ep:2", "other:1"])
+@pytest.mark.parametrize("forged", ["ep:9", "other:1"])
 def test_an_envelope_the_history_does_not_hold_goes_out_as_a_plain_event(forged: str) -> None:
     checks = Checks()
     hub = Hub(history=10, epoch="local", verify=checks)
@@ -370,14 +370,33 @@ def test_an_envelope_the_history_does_not_hold_goes_out_as_a_plain_event(forged:
     hub.publish("m", "stage", b"1", "ep:1")
     checks.asked[0][2](True)
     hub.publish("m", "stage", b"2", "ep:2")
-    payload = b"2" if forged == "ep:2" else b"forged"  # ep:2: the real one, a copy of it
-    hub.publish("m", "stage", payload, forged)  # a plain PUBLISH imitating the envelope
+    hub.publish("m", "stage", b"forged", forged)  # a plain PUBLISH imitating the envelope
     hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
-    assert checks.asked[-1][:2] == (forged, payload.decode())
-    checks.asked[-1][2](forged == "ep:2")  # even a real old id published again: not twice
+    assert checks.asked[-1][:2] == (forged, "forged")
+    checks.asked[-1][2](False)
     assert shown(sink.got) == ["ep:1", "ep:2", "plain", "ep:3"]
     assert hub.forged == 1
     replay, gap = hub.attach("m", Sink(), sink.got[2].id)  # resuming after the forgery
+    assert not gap and ids(replay) == ["ep:3"]
+
+
+def test_an_event_that_comes_again_after_going_out_here_is_not_sent_twice() -> None:
+    """Redis Cluster may bring one message twice across a failover (the deposed
+    primary's publish, then the promoted replica's): the copy used to go out as a plain
+    event, so every tab got the event twice (chaos cluster seed 2320)."""
+    checks = Checks()
+    hub = Hub(history=10, epoch="local", verify=checks)
+    sink = Sink()
+    hub.attach("m", sink, None)
+    hub.publish("m", "stage", b"1", "ep:1")
+    checks.asked[0][2](True)
+    hub.publish("m", "stage", b"2", "ep:2")
+    hub.publish("m", "stage", b"2", "ep:2")  # the same event again
+    hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
+    checks.asked[-1][2](True)
+    assert shown(sink.got) == ["ep:1", "ep:2", "ep:3"]
+    assert (hub.copies, hub.forged) == (1, 0)
+    replay, gap = hub.attach("m", Sink(), "ep:2")
     assert not gap and ids(replay) == ["ep:3"]
 
 
@@ -410,15 +429,16 @@ def head_learnt(history: int, offset: int) -> tuple[Hub, Checks, Sink]:
     return hub, checks, sink
 
 
-def test_a_copy_of_an_event_older_than_the_ring_still_goes_out_as_plain() -> None:
+def test_a_copy_in_the_ring_is_dropped_one_older_than_the_ring_goes_out_as_plain() -> None:
     hub, checks, sink = head_learnt(history=2, offset=1)
     for n in (2, 3, 4):
         hub.publish("m", "stage", str(n).encode(), f"ep:{n}")
-    hub.publish("m", "stage", b"3", "ep:3")  # in the ring: a copy
+    hub.publish("m", "stage", b"3", "ep:3")  # in the ring: a copy of what went out here
     checks.asked[-1][2](True)
     hub.publish("m", "stage", b"2", "ep:2")  # before the ring: nothing says otherwise
     checks.asked[-1][2](True)
-    assert shown(sink.got) == ["ep:2", "ep:3", "ep:4", "plain", "plain"] and hub.forged == 2
+    assert shown(sink.got) == ["ep:2", "ep:3", "ep:4", "plain"]
+    assert (hub.copies, hub.forged) == (1, 1)
 
 
 def test_a_gap_makes_the_next_envelope_checked_again() -> None:

@@ -63,6 +63,7 @@ class Hub:
         self.messages = 0
         self.deliveries = 0
         self.forged = 0  # envelopes whose id the history does not hold: sent as plain
+        self.copies = 0  # durable events that came again after going out here: dropped
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -72,14 +73,12 @@ class Hub:
     ) -> Entry | None:
         """Record and fan out one message; None for a merchant not held (or held back).
 
-        `event_id` is a durable event's global id; plain messages get a local one.
-        A durable id is taken as it comes only when it continues the merchant's
-        proven head; any other (the first one seen, a jump, another epoch, an old
-        id published again) holds the merchant's messages, in order, until
-        `verify` says whether the history holds that event (`_verified`): a plain
-        PUBLISH imitating the envelope cannot hand out an id of events not yet
-        published.
-        """
+        `event_id` is a durable event's global id (plain messages get a local one),
+        taken as it comes only when it continues the merchant's proven head; any
+        other (the first one seen, a jump, another epoch, an old id again) holds the
+        merchant's messages, in order, until `verify` says whether the history holds
+        that event (`_verified`): a plain PUBLISH imitating the envelope cannot hand
+        out an id of events not yet published."""
         topic = self._topics.get(merchant_id)
         if topic is None:
             return None
@@ -112,18 +111,20 @@ class Hub:
 
     def _verified(self, merchant_id: str, topic: Topic, genuine: bool, missed: bool,
                   lost_from: DurableId | None = None) -> None:
-        """The held envelope checked (verdict.py): delivered with its id when the history
-        holds it, else as a plain event; then the messages held behind it go on, until
-        the next one that needs a check. When events before it never arrived, or a
-        failover gave ids delivered here to other events, `on_missed` comes first (its
-        streams resync)."""
+        """The held envelope checked (verdict.py): sent with its id, as a plain event or
+        not at all (a copy); then the messages held behind it go on, until the next one
+        that needs a check. `on_missed` comes first (streams resync) when events before
+        it never arrived, or a failover gave ids delivered here to other events."""
         pending = topic.pending
         if pending is None or self._topics.get(merchant_id) is not topic:
             return
         topic.pending = None
         (event, payload, event_id), rest = pending[0], pending[1:]
         verdict = judge(topic, event, payload, event_id or "", genuine, missed, lost_from)
-        if verdict.event_id is None:
+        if verdict.copy:  # Redis Cluster may bring one message twice across a failover
+            self.copies += 1
+            log.info("merchant=%s: %s came again (a copy): dropped", merchant_id, event_id)
+        elif verdict.event_id is None:
             self.forged += 1
         if verdict.lost is not None:
             first, last = verdict.lost
@@ -134,7 +135,8 @@ class Hub:
         if verdict.resync:
             self.mark_gap([merchant_id])
             self._on_missed([merchant_id])
-        self._fan_out(topic, event, payload, verdict.event_id)
+        if not verdict.copy:
+            self._fan_out(topic, event, payload, verdict.event_id)
         for held in rest:
             if held is _GAP_HERE:
                 self._gap(topic)
@@ -276,9 +278,8 @@ class Hub:
         return {m for m, topic in self._existing(merchant_ids) if topic.late is not None}
 
     def live_again(self, merchant_ids: Iterable[str], control: Control) -> list[str]:
-        """Their channels are subscribed again after `resync`: the streams attached
-        since it went out get `control` now, before anything that follows. Returns the
-        merchants whose streams all got it (a topic made since the resync had none)."""
+        """Their channels are subscribed again after `resync`: streams attached since get
+        `control` now, first; the merchants whose streams all got it (a new topic: none)."""
         resynced = []
         for merchant_id, topic in self._existing(merchant_ids):
             owed = topic.live_again()
@@ -290,8 +291,7 @@ class Hub:
 
     def subscribers(self, merchant_id: str) -> list[Subscriber]:
         """The merchant's open streams (a copy)."""
-        topic = self._topics.get(merchant_id)
-        return list(topic.subscribers) if topic is not None else []
+        return list(topic.subscribers) if (topic := self._topics.get(merchant_id)) else []
 
     def broadcast(self, control: Control, merchant_ids: Iterable[str]) -> None:
         for _, topic in self._existing(merchant_ids):

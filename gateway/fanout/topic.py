@@ -106,6 +106,12 @@ class Topic:
                 reaches = held.epoch == durable.epoch and held.offset < durable.offset
         return not reaches and not (self.head_read and durable == self.durable_head)
 
+    def holds(self, event_id: str, event: str, payload: bytes) -> bool:
+        """Whether the ring holds this very event under `event_id`: it went out here."""
+        return any(entry.id == event_id and entry.event == event
+                   and entry.wire[0] == event_frame(event_id, event, payload)
+                   for entry in self.history)
+
     def proven_tail(self, limit: int) -> list[tuple[DurableId, bytes]]:
         """Up to `limit` durable events of the ring, newest first, of the proven head's
         epoch and not past it, each with its frame: what this process delivered (from

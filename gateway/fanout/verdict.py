@@ -32,6 +32,7 @@ class Verdict(NamedTuple):
     event_id: str | None  # the id the event goes out with; None: as a plain event
     lost: tuple[DurableId, DurableId] | None  # ids delivered here, now other events'
     resync: bool  # the merchant's streams resync before it
+    copy: bool = False  # it went out here under this id already: not sent again
 
 
 def judge(topic: Topic, event: str, payload: bytes, event_id: str, genuine: bool,
@@ -41,7 +42,9 @@ def judge(topic: Topic, event: str, payload: bytes, event_id: str, genuine: bool
     the head that the history holds as another one (asked after a gap).
 
     A genuine id at or below the proven head is either an event that went out under
-    it published again (plain: never twice) or the history was rolled back: a
+    it published again (a copy: Redis Cluster may deliver one message twice across
+    a failover; dropped when the ring holds it, else plain: never twice under its
+    id) or the history was rolled back: a
     failover lost the writes the head came from (delivered live, or read from the
     deposed primary) and the new primary gave their ids to other events
     (`Topic.sent_before` tells which). Then the streams resync (some got the lost
@@ -54,7 +57,8 @@ def judge(topic: Topic, event: str, payload: bytes, event_id: str, genuine: bool
     lost_first = lost_from
     if head is not None and head.epoch == durable.epoch and durable.offset <= head.offset:
         if topic.sent_before(event_id, durable, event, payload):
-            return Verdict(None, _lost(lost_first, head), lost_first is not None or missed)
+            return Verdict(None, _lost(lost_first, head), lost_first is not None or missed,
+                           topic.holds(event_id, event, payload))
         lost_first = durable if lost_first is None else min(
             lost_first, durable, key=lambda d: d.offset)
     lost = _lost(lost_first, head)
