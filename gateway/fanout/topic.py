@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..durable.ids import DurableId
 from .frames import Control, Entry, event_frame
@@ -88,29 +88,28 @@ class Topic:
             self.next_durable = f"{durable.epoch}:{durable.offset + 1}"
         self.head_read = read
 
-    def sent_before(self, event_id: str, durable: DurableId, event: str, payload: bytes) -> bool:
+    def sent_before(
+        self, event_id: str, durable: DurableId, event: str, payload: bytes
+    ) -> Literal["here", "earlier"] | None:
         """Whether a genuine envelope at or below the proven head is a copy of an event
         that went out here (published again), not another event that the history now
         holds under that id (a failover lost the writes the head came from, and the
         new primary gave their ids again). The ring tells: it holds this very event
-        under the id, or another one; or it does not hold the id though it reaches
-        back past it (never sent here); or it does not reach back that far (a copy),
-        unless it is the head itself and the head came from a read (a snapshot, whose
-        state may hold the write a failover lost under that id)."""
+        under the id ("here"), or another one (None); or it does not hold the id though
+        it reaches back past it (never sent here: None); or it does not reach back that
+        far ("earlier": a copy), unless it is the head itself and the head came from a
+        read (a snapshot, whose state may hold the write a failover lost under that id)."""
         reaches = False
         for entry in self.history:
             if entry.id == event_id:
-                return entry.event == event and entry.wire[0] == event_frame(
+                same = entry.event == event and entry.wire[0] == event_frame(
                     event_id, event, payload)
+                return "here" if same else None
             if not reaches and (held := DurableId.parse(entry.id)) is not None:
                 reaches = held.epoch == durable.epoch and held.offset < durable.offset
-        return not reaches and not (self.head_read and durable == self.durable_head)
-
-    def holds(self, event_id: str, event: str, payload: bytes) -> bool:
-        """Whether the ring holds this very event under `event_id`: it went out here."""
-        return any(entry.id == event_id and entry.event == event
-                   and entry.wire[0] == event_frame(event_id, event, payload)
-                   for entry in self.history)
+        if reaches or (self.head_read and durable == self.durable_head):
+            return None
+        return "earlier"
 
     def proven_tail(self, limit: int) -> list[tuple[DurableId, bytes]]:
         """Up to `limit` durable events of the ring, newest first, of the proven head's

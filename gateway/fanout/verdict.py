@@ -56,9 +56,10 @@ def judge(topic: Topic, event: str, payload: bytes, event_id: str, genuine: bool
         return Verdict(None, None, False)
     lost_first = lost_from
     if head is not None and head.epoch == durable.epoch and durable.offset <= head.offset:
-        if topic.sent_before(event_id, durable, event, payload):
+        sent = topic.sent_before(event_id, durable, event, payload)
+        if sent is not None:
             return Verdict(None, _lost(lost_first, head), lost_first is not None or missed,
-                           topic.holds(event_id, event, payload))
+                           copy=sent == "here")
         lost_first = durable if lost_first is None else min(
             lost_first, durable, key=lambda d: d.offset)
     lost = _lost(lost_first, head)
