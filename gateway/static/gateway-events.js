@@ -154,8 +154,7 @@ export function openGatewayStream({
     Object.freeze({ job, event, id, data, ended: terminal.has(event) });
   const touch = (key) => { touched.delete(key); touched.add(key); };
   const put = (key, job, changes, change) => {
-    view.delete(key); // (re)inserted last: a snapshot's jobs end up in its order
-    view.set(key, job);
+    view.set(key, job); // a new job goes last; a known one keeps its place
     touch(key);
     viewList = null;
     changes.push([job, change]);
@@ -186,13 +185,7 @@ export function openGatewayStream({
     if (key === null) return;
     const current = view.get(key);
     if (current && (notAfter(id, current.id) || (!id && current.ended))) return;
-    const job = entry(data[jobKey], type, id, data);
-    if (current) {
-      view.set(key, job);
-      touch(key);
-      viewList = null;
-      changes.push([job, 'event']);
-    } else put(key, job, changes, 'event');
+    put(key, entry(data[jobKey], type, id, data), changes, 'event');
     trim(changes);
   }
 
@@ -208,7 +201,10 @@ export function openGatewayStream({
       }
     }
     clear(changes, new Set(fresh.map(([key]) => key)));
-    for (const [key, job] of fresh) put(key, job, changes, 'snapshot');
+    for (const [key, job] of fresh) {
+      view.delete(key); // (re)inserted last: the view takes the snapshot's order
+      put(key, job, changes, 'snapshot');
+    }
     trim(changes);
   }
 
