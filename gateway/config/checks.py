@@ -149,12 +149,10 @@ _GATEWAY_SET = frozenset({"max_connections", "timeout", "protocol"})
 def _check_options(key: str, options: Mapping[str, Any], accepted: frozenset[str] | None) -> None:
     """A query option the gateway sets itself, or one the client would refuse (a
     TypeError at every connect): named."""
-    for option in sorted(_GATEWAY_SET.intersection(options)):
-        raise ConfigError(key, f"{option} is set by the gateway, not by a URL option")
-    if accepted is None:
-        return
-    for option in sorted(set(options) - accepted - {"connection_class"}):
-        raise ConfigError(key, f"unknown option {option!r} for this Redis client")
+    if fixed := sorted(_GATEWAY_SET.intersection(options)):
+        raise ConfigError(key, f"{fixed[0]} is set by the gateway, not by a URL option")
+    if accepted is not None and (unknown := sorted(set(options) - accepted - {"connection_class"})):
+        raise ConfigError(key, f"unknown option {unknown[0]!r} for this Redis client")
 
 
 def _check_tls_files(key: str, options: Mapping[str, Any]) -> None:
