@@ -363,12 +363,7 @@ def test_only_an_id_that_does_not_continue_the_proven_head_is_checked() -> None:
 
 @pytest.mark.parametrize("forged", ["ep:9", "other:1"])
 def test_an_envelope_the_history_does_not_hold_goes_out_as_a_plain_event(forged: str) -> None:
-    checks = Checks()
-    hub = Hub(history=10, epoch="local", verify=checks)
-    sink = Sink()
-    hub.attach("m", sink, None)
-    hub.publish("m", "stage", b"1", "ep:1")
-    checks.asked[0][2](True)
+    hub, checks, _, sink = proven_at_ep1()
     hub.publish("m", "stage", b"2", "ep:2")
     hub.publish("m", "stage", b"forged", forged)  # a plain PUBLISH imitating the envelope
     hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
@@ -384,12 +379,7 @@ def test_an_event_that_comes_again_after_going_out_here_is_not_sent_twice() -> N
     """Redis Cluster may bring one message twice across a failover (the deposed
     primary's publish, then the promoted replica's): the copy used to go out as a plain
     event, so every tab got the event twice (chaos cluster seed 2320)."""
-    checks = Checks()
-    hub = Hub(history=10, epoch="local", verify=checks)
-    sink = Sink()
-    hub.attach("m", sink, None)
-    hub.publish("m", "stage", b"1", "ep:1")
-    checks.asked[0][2](True)
+    hub, checks, _, sink = proven_at_ep1()
     hub.publish("m", "stage", b"2", "ep:2")
     hub.publish("m", "stage", b"2", "ep:2")  # the same event again
     hub.publish("m", "stage", b"3", "ep:3")  # real, held behind the check
