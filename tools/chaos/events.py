@@ -50,6 +50,7 @@ class LostWrite:
     merchant: str
     offset: Offset
     ident: Ident
+    kind: Kind  # the lost event's (event, job)
     acked: float
     found: Ident | None  # the event that holds the id now (None: none)
     reused: bool = False

@@ -26,7 +26,6 @@ class Knowledge:
         self.ident: dict[Offset, Ident] = {}  # the event an id stands for now
         self.acks: dict[Offset, list[Ack]] = defaultdict(list)  # every ack of each id
         self.lost: dict[Offset, list[LostWrite]] = {}
-        self.lost_kinds: dict[Offset, set[Kind]] = {}  # (event, job) of each lost event
         self.vanished: set[Offset] = set()  # acknowledged ids Redis holds no event under now
         # ids whose event is in doubt: Redis holds none there now, or the history tap saw
         # another kind there (an event lost and its id given again, unacknowledged)
@@ -109,7 +108,7 @@ class Knowledge:
     def kinds_at(self, d: Offset) -> set[Kind]:
         """The (event, job) of every event Redis gave id ``d`` (empty: unknown)."""
         now = self.kind.get(d)
-        return {now, *self.lost_kinds.get(d, ())} if now is not None else set()
+        return {now, *(w.kind for w in self.lost.get(d, ()))} if now is not None else set()
 
     def newer_progress(self, epoch: str, job: str, offset: int, by: float) -> int | None:
         """The first ``progress`` of ``job`` after ``offset`` in ``epoch`` that was

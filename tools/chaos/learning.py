@@ -137,6 +137,5 @@ def _settle(merchant: str, k: Knowledge, entries: dict[Offset, Held]) -> None:
         k.ident[d] = now or acks[-1].ident
         gone = [a for a in first_ack.values() if a.ident != now]
         if gone:
-            k.lost[d] = [LostWrite(merchant, d, a.ident, a.acked, now, len(first_ack) > 1,
-                                   a.received) for a in gone]
-            k.lost_kinds[d] = {(a.event, a.job) for a in gone}
+            k.lost[d] = [LostWrite(merchant, d, a.ident, (a.event, a.job), a.acked, now,
+                                   len(first_ack) > 1, a.received) for a in gone]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 from .knowledge import Knowledge, ident_of, job_of
 from .records import Frame, Session, durable_id
 
@@ -43,54 +46,37 @@ def coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: f
     snapshot holds the job at or past it (it made way for the snapshot). Or in the
     tab's next session (``resumed``) when it resumed from an id before it: the stream
     was cut before it wrote the newer one out, and the replay brings it. Or a lost
-    write's ``progress`` the id held on a deposed primary (``_lost_coalesced``)."""
-    return (_kept_coalesced(know, epoch, offset, later, t, resumed)
-            or _lost_coalesced(know, epoch, offset, later, t))
+    write's ``progress`` the id held on a deposed primary."""
+    d = (epoch, offset)
+    kind = know.kind.get(d)
+    return (kind is not None and _made_way(know, d, kind, later, t, resumed, lost=False)) \
+        or any(_made_way(know, d, w.kind, later, t, None, lost=True)
+               for w in know.lost.get(d, ()))
 
 
-def _kept_coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame], t: float,
-                    resumed: Session | None) -> bool:
-    """`coalesced` for the event Redis holds under the id now."""
-    kind = know.kind.get((epoch, offset))
-    if kind is None or kind[0] != "progress" or kind[1] is None:
+def _made_way(know: Knowledge, d: tuple[str, int], kind: tuple[str, str | None],
+              later: Iterable[Frame], t: float, resumed: Session | None, lost: bool) -> bool:
+    """`coalesced` for one event Redis gave ``d``: the one it holds now, or a lost write's
+    (``lost``: then only a newer lost write's own progress proves it; a stand-in Redis
+    kept proves the newer history, where the id's event is owed)."""
+    (epoch, offset), (event, job) = d, kind
+    if event != "progress" or job is None:
         return False
-    newer = know.newer_progress(epoch, kind[1], offset, t)
+    newer = know.newer_progress(epoch, job, offset, t)
     if newer is None:
         return False
-    if resumed is not None:
-        since = durable_id(resumed.last_event_id)
-        if since is not None and since[0] == epoch and since[1] < newer:
-            later = [*later, *resumed.frames]
+    since = durable_id(resumed.last_event_id) if resumed is not None else None
+    if resumed is not None and since is not None and since[0] == epoch and since[1] < newer:
+        later = itertools.chain(later, resumed.frames)
     for f in later:
-        d = durable_id(f.id)
-        if f.event == "progress" and d and d[0] == epoch and d[1] >= newer and (
-                job_of(f.payload()) == kind[1]):
-            return True
-        if f.event == "snapshot" and snapshot_has(f, kind[1], epoch, newer - 1):
-            return True
-    return False
-
-
-def _lost_coalesced(know: Knowledge, epoch: str, offset: int, later: list[Frame],
-                    t: float) -> bool:
-    """Whether a skipped id whose event now is no coalescible ``progress`` held one that
-    a failover lost (a lost write): coalesced when a newer ``progress`` of that job
-    published by ``t`` came later in the session as a lost write's event itself, so
-    the tab was served the deposed primary's history, where the id held the lost one.
-    (A stand-in Redis kept proves the newer history, where the id's event is owed.)"""
-    d = (epoch, offset)
-    for event, job in know.lost_kinds.get(d, ()):
-        if event != "progress" or job is None:
-            continue
-        newer = know.newer_progress(epoch, job, offset, t)
-        if newer is None:
-            continue
-        for f in later:
-            o = durable_id(f.id)
-            if f.event == "progress" and o and o[0] == epoch and o[1] >= newer \
-                    and job_of(f.payload()) == job \
-                    and ident_of(f.payload()) in {w.ident for w in know.lost.get(o, ())}:
+        o = durable_id(f.id)
+        if f.event == "progress" and o and o[0] == epoch and o[1] >= newer:
+            data = f.payload()
+            if job_of(data) == job and (
+                    not lost or any(w.ident == ident_of(data) for w in know.lost.get(o, ()))):
                 return True
+        elif not lost and f.event == "snapshot" and snapshot_has(f, job, epoch, newer - 1):
+            return True
     return False
 
 
