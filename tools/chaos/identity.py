@@ -53,9 +53,7 @@ class Identities:
         # it as a plain event once Redis gives that id another (documented, for lost
         # writes), and a resync in between told the tab its ids may have changed. With
         # no resync between, plain first, or an event Redis kept: a copy.
-        if got in self.durable and self.lost_got.get(got, self.resyncs) < self.resyncs:
-            return None
-        if got in self.durable:
+        if got in self.durable and self.lost_got.get(got, self.resyncs) >= self.resyncs:
             return "plain_copy", f"{got} as a plain event, received before under " \
                 f"{self.durable[got]}"
         return None
