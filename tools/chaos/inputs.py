@@ -35,6 +35,8 @@ READS = (1, 2)  # the versions load() reads
 CONFIG = ("history", "history_ttl", "snapshot_jobs")  # the Settings a run configured
 Offset = tuple[str, int]
 T = TypeVar("T")
+_V1_SESSION = ("started", "last_event_id", "via", "entry", "status", "ended", "end", "jumped",
+               "frames")  # a version 1 session's order
 
 
 @dataclass(slots=True)
@@ -96,14 +98,9 @@ def load(path: Path) -> Inputs:
 
     def session(row: Any) -> Session:
         if isinstance(row, list):  # version 1
-            started, last, via, entry, status, ended, end, jumped, frames = row
-            row = {"started": started, "last_event_id": last, "via": via, "entry": entry,
-                   "status": status, "ended": ended, "end": end, "jumped": jumped,
-                   "frames": frames}
-        s = _build(Session, {**row, "frames": []})
-        s.frames = [Frame(t, event, event_id, strings[i]) for t, event, event_id, i
-                    in row["frames"]]
-        return s
+            row = dict(zip(_V1_SESSION, row, strict=True))
+        return _build(Session, {**row, "frames": [Frame(t, event, event_id, strings[i])
+                                                  for t, event, event_id, i in row["frames"]]})
 
     clients = [ClientLog(c[0], c[1], [session(s) for s in c[2]]) if isinstance(c, list)
                else ClientLog(c["name"], c["merchant"], [session(s) for s in c["sessions"]])
