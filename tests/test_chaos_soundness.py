@@ -26,9 +26,10 @@ def ev(t: float, offset: int, event: str = "stage", job: str | None = None, pub:
 
 
 def pub(offset: int, t: float, event: str = "stage", job: str | None = None, who: str = "p",
-        seq: int | None = None) -> Published:
-    return Published(who, offset if seq is None else seq, "m1", event, job, True, t, t,
-                     f"{E}:{offset}")
+        seq: int | None = None, acked: float | None = None) -> Published:
+    """A durable publish acknowledged with ``E:offset`` (at ``acked``, else when sent)."""
+    return Published(who, offset if seq is None else seq, "m1", event, job, True, t,
+                     t if acked is None else acked, f"{E}:{offset}")
 
 
 def item(offset: int, job: str, event: str = "stage", seq: int | None = None) -> dict[str, Any]:

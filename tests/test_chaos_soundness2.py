@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from test_chaos import EPOCH, client, connected, frame, session
-from test_chaos_soundness import ev, item, resync
+from test_chaos_soundness import ev, item, pub, resync
 
 from tools.chaos.checker import Settings, check
 from tools.chaos.knowledge import Held
@@ -16,13 +16,6 @@ from tools.chaos.losses import Loss
 from tools.chaos.records import ClientLog, Fault, Published
 
 E = EPOCH
-
-
-def pub(offset: int, t: float, event: str = "stage", job: str | None = None, who: str = "p",
-        seq: int | None = None, acked: float | None = None) -> Published:
-    """A durable publish acknowledged with ``E:offset`` (at ``acked``, else when sent)."""
-    return Published(who, offset if seq is None else seq, "m1", event, job, True, t,
-                     t if acked is None else acked, f"{E}:{offset}")
 
 
 def unacked(who: str, seq: int, t: float, event: str = "stage",
@@ -284,12 +277,12 @@ def test_r8_unreadable_saved_inputs_exit_2_in_one_line(tmp_path: Any, capsys: An
 # -- seed 2319 (cluster) in miniature: a progress coalesced into a newer one, both lost --
 
 LOST_PUBLISHED = [
-    Published("lua2", 1, "m1", "stage", "j1", True, 1.0, 1.0, f"{E}:1"),
-    Published("lua2", 2, "m1", "progress", "j1", True, 2.0, 2.0, f"{E}:2"),  # lost
-    Published("lua2", 3, "m1", "progress", "j1", True, 2.1, 2.1, f"{E}:3"),  # lost
-    Published("lua3", 1, "m1", "stage", "j2", True, 2.5, 2.5, f"{E}:2"),  # kept under E:2
-    Published("lua2", 4, "m1", "progress", "j1", True, 2.9, 2.9, f"{E}:3"),  # kept under E:3
-    Published("lua3", 2, "m1", "stage", "j2", True, 3.5, 3.5, f"{E}:4"),
+    pub(1, 1.0, "stage", "j1", who="lua2"),
+    pub(2, 2.0, "progress", "j1", who="lua2"),  # lost
+    pub(3, 2.1, "progress", "j1", who="lua2"),  # lost
+    pub(2, 2.5, "stage", "j2", who="lua3", seq=1),  # kept under E:2
+    pub(3, 2.9, "progress", "j1", who="lua2", seq=4),  # kept under E:3
+    pub(4, 3.5, "stage", "j2", who="lua3", seq=2),
 ]
 LOST_HISTORY = {(E, 1): Held("stage", "j1", ("lua2", 1)), (E, 2): Held("stage", "j2", ("lua3", 1)),
                 (E, 3): Held("progress", "j1", ("lua2", 4)),
@@ -297,15 +290,10 @@ LOST_HISTORY = {(E, 1): Held("stage", "j1", ("lua2", 1)), (E, 2): Held("stage", 
 FAILED_OVER = Fault("redis_freeze", "redis", 1.5, 3.2, redis=True, lossy=True)
 
 
-def lost_ev(t: float, event: str, offset: int, ident: tuple[str, int], job: str) -> Any:
-    return frame(t, event, f"{E}:{offset}", {"jobId": job, "pub": ident[0], "seq": ident[1]})
-
-
 def lost_kinds(second: list[Any]) -> list[str]:
-    tab = client(session([connected(0.5), lost_ev(1.1, "stage", 1, ("lua2", 1), "j1")]),
+    tab = client(session([connected(0.5), ev(1.1, 1, "stage", "j1", pub="lua2")]),
                  session(second, last=f"{E}:1", end="final"))
-    return [a.kind for a in check([tab], LOST_PUBLISHED, [FAILED_OVER], {"m1": (E, 4)},
-                                  Settings(), {"m1": LOST_HISTORY})]
+    return [k for k, _ in run(tab, LOST_PUBLISHED, [FAILED_OVER], (E, 4), LOST_HISTORY)]
 
 
 def test_a_lost_progress_coalesced_into_a_newer_lost_one_is_no_gap() -> None:
@@ -313,13 +301,13 @@ def test_a_lost_progress_coalesced_into_a_newer_lost_one_is_no_gap() -> None:
     lost); its queue kept only the newer one, as coalescing does. The checker called the
     skipped E:2 a gap: the event Redis holds there now (another job's stage) is no
     progress, so its coalescing rule did not apply."""
-    assert lost_kinds([connected(2.3), lost_ev(2.31, "progress", 3, ("lua2", 3), "j1"),
-                       frame(3.3, "resync", None, {"reason": "redis_reconnected"}),
-                       lost_ev(3.6, "stage", 4, ("lua3", 2), "j2")]) == []
+    assert lost_kinds([connected(2.3), ev(2.31, 3, "progress", "j1", pub="lua2"),
+                       resync(3.3, "redis_reconnected"),
+                       ev(3.6, 4, "stage", "j2", pub="lua3", seq=2)]) == []
 
 
 def test_the_kept_event_skipped_before_a_kept_progress_of_its_job_is_still_a_gap() -> None:
     """From the promoted replica's history E:2 is another job's stage, owed to the tab: a
     stand-in Redis kept proves that history (only a lost stand-in proves the old one)."""
-    assert lost_kinds([connected(2.3), lost_ev(2.95, "progress", 3, ("lua2", 4), "j1"),
-                       lost_ev(3.6, "stage", 4, ("lua3", 2), "j2")]) == ["gap"]
+    assert lost_kinds([connected(2.3), ev(2.95, 3, "progress", "j1", pub="lua2", seq=4),
+                       ev(3.6, 4, "stage", "j2", pub="lua3", seq=2)]) == ["gap"]
